@@ -1,0 +1,1 @@
+//! continuity-control: the control plane.

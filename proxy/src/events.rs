@@ -1,0 +1,109 @@
+//! Everything observable that happens in the data plane, as one enum on a
+//! broadcast bus. The control plane subscribes to turn events into
+//! WebSocket messages, audit entries and metrics; the data plane never
+//! waits for a subscriber (a lagging one loses events and is told so).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::snapshot::{FailoverState, ServiceStatus, UpstreamHealth};
+
+/// What caused a switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    Auto,
+    Manual,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Auto => "auto",
+            Trigger::Manual => "manual",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventKind {
+    /// An upstream crossed a threshold (or passive evidence marked it down).
+    UpstreamStateChanged {
+        upstream: String,
+        old: UpstreamHealth,
+        new: UpstreamHealth,
+        /// Probe or passive evidence that caused the change.
+        error: Option<String>,
+        passive: bool,
+    },
+    ServiceStatusChanged {
+        old: ServiceStatus,
+        new: ServiceStatus,
+    },
+    /// Traffic moved away from `from` to `to`.
+    FailoverActivated {
+        from: Option<String>,
+        to: String,
+        old_epoch: u64,
+        new_epoch: u64,
+        trigger: Trigger,
+        actor: String,
+        reason: String,
+        promoted: bool,
+        /// Probe results, errors and thresholds behind an automatic switch.
+        evidence: serde_json::Value,
+        closed_connections: u64,
+    },
+    /// Traffic moved back to the configured primary.
+    RecoveryCompleted {
+        from: Option<String>,
+        to: String,
+        old_epoch: u64,
+        new_epoch: u64,
+        trigger: Trigger,
+        actor: String,
+        reason: String,
+        recovery_seconds: f64,
+    },
+    /// A switch was wanted but could not happen (no usable upstream,
+    /// promotion failed, hold-down).
+    FailoverBlocked { reason: String },
+    FailoverStateChanged {
+        old: FailoverState,
+        new: FailoverState,
+    },
+    EmergencyDeclared {
+        enabled: bool,
+        actor: String,
+        reason: String,
+    },
+    /// A held client waited `buffer_timeout_ms` and was refused.
+    HoldTimedOut { waited_ms: u64 },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub at: DateTime<Utc>,
+    pub service: Option<String>,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+impl Event {
+    pub fn new(service: Option<&str>, kind: EventKind) -> Event {
+        Event {
+            at: Utc::now(),
+            service: service.map(str::to_string),
+            kind,
+        }
+    }
+}
+
+/// Bus capacity: enough for bursts; slower subscribers see `Lagged`.
+pub const EVENT_CAPACITY: usize = 4096;
+
+pub fn bus() -> broadcast::Sender<Event> {
+    broadcast::channel(EVENT_CAPACITY).0
+}

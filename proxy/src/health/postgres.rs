@@ -1,0 +1,23 @@
+//! postgres probe (to be written).
+use super::{BoxFuture, HealthCheck, ObservedRole, ProbeError};
+use crate::config::{ServiceConfig, UpstreamConfig};
+
+pub struct PostgresCheck;
+
+impl HealthCheck for PostgresCheck {
+    fn check<'a>(
+        &'a self,
+        service: &'a ServiceConfig,
+        upstream: &'a UpstreamConfig,
+    ) -> BoxFuture<'a, Result<Option<ObservedRole>, ProbeError>> {
+        Box::pin(async move {
+            super::connect(service, upstream).await?;
+            Ok(None)
+        })
+    }
+}
+
+pub async fn promote(service: &ServiceConfig, upstream: &UpstreamConfig) -> Result<(), ProbeError> {
+    let _ = (service, upstream);
+    Ok(())
+}
