@@ -2,15 +2,30 @@
 //! loops and listeners, and is the one door (`apply`) through which the
 //! control plane changes anything.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use tokio::sync::broadcast;
+use chrono::Utc;
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
 
-use crate::config::EngineConfig;
+use crate::config::{EngineConfig, Redundancy};
 use crate::error::ProxyError;
-use crate::events::Event;
-use crate::snapshot::{EngineSnapshot, ServiceSnapshot};
+use crate::events::{self, Event, EventKind, Trigger};
+use crate::health;
+use crate::health::ObservedRole;
+use crate::listener;
+use crate::metrics::ProxyMetrics;
+use crate::snapshot::{
+    EngineSnapshot, FailoverMetrics, FailoverState, PoolState, ServiceSnapshot, ServiceStatus,
+    UpstreamHealth, UpstreamSnapshot,
+};
+use crate::upstream::failover;
+use crate::upstream::latency::percentiles_of;
+use crate::upstream::runtime::{lock, FailoverCounters, ServiceRt, SwitchKind};
 
 /// The closed set of mutations an operator (or a config reload) can cause.
 #[derive(Debug, Clone)]
@@ -59,7 +74,20 @@ pub struct Engine {
     inner: Arc<Inner>,
 }
 
-struct Inner {}
+pub(crate) struct Inner {
+    pub services: Vec<Arc<ServiceRt>>,
+    pub events: broadcast::Sender<Event>,
+    pub counters: Arc<FailoverCounters>,
+    pub emergency: AtomicBool,
+    pub state: Mutex<FailoverState>,
+    /// true: stop accepting; held clients give up.
+    pub shutdown_tx: watch::Sender<bool>,
+    /// true: close every remaining connection now.
+    pub force_close_tx: watch::Sender<bool>,
+    pub open_connections: Arc<AtomicU64>,
+    pub listen_addrs: Vec<(String, SocketAddr)>,
+    pub tasks: Mutex<Vec<JoinHandle<()>>>,
+}
 
 impl Engine {
     /// Binds every listener (failing with [`ProxyError::Bind`] naming the
@@ -68,32 +96,505 @@ impl Engine {
         config: EngineConfig,
         registry: &prometheus::Registry,
     ) -> Result<Engine, ProxyError> {
-        let _ = (config, registry);
-        todo!()
-    }
-
-    pub fn snapshot(&self) -> EngineSnapshot {
-        todo!()
+        let metrics = ProxyMetrics::new(registry);
+        let events = events::bus();
+        let counters = Arc::new(FailoverCounters::default());
+        let mut listeners = Vec::new();
+        let mut listen_addrs = Vec::new();
+        for svc in &config.services {
+            if let (Some(addr), true) = (svc.listen, svc.kind.is_l4_proxied()) {
+                let l = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ProxyError::Bind {
+                        service: svc.name.clone(),
+                        addr,
+                        source,
+                    })?;
+                let local = l.local_addr().unwrap_or(addr);
+                listen_addrs.push((svc.name.clone(), local));
+                listeners.push((svc.name.clone(), l));
+            }
+        }
+        let services: Vec<Arc<ServiceRt>> = config
+            .services
+            .iter()
+            .map(|s| {
+                Arc::new(ServiceRt::new(
+                    s.clone(),
+                    events.clone(),
+                    metrics.clone(),
+                    counters.clone(),
+                    config.drain_timeout,
+                ))
+            })
+            .collect();
+        let inner = Arc::new(Inner {
+            services,
+            events,
+            counters,
+            emergency: AtomicBool::new(false),
+            state: Mutex::new(FailoverState::Normal),
+            shutdown_tx: watch::channel(false).0,
+            force_close_tx: watch::channel(false).0,
+            open_connections: Arc::new(AtomicU64::new(0)),
+            listen_addrs,
+            tasks: Mutex::new(Vec::new()),
+        });
+        let engine = Engine { inner };
+        let mut tasks = Vec::new();
+        for svc in &engine.inner.services {
+            for idx in 0..svc.upstreams.len() {
+                tasks.push(tokio::spawn(probe_loop(
+                    engine.clone(),
+                    svc.clone(),
+                    idx,
+                    engine.inner.shutdown_tx.subscribe(),
+                )));
+            }
+        }
+        for (name, l) in listeners {
+            if let Some(svc) = engine.inner.services.iter().find(|s| s.cfg.name == name) {
+                tasks.push(tokio::spawn(listener::accept_loop(
+                    svc.clone(),
+                    l,
+                    listener::Signals {
+                        shutdown: engine.inner.shutdown_tx.subscribe(),
+                        force_close: engine.inner.force_close_tx.subscribe(),
+                        open: engine.inner.open_connections.clone(),
+                    },
+                )));
+            }
+        }
+        tasks.push(tokio::spawn(state_watch(engine.clone())));
+        *lock(&engine.inner.tasks) = tasks;
+        Ok(engine)
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        todo!()
+        self.inner.events.subscribe()
+    }
+
+    /// Addresses the listeners actually bound (port 0 resolved), by service.
+    pub fn listen_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.inner.listen_addrs.clone()
+    }
+
+    fn find(&self, name: &str) -> Result<&Arc<ServiceRt>, CommandError> {
+        self.inner
+            .services
+            .iter()
+            .find(|s| s.cfg.name == name)
+            .ok_or_else(|| CommandError::NotFound(format!("no service named {name}")))
     }
 
     pub async fn apply(&self, cmd: Command) -> Result<CommandOutcome, CommandError> {
-        let _ = cmd;
-        todo!()
+        match cmd {
+            Command::Trigger {
+                service,
+                actor,
+                reason,
+            } => {
+                let svc = self.find(&service)?.clone();
+                trigger(&svc, actor, reason).await?;
+                self.refresh_state();
+                Ok(CommandOutcome::Service(Box::new(service_snapshot(&svc))))
+            }
+            Command::Recover {
+                service,
+                actor,
+                reason,
+            } => {
+                let svc = self.find(&service)?.clone();
+                recover(&svc, actor, reason).await?;
+                self.refresh_state();
+                Ok(CommandOutcome::Service(Box::new(service_snapshot(&svc))))
+            }
+            Command::Emergency {
+                enabled,
+                actor,
+                reason,
+            } => {
+                self.inner.emergency.store(enabled, Ordering::SeqCst);
+                let _ = self.inner.events.send(Event::new(
+                    None,
+                    EventKind::EmergencyDeclared {
+                        enabled,
+                        actor,
+                        reason,
+                    },
+                ));
+                self.refresh_state();
+                Ok(CommandOutcome::Engine(Box::new(self.snapshot())))
+            }
+        }
+    }
+
+    /// Recomputes the engine state and emits a change event.
+    fn refresh_state(&self) {
+        let new = engine_state(
+            &self.inner.services,
+            self.inner.emergency.load(Ordering::SeqCst),
+        );
+        let old = std::mem::replace(&mut *lock(&self.inner.state), new);
+        if old != new {
+            let _ = self.inner.events.send(Event::new(
+                None,
+                EventKind::FailoverStateChanged { old, new },
+            ));
+        }
+    }
+
+    pub fn snapshot(&self) -> EngineSnapshot {
+        let services: Vec<ServiceSnapshot> = self
+            .inner
+            .services
+            .iter()
+            .map(|s| service_snapshot(s))
+            .collect();
+        let c = &self.inner.counters;
+        let recoveries = c.recoveries.load(Ordering::Relaxed);
+        EngineSnapshot {
+            failover_state: engine_state(
+                &self.inner.services,
+                self.inner.emergency.load(Ordering::SeqCst),
+            ),
+            emergency_declared: self.inner.emergency.load(Ordering::SeqCst),
+            services,
+            failover_metrics: FailoverMetrics {
+                total_failovers: c.total.load(Ordering::Relaxed),
+                auto_failovers: c.auto.load(Ordering::Relaxed),
+                manual_failovers: c.manual.load(Ordering::Relaxed),
+                avg_recovery_time_seconds: if recoveries == 0 {
+                    0.0
+                } else {
+                    c.recovery_ms_sum.load(Ordering::Relaxed) as f64 / 1000.0 / recoveries as f64
+                },
+            },
+            generated_at: Utc::now(),
+        }
     }
 
     /// Stops accepting, lets open connections finish for up to `drain`, then
     /// closes the rest.
     pub async fn shutdown(&self, drain: Duration) {
-        let _ = drain;
-        todo!()
+        let _ = self.inner.shutdown_tx.send(true);
+        let deadline = Instant::now() + drain;
+        while self.inner.open_connections.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = self.inner.open_connections.load(Ordering::SeqCst);
+        if left > 0 {
+            tracing::warn!(
+                connections = left,
+                "drain timeout: closing remaining connections"
+            );
+        }
+        let _ = self.inner.force_close_tx.send(true);
+        let tasks = std::mem::take(&mut *lock(&self.inner.tasks));
+        for t in tasks {
+            t.abort();
+        }
+        // Give relays a moment to observe the close.
+        let until = Instant::now() + Duration::from_millis(500);
+        while self.inner.open_connections.load(Ordering::SeqCst) > 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
+}
 
-    /// Addresses the listeners actually bound (port 0 resolved), by service.
-    pub fn listen_addrs(&self) -> Vec<(String, std::net::SocketAddr)> {
-        todo!()
+/// Probes one upstream forever: the active upstream and the configured
+/// primary at the full rate; other upstreams at the full rate in `hot`,
+/// a quarter of it in `warm`, never in `cold`.
+async fn probe_loop(
+    engine: Engine,
+    svc: Arc<ServiceRt>,
+    idx: usize,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(svc.cfg.health.check_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let Some(up) = svc.upstreams.get(idx) else {
+            return;
+        };
+        let active = svc.route.load().active == idx;
+        let primary = svc.cfg.configured_primary() == idx;
+        let due = active
+            || primary
+            || match svc.cfg.redundancy {
+                Redundancy::Hot => true,
+                Redundancy::Warm => n.is_multiple_of(4),
+                Redundancy::Cold => false,
+            };
+        n = n.wrapping_add(1);
+        if !due {
+            continue;
+        }
+        let outcome = health::run_probe(&svc.cfg, &up.cfg).await;
+        svc.on_probe(idx, outcome).await;
+        engine.refresh_state();
+    }
+}
+
+/// Keeps the engine state fresh when only passive signals changed it.
+async fn state_watch(engine: Engine) {
+    let mut rx = engine.inner.events.subscribe();
+    loop {
+        match rx.recv().await {
+            Ok(Event {
+                kind: EventKind::FailoverStateChanged { .. },
+                ..
+            }) => {}
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => engine.refresh_state(),
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+async fn trigger(svc: &Arc<ServiceRt>, actor: String, reason: String) -> Result<(), CommandError> {
+    let _guard = svc.switch_lock.lock().await;
+    let active = svc.route.load().active;
+    // A cold (never probed) candidate is probed once first.
+    for (i, u) in svc.upstreams.iter().enumerate() {
+        if i != active && lock(&u.health).counters.health == UpstreamHealth::Unknown {
+            let outcome = health::run_probe(&svc.cfg, &u.cfg).await;
+            record_probe_locked(svc, i, outcome);
+        }
+    }
+    let view = svc.view();
+    let Some(to) = failover::best_other(&view, active) else {
+        return Err(CommandError::Conflict(format!(
+            "service {} has no usable upstream other than {}",
+            svc.cfg.name,
+            svc.upstreams
+                .get(active)
+                .map(|u| u.cfg.name.as_str())
+                .unwrap_or("?")
+        )));
+    };
+    let evidence = serde_json::json!({ "requested_by": actor });
+    svc.switch(
+        to,
+        SwitchKind::Failover {
+            trigger: Trigger::Manual,
+            actor,
+            reason,
+            evidence,
+        },
+    )
+    .await
+}
+
+async fn recover(svc: &Arc<ServiceRt>, actor: String, reason: String) -> Result<(), CommandError> {
+    let _guard = svc.switch_lock.lock().await;
+    let target = svc.cfg.configured_primary();
+    let route = svc.route.load_full();
+    let Some(up) = svc.upstreams.get(target) else {
+        return Err(CommandError::NotFound("service has no upstreams".into()));
+    };
+    if route.active == target && !route.fenced.get(target).copied().unwrap_or(false) {
+        // Already there: a 200 no-op, still audited by the caller.
+        return Ok(());
+    }
+    let outcome = health::run_probe(&svc.cfg, &up.cfg).await;
+    let ok = outcome.ok;
+    let error = outcome.error.clone();
+    let role = outcome.role;
+    record_probe_locked(svc, target, outcome);
+    if !ok {
+        return Err(CommandError::Conflict(format!(
+            "configured primary {} is not usable: {}",
+            up.cfg.name,
+            error.unwrap_or_else(|| "probe failed".into())
+        )));
+    }
+    if lock(&up.health).diverged && role != Some(ObservedRole::Replica) {
+        return Err(CommandError::NotResynced(format!(
+            "{} was left behind by a promotion and is not yet a replica of the current primary; resynchronise it first",
+            up.cfg.name
+        )));
+    }
+    svc.switch(
+        target,
+        SwitchKind::Recover {
+            trigger: Trigger::Manual,
+            actor,
+            reason,
+        },
+    )
+    .await
+}
+
+/// Records a probe taken while holding the switch lock (no re-evaluation).
+fn record_probe_locked(svc: &ServiceRt, idx: usize, outcome: health::ProbeOutcome) {
+    let Some(up) = svc.upstreams.get(idx) else {
+        return;
+    };
+    let t = failover::Thresholds {
+        failure: svc.cfg.health.failure_threshold,
+        recovery: svc.cfg.health.recovery_threshold,
+    };
+    let mut h = lock(&up.health);
+    h.total += 1;
+    if outcome.ok {
+        h.observed = outcome.role;
+        if h.diverged && outcome.role == Some(ObservedRole::Replica) {
+            h.diverged = false;
+        }
+        // An operator's explicit check counts as enough evidence to be up.
+        if h.counters.health != UpstreamHealth::Up {
+            h.counters.health = UpstreamHealth::Up;
+            h.counters.consecutive_failures = 0;
+            h.counters.consecutive_successes = t.recovery;
+        }
+    } else {
+        h.failed += 1;
+        h.last_error = outcome.error.clone();
+        failover::on_probe(&mut h.counters, false, t);
+    }
+}
+
+/// SPEC 3 engine state.
+fn engine_state(services: &[Arc<ServiceRt>], declared: bool) -> FailoverState {
+    use crate::config::Category;
+    let mut down = 0;
+    let mut core_down = false;
+    let mut serving_elsewhere = false;
+    let mut degraded = false;
+    for s in services {
+        if s.upstreams.is_empty() {
+            continue;
+        }
+        let status = s.status();
+        let active = s.route.load().active;
+        if status == ServiceStatus::Down {
+            down += 1;
+            if s.cfg.category == Category::Core {
+                core_down = true;
+            } else {
+                degraded = true;
+            }
+        }
+        if status == ServiceStatus::Degraded {
+            degraded = true;
+        }
+        if active != s.cfg.configured_primary() && status != ServiceStatus::Down {
+            serving_elsewhere = true;
+        }
+    }
+    if declared || core_down || down >= 2 {
+        FailoverState::Emergency
+    } else if serving_elsewhere {
+        FailoverState::Failover
+    } else if degraded {
+        FailoverState::Degraded
+    } else {
+        FailoverState::Normal
+    }
+}
+
+pub(crate) fn service_snapshot(s: &ServiceRt) -> ServiceSnapshot {
+    let route = s.route.load_full();
+    let status = s.status();
+    let now = Utc::now();
+    let upstreams: Vec<UpstreamSnapshot> = s
+        .upstreams
+        .iter()
+        .enumerate()
+        .map(|(i, u)| {
+            let h = lock(&u.health);
+            let active = route.active == i;
+            let fenced = route.fenced.get(i).copied().unwrap_or(false);
+            let probed = h.total > 0;
+            let draining = route
+                .drain
+                .is_some_and(|(d, until)| d == i && Instant::now() < until)
+                && u.active_conns.load(Ordering::Relaxed) > 0;
+            let pool_state = if draining {
+                PoolState::Draining
+            } else if !probed {
+                if s.cfg.redundancy == Redundancy::Cold && !active {
+                    PoolState::Disconnected
+                } else {
+                    PoolState::Connecting
+                }
+            } else {
+                match h.counters.health {
+                    UpstreamHealth::Up => PoolState::Connected,
+                    UpstreamHealth::Down => PoolState::Failed,
+                    UpstreamHealth::Unknown => PoolState::Connecting,
+                }
+            };
+            let probe_samples: Vec<f64> = h.probe_ms.iter().copied().collect();
+            UpstreamSnapshot {
+                name: u.cfg.name.clone(),
+                service: s.cfg.name.clone(),
+                address: u.cfg.target(),
+                role: u.cfg.role,
+                observed_role: h.observed,
+                health: h.counters.health,
+                slow: h.slow,
+                active,
+                fenced,
+                diverged: h.diverged,
+                pool_state,
+                last_probe: h.last.clone(),
+                last_error: h.last_error.clone(),
+                probe_latency_ms: percentiles_of(&probe_samples),
+                inline_latency_ms: crate::snapshot::Percentiles {
+                    p50: u.inline.percentile_ms(0.50),
+                    p95: u.inline.percentile_ms(0.95),
+                    p99: u.inline.percentile_ms(0.99),
+                    samples: u.inline.samples(),
+                },
+                consecutive_failures: h.counters.consecutive_failures,
+                consecutive_successes: h.counters.consecutive_successes,
+                total_checks: h.total,
+                failed_checks: h.failed,
+                active_connections: u.active_conns.load(Ordering::Relaxed),
+                total_connections: u.total_conns.load(Ordering::Relaxed),
+                history: h.history.iter().cloned().collect(),
+            }
+        })
+        .collect();
+    let active = upstreams.get(route.active);
+    let latency_ms = active.and_then(|u| {
+        u.inline_latency_ms
+            .p50
+            .or_else(|| u.last_probe.as_ref().map(|p| p.latency_ms))
+    });
+    let st = lock(&s.state);
+    ServiceSnapshot {
+        name: s.cfg.name.clone(),
+        kind: s.cfg.kind,
+        category: s.cfg.category,
+        listen: s.cfg.listen.map(|a| a.to_string()),
+        redundancy: s.cfg.redundancy,
+        failover: s.cfg.failover,
+        on_failover: s.cfg.on_failover,
+        status,
+        active_upstream: active.map(|u| u.name.clone()),
+        epoch: route.epoch,
+        in_failover: route.active != s.cfg.configured_primary(),
+        since: st.since,
+        held_connections: s.held.load(Ordering::Relaxed),
+        active_connections: s.active_conns.load(Ordering::Relaxed),
+        fenced: upstreams
+            .iter()
+            .filter(|u| u.fenced)
+            .map(|u| u.name.clone())
+            .collect(),
+        consecutive_failures: active.map(|u| u.consecutive_failures).unwrap_or(0),
+        latency_ms,
+        uptime_percent_1h: st.uptime.percent(now, 60),
+        uptime_percent_24h: st.uptime.percent(now, 24 * 60),
+        total_checks: upstreams.iter().map(|u| u.total_checks).sum(),
+        failed_checks: upstreams.iter().map(|u| u.failed_checks).sum(),
+        upstreams,
     }
 }

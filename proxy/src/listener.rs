@@ -1,1 +1,346 @@
-//! Accept loop.
+//! The accept loop and the life of one client connection: pick the active
+//! upstream, hold the client while none is usable, connect (marking a
+//! refusing upstream down at once and moving on), relay bytes both ways
+//! while timing each request, and close when a switch fences the upstream
+//! this connection is bound to.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+
+use crate::events::EventKind;
+use crate::health::{classify_io, FailureKind};
+use crate::protocol;
+use crate::upstream::runtime::ServiceRt;
+
+/// Bytes of a held client kept before TCP backpressure pauses it (SPEC 3).
+const HOLD_BUFFER: usize = 64 * 1024;
+/// Relay buffer per direction.
+const RELAY_BUFFER: usize = 16 * 1024;
+
+/// Engine-wide signals every connection watches.
+pub struct Signals {
+    pub shutdown: watch::Receiver<bool>,
+    pub force_close: watch::Receiver<bool>,
+    pub open: Arc<AtomicU64>,
+}
+
+impl Clone for Signals {
+    fn clone(&self) -> Self {
+        Signals {
+            shutdown: self.shutdown.clone(),
+            force_close: self.force_close.clone(),
+            open: self.open.clone(),
+        }
+    }
+}
+
+/// Decrements counters when a connection ends, however it ends.
+struct OpenGuard {
+    svc: Arc<ServiceRt>,
+    open: Arc<AtomicU64>,
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.svc.active_conns.fetch_sub(1, Ordering::Relaxed);
+        self.open.fetch_sub(1, Ordering::SeqCst);
+        self.svc
+            .metrics
+            .active_connections
+            .with_label_values(&[self.svc.name()])
+            .dec();
+    }
+}
+
+pub async fn accept_loop(svc: Arc<ServiceRt>, listener: TcpListener, mut sig: Signals) {
+    let limit = svc
+        .cfg
+        .max_connections
+        .map(|n| Arc::new(Semaphore::new(n.max(1) as usize)));
+    loop {
+        let permit = match &limit {
+            Some(sem) => tokio::select! {
+                p = sem.clone().acquire_owned() => match p {
+                    Ok(p) => Some(p),
+                    Err(_) => return,
+                },
+                _ = sig.shutdown.changed() => return,
+            },
+            None => None,
+        };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = sig.shutdown.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(service = svc.name(), error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        svc.active_conns.fetch_add(1, Ordering::Relaxed);
+        sig.open.fetch_add(1, Ordering::SeqCst);
+        svc.metrics
+            .active_connections
+            .with_label_values(&[svc.name()])
+            .inc();
+        let guard = OpenGuard {
+            svc: svc.clone(),
+            open: sig.open.clone(),
+        };
+        let svc = svc.clone();
+        let sig = sig.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _guard = guard;
+            if let Err(e) = handle(svc.clone(), stream, sig).await {
+                tracing::debug!(service = svc.name(), %peer, error = %e, "connection ended with error");
+            }
+        });
+    }
+}
+
+/// Why waiting for an upstream ended without one.
+enum Gave {
+    Up,
+    Timeout,
+}
+
+async fn handle(
+    svc: Arc<ServiceRt>,
+    mut client: TcpStream,
+    mut sig: Signals,
+) -> std::io::Result<()> {
+    let _ = client.set_nodelay(true);
+    let accepted = Instant::now();
+    let deadline = tokio::time::Instant::from_std(accepted + svc.cfg.buffer_timeout);
+    let mut early = BytesMut::new();
+    let mut changed = svc.changed_tx.subscribe();
+    let mut held = false;
+    let outcome = loop {
+        let route = svc.route.load_full();
+        let idx = route.active;
+        if svc.usable(&route, idx) {
+            if let Some(up) = svc.upstreams.get(idx) {
+                let started = Instant::now();
+                let target = up.cfg.target();
+                match tokio::time::timeout(
+                    svc.cfg.health.connect_timeout,
+                    TcpStream::connect(target.as_str()),
+                )
+                .await
+                {
+                    Ok(Ok(stream)) => {
+                        up.metrics.connect.observe(started.elapsed().as_secs_f64());
+                        break Ok((idx, route.epoch, stream));
+                    }
+                    Ok(Err(e)) => {
+                        if classify_io(&e) == FailureKind::Refused {
+                            svc.on_refused(idx, &e).await;
+                        } else {
+                            svc.on_connect_timeout(idx, started.elapsed()).await;
+                        }
+                        continue;
+                    }
+                    Err(_) => {
+                        svc.on_connect_timeout(idx, started.elapsed()).await;
+                        continue;
+                    }
+                }
+            }
+        }
+        if !held {
+            held = true;
+            svc.held.fetch_add(1, Ordering::Relaxed);
+            svc.metrics.held.with_label_values(&[svc.name()]).inc();
+        }
+        let room = early.len() < HOLD_BUFFER;
+        tokio::select! {
+            r = changed.changed() => {
+                if r.is_err() { break Err(Gave::Up); }
+            }
+            _ = tokio::time::sleep_until(deadline) => break Err(Gave::Timeout),
+            n = client.read_buf(&mut early), if room => {
+                match n {
+                    Ok(0) | Err(_) => break Err(Gave::Up),
+                    Ok(_) => {}
+                }
+            }
+            _ = sig.shutdown.changed() => break Err(Gave::Up),
+        }
+    };
+    if held {
+        svc.held.fetch_sub(1, Ordering::Relaxed);
+    }
+    let (idx, epoch, mut upstream) = match outcome {
+        Ok(v) => v,
+        Err(Gave::Up) => return Ok(()),
+        Err(Gave::Timeout) => {
+            svc.metrics
+                .hold_timeouts
+                .with_label_values(&[svc.name()])
+                .inc();
+            svc.emit(EventKind::HoldTimedOut {
+                waited_ms: accepted.elapsed().as_millis() as u64,
+            });
+            refuse(&svc, client, &early).await;
+            return Ok(());
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    let Some(up) = svc.upstreams.get(idx) else {
+        return Ok(());
+    };
+    up.active_conns.fetch_add(1, Ordering::Relaxed);
+    up.total_conns.fetch_add(1, Ordering::Relaxed);
+    up.metrics.connections.inc();
+    let result = async {
+        if !early.is_empty() {
+            upstream.write_all(&early).await?;
+            up.metrics.bytes_up.inc_by(early.len() as u64);
+        }
+        let timer = RequestTimer::new(svc.clone(), idx);
+        tokio::select! {
+            r = relay(&mut client, &mut upstream, &timer) => r,
+            _ = must_close(&svc, idx, epoch) => Ok(()),
+            _ = sig.force_close.changed() => Ok(()),
+        }
+    }
+    .await;
+    up.active_conns.fetch_sub(1, Ordering::Relaxed);
+    result
+}
+
+/// Resolves when a switch means this connection must go: at once after a
+/// failover away from its upstream, or after the drain period of a recover.
+async fn must_close(svc: &ServiceRt, idx: usize, epoch: u64) {
+    let mut rx = svc.route_tx.subscribe();
+    loop {
+        let route = svc.route.load_full();
+        if route.epoch != epoch
+            && (route.active != idx || route.fenced.get(idx).copied().unwrap_or(true))
+        {
+            match route.drain {
+                Some((d, until)) if d == idx => {
+                    tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
+                }
+                _ => {}
+            }
+            return;
+        }
+        if rx.changed().await.is_err() {
+            // The service is gone: nothing will ever ask us to close.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Gives a held client its protocol's error, then closes gracefully: a
+/// FIN after the reply, and the client's pending bytes read so the kernel
+/// does not answer them with a reset that could destroy the reply.
+async fn refuse(svc: &ServiceRt, mut client: TcpStream, early: &[u8]) {
+    if let Some(reply) = protocol::hold_timeout_reply(svc.cfg.kind, svc.name(), early) {
+        let _ = client.write_all(&reply).await;
+    }
+    let _ = client.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Ok(n) = client.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Times each request: from the first client byte sent while no request is
+/// outstanding to the next upstream byte back (time to first response byte).
+struct RequestTimer {
+    svc: Arc<ServiceRt>,
+    idx: usize,
+    origin: Instant,
+    /// Nanoseconds since `origin` + 1 of the outstanding request, 0 if none.
+    pending: AtomicU64,
+}
+
+impl RequestTimer {
+    fn new(svc: Arc<ServiceRt>, idx: usize) -> RequestTimer {
+        RequestTimer {
+            svc,
+            idx,
+            origin: Instant::now(),
+            pending: AtomicU64::new(0),
+        }
+    }
+
+    fn sent(&self) {
+        if self.pending.load(Ordering::Relaxed) == 0 {
+            let t = self.origin.elapsed().as_nanos() as u64 + 1;
+            self.pending.store(t, Ordering::Relaxed);
+        }
+    }
+
+    fn answered(&self) {
+        let t = self.pending.swap(0, Ordering::Relaxed);
+        if t != 0 {
+            let now = self.origin.elapsed().as_nanos() as u64 + 1;
+            let d = Duration::from_nanos(now.saturating_sub(t));
+            if let Some(up) = self.svc.upstreams.get(self.idx) {
+                up.metrics.response.observe(d.as_secs_f64());
+                up.inline.record(d);
+            }
+        }
+    }
+}
+
+async fn relay(
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
+    timer: &RequestTimer,
+) -> std::io::Result<()> {
+    let Some(up) = timer.svc.upstreams.get(timer.idx) else {
+        return Ok(());
+    };
+    let (mut cr, mut cw) = client.split();
+    let (mut ur, mut uw) = upstream.split();
+    let c2u = pump(&mut cr, &mut uw, &up.metrics.bytes_up, || timer.sent());
+    let u2c = pump(&mut ur, &mut cw, &up.metrics.bytes_down, || {
+        timer.answered()
+    });
+    tokio::try_join!(c2u, u2c).map(|_| ())
+}
+
+/// Copies until EOF, then half-closes the writer.
+async fn pump<R, W, F>(
+    r: &mut R,
+    w: &mut W,
+    bytes: &prometheus::IntCounter,
+    on_data: F,
+) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    F: Fn(),
+{
+    let mut buf = vec![0u8; RELAY_BUFFER];
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            let _ = w.shutdown().await;
+            return Ok(());
+        }
+        on_data();
+        w.write_all(buf.get(..n).unwrap_or_default()).await?;
+        bytes.inc_by(n as u64);
+    }
+}

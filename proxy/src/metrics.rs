@@ -1,3 +1,175 @@
 //! Data-plane metric names and handles. The registry is passed in (never a
 //! global), and per-upstream handles are resolved once at start so the hot
-//! path only touches atomics.
+//! path only touches atomics. Control-plane gauges derived from snapshots
+//! (`continuity_service_up`, `continuity_failover_state`, ...) live in the
+//! control crate.
+
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
+
+pub mod names {
+    pub const HEALTH_CHECKS_TOTAL: &str = "continuity_health_checks_total";
+    pub const PROBE_LATENCY_SECONDS: &str = "continuity_probe_latency_seconds";
+    pub const INLINE_LATENCY_SECONDS: &str = "continuity_inline_latency_seconds";
+    pub const FAILOVERS_TOTAL: &str = "continuity_failovers_total";
+    pub const RECOVERY_SECONDS: &str = "continuity_recovery_seconds";
+    pub const CONNECTIONS_TOTAL: &str = "continuity_proxy_connections_total";
+    pub const ACTIVE_CONNECTIONS: &str = "continuity_proxy_active_connections";
+    pub const BYTES_TOTAL: &str = "continuity_proxy_bytes_total";
+    pub const HELD_TOTAL: &str = "continuity_held_connections_total";
+    pub const HOLD_TIMEOUTS_TOTAL: &str = "continuity_hold_timeouts_total";
+    pub const PASSIVE_FAILURES_TOTAL: &str = "continuity_passive_failures_total";
+}
+
+/// Latency buckets in seconds, from 50 us to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+
+#[derive(Clone)]
+pub struct ProxyMetrics {
+    pub health_checks: IntCounterVec,
+    pub probe_latency: HistogramVec,
+    pub inline_latency: HistogramVec,
+    pub failovers: IntCounterVec,
+    pub recovery_seconds: HistogramVec,
+    pub connections: IntCounterVec,
+    pub active_connections: IntGaugeVec,
+    pub bytes: IntCounterVec,
+    pub held: IntCounterVec,
+    pub hold_timeouts: IntCounterVec,
+    pub passive_failures: IntCounterVec,
+}
+
+fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
+    // Registration fails only on a duplicate name: a programming error that
+    // tests catch; the metric still works unregistered.
+    if let Err(e) = reg.register(Box::new(c.clone())) {
+        tracing::warn!(metric = name, error = %e, "metric not registered");
+    }
+    c
+}
+
+fn histogram(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+        labels,
+    )
+    .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
+    if let Err(e) = reg.register(Box::new(h.clone())) {
+        tracing::warn!(metric = name, error = %e, "metric not registered");
+    }
+    h
+}
+
+impl ProxyMetrics {
+    pub fn new(reg: &Registry) -> ProxyMetrics {
+        use names::*;
+        let active = IntGaugeVec::new(
+            Opts::new(
+                ACTIVE_CONNECTIONS,
+                "Client connections open now, held ones included.",
+            ),
+            &["service"],
+        )
+        .unwrap_or_else(|e| panic!("metric {ACTIVE_CONNECTIONS} is malformed: {e}"));
+        if let Err(e) = reg.register(Box::new(active.clone())) {
+            tracing::warn!(metric = ACTIVE_CONNECTIONS, error = %e, "metric not registered");
+        }
+        ProxyMetrics {
+            health_checks: counter(
+                reg,
+                HEALTH_CHECKS_TOTAL,
+                "Active probes by result (success or failure).",
+                &["service", "upstream", "result"],
+            ),
+            probe_latency: histogram(
+                reg,
+                PROBE_LATENCY_SECONDS,
+                "Active probe latency.",
+                &["service", "upstream"],
+            ),
+            inline_latency: histogram(
+                reg,
+                INLINE_LATENCY_SECONDS,
+                "Latency seen in the request path: upstream connect, and time to first response byte per request.",
+                &["service", "upstream", "phase"],
+            ),
+            failovers: counter(
+                reg,
+                FAILOVERS_TOTAL,
+                "Switches away from the active upstream, by trigger (auto or manual).",
+                &["service", "trigger"],
+            ),
+            recovery_seconds: histogram(
+                reg,
+                RECOVERY_SECONDS,
+                "Time from the active upstream going down to traffic flowing to another.",
+                &["service"],
+            ),
+            connections: counter(
+                reg,
+                CONNECTIONS_TOTAL,
+                "Client connections proxied to an upstream.",
+                &["service", "upstream"],
+            ),
+            active_connections: active,
+            bytes: counter(
+                reg,
+                BYTES_TOTAL,
+                "Bytes proxied, by direction (to_upstream or to_client).",
+                &["service", "upstream", "direction"],
+            ),
+            held: counter(
+                reg,
+                HELD_TOTAL,
+                "Client connections held because no upstream was usable.",
+                &["service"],
+            ),
+            hold_timeouts: counter(
+                reg,
+                HOLD_TIMEOUTS_TOTAL,
+                "Held clients refused after buffer_timeout_ms.",
+                &["service"],
+            ),
+            passive_failures: counter(
+                reg,
+                PASSIVE_FAILURES_TOTAL,
+                "Failed upstream connects seen in real traffic, by upstream.",
+                &["service", "upstream", "reason"],
+            ),
+        }
+    }
+
+    pub fn for_upstream(&self, service: &str, upstream: &str) -> UpstreamMetrics {
+        UpstreamMetrics {
+            connect: self
+                .inline_latency
+                .with_label_values(&[service, upstream, "connect"]),
+            response: self
+                .inline_latency
+                .with_label_values(&[service, upstream, "response"]),
+            connections: self.connections.with_label_values(&[service, upstream]),
+            bytes_up: self
+                .bytes
+                .with_label_values(&[service, upstream, "to_upstream"]),
+            bytes_down: self
+                .bytes
+                .with_label_values(&[service, upstream, "to_client"]),
+        }
+    }
+}
+
+/// Pre-resolved handles for one upstream.
+#[derive(Clone)]
+pub struct UpstreamMetrics {
+    pub connect: prometheus::Histogram,
+    pub response: prometheus::Histogram,
+    pub connections: IntCounter,
+    pub bytes_up: IntCounter,
+    pub bytes_down: IntCounter,
+}

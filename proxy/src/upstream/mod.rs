@@ -1,1 +1,6 @@
-//! Upstream state.
+//! Upstreams: their runtime health, the failover state machine, and the
+//! lock-free latency window used on the hot path.
+
+pub mod failover;
+pub mod latency;
+pub mod runtime;
