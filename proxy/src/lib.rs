@@ -9,6 +9,9 @@
 //! The crate knows nothing of HTTP APIs: the control plane talks to it
 //! only through [`Engine`] (`snapshot()`, `apply()`, `subscribe()`).
 
+// No unwrap on anything a network or a user can influence; tests may.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 pub mod config;
 pub mod engine;
 pub mod error;

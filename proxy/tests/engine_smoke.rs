@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 
 struct Redis {
     child: Child,
+    _dir: tempfile::TempDir,
 }
 
 impl Drop for Redis {
@@ -31,7 +32,9 @@ fn free_port() -> u16 {
 }
 
 fn redis(port: u16, replica_of: Option<u16>) -> Redis {
+    let dir = tempfile::tempdir().unwrap();
     let mut cmd = Command::new("redis-server");
+    cmd.arg("--dir").arg(dir.path());
     cmd.args([
         "--port",
         &port.to_string(),
@@ -57,7 +60,7 @@ fn redis(port: u16, replica_of: Option<u16>) -> Redis {
         assert!(start.elapsed() < Duration::from_secs(10));
         std::thread::sleep(Duration::from_millis(20));
     }
-    Redis { child }
+    Redis { child, _dir: dir }
 }
 
 async fn cmd(stream: &mut TcpStream, line: &str) -> String {

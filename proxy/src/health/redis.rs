@@ -1,6 +1,287 @@
-//! redis probe (to be written).
+//! redis probe: `AUTH` (when a password is set), `PING`, then `ROLE`; plus
+//! the promotion commands (`REPLICAOF NO ONE`, `REPLICAOF host port`).
+//!
+//! The RESP2 reply parser is a pure codec ([`parse_reply`]): it returns
+//! `Ok(None)` on incomplete input, bounds nesting depth, line, bulk and
+//! array sizes, and never panics on any input.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
 use super::{BoxFuture, HealthCheck, ObservedRole, ProbeError};
 use crate::config::{ServiceConfig, UpstreamConfig};
+
+/// Deepest array nesting accepted (`ROLE` on a primary needs 3).
+pub const MAX_DEPTH: usize = 16;
+/// Largest bulk string accepted.
+pub const MAX_BULK: usize = 4 * 1024 * 1024;
+/// Longest simple string / error / integer line accepted.
+pub const MAX_LINE: usize = 64 * 1024;
+/// Most elements accepted in one array.
+pub const MAX_ARRAY: usize = 1024 * 1024;
+/// Largest whole reply buffered before giving up.
+pub const MAX_REPLY: usize = 8 * 1024 * 1024;
+
+/// One RESP2 reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// `+OK`
+    Simple(String),
+    /// `-ERR ...` (the text after the `-`).
+    Error(String),
+    /// `:42`
+    Integer(i64),
+    /// `$3\r\nfoo`
+    Bulk(Vec<u8>),
+    /// `$-1` or `*-1`.
+    Nil,
+    /// `*2\r\n...`
+    Array(Vec<Reply>),
+}
+
+impl Reply {
+    /// The text of a scalar reply (simple, error, integer, bulk); `None`
+    /// for nil and arrays. Bulk bytes are decoded lossily as UTF-8.
+    pub fn as_text(&self) -> Option<String> {
+        match self {
+            Reply::Simple(s) | Reply::Error(s) => Some(s.clone()),
+            Reply::Integer(i) => Some(i.to_string()),
+            Reply::Bulk(b) => Some(String::from_utf8_lossy(b).into_owned()),
+            Reply::Nil | Reply::Array(_) => None,
+        }
+    }
+
+    /// The reply as a list of strings: a scalar gives one element, nil none;
+    /// an array gives its elements in order, nested arrays flattened
+    /// depth-first and nil elements as `""` (so positions are kept).
+    pub fn to_strings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        match self {
+            Reply::Nil => {}
+            Reply::Array(items) => flatten(items, &mut out),
+            other => out.extend(other.as_text()),
+        }
+        out
+    }
+}
+
+fn flatten(items: &[Reply], out: &mut Vec<String>) {
+    for item in items {
+        match item {
+            Reply::Array(inner) => flatten(inner, out),
+            Reply::Nil => out.push(String::new()),
+            other => out.extend(other.as_text()),
+        }
+    }
+}
+
+fn proto(msg: impl Into<String>) -> ProbeError {
+    ProbeError::Protocol(msg.into())
+}
+
+/// Parses one reply from the start of `buf`: `Ok(Some((reply, consumed)))`,
+/// `Ok(None)` when more bytes are needed, or a protocol error on bytes that
+/// can never become a valid reply.
+pub fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, ProbeError> {
+    parse_at(buf, 0, 0)
+}
+
+/// Finds the line starting at `pos`: returns (line, position after CRLF).
+fn line_at(buf: &[u8], pos: usize) -> Result<Option<(&[u8], usize)>, ProbeError> {
+    let rest = buf.get(pos..).unwrap_or_default();
+    match rest.windows(2).position(|w| w == b"\r\n") {
+        Some(end) if end > MAX_LINE => Err(proto("reply line too long")),
+        Some(end) => {
+            let line = rest.get(..end).unwrap_or_default();
+            Ok(Some((line, pos.saturating_add(end).saturating_add(2))))
+        }
+        None if rest.len() > MAX_LINE.saturating_add(1) => Err(proto("reply line too long")),
+        None => Ok(None),
+    }
+}
+
+fn parse_int(line: &[u8]) -> Result<i64, ProbeError> {
+    let s = std::str::from_utf8(line).map_err(|_| proto("non-UTF-8 integer"))?;
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(proto(format!("invalid integer {s:?}")));
+    }
+    s.parse::<i64>()
+        .map_err(|_| proto(format!("invalid integer {s:?}")))
+}
+
+fn parse_at(buf: &[u8], pos: usize, depth: usize) -> Result<Option<(Reply, usize)>, ProbeError> {
+    if depth > MAX_DEPTH {
+        return Err(proto("reply nested too deeply"));
+    }
+    let Some(&tag) = buf.get(pos) else {
+        return Ok(None);
+    };
+    let Some((line, next)) = line_at(buf, pos.saturating_add(1))? else {
+        return Ok(None);
+    };
+    match tag {
+        b'+' => Ok(Some((
+            Reply::Simple(String::from_utf8_lossy(line).into_owned()),
+            next,
+        ))),
+        b'-' => Ok(Some((
+            Reply::Error(String::from_utf8_lossy(line).into_owned()),
+            next,
+        ))),
+        b':' => Ok(Some((Reply::Integer(parse_int(line)?), next))),
+        b'$' => {
+            let len = parse_int(line)?;
+            if len == -1 {
+                return Ok(Some((Reply::Nil, next)));
+            }
+            let len = usize::try_from(len).map_err(|_| proto("negative bulk length"))?;
+            if len > MAX_BULK {
+                return Err(proto(format!("bulk string of {len} bytes is too large")));
+            }
+            let end = next
+                .checked_add(len)
+                .ok_or_else(|| proto("bulk overflow"))?;
+            let after = end.checked_add(2).ok_or_else(|| proto("bulk overflow"))?;
+            let (Some(data), Some(crlf)) = (buf.get(next..end), buf.get(end..after)) else {
+                return Ok(None);
+            };
+            if crlf != b"\r\n" {
+                return Err(proto("bulk string not terminated by CRLF"));
+            }
+            Ok(Some((Reply::Bulk(data.to_vec()), after)))
+        }
+        b'*' => {
+            let len = parse_int(line)?;
+            if len == -1 {
+                return Ok(Some((Reply::Nil, next)));
+            }
+            let len = usize::try_from(len).map_err(|_| proto("negative array length"))?;
+            if len > MAX_ARRAY {
+                return Err(proto(format!("array of {len} elements is too large")));
+            }
+            let mut items = Vec::with_capacity(len.min(64));
+            let mut at = next;
+            for _ in 0..len {
+                match parse_at(buf, at, depth.saturating_add(1))? {
+                    Some((item, n)) => {
+                        items.push(item);
+                        at = n;
+                    }
+                    None => return Ok(None),
+                }
+            }
+            Ok(Some((Reply::Array(items), at)))
+        }
+        other => Err(proto(format!("unexpected reply type byte 0x{other:02x}"))),
+    }
+}
+
+/// Encodes a command as a RESP array of bulk strings.
+pub fn encode_command(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// Maps an error reply: auth problems to [`ProbeError::Auth`], the rest to
+/// [`ProbeError::Protocol`].
+pub fn error_reply(msg: &str) -> ProbeError {
+    let auth = [
+        "NOAUTH",
+        "WRONGPASS",
+        "NOPERM",
+        "ERR invalid password",
+        "ERR AUTH",
+    ];
+    if auth.iter().any(|p| msg.starts_with(p)) {
+        ProbeError::Auth(msg.to_string())
+    } else {
+        ProbeError::Protocol(format!("server replied: {msg}"))
+    }
+}
+
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    /// Connects and authenticates when `upstream.password` is set.
+    async fn open(service: &ServiceConfig, upstream: &UpstreamConfig) -> Result<Conn, ProbeError> {
+        let stream = super::connect(service, upstream).await?;
+        let mut conn = Conn {
+            stream,
+            buf: Vec::with_capacity(512),
+        };
+        if let Some(pw) = upstream.password.as_deref() {
+            let reply = match upstream.user.as_deref() {
+                Some(user) => conn.request(&["AUTH", user, pw]).await?,
+                None => conn.request(&["AUTH", pw]).await?,
+            };
+            expect_ok(&reply, "AUTH")?;
+        }
+        Ok(conn)
+    }
+
+    /// Sends one command and reads its reply; error replies become errors.
+    async fn request(&mut self, args: &[&str]) -> Result<Reply, ProbeError> {
+        self.stream.write_all(&encode_command(args)).await?;
+        let reply = self.read_reply().await?;
+        match reply {
+            Reply::Error(msg) => Err(error_reply(&msg)),
+            other => Ok(other),
+        }
+    }
+
+    async fn read_reply(&mut self) -> Result<Reply, ProbeError> {
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some((reply, used)) = parse_reply(&self.buf)? {
+                self.buf.drain(..used.min(self.buf.len()));
+                return Ok(reply);
+            }
+            if self.buf.len() > MAX_REPLY {
+                return Err(proto("reply too large"));
+            }
+            let n = self.stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(ProbeError::Io(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "redis closed the connection",
+                )));
+            }
+            self.buf
+                .extend_from_slice(chunk.get(..n).unwrap_or_default());
+        }
+    }
+}
+
+fn expect_ok(reply: &Reply, what: &str) -> Result<(), ProbeError> {
+    match reply {
+        Reply::Simple(s) if s.starts_with("OK") => Ok(()),
+        other => Err(proto(format!("{what}: expected +OK, got {other:?}"))),
+    }
+}
+
+/// The role named by a `ROLE` reply.
+pub fn role_of(reply: &Reply) -> Result<ObservedRole, ProbeError> {
+    let name = match reply {
+        Reply::Array(items) => items.first().and_then(Reply::as_text),
+        _ => None,
+    };
+    match name.as_deref() {
+        Some("master") => Ok(ObservedRole::Primary),
+        Some("slave") | Some("replica") => Ok(ObservedRole::Replica),
+        Some("sentinel") => Err(proto("upstream is a sentinel, not a data node")),
+        Some(other) => Err(proto(format!("unknown ROLE {other:?}"))),
+        None => Err(proto(format!("unexpected ROLE reply {reply:?}"))),
+    }
+}
 
 pub struct RedisCheck;
 
@@ -11,13 +292,188 @@ impl HealthCheck for RedisCheck {
         upstream: &'a UpstreamConfig,
     ) -> BoxFuture<'a, Result<Option<ObservedRole>, ProbeError>> {
         Box::pin(async move {
-            super::connect(service, upstream).await?;
-            Ok(None)
+            let mut conn = Conn::open(service, upstream).await?;
+            match conn.request(&["PING"]).await? {
+                Reply::Simple(s) if s == "PONG" => {}
+                other => return Err(proto(format!("PING: expected +PONG, got {other:?}"))),
+            }
+            let role = role_of(&conn.request(&["ROLE"]).await?)?;
+            Ok(Some(role))
         })
     }
 }
 
+/// Connects, authenticates and runs one command. Error replies become
+/// errors (auth ones [`ProbeError::Auth`]). The caller bounds the call.
+pub async fn command(
+    service: &ServiceConfig,
+    upstream: &UpstreamConfig,
+    args: &[&str],
+) -> Result<Reply, ProbeError> {
+    let mut conn = Conn::open(service, upstream).await?;
+    conn.request(args).await
+}
+
+/// `REPLICAOF NO ONE`: makes `upstream` a primary.
 pub async fn promote(service: &ServiceConfig, upstream: &UpstreamConfig) -> Result<(), ProbeError> {
-    let _ = (service, upstream);
-    Ok(())
+    let reply = command(service, upstream, &["REPLICAOF", "NO", "ONE"]).await?;
+    expect_ok(&reply, "REPLICAOF NO ONE")
+}
+
+/// `REPLICAOF host port`: makes `upstream` a replica of `host:port`.
+pub async fn replicate_from(
+    service: &ServiceConfig,
+    upstream: &UpstreamConfig,
+    host: &str,
+    port: u16,
+) -> Result<(), ProbeError> {
+    let port = port.to_string();
+    let reply = command(service, upstream, &["REPLICAOF", host, &port]).await?;
+    expect_ok(&reply, "REPLICAOF")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn full(buf: &[u8]) -> Reply {
+        let (r, n) = parse_reply(buf).unwrap().unwrap();
+        assert_eq!(n, buf.len());
+        r
+    }
+
+    #[test]
+    fn parses_each_type() {
+        assert_eq!(full(b"+PONG\r\n"), Reply::Simple("PONG".into()));
+        assert_eq!(full(b"-ERR bad\r\n"), Reply::Error("ERR bad".into()));
+        assert_eq!(full(b":-42\r\n"), Reply::Integer(-42));
+        assert_eq!(full(b"$3\r\nfoo\r\n"), Reply::Bulk(b"foo".to_vec()));
+        assert_eq!(full(b"$0\r\n\r\n"), Reply::Bulk(Vec::new()));
+        assert_eq!(full(b"$-1\r\n"), Reply::Nil);
+        assert_eq!(full(b"*-1\r\n"), Reply::Nil);
+        assert_eq!(full(b"*0\r\n"), Reply::Array(vec![]));
+    }
+
+    const MASTER_ROLE: &[u8] =
+        b"*3\r\n$6\r\nmaster\r\n:3129659\r\n*1\r\n*3\r\n$9\r\n127.0.0.1\r\n$4\r\n9001\r\n$7\r\n3129242\r\n";
+    const SLAVE_ROLE: &[u8] =
+        b"*5\r\n$5\r\nslave\r\n$9\r\n127.0.0.1\r\n:9000\r\n$9\r\nconnected\r\n:3167038\r\n";
+
+    #[test]
+    fn parses_role_replies() {
+        let m = full(MASTER_ROLE);
+        assert_eq!(role_of(&m).unwrap(), ObservedRole::Primary);
+        assert_eq!(
+            m.to_strings(),
+            vec!["master", "3129659", "127.0.0.1", "9001", "3129242"]
+        );
+        let s = full(SLAVE_ROLE);
+        assert_eq!(role_of(&s).unwrap(), ObservedRole::Replica);
+        assert_eq!(s.to_strings().get(3).map(String::as_str), Some("connected"));
+        let sentinel = full(b"*2\r\n$8\r\nsentinel\r\n*0\r\n");
+        assert!(matches!(role_of(&sentinel), Err(ProbeError::Protocol(_))));
+        assert!(role_of(&Reply::Integer(1)).is_err());
+        assert_eq!(Reply::Nil.to_strings(), Vec::<String>::new());
+        assert_eq!(
+            full(b"*2\r\n$-1\r\n+x\r\n").to_strings(),
+            vec!["".to_string(), "x".to_string()]
+        );
+    }
+
+    #[test]
+    fn every_prefix_is_incomplete_and_trailing_bytes_are_left() {
+        for sample in [
+            MASTER_ROLE,
+            SLAVE_ROLE,
+            b"+OK\r\n".as_slice(),
+            b"$3\r\nfoo\r\n",
+        ] {
+            for cut in 0..sample.len() {
+                let prefix = sample.get(..cut).unwrap();
+                assert!(
+                    parse_reply(prefix).unwrap().is_none(),
+                    "prefix {cut} of {sample:?}"
+                );
+            }
+            let mut two = sample.to_vec();
+            two.extend_from_slice(b"+NEXT\r\n");
+            let (_, n) = parse_reply(&two).unwrap().unwrap();
+            assert_eq!(n, sample.len());
+        }
+    }
+
+    #[test]
+    fn rejects_garbage_and_oversize() {
+        for bad in [
+            b"?\r\n".as_slice(),
+            b":12a\r\n",
+            b":\r\n",
+            b"$-2\r\n",
+            b"$3\r\nfooXY",
+            b"*-5\r\n",
+            b"$99999999999999999999\r\n",
+            b"$9999999999\r\n",
+            b"*9999999999\r\n",
+            b":99999999999999999999\r\n",
+        ] {
+            assert!(parse_reply(bad).is_err(), "{bad:?}");
+        }
+        let deep = "*1\r\n".repeat(MAX_DEPTH + 2);
+        assert!(parse_reply(deep.as_bytes()).is_err());
+        let long = vec![b'+'; MAX_LINE + 10];
+        assert!(parse_reply(&long).is_err());
+    }
+
+    #[test]
+    fn random_and_mutated_input_never_panics() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+        let alphabet = b"+-:$*\r\n0123456789-abc";
+        for _ in 0..20_000 {
+            let len = rng.gen_range(0..64);
+            let bytes: Vec<u8> = if rng.gen_bool(0.5) {
+                (0..len).map(|_| rng.gen()).collect()
+            } else {
+                (0..len)
+                    .map(|_| alphabet[rng.gen_range(0..alphabet.len())])
+                    .collect()
+            };
+            if let Ok(Some((_, n))) = parse_reply(&bytes) {
+                assert!(n <= bytes.len());
+            }
+        }
+        for _ in 0..20_000 {
+            let mut bytes = MASTER_ROLE.to_vec();
+            for _ in 0..rng.gen_range(1..4) {
+                let i = rng.gen_range(0..bytes.len());
+                bytes[i] = rng.gen();
+            }
+            let cut = rng.gen_range(0..=bytes.len());
+            bytes.truncate(cut);
+            if let Ok(Some((_, n))) = parse_reply(&bytes) {
+                assert!(n <= bytes.len());
+            }
+        }
+    }
+
+    #[test]
+    fn encodes_commands_and_maps_errors() {
+        assert_eq!(
+            encode_command(&["AUTH", "pw"]),
+            b"*2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n".to_vec()
+        );
+        for auth in [
+            "NOAUTH Authentication required.",
+            "WRONGPASS invalid username-password pair or user is disabled.",
+            "ERR invalid password",
+        ] {
+            assert!(matches!(error_reply(auth), ProbeError::Auth(_)), "{auth}");
+        }
+        assert!(matches!(
+            error_reply("ERR unknown command"),
+            ProbeError::Protocol(_)
+        ));
+        assert!(matches!(error_reply("LOADING"), ProbeError::Protocol(_)));
+    }
 }
