@@ -1,5 +1,187 @@
 //! continuity-control: the control plane (axum): REST, WebSockets,
 //! `/metrics`, and later the operations page and the audit log. It sees the
 //! data plane only through `continuity_proxy::Engine`.
+//!
+//! The entry points are testable on their own: [`router`] builds the whole
+//! HTTP surface from an [`AppState`] (drive it with `tower::ServiceExt::oneshot`,
+//! no socket needed) and [`serve`] runs it on a listener the caller has
+//! already bound, until `shutdown` resolves.
+//!
+//! Layers, outermost first: CORS (only with `cors_origins`, so that a
+//! preflight needs no token), auth ([`auth::require`]: 429/401/403 and an
+//! early 413), then routing with the extractor body limit; unknown routes
+//! and wrong methods end in the same JSON error envelope as everything else.
 
+// No unwrap on anything a network or a user can influence; tests may.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod auth;
 pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod ratelimit;
+pub mod routes;
+#[cfg(test)]
+mod testutil;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderValue, Method};
+use axum::routing::{get, post};
+use axum::Router;
+use continuity_proxy::{Command, CommandOutcome, Engine};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::auth::Auth;
+use crate::config::ControlConfig;
+use crate::error::ApiError;
+use crate::metrics::ControlMetrics;
+
+/// Largest request body accepted (SPEC 4: operator POSTs are small).
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// How long a POST waits for the engine to finish a switch (SPEC 4).
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Everything a handler needs; cheap to clone (all shared).
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Engine,
+    pub config: Arc<ControlConfig>,
+    /// Shared with the data plane, which registers its own families.
+    pub registry: prometheus::Registry,
+    pub metrics: Arc<ControlMetrics>,
+    auth: Arc<Auth>,
+    command_timeout: Duration,
+}
+
+impl AppState {
+    /// Registers the control-plane metrics into `registry` (the one the
+    /// engine was started with). Fails only if those names are already
+    /// registered there.
+    pub fn new(
+        engine: Engine,
+        config: Arc<ControlConfig>,
+        registry: prometheus::Registry,
+    ) -> Result<AppState, prometheus::Error> {
+        let metrics = Arc::new(ControlMetrics::register(&registry)?);
+        let auth = Arc::new(Auth::new(
+            &config,
+            BODY_LIMIT,
+            metrics.auth_failures.clone(),
+        ));
+        Ok(AppState {
+            engine,
+            config,
+            registry,
+            metrics,
+            auth,
+            command_timeout: COMMAND_TIMEOUT,
+        })
+    }
+
+    /// Overrides [`COMMAND_TIMEOUT`] (tests).
+    pub fn with_command_timeout(mut self, timeout: Duration) -> AppState {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// Runs one command through the engine, bounded by the command timeout.
+    /// If the bound fires, the `apply` future is dropped: the engine must
+    /// treat that as the caller going away, not as a cancelled switch.
+    pub async fn apply(&self, cmd: Command) -> Result<CommandOutcome, ApiError> {
+        match tokio::time::timeout(self.command_timeout, self.engine.apply(cmd)).await {
+            Ok(result) => result.map_err(ApiError::from),
+            Err(_) => Err(ApiError::Timeout(format!(
+                "the switch did not complete within {}s",
+                self.command_timeout.as_secs_f64()
+            ))),
+        }
+    }
+}
+
+/// The whole HTTP surface of the control plane.
+pub fn router(state: AppState) -> Router {
+    use routes::{failover, health, metrics, redundancy};
+    let cors = cors_layer(&state.config.cors_origins);
+    let app = Router::new()
+        .route("/api/ops/health", get(health::health))
+        .route("/api/ops/ready", get(health::ready))
+        .route("/api/ops/health/deep", get(health::deep))
+        .route("/api/ops/health/service/{type}", get(health::service))
+        .route("/api/ops/failover/status", get(failover::status))
+        .route("/api/ops/failover/trigger/{type}", post(failover::trigger))
+        .route("/api/ops/failover/recover/{type}", post(failover::recover))
+        .route("/api/ops/redundancy/status", get(redundancy::status))
+        .route(
+            "/api/ops/redundancy/pool/{name}",
+            get(redundancy::pool_by_name),
+        )
+        .route("/metrics", get(metrics::metrics))
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(
+            state.auth.clone(),
+            auth::require,
+        ))
+        .with_state(state);
+    match cors {
+        Some(cors) => app.layer(cors),
+        None => app,
+    }
+}
+
+/// CORS stays off (no headers, same-origin only) unless origins are
+/// configured; `"*"` allows any origin. Tokens travel in the
+/// `Authorization` header, never cookies, so credentials are not allowed.
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| {
+            let v = HeaderValue::from_str(o.trim_end_matches('/')).ok();
+            if v.is_none() {
+                tracing::warn!(origin = %o, "ignoring invalid CORS origin");
+            }
+            v
+        }))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .max_age(Duration::from_secs(600)),
+    )
+}
+
+/// Serves [`router`] on `listener` (bound by the caller, so that a bind
+/// failure is reported before anything starts) until `shutdown` resolves,
+/// then lets in-flight requests finish. Peer addresses reach the auth
+/// limiter through `ConnectInfo<SocketAddr>`.
+///
+/// TLS seam: when `tls_cert`/`tls_key` are set, a TLS variant will accept
+/// on the same listener, wrap each stream with rustls, and serve the same
+/// `router(state)` (via `hyper_util`), again with the peer address as
+/// `ConnectInfo`; nothing above this function changes.
+pub async fn serve<F>(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: F,
+) -> std::io::Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

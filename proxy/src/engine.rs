@@ -187,7 +187,16 @@ impl Engine {
             .ok_or_else(|| CommandError::NotFound(format!("no service named {name}")))
     }
 
+    /// Applies one command. The work runs in its own task, so a caller that
+    /// stops waiting (a timed-out HTTP request) never leaves a switch half done.
     pub async fn apply(&self, cmd: Command) -> Result<CommandOutcome, CommandError> {
+        let engine = self.clone();
+        tokio::spawn(async move { engine.apply_now(cmd).await })
+            .await
+            .unwrap_or_else(|e| Err(CommandError::Conflict(format!("command failed: {e}"))))
+    }
+
+    async fn apply_now(&self, cmd: Command) -> Result<CommandOutcome, CommandError> {
         match cmd {
             Command::Trigger {
                 service,

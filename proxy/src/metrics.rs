@@ -17,7 +17,7 @@ pub mod names {
     pub const CONNECTIONS_TOTAL: &str = "continuity_proxy_connections_total";
     pub const ACTIVE_CONNECTIONS: &str = "continuity_proxy_active_connections";
     pub const BYTES_TOTAL: &str = "continuity_proxy_bytes_total";
-    pub const HELD_TOTAL: &str = "continuity_held_connections_total";
+    pub const HELD_TOTAL: &str = "continuity_held_clients_total";
     pub const HOLD_TIMEOUTS_TOTAL: &str = "continuity_hold_timeouts_total";
     pub const PASSIVE_FAILURES_TOTAL: &str = "continuity_passive_failures_total";
 }

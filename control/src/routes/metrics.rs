@@ -1,0 +1,19 @@
+//! `GET /metrics`: the Prometheus text exposition of the shared registry,
+//! with the control-plane state gauges refreshed from a fresh snapshot.
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+
+use crate::error::ApiError;
+use crate::metrics::CONTENT_TYPE;
+use crate::AppState;
+
+pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let snap = state.engine.snapshot();
+    let text = state.metrics.render(&snap, &state.registry).map_err(|e| {
+        tracing::error!(error = %e, "metrics encoding failed");
+        ApiError::Internal
+    })?;
+    Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response())
+}
