@@ -1,1 +1,84 @@
-fn main() {}
+//! The `continuity` binary: command line, config loading, and the wiring of
+//! the data plane (continuity-proxy) and the control plane
+//! (continuity-control). Only this crate knows both sides.
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod cli;
+mod config;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let code = match cli.cmd {
+        cli::Cmd::Check { config } => cli::check(&config),
+        cli::Cmd::Token(cli::TokenCmd::New) => {
+            println!("{}", cli::token_new());
+            0
+        }
+        cli::Cmd::Healthcheck { url } => cli::healthcheck(&url),
+        cli::Cmd::Run { config, log_format } => match config::load(&config) {
+            Ok(cfg) => run_engine(cfg, log_format),
+            Err(errors) => {
+                eprintln!("{errors}");
+                eprintln!("continuity: config refused, nothing started");
+                cli::EXIT_CONFIG
+            }
+        },
+        cli::Cmd::Audit(cli::AuditCmd::Verify { dir, public_key }) => {
+            let _ = (dir, public_key);
+            eprintln!("continuity: audit verify is not available in this build yet");
+            2
+        }
+        cli::Cmd::Audit(cli::AuditCmd::Keygen { out }) => {
+            let _ = out;
+            eprintln!("continuity: audit keygen is not available in this build yet");
+            2
+        }
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn init_logging(format: cli::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        cli::LogFormat::Json => builder.json().init(),
+        cli::LogFormat::Text => builder.init(),
+    }
+}
+
+fn run_engine(cfg: config::Config, log_format: cli::LogFormat) -> i32 {
+    init_logging(log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("continuity")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("continuity: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    match runtime.block_on(run::run(cfg, run::signals())) {
+        Ok(()) => 0,
+        Err(run::RunError::Bind(message)) => {
+            tracing::error!("{message}");
+            eprintln!("continuity: {message}");
+            cli::EXIT_CONFIG
+        }
+        Err(run::RunError::Other(e)) => {
+            tracing::error!("{e:#}");
+            eprintln!("continuity: {e:#}");
+            1
+        }
+    }
+}
