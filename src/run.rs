@@ -53,9 +53,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     tracing::info!(addr = %control_addr, "control plane listening");
 
     let (stop_tx, mut stop_rx) = watch::channel(false);
-    let control = tokio::spawn(continuity_control::serve(control_listener, state, async move {
-        let _ = stop_rx.wait_for(|stop| *stop).await;
-    }));
+    let control = tokio::spawn(continuity_control::serve(
+        control_listener,
+        state,
+        async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        },
+    ));
 
     shutdown.await;
     tracing::info!(

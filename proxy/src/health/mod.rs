@@ -74,7 +74,11 @@ impl ProbeOutcome {
         }
     }
 
-    pub fn failed(latency: Duration, failure: FailureKind, error: impl Into<String>) -> ProbeOutcome {
+    pub fn failed(
+        latency: Duration,
+        failure: FailureKind,
+        error: impl Into<String>,
+    ) -> ProbeOutcome {
         ProbeOutcome {
             ok: false,
             latency,
@@ -153,7 +157,10 @@ pub async fn run_probe(service: &ServiceConfig, upstream: &UpstreamConfig) -> Pr
         Err(_) => ProbeOutcome::failed(
             started.elapsed(),
             FailureKind::Timeout,
-            format!("probe timed out after {} ms", service.health.timeout.as_millis()),
+            format!(
+                "probe timed out after {} ms",
+                service.health.timeout.as_millis()
+            ),
         ),
     }
 }
