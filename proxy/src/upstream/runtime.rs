@@ -127,7 +127,7 @@ pub struct FailoverCounters {
     pub total: AtomicU64,
     pub auto: AtomicU64,
     pub manual: AtomicU64,
-    pub recovery_ms_sum: AtomicU64,
+    pub recovery_us_sum: AtomicU64,
     pub recoveries: AtomicU64,
 }
 
@@ -678,8 +678,8 @@ impl ServiceRt {
             .with_label_values(&[self.name()])
             .observe(d.as_secs_f64());
         self.counters
-            .recovery_ms_sum
-            .fetch_add(d.as_millis() as u64, Ordering::Relaxed);
+            .recovery_us_sum
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
         self.counters.recoveries.fetch_add(1, Ordering::Relaxed);
     }
 
