@@ -117,7 +117,11 @@ fn promote_on_kill_closes_old_connections_and_fences_the_old_primary() {
     // A client that connects after the kill never sees an error.
     for i in 0..40 {
         let reply = redis_cmd(&listen, &["SET", &format!("after:{i}"), "v"]);
-        assert_eq!(reply.as_deref().ok(), Some("OK"), "new client {i} saw {reply:?}");
+        assert_eq!(
+            reply.as_deref().ok(),
+            Some("OK"),
+            "new client {i} saw {reply:?}"
+        );
     }
     let (ok, errors) = load.finish();
     assert!(ok > 10, "load made progress: {ok}");
@@ -131,7 +135,10 @@ fn promote_on_kill_closes_old_connections_and_fences_the_old_primary() {
     // The connection that was open to the old primary was closed.
     old.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let _ = old.write_all(b"PING\r\n");
-    assert!(matches!(old.read(&mut buf), Ok(0) | Err(_)), "old connection still open");
+    assert!(
+        matches!(old.read(&mut buf), Ok(0) | Err(_)),
+        "old connection still open"
+    );
 
     let (_, status) = engine.get("/api/ops/failover/status");
     let svc = &status["services"][0];
@@ -144,7 +151,10 @@ fn promote_on_kill_closes_old_connections_and_fences_the_old_primary() {
     pair.primary.restart();
     std::thread::sleep(Duration::from_millis(800));
     for i in 0..20 {
-        assert_eq!(redis_cmd(&listen, &["SET", &format!("fenced:{i}"), "v"]).unwrap(), "OK");
+        assert_eq!(
+            redis_cmd(&listen, &["SET", &format!("fenced:{i}"), "v"]).unwrap(),
+            "OK"
+        );
     }
     assert_eq!(sets_executed(&pair.primary), 0, "fenced primary got writes");
 
@@ -157,12 +167,17 @@ fn promote_on_kill_closes_old_connections_and_fences_the_old_primary() {
     pair.primary
         .cmd(&["REPLICAOF", "127.0.0.1", &pair.replica.port().to_string()])
         .unwrap();
-    assert!(wait_until(Duration::from_secs(10), || pair.primary.link_is_up()));
+    assert!(wait_until(Duration::from_secs(10), || pair
+        .primary
+        .link_is_up()));
     assert!(wait_until(Duration::from_secs(5), || {
         pair.primary.cmd(&["GET", "fenced:19"]).ok().as_deref() == Some("v")
     }));
     std::thread::sleep(Duration::from_millis(500));
-    let (code, body) = engine.post("/api/ops/failover/recover/redis", r#"{"reason":"resynced"}"#);
+    let (code, body) = engine.post(
+        "/api/ops/failover/recover/redis",
+        r#"{"reason":"resynced"}"#,
+    );
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["active_upstream"], "redis-primary");
     assert_eq!(body["epoch"], 2);
@@ -197,7 +212,10 @@ fn route_mode_reads_from_the_replica_and_recover_needs_an_operator() {
     // Fenced: still served by the replica until an operator recovers.
     assert_eq!(redis_cmd(&listen, &["GET", "k"]).unwrap(), "from-primary");
 
-    let (code, body) = engine.post("/api/ops/failover/recover/redis", r#"{"reason":"primary back"}"#);
+    let (code, body) = engine.post(
+        "/api/ops/failover/recover/redis",
+        r#"{"reason":"primary back"}"#,
+    );
     assert_eq!(code, 200, "{body}");
     assert_eq!(redis_cmd(&listen, &["GET", "k"]).unwrap(), "restarted");
 

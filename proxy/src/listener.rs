@@ -248,9 +248,7 @@ async fn must_close(svc: &ServiceRt, idx: usize, epoch: u64) {
 /// FIN after the reply, and the client's pending bytes read so the kernel
 /// does not answer them with a reset that could destroy the reply.
 async fn refuse(svc: &ServiceRt, mut client: TcpStream, early: &[u8]) {
-    if let Some(reply) = protocol::hold_timeout_reply(svc.cfg.kind, svc.name(), early) {
-        let _ = client.write_all(&reply).await;
-    }
+    protocol::refuse_held(svc.cfg.kind, svc.name(), &mut client, early).await;
     let _ = client.shutdown().await;
     let mut sink = [0u8; 4096];
     let _ = tokio::time::timeout(Duration::from_secs(2), async {

@@ -119,7 +119,11 @@ impl Continuity {
             if let Ok((200, _)) = self.try_request("GET", "/api/ops/health", None, None) {
                 return;
             }
-            assert!(self.is_running(), "continuity exited at start:\n{}", self.log_text());
+            assert!(
+                self.is_running(),
+                "continuity exited at start:\n{}",
+                self.log_text()
+            );
             assert!(
                 started.elapsed() < Duration::from_secs(20),
                 "continuity did not answer /api/ops/health:\n{}",
@@ -130,7 +134,10 @@ impl Continuity {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(|c| c.id()).expect("continuity was started")
+        self.child
+            .as_ref()
+            .map(|c| c.id())
+            .expect("continuity was started")
     }
 
     pub fn config_path(&self) -> &Path {
@@ -248,7 +255,11 @@ impl Continuity {
         let chunked = head
             .to_ascii_lowercase()
             .contains("transfer-encoding: chunked");
-        let body = if chunked { dechunk(rest) } else { rest.to_string() };
+        let body = if chunked {
+            dechunk(rest)
+        } else {
+            rest.to_string()
+        };
         Ok((status, body))
     }
 }

@@ -6,13 +6,22 @@ pub mod redis;
 
 use crate::config::Kind;
 
-/// Bytes to send a held client that timed out, given the bytes it sent
-/// while held. `None`: the protocol has no error to give; just close.
-pub fn hold_timeout_reply(kind: Kind, service: &str, early: &[u8]) -> Option<Vec<u8>> {
+/// Gives a held client that timed out its protocol's error, given the
+/// bytes it sent while held. Bolt and tcp have none: they are just closed.
+pub async fn refuse_held<S>(kind: Kind, service: &str, stream: &mut S, early: &[u8])
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
     let message = format!("continuity: no upstream available for {service}");
     match kind {
-        Kind::Redis => Some(redis::error_reply(&message)),
-        Kind::Postgres => Some(postgres::refuse_startup(early, &message)),
-        _ => None,
+        Kind::Redis => {
+            let _ = stream.write_all(&redis::error_reply(&message)).await;
+        }
+        Kind::Postgres => {
+            postgres::refuse_startup(stream, early, &message, std::time::Duration::from_secs(2))
+                .await
+        }
+        _ => {}
     }
 }

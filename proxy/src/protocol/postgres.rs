@@ -36,30 +36,67 @@ pub fn error_response(sqlstate: &str, message: &str) -> Vec<u8> {
     out
 }
 
-/// What a held client gets on timeout: `N` to a pending encryption request
-/// (so the client proceeds in plain text and reads the error), then an
-/// ErrorResponse with SQLSTATE 08006 (connection_failure).
-pub fn refuse_startup(early: &[u8], message: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    if starts_with_encryption_request(early) {
-        out.push(b'N');
-    }
-    out.extend(error_response("08006", message));
-    out
+/// What a held client gets on timeout: `N` to each encryption request (so
+/// the client goes on in plain text), then, once its StartupMessage is in,
+/// an ErrorResponse with SQLSTATE 08006 (connection_failure). libpq drops
+/// bytes that arrive together with the `N`, so the error must wait for the
+/// StartupMessage; that wait is bounded by `wait`.
+pub async fn refuse_startup<S>(
+    stream: &mut S,
+    early: &[u8],
+    message: &str,
+    wait: std::time::Duration,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = early.to_vec();
+    let _ = tokio::time::timeout(wait, async {
+        loop {
+            if starts_with_encryption_request(&buf) {
+                buf.drain(..8);
+                stream.write_all(b"N").await?;
+                continue;
+            }
+            if buf.len() >= 8 {
+                // A StartupMessage (or something else): answer it.
+                return Ok::<(), std::io::Error>(());
+            }
+            let mut chunk = [0u8; 512];
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+        }
+    })
+    .await;
+    let _ = stream.write_all(&error_response("08006", message)).await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn ssl_request_gets_n_first() {
-        let ssl = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
-        let out = refuse_startup(&ssl, "x");
-        assert_eq!(out[0], b'N');
-        assert_eq!(out[1], b'E');
-        let plain = refuse_startup(&[0, 0, 0, 9], "x");
-        assert_eq!(plain[0], b'E');
+    #[tokio::test]
+    async fn ssl_request_gets_n_then_the_error_after_startup() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut proxy, mut client) = tokio::io::duplex(1024);
+        let ssl = [0u8, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+        let task = tokio::spawn(async move {
+            refuse_startup(&mut proxy, &ssl, "x", std::time::Duration::from_secs(2)).await;
+        });
+        let mut n = [0u8; 1];
+        client.read_exact(&mut n).await.unwrap();
+        assert_eq!(n[0], b'N');
+        client
+            .write_all(&[0, 0, 0, 9, 0, 3, 0, 0, 0])
+            .await
+            .unwrap();
+        let mut e = [0u8; 1];
+        client.read_exact(&mut e).await.unwrap();
+        assert_eq!(e[0], b'E');
+        task.await.unwrap();
     }
 
     #[test]

@@ -1,0 +1,557 @@
+#!/usr/bin/env python3
+"""Helpers for benches/load.sh and benches/failover.sh (Python 3 stdlib only).
+
+Subcommands:
+  freeport [USED...]                  print a free TCP port on 127.0.0.1 (20000-32000)
+  waitport PORT [TIMEOUT_S]           wait until 127.0.0.1:PORT accepts a connection
+  redis-ping PORT [TIMEOUT_S]         wait until a Redis PING through PORT answers +PONG
+  redis-get PORT KEY                  print the value of KEY (one RESP GET), '' if nil
+  hactl-wait SOCK [TIMEOUT_S]         wait until every server of every be_* is UP (stats socket)
+  ctl-wait-healthy URL SERVICE [T]    wait until GET URL/api/ops/health shows SERVICE healthy
+  haproxy-cfg TEMPLATE OUT redis_primary=P redis_backup=P redis_listen=P [pg=P pg_listen=P] [sock=PATH]
+                                      generate an HAProxy config from a reference config
+  rss PID                             print VmRSS and VmHWM in kB (JSON)
+  run --out-json F --stdout F --daemons name=pid,... [--proxy PID] [--label L] -- CMD...
+                                      run CMD and record CPU, machine load and parsed results
+  machine                             print machine/version facts (JSON)
+  report-load DIR                     markdown tables from DIR/runs.jsonl (load.sh)
+  report-failover DIR                 markdown tables from DIR/failover.jsonl (failover.sh)
+"""
+import json
+import os
+import random
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# --------------------------------------------------------------------------- /proc
+def proc_ticks(pid, children=True):
+    """utime+stime (+cutime+cstime: reaped children, e.g. postgres backends) in ticks."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            s = f.read()
+    except OSError:
+        return None
+    rest = s[s.rindex(")") + 2:].split()
+    # fields after ')' start at field 3 (state); utime is field 14 -> index 11
+    ut, st, cut, cst = (int(x) for x in rest[11:15])
+    return ut + st + ((cut + cst) if children else 0)
+
+
+def machine_ticks():
+    with open("/proc/stat") as f:
+        parts = f.readline().split()[1:9]
+    v = [int(x) for x in parts]
+    user, nice, system, idle, iowait, irq, softirq, steal = v
+    busy = user + nice + system + irq + softirq + steal
+    return busy, sum(v)
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return [float(x) for x in f.read().split()[:3]]
+
+
+def rss(pid):
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    k, v = line.split(":")
+                    out[k] = int(v.split()[0])
+    except OSError:
+        pass
+    return out
+
+
+# --------------------------------------------------------------------------- parsing
+def parse_redis_csv(text):
+    """redis-benchmark --csv -> {TEST: {rps, avg, p50, p95, p99, max}}"""
+    res = {}
+    for line in text.splitlines():
+        f = [x.strip('"') for x in line.strip().split(",")]
+        if len(f) >= 8 and f[0] != "test":
+            try:
+                res[f[0]] = {"rps": float(f[1]), "avg_ms": float(f[2]), "p50_ms": float(f[4]),
+                             "p95_ms": float(f[5]), "p99_ms": float(f[6]), "max_ms": float(f[7])}
+            except ValueError:
+                pass
+    return res
+
+
+def parse_pgbench(text):
+    res = {}
+    m = re.search(r"number of transactions actually processed: (\d+)", text)
+    if m: res["txns"] = int(m.group(1))
+    m = re.search(r"number of failed transactions: (\d+)", text)
+    if m: res["failed"] = int(m.group(1))
+    m = re.search(r"latency average = ([\d.]+) ms", text)
+    if m: res["lat_avg_ms"] = float(m.group(1))
+    m = re.search(r"latency stddev = ([\d.]+) ms", text)
+    if m: res["lat_stddev_ms"] = float(m.group(1))
+    m = re.search(r"initial connection time = ([\d.]+) ms", text)
+    if m: res["conn_ms"] = float(m.group(1))
+    m = re.search(r"tps = ([\d.]+) \(without initial connection time\)", text)
+    if m: res["tps"] = float(m.group(1))
+    return res
+
+
+# --------------------------------------------------------------------------- run
+def cmd_run(argv):
+    import argparse
+    ap = argparse.ArgumentParser(prog="benchlib.py run")
+    ap.add_argument("--out-json", required=True)
+    ap.add_argument("--stdout", required=True)
+    ap.add_argument("--daemons", default="", help="name=pid,... every process of this benchmark")
+    ap.add_argument("--proxy", type=int, default=0, help="PID of the proxy under test (0: direct)")
+    ap.add_argument("--meta", default="{}", help="JSON merged into the record")
+    ap.add_argument("cmd", nargs=argparse.REMAINDER)
+    a = ap.parse_args(argv)
+    cmd = a.cmd[1:] if a.cmd and a.cmd[0] == "--" else a.cmd
+    daemons = {}
+    for kv in filter(None, a.daemons.split(",")):
+        k, v = kv.split("=")
+        daemons[k] = int(v)
+    rec = json.loads(a.meta)
+    rec["cmd"] = " ".join(cmd)
+    rec["loadavg_before"] = loadavg()
+    d0 = {k: proc_ticks(p) for k, p in daemons.items()}
+    px0 = proc_ticks(a.proxy, children=False) if a.proxy else None
+    m0 = machine_ticks()
+    t0 = time.monotonic()
+    with open(a.stdout, "wb") as out:
+        p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        _, status, ru = os.wait4(p.pid, 0)
+    wall = time.monotonic() - t0
+    time.sleep(0.2)  # let the postmaster reap its backends (their CPU lands in cutime)
+    m1 = machine_ticks()
+    d1 = {k: proc_ticks(p) for k, p in daemons.items()}
+    px1 = proc_ticks(a.proxy, children=False) if a.proxy else None
+    rec["loadavg_after"] = loadavg()
+    rec["exit"] = os.waitstatus_to_exitcode(status)
+    rec["wall_s"] = round(wall, 3)
+    client_ticks = (ru.ru_utime + ru.ru_stime) * CLK_TCK
+    ours = client_ticks + sum((d1[k] or 0) - (d0[k] or 0) for k in daemons if d0[k] is not None)
+    busy = m1[0] - m0[0]
+    total = max(1, m1[1] - m0[1])
+    rec["machine_busy_pct"] = round(100.0 * busy / total, 1)
+    rec["foreign_cpu_pct"] = round(max(0.0, 100.0 * (busy - ours) / total), 1)
+    rec["client_cpu_s"] = round(ru.ru_utime + ru.ru_stime, 3)
+    if a.proxy and px0 is not None and px1 is not None:
+        rec["proxy_cpu_s"] = round((px1 - px0) / CLK_TCK, 3)
+    with open(a.stdout, errors="replace") as f:
+        text = f.read()
+    name = os.path.basename(cmd[0])
+    if "redis-benchmark" in name:
+        rec["redis"] = parse_redis_csv(text)
+        rec["ops"] = len(rec["redis"]) * int(cmd[cmd.index("-n") + 1])
+    elif "pgbench" in name:
+        rec["pgbench"] = parse_pgbench(text)
+        rec["ops"] = rec["pgbench"].get("txns", 0)
+    if rec.get("proxy_cpu_s") is not None and rec.get("ops"):
+        rec["proxy_cpu_us_per_op"] = round(rec["proxy_cpu_s"] * 1e6 / rec["ops"], 2)
+    with open(a.out_json, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+    print(json.dumps({k: rec.get(k) for k in ("target", "bench", "round", "exit", "wall_s",
+                                               "proxy_cpu_us_per_op", "machine_busy_pct",
+                                               "foreign_cpu_pct", "loadavg_before")}))
+    if rec["exit"] != 0:
+        sys.stderr.write(text[-2000:])
+    return 0 if rec["exit"] == 0 else 1
+
+
+# --------------------------------------------------------------------------- small tools
+def freeport(used):
+    used = {int(u) for u in used}
+    for _ in range(10000):
+        p = random.randint(20000, 32000)
+        if p in used:
+            continue
+        s = socket.socket()
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+            s.bind(("127.0.0.1", p))
+            return p
+        except OSError:
+            continue
+        finally:
+            s.close()
+    raise SystemExit("no free port")
+
+
+def waitport(port, timeout):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return 0
+        except OSError:
+            time.sleep(0.05)
+    return 1
+
+
+def resp_cmd(port, *args, timeout=1.0):
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        req = b"*%d\r\n" % len(args) + b"".join(
+            b"$%d\r\n%s\r\n" % (len(x), x) for x in (a.encode() for a in args))
+        s.sendall(req)
+        buf = b""
+        while True:
+            d = s.recv(65536)
+            if not d:
+                raise OSError("EOF")
+            buf += d
+            if b"\r\n" in buf:
+                head = buf.split(b"\r\n", 1)[0]
+                if head[:1] in (b"+", b"-", b":"):
+                    return head.decode()
+                if head[:1] == b"$":
+                    n = int(head[1:])
+                    if n < 0:
+                        return ""
+                    if len(buf) >= len(head) + 2 + n + 2:
+                        return buf[len(head) + 2:len(head) + 2 + n].decode()
+    finally:
+        s.close()
+
+
+def redis_ping(port, timeout):
+    end = time.time() + timeout
+    last = None
+    while time.time() < end:
+        try:
+            r = resp_cmd(port, "PING")
+            if r == "+PONG":
+                return 0
+            last = r
+        except OSError as e:
+            last = repr(e)
+        time.sleep(0.1)
+    print(f"no PONG on {port}: {last}", file=sys.stderr)
+    return 1
+
+
+def hactl_states(path):
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(2)
+    s.connect(path)
+    s.sendall(b"show stat\n")
+    buf = b""
+    while True:
+        d = s.recv(65536)
+        if not d:
+            break
+        buf += d
+    s.close()
+    lines = buf.decode().splitlines()
+    hdr = lines[0].lstrip("# ").split(",")
+    out = {}
+    for l in lines[1:]:
+        if not l:
+            continue
+        f = dict(zip(hdr, l.split(",")))
+        if f["svname"] not in ("FRONTEND", "BACKEND"):
+            out[f["pxname"] + "/" + f["svname"]] = f["status"]
+    return out
+
+
+def hactl_wait(path, timeout):
+    end = time.time() + timeout
+    st = None
+    while time.time() < end:
+        try:
+            st = hactl_states(path)
+            if st and all(v == "UP" for v in st.values()):
+                return 0
+        except OSError:
+            pass
+        time.sleep(0.05)
+    print("timeout waiting for UP:", st, file=sys.stderr)
+    return 1
+
+
+def ctl_wait_healthy(url, service, timeout):
+    end = time.time() + timeout
+    last = None
+    while time.time() < end:
+        try:
+            with urllib.request.urlopen(url.rstrip("/") + "/api/ops/health", timeout=1) as r:
+                body = json.load(r)
+            for s in body.get("services", []):
+                if s.get("name") == service:
+                    last = s.get("status")
+                    if last == "healthy":
+                        return 0
+        except Exception as e:  # noqa: BLE001 - any failure means "not yet"
+            last = repr(e)
+        time.sleep(0.1)
+    print(f"{service} not healthy after {timeout}s: {last}", file=sys.stderr)
+    return 1
+
+
+def haproxy_cfg(template, out, redis_primary, redis_backup, redis_listen, pg=None, pg_listen=None, sock=None):
+    """The reference config with its example ports replaced; the HTTP section (no nginx here)
+    is dropped, and the PostgreSQL section too when no PostgreSQL port is given."""
+    text = open(template).read()
+    sections = re.split(r"\n(?=(?:frontend|backend|defaults|global)\b)", text)
+    keep = []
+    for sec in sections:
+        first = sec.strip().split("\n", 1)[0]
+        if first.startswith(("frontend fe_http", "backend be_http")):
+            continue
+        if pg is None and first.startswith(("frontend fe_pg", "backend be_pg")):
+            continue
+        keep.append(sec.rstrip("\n"))
+    text = "\n\n".join(keep) + "\n"
+    subst = {"127.0.0.1:26379": f"127.0.0.1:{redis_listen}",
+             "127.0.0.1:16379": f"127.0.0.1:{redis_primary}",
+             "127.0.0.1:16380": f"127.0.0.1:{redis_backup}"}
+    if pg is not None:
+        subst["127.0.0.1:15432"] = f"127.0.0.1:{pg}"
+        subst["127.0.0.1:25432"] = f"127.0.0.1:{pg_listen}"
+    for k, v in subst.items():
+        text = text.replace(k, v)
+    if sock:
+        text = text.replace("stats socket ./haproxy.sock", f"stats socket {sock}")
+    with open(out, "w") as f:
+        f.write(f"# generated from {os.path.basename(template)} by benches/benchlib.py\n" + text)
+
+
+def machine():
+    def sh(c):
+        try:
+            return subprocess.run(c, shell=True, capture_output=True, text=True, timeout=20).stdout.strip()
+        except Exception:  # noqa: BLE001
+            return ""
+    cpu = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": os.cpu_count(), "cpu": cpu, "kernel": os.uname().release,
+        "os": sh(". /etc/os-release; echo $PRETTY_NAME"),
+        "haproxy": sh("/usr/sbin/haproxy -v | head -1"),
+        "redis_server": sh("redis-server --version"),
+        "redis_benchmark": sh("redis-benchmark --version"),
+        "postgres": sh("/usr/lib/postgresql/15/bin/postgres --version"),
+        "pgbench": sh("/usr/lib/postgresql/15/bin/pgbench --version"),
+        "python3": sh("python3 --version"),
+        "loadavg": loadavg(),
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+# --------------------------------------------------------------------------- reports
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return None, None, None
+    return statistics.median(xs), min(xs), max(xs)
+
+
+def fmt(x, nd=None):
+    if x is None:
+        return "-"
+    if nd is None:
+        nd = 0 if abs(x) >= 100 else (1 if abs(x) >= 10 else 3)
+    return f"{x:,.{nd}f}"
+
+
+def cell(xs, nd=None):
+    m, lo, hi = med(xs)
+    if m is None:
+        return "-"
+    if lo == hi:
+        return fmt(m, nd)
+    return f"{fmt(m, nd)} [{fmt(lo, nd)}-{fmt(hi, nd)}]"
+
+
+def ratio(a, b):
+    ma, mb = med(a)[0], med(b)[0]
+    if ma is None or mb is None or mb == 0:
+        return "-"
+    return f"{ma / mb:.3f}"
+
+
+LOAD_BENCHES = [
+    ("redis_np", "redis-benchmark -t set,get -n 200000 -c 50"),
+    ("redis_p16", "redis-benchmark -t set,get -n 2000000 -c 50 -P 16"),
+    ("pg_S", "pgbench -S -c 16 -j 2 -T 15"),
+]
+
+
+def report_load(d):
+    recs = [json.loads(l) for l in open(os.path.join(d, "runs.jsonl")) if l.strip()]
+    meta = {"rss": {}}
+    rd = os.path.join(d, "rss")
+    if os.path.isdir(rd):
+        for fn in sorted(os.listdir(rd)):
+            proc, _, phase = fn[:-5].partition("_")
+            try:
+                meta["rss"].setdefault(proc, {})[phase] = json.load(open(os.path.join(rd, fn)))
+            except ValueError:
+                pass
+    targets = [t for t in ("direct", "continuity", "haproxy") if any(r["target"] == t for r in recs)]
+    out = []
+    mp = os.path.join(d, "machine.json")
+    if os.path.exists(mp):
+        m = json.load(open(mp))
+        out.append(f"Machine: {m.get('cpu')}, nproc {m.get('nproc')}, kernel {m.get('kernel')}, {m.get('os')}; "
+                   f"{m.get('haproxy')}; {m.get('redis_server')}; {m.get('postgres')}; "
+                   f"started {m.get('date_utc')}, loadavg at start {m.get('loadavg')}.\n")
+    for bench, desc in LOAD_BENCHES:
+        rs = [r for r in recs if r["bench"] == bench]
+        if not rs:
+            continue
+        out.append(f"### {bench}: `{desc}`\n")
+        n = {t: sum(1 for r in rs if r["target"] == t) for t in targets}
+        bad = [r for r in rs if r.get("exit") != 0]
+        out.append("Runs per target: " + ", ".join(f"{t} {n[t]}" for t in targets)
+                   + (f"; **{len(bad)} run(s) exited non-zero**" if bad else "") + ".\n")
+        if bench.startswith("redis"):
+            metrics = [("SET req/s", lambda r: r.get("redis", {}).get("SET", {}).get("rps")),
+                       ("GET req/s", lambda r: r.get("redis", {}).get("GET", {}).get("rps")),
+                       ("SET p50 ms", lambda r: r.get("redis", {}).get("SET", {}).get("p50_ms")),
+                       ("GET p50 ms", lambda r: r.get("redis", {}).get("GET", {}).get("p50_ms")),
+                       ("GET p99 ms", lambda r: r.get("redis", {}).get("GET", {}).get("p99_ms"))]
+        else:
+            metrics = [("tps", lambda r: r.get("pgbench", {}).get("tps")),
+                       ("lat avg ms", lambda r: r.get("pgbench", {}).get("lat_avg_ms")),
+                       ("failed txns", lambda r: r.get("pgbench", {}).get("failed"))]
+        metrics += [("proxy CPU us/op", lambda r: r.get("proxy_cpu_us_per_op")),
+                    ("machine busy %", lambda r: r.get("machine_busy_pct")),
+                    ("foreign CPU %", lambda r: r.get("foreign_cpu_pct")),
+                    ("loadavg(1m) before", lambda r: (r.get("loadavg_before") or [None])[0])]
+        hdr = "| metric | " + " | ".join(targets) + " |"
+        ratios = []
+        if "direct" in targets and "continuity" in targets: ratios.append(("continuity", "direct", "C/D"))
+        if "direct" in targets and "haproxy" in targets: ratios.append(("haproxy", "direct", "H/D"))
+        if "continuity" in targets and "haproxy" in targets: ratios.append(("continuity", "haproxy", "C/H"))
+        hdr += "".join(f" {lbl} |" for _, _, lbl in ratios)
+        out.append(hdr)
+        out.append("|---" * (1 + len(targets) + len(ratios)) + "|")
+        for name, fn in metrics:
+            vals = {t: [fn(r) for r in rs if r["target"] == t] for t in targets}
+            row = f"| {name} | " + " | ".join(cell(vals[t]) for t in targets) + " |"
+            if name.startswith(("machine", "foreign", "loadavg", "failed")):
+                row += " |" * len(ratios)
+            else:
+                row += "".join(f" {ratio(vals[a], vals[b])} |" for a, b, _ in ratios)
+            out.append(row)
+        out.append("")
+        # per-round raw line
+        line = []
+        for r in sorted(rs, key=lambda r: (r["round"], targets.index(r["target"]))):
+            if bench.startswith("redis"):
+                v = r.get("redis", {})
+                s = f"SET {fmt(v.get('SET', {}).get('rps'))} GET {fmt(v.get('GET', {}).get('rps'))}"
+            else:
+                s = f"tps {fmt(r.get('pgbench', {}).get('tps'))}"
+            line.append(f"r{r['round']} {r['target']}: {s} (foreign {r.get('foreign_cpu_pct')}%)")
+        out.append("All runs: " + "; ".join(line) + "\n")
+    if meta.get("rss"):
+        out.append("### Resident memory (VmRSS, kB)\n")
+        out.append("| process | after start, idle | after load, idle | peak (VmHWM) |")
+        out.append("|---|---|---|---|")
+        for proc, v in meta["rss"].items():
+            out.append(f"| {proc} | {v.get('idle_start', {}).get('VmRSS', '-')} | "
+                       f"{v.get('idle_end', {}).get('VmRSS', '-')} | {v.get('idle_end', {}).get('VmHWM', '-')} |")
+        out.append("")
+    fl = [r.get("foreign_cpu_pct") or 0 for r in recs]
+    la = [(r.get("loadavg_before") or [0])[0] for r in recs]
+    if fl:
+        noisy = sum(1 for x in fl if x >= 5)
+        out.append(f"Machine load during the runs: foreign CPU median {fmt(statistics.median(fl), 1)}% "
+                   f"(max {fmt(max(fl), 1)}%), {noisy}/{len(fl)} runs with foreign CPU >= 5%; "
+                   f"1-min loadavg before runs median {fmt(statistics.median(la), 2)} (max {fmt(max(la), 2)}).")
+        if noisy:
+            out.append("**Contaminated: other processes used the CPU during some runs; re-measure on a quiet machine.**")
+    return "\n".join(out)
+
+
+def report_failover(d):
+    recs = [json.loads(l) for l in open(os.path.join(d, "failover.jsonl")) if l.strip()]
+    out = []
+    out.append("| target | mode | timeout s | trials | gap last-ok to first-backup ms | failed before backup | "
+               "failed total | first backup reply ms | switch seen ms | fail kinds | max foreign % |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    keys = []
+    for r in recs:
+        k = (r["target"], r["mode"], r["timeout_s"])
+        if k not in keys:
+            keys.append(k)
+    for k in keys:
+        rs = [r for r in recs if (r["target"], r["mode"], r["timeout_s"]) == k]
+        kinds = {}
+        for r in rs:
+            for kk, v in (r.get("failed_kinds") or {}).items():
+                kinds[kk] = kinds.get(kk, 0) + v
+        nob = sum(1 for r in rs if r.get("first_backup_reply_ms") is None)
+        out.append(
+            f"| {k[0]} | {k[1]} | {k[2]} | {len(rs)}{' (' + str(nob) + ' never reached backup)' if nob else ''} | "
+            f"{cell([r.get('gap_last_ok_to_first_backup_ms') for r in rs], 1)} | "
+            f"{cell([r.get('failed_before_backup') for r in rs], 0)} | "
+            f"{cell([r.get('failed_requests_total') for r in rs], 0)} | "
+            f"{cell([r.get('first_backup_reply_ms') for r in rs], 1)} | "
+            f"{cell([r.get('switch_seen_ms') for r in rs], 1)} | {kinds or '-'} | "
+            f"{fmt(max((r.get('foreign_cpu_pct') or 0) for r in rs), 1)} |")
+    out.append("")
+    out.append("Per trial:\n")
+    out.append("| target | mode | rep | gap ms | failed before backup | failed total | kinds | "
+               "first fail ms | first backup ms | max OK latency after kill ms | loadavg |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in recs:
+        out.append(f"| {r['target']} | {r['mode']} | {r.get('rep')} | {fmt(r.get('gap_last_ok_to_first_backup_ms'), 1)} | "
+                   f"{r.get('failed_before_backup')} | {r.get('failed_requests_total')} | {r.get('failed_kinds') or '-'} | "
+                   f"{fmt(r.get('first_fail_ms'), 1)} | {fmt(r.get('first_backup_reply_ms'), 1)} | "
+                   f"{fmt(r.get('max_ok_latency_after_kill_ms'), 1)} | {(r.get('loadavg') or ['-'])[0]} |")
+    return "\n".join(out)
+
+
+def main():
+    if len(sys.argv) < 2:
+        print(__doc__)
+        return 2
+    c, args = sys.argv[1], sys.argv[2:]
+    if c == "freeport":
+        print(freeport(args)); return 0
+    if c == "waitport":
+        return waitport(int(args[0]), float(args[1]) if len(args) > 1 else 10)
+    if c == "redis-ping":
+        return redis_ping(int(args[0]), float(args[1]) if len(args) > 1 else 10)
+    if c == "redis-get":
+        print(resp_cmd(int(args[0]), "GET", args[1])); return 0
+    if c == "hactl-wait":
+        return hactl_wait(args[0], float(args[1]) if len(args) > 1 else 30)
+    if c == "ctl-wait-healthy":
+        return ctl_wait_healthy(args[0], args[1], float(args[2]) if len(args) > 2 else 15)
+    if c == "haproxy-cfg":
+        kw = dict(a.split("=", 1) for a in args[2:])
+        haproxy_cfg(args[0], args[1], **kw); return 0
+    if c == "rss":
+        print(json.dumps(rss(int(args[0])))); return 0
+    if c == "run":
+        return cmd_run(args)
+    if c == "machine":
+        print(json.dumps(machine())); return 0
+    if c == "report-load":
+        print(report_load(args[0])); return 0
+    if c == "report-failover":
+        print(report_failover(args[0])); return 0
+    print(__doc__)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
