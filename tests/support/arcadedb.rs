@@ -219,8 +219,12 @@ impl ArcadeDb {
             .stderr(log_err);
         let mut child = ChildGuard::spawn(format!("arcadedb :{}", self.bolt_port), &mut cmd);
         let addr = self.bolt_addr();
+        // The Bolt port opens before the database exists: wait for the
+        // script's READY line (printed after create_database) as well.
+        let log_path = self.log_path();
         let up = wait_until(START_TIMEOUT, || {
-            bolt_handshake(&addr).is_ok() || !child.is_running()
+            let ready = std::fs::read_to_string(&log_path).is_ok_and(|l| l.contains("READY bolt="));
+            (ready && bolt_handshake(&addr).is_ok()) || !child.is_running()
         });
         assert!(
             up && child.is_running(),
