@@ -96,6 +96,15 @@ impl Engine {
         config: EngineConfig,
         registry: &prometheus::Registry,
     ) -> Result<Engine, ProxyError> {
+        Ok(Engine::start_subscribed(config, registry).await?.0)
+    }
+
+    /// Like [`Engine::start`], with a subscription taken before any probe
+    /// runs, so a recorder (the audit log) misses no event.
+    pub async fn start_subscribed(
+        config: EngineConfig,
+        registry: &prometheus::Registry,
+    ) -> Result<(Engine, broadcast::Receiver<Event>), ProxyError> {
         let metrics = ProxyMetrics::new(registry);
         let events = events::bus();
         let counters = Arc::new(FailoverCounters::default());
@@ -141,6 +150,7 @@ impl Engine {
             tasks: Mutex::new(Vec::new()),
         });
         let engine = Engine { inner };
+        let first_subscriber = engine.inner.events.subscribe();
         let mut tasks = Vec::new();
         for svc in &engine.inner.services {
             for idx in 0..svc.upstreams.len() {
@@ -167,7 +177,7 @@ impl Engine {
         }
         tasks.push(tokio::spawn(state_watch(engine.clone())));
         *lock(&engine.inner.tasks) = tasks;
-        Ok(engine)
+        Ok((engine, first_subscriber))
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
