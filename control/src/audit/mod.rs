@@ -1,0 +1,389 @@
+//! The audit log (SPEC 7): an append-only, hash-chained, optionally
+//! signed record of every failover, manual intervention and config change,
+//! that nobody can rewrite unnoticed. See `docs/audit.md`.
+//!
+//! - [`entry`]: the exact line format, the hash rule, the line scanner;
+//! - [`mask`]: secrets become `***` before anything is hashed or written;
+//! - [`segment`]: segment files, rotation, retention, quarantine;
+//! - `writer`: the group-commit thread (one write + one fsync per batch,
+//!   each entry acknowledged only after the fsync that covers it);
+//! - [`verify`]: one streaming pass that names the first broken seq;
+//! - [`checkpoint`]: Ed25519 checkpoints and `audit keygen`;
+//! - [`index`]: counts, recent entries and manual interventions in memory.
+//!
+//! [`AuditLog`] is the engine's handle; [`verify_dir`], [`verify_cli`] and
+//! [`keygen_cli`] work offline on a directory.
+
+pub mod checkpoint;
+mod cli;
+pub mod entry;
+pub mod index;
+pub mod mask;
+mod open;
+pub mod segment;
+mod settings;
+pub mod verify;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use prometheus::Registry;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+pub use checkpoint::keygen;
+pub use cli::{
+    keygen_cli, verify_cli, verify_cli_output, verify_dir, EXIT_BROKEN, EXIT_OK, EXIT_UNREADABLE,
+};
+pub use entry::{Action, Severity};
+pub use index::{AuditFilter, AuditStatus};
+pub use segment::Quarantined;
+pub use settings::{
+    AuditMetrics, AuditSettings, Clock, NewEntry, DEFAULT_CHECKPOINT_EVERY,
+    DEFAULT_SEGMENT_MAX_BYTES, QUEUE_CAPACITY, RETENTION_TICK,
+};
+pub use verify::VerifyReport;
+pub use writer::Appended;
+
+use index::Index;
+use mask::Masker;
+use writer::{Msg, Prepared, Writer};
+
+/// Metric names (SPEC 6).
+pub mod metric_names {
+    pub const AUDIT_ENTRIES_TOTAL: &str = "continuity_audit_entries_total";
+    pub const AUDIT_CHAIN_VERIFIED: &str = "continuity_audit_chain_verified";
+}
+
+/// What [`AuditLog::open`] found and did.
+#[derive(Debug, Clone)]
+pub struct OpenReport {
+    /// The chain as found on disk.
+    pub found: VerifyReport,
+    /// The chain once a torn tail was moved aside (what the gauge shows).
+    pub verify: VerifyReport,
+    pub quarantined: Vec<Quarantined>,
+    pub retention_removed: Vec<String>,
+    /// The start-up checkpoint, when signing.
+    pub checkpoint: Option<Appended>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Key(String),
+    #[error("{0}")]
+    Pattern(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("audit metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("the audit log is closed")]
+    Closed,
+    /// The write or fsync covering this entry failed; it is not in the log.
+    #[error("audit write failed: {0}")]
+    Write(String),
+}
+
+impl AuditError {
+    pub fn io(path: &Path, source: std::io::Error) -> AuditError {
+        AuditError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+struct Inner {
+    tx: mpsc::Sender<Msg>,
+    index: Arc<Mutex<Index>>,
+    masker: Masker,
+    metrics: AuditMetrics,
+    settings: AuditSettings,
+}
+
+/// The engine's handle on its audit log; cheap to clone.
+#[derive(Clone)]
+pub struct AuditLog {
+    inner: Arc<Inner>,
+}
+
+impl AuditLog {
+    /// Opens or creates `settings.dir`, verifies the chain on disk, moves a
+    /// torn last line to `DIR/quarantine/` and records it as a critical
+    /// `diagnostic_event`, applies retention, writes a checkpoint when
+    /// signing, and starts the writer. Needs a tokio runtime. A chain that
+    /// does not verify is no error: the log keeps working, the gauge says 0.
+    pub async fn open(
+        settings: AuditSettings,
+        registry: &Registry,
+    ) -> Result<(AuditLog, OpenReport), AuditError> {
+        let masker = Masker::new(&settings.mask_patterns).map_err(AuditError::Pattern)?;
+        let signing = settings
+            .signing_key
+            .as_deref()
+            .map(checkpoint::load_signing_key)
+            .transpose()?;
+        let metrics = AuditMetrics::new()?;
+        let dir = settings.dir.clone();
+        let rec = tokio::task::spawn_blocking(move || open::recover(&dir))
+            .await
+            .map_err(|e| AuditError::Invalid(format!("audit start-up task failed: {e}")))??;
+        metrics.register(registry)?;
+        metrics
+            .chain_verified
+            .set(i64::from(rec.report.chain_verified));
+        let index = Arc::new(Mutex::new(rec.index));
+        let t = rec.tail;
+        let writer = Writer {
+            dir: settings.dir.clone(),
+            file: t.file,
+            seg_number: t.seg_number,
+            seg_len: t.seg_len,
+            seg_day: t.seg_day,
+            seq: t.seq,
+            hash: t.hash,
+            since_checkpoint: t.since_checkpoint,
+            last_checkpoint_interval: t.last_checkpoint_interval,
+            signing: signing.map(|k| (k, settings.checkpoint_every.max(1))),
+            max_bytes: settings.segment_max_bytes.max(1),
+            retention_days: settings.retention_days,
+            clock: settings.clock.clone(),
+            index: index.clone(),
+            metrics: metrics.clone(),
+            retention_due: false,
+        };
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        std::thread::Builder::new()
+            .name("continuity-audit".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| AuditError::io(&settings.dir, e))?;
+        let weak = tx.downgrade();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(RETENTION_TICK);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                match weak.upgrade() {
+                    Some(tx) if tx.send(Msg::Tick).await.is_ok() => {}
+                    _ => return,
+                }
+            }
+        });
+        let log = AuditLog {
+            inner: Arc::new(Inner {
+                tx,
+                index,
+                masker,
+                metrics,
+                settings,
+            }),
+        };
+        for q in &rec.quarantined {
+            let details = serde_json::json!({
+                "event": verify::TORN_EVENT,
+                "message": "torn or unparsable last line found at start; moved aside, not part of the chain",
+                "file": q.file, "offset": q.offset, "length": q.length,
+                "sha256": q.sha256, "moved_to": q.moved_to, "expected_seq": rec.torn_seq,
+            });
+            log.append(NewEntry::new(
+                Action::DiagnosticEvent,
+                Severity::Critical,
+                "system",
+                details,
+            ))
+            .await?;
+        }
+        let retention_removed = log.run_retention().await?;
+        let checkpoint = log.request(Msg::EnsureCheckpoint).await?;
+        let report = OpenReport {
+            found: rec.found,
+            verify: rec.report,
+            quarantined: rec.quarantined,
+            retention_removed,
+            checkpoint,
+        };
+        Ok((log, report))
+    }
+
+    async fn request<T>(
+        &self,
+        msg: impl FnOnce(oneshot::Sender<Result<T, AuditError>>) -> Msg,
+    ) -> Result<T, AuditError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(msg(tx))
+            .await
+            .map_err(|_| AuditError::Closed)?;
+        rx.await.map_err(|_| AuditError::Closed)?
+    }
+
+    /// Masks, then queues the entry; returns once the fsync covering it is
+    /// done. If the caller stops waiting, the entry is still written.
+    pub async fn append(&self, entry: NewEntry) -> Result<Appended, AuditError> {
+        let p = self.prepare(entry)?;
+        self.request(|ack| Msg::Append(p, ack)).await
+    }
+
+    fn prepare(&self, e: NewEntry) -> Result<Prepared, AuditError> {
+        if e.action == Action::Checkpoint {
+            return Err(AuditError::Invalid(
+                "checkpoint entries are written by the audit log itself".into(),
+            ));
+        }
+        let m = &self.inner.masker;
+        let mut details = match e.details {
+            Value::Object(o) => Value::Object(o),
+            Value::Null => Value::Object(serde_json::Map::new()),
+            other => serde_json::json!({ "value": other }),
+        };
+        m.mask_value(&mut details);
+        let actor = Value::String(m.mask_str(&e.actor).into_owned());
+        let service = e
+            .service
+            .map_or(Value::Null, |s| Value::String(m.mask_str(&s).into_owned()));
+        let body = format!(
+            "\"action\":\"{}\",\"severity\":\"{}\",\"actor\":{actor},\"service\":{service},\"details\":{details}",
+            e.action, e.severity
+        );
+        Ok(Prepared {
+            action: e.action,
+            severity: e.severity,
+            entry_id: entry::new_entry_id(),
+            body,
+        })
+    }
+
+    /// Deletes expired segments now (it also happens at start, after each
+    /// rotation and every [`RETENTION_TICK`]). Returns the files removed.
+    pub async fn run_retention(&self) -> Result<Vec<String>, AuditError> {
+        self.request(Msg::Retention).await
+    }
+
+    fn index(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.inner.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn status(&self) -> AuditStatus {
+        self.index()
+            .status(self.inner.settings.signing_key.is_some())
+    }
+
+    /// Newest first. Served from memory for the last
+    /// [`index::RECENT_CAPACITY`] entries, from disk beyond (blocking file
+    /// reads: call from `spawn_blocking` when `since` reaches far back).
+    pub fn query(&self, f: &AuditFilter) -> Vec<Value> {
+        let first = self.index().query_recent(f);
+        let lines = match first {
+            index::RecentAnswer::Complete(lines) => lines,
+            index::RecentAnswer::Partial(mut lines, before) => {
+                let inputs = self.index().inputs();
+                index::query_disk(&inputs, f, before, &mut lines);
+                lines
+            }
+        };
+        lines
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Re-verifies everything written so far (blocking reads; call from
+    /// `spawn_blocking`), including that the files still end with the last
+    /// entry this engine wrote. Updates the gauge and the stored result.
+    pub fn verify_now(&self) -> VerifyReport {
+        let mut attempt = 0;
+        let report = loop {
+            let (inputs, tail) = {
+                let idx = self.index();
+                (
+                    idx.inputs(),
+                    idx.last_hash.clone().map(|h| (idx.last_seq, h)),
+                )
+            };
+            let opts = verify::Options {
+                expect_tail: tail,
+                ..verify::Options::default()
+            };
+            match verify::run(&inputs, &opts, |_, _, _, _| {}) {
+                Ok(o) => break o.report,
+                // Retention may have removed a segment under our feet.
+                Err(_) if attempt == 0 => attempt += 1,
+                Err(e) => {
+                    break VerifyReport {
+                        reason: Some(format!("cannot read the audit log: {e}")),
+                        verified_at: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                        ..VerifyReport::default()
+                    }
+                }
+            }
+        };
+        self.inner
+            .metrics
+            .chain_verified
+            .set(i64::from(report.chain_verified));
+        self.index().verify = report.clone();
+        report
+    }
+
+    /// The compliance report (`GET /api/ops/audit/report`). Its
+    /// `chain_verification` is the latest result (start-up or
+    /// [`AuditLog::verify_now`]), with `verified_at`.
+    pub fn report(&self) -> Value {
+        let s = &self.inner.settings;
+        let idx = self.index();
+        let status = idx.status(s.signing_key.is_some());
+        let oldest = idx.segments.iter().find_map(|m| m.first_ts);
+        let newest = idx.segments.iter().rev().find_map(|m| m.last_ts);
+        let ts = |t: Option<DateTime<Utc>>| {
+            t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+        };
+        serde_json::json!({
+            "generated_at": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "total_entries": status.total_entries,
+            "entries_by_action": status.entries_by_action,
+            "entries_by_severity": status.entries_by_severity,
+            "chain_verification": idx.verify,
+            "retention": {
+                "retention_days": s.retention_days,
+                "oldest_entry": ts(oldest),
+                "newest_entry": ts(newest),
+                "first_seq": status.first_seq,
+                "last_seq": status.last_seq,
+                "segments": status.segments,
+            },
+            "signing": {
+                "enabled": status.signing,
+                "checkpoint_every": s.checkpoint_every,
+                "checkpoints": idx.checkpoints,
+                "last_checkpoint_seq": idx.last_checkpoint_seq,
+            },
+            "manual_interventions": idx.manual.iter().collect::<Vec<_>>(),
+        })
+    }
+
+    /// Writes the shutdown checkpoint (when signing) and stops the writer;
+    /// later appends fail with [`AuditError::Closed`]. Every acknowledged
+    /// entry is already on disk. Safe to call twice.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.inner.tx.send(Msg::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.settings.dir
+    }
+}
