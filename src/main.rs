@@ -30,14 +30,10 @@ fn main() -> ExitCode {
             }
         },
         cli::Cmd::Audit(cli::AuditCmd::Verify { dir, public_key }) => {
-            let _ = (dir, public_key);
-            eprintln!("continuity: audit verify is not available in this build yet");
-            2
+            continuity_control::audit::verify_cli(&dir, public_key.as_deref())
         }
         cli::Cmd::Audit(cli::AuditCmd::Keygen { out }) => {
-            let _ = out;
-            eprintln!("continuity: audit keygen is not available in this build yet");
-            2
+            continuity_control::audit::keygen_cli(&out)
         }
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))

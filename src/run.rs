@@ -1,11 +1,14 @@
 //! `continuity run`: wires the data plane and the control plane together,
-//! then waits for signals. Binding happens before anything starts, so a
-//! port that is taken is a clear exit 64, never a half-started engine.
+//! then waits for signals. Everything that can be refused (a listener that
+//! cannot bind, a bad certificate, an audit log that cannot be opened) is
+//! checked before traffic starts, so a problem is a clear exit, never a
+//! half-started engine.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context;
+use continuity_control::audit::{AuditLog, AuditSettings};
 use continuity_control::AppState;
 use continuity_proxy::{Engine, ProxyError};
 use tokio::net::TcpListener;
@@ -16,7 +19,8 @@ use crate::config::Config;
 /// Why `run` stopped early: the binary maps each to an exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// A listener could not bind (exit 64, like an invalid config).
+    /// A listener could not bind, or TLS files are unusable (exit 64, like
+    /// an invalid config).
     #[error("{0}")]
     Bind(String),
     #[error(transparent)]
@@ -33,33 +37,62 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 config.control.listen
             ))
         })?;
+    let tls = match (&config.control.tls_cert, &config.control.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            continuity_control::tls::load_server_config(cert, key)
+                .map_err(|e| RunError::Bind(format!("control: TLS: {e}")))?,
+        ),
+        _ => None,
+    };
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+
     let registry = prometheus::Registry::new();
-    let engine = Engine::start(config.engine.clone(), &registry)
+    // The audit log is opened (and its chain verified) before the engine
+    // starts, and subscribed before the first probe: no event is lost.
+    let (audit, report) = AuditLog::open(audit_settings(&config), &registry)
+        .await
+        .context("cannot open the audit log")?;
+    if report.verify.chain_verified {
+        tracing::info!(entries = report.verify.entries, "audit log verified");
+    } else {
+        tracing::error!(report = ?report.verify, "audit log chain is BROKEN; continuing, and saying so in /api/ops/audit/status");
+    }
+    for q in &report.quarantined {
+        tracing::error!(?q, "torn audit line moved aside");
+    }
+    let (engine, events) = Engine::start_subscribed(config.engine.clone(), &registry)
         .await
         .map_err(|e| match e {
             ProxyError::Bind { .. } => RunError::Bind(e.to_string()),
             other => RunError::Other(other.into()),
         })?;
+    let recorder = tokio::spawn(continuity_control::recorder::run(audit.clone(), events));
     let state = AppState::new(engine.clone(), Arc::new(config.control.clone()), registry)
-        .context("cannot register control-plane metrics")?;
+        .context("cannot register control-plane metrics")?
+        .with_audit(audit.clone());
     let control_addr = control_listener
         .local_addr()
         .unwrap_or(config.control.listen);
     for (service, addr) in engine.listen_addrs() {
         tracing::info!(service, %addr, "proxy listening");
     }
-    tracing::info!(addr = %control_addr, "control plane listening");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(addr = %control_addr, scheme, "control plane listening");
 
     let (stop_tx, mut stop_rx) = watch::channel(false);
-    let control = tokio::spawn(continuity_control::serve(
-        control_listener,
-        state,
-        async move {
-            let _ = stop_rx.wait_for(|stop| *stop).await;
-        },
-    ));
+    let stop = async move {
+        let _ = stop_rx.wait_for(|stop| *stop).await;
+    };
+    let control = match tls {
+        Some(tls) => tokio::spawn(continuity_control::tls::serve_tls(
+            control_listener,
+            state,
+            tls,
+            stop,
+        )),
+        None => tokio::spawn(continuity_control::serve(control_listener, state, stop)),
+    };
 
     shutdown.await;
     tracing::info!(
@@ -73,8 +106,27 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "control plane stopped with an error"),
         Ok(Err(e)) => tracing::warn!(error = %e, "control plane task failed"),
     }
+    // Let the recorder write what the drain caused, then flush and sign.
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(200), async {
+        while !recorder.is_finished() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    recorder.abort();
+    audit.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+fn audit_settings(config: &Config) -> AuditSettings {
+    AuditSettings {
+        dir: config.audit.dir.clone(),
+        retention_days: config.audit.retention_days,
+        mask_patterns: config.audit.mask_patterns.clone(),
+        signing_key: config.audit.signing_key.clone(),
+        ..AuditSettings::default()
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT. SIGHUP is caught (so it never kills the

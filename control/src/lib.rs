@@ -15,14 +15,17 @@
 // No unwrap on anything a network or a user can influence; tests may.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod ratelimit;
+pub mod recorder;
 pub mod routes;
 #[cfg(test)]
 mod testutil;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -57,6 +60,8 @@ pub struct AppState {
     pub metrics: Arc<ControlMetrics>,
     auth: Arc<Auth>,
     command_timeout: Duration,
+    /// The audit log; `None` only in tests that do not audit.
+    pub audit: Option<audit::AuditLog>,
 }
 
 impl AppState {
@@ -81,6 +86,26 @@ impl AppState {
             metrics,
             auth,
             command_timeout: COMMAND_TIMEOUT,
+            audit: None,
+        })
+    }
+
+    /// Audits every operator action and serves the audit routes.
+    pub fn with_audit(mut self, audit: audit::AuditLog) -> AppState {
+        self.audit = Some(audit);
+        self
+    }
+
+    /// Appends an audit entry and waits for its fsync. Without an audit log
+    /// (some tests) this is a no-op. A failed append refuses the operation:
+    /// an operator action that cannot be recorded does not happen.
+    pub async fn record(&self, entry: audit::NewEntry) -> Result<(), ApiError> {
+        let Some(log) = &self.audit else {
+            return Ok(());
+        };
+        log.append(entry).await.map(|_| ()).map_err(|e| {
+            tracing::error!(error = %e, "audit append failed; operation refused");
+            ApiError::Internal
         })
     }
 
@@ -106,7 +131,7 @@ impl AppState {
 
 /// The whole HTTP surface of the control plane.
 pub fn router(state: AppState) -> Router {
-    use routes::{failover, health, metrics, redundancy};
+    use routes::{audit, failover, health, metrics, redundancy};
     let cors = cors_layer(&state.config.cors_origins);
     let app = Router::new()
         .route("/api/ops/health", get(health::health))
@@ -116,6 +141,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/ops/failover/status", get(failover::status))
         .route("/api/ops/failover/trigger/{type}", post(failover::trigger))
         .route("/api/ops/failover/recover/{type}", post(failover::recover))
+        .route("/api/ops/audit/logs", get(audit::logs))
+        .route("/api/ops/audit/report", get(audit::report))
+        .route("/api/ops/audit/status", get(audit::status))
+        .route("/api/ops/audit/verify", get(audit::verify))
         .route("/api/ops/redundancy/status", get(redundancy::status))
         .route(
             "/api/ops/redundancy/pool/{name}",

@@ -18,8 +18,10 @@ use continuity_proxy::snapshot::{
 };
 use continuity_proxy::{Command, CommandOutcome};
 use serde::Serialize;
+use serde_json::json;
 
 use super::{read_reason, PathParam};
+use crate::audit::{Action, NewEntry, Severity};
 use crate::auth::Actor;
 use crate::error::ApiError;
 use crate::AppState;
@@ -133,7 +135,19 @@ async fn run(
             reason,
         },
     };
-    let outcome = state.apply(cmd).await?;
+    // Audit before acting: the intent is on disk (fsynced) before the switch.
+    let operation = match op {
+        Op::Trigger => "failover_trigger",
+        Op::Recover => "failover_recover",
+    };
+    state.record(manual_intervention(&cmd, operation)).await?;
+    let outcome = match state.apply(cmd).await {
+        Ok(o) => o,
+        Err(e) => {
+            state.record(refused(&service, operation, &e)).await?;
+            return Err(e);
+        }
+    };
     let snap = match outcome {
         CommandOutcome::Service(s) => *s,
         // Not what a service command returns today; take the service from
@@ -144,6 +158,48 @@ async fn run(
         })?,
     };
     Ok(Json(FailoverService::with_status(&snap)).into_response())
+}
+
+/// The `manual_intervention` entry of an operator command (SPEC 7).
+pub fn manual_intervention(cmd: &Command, operation: &str) -> NewEntry {
+    let (service, actor, reason) = match cmd {
+        Command::Trigger {
+            service,
+            actor,
+            reason,
+        }
+        | Command::Recover {
+            service,
+            actor,
+            reason,
+        } => (Some(service.as_str()), actor.as_str(), reason.as_str()),
+        Command::Emergency { actor, reason, .. } => (None, actor.as_str(), reason.as_str()),
+    };
+    let mut details = json!({ "operation": operation, "reason": reason });
+    if let Command::Emergency { enabled, .. } = cmd {
+        details["enabled"] = json!(enabled);
+    }
+    let entry = NewEntry::new(
+        Action::ManualIntervention,
+        Severity::Warning,
+        actor,
+        details,
+    );
+    match service {
+        Some(s) => entry.service(s),
+        None => entry,
+    }
+}
+
+/// The entry for an operator command the engine refused (409, 504, ...).
+fn refused(service: &str, operation: &str, e: &ApiError) -> NewEntry {
+    NewEntry::new(
+        Action::DiagnosticEvent,
+        Severity::Warning,
+        "system",
+        json!({ "event": "operation_refused", "operation": operation, "error": e.to_string() }),
+    )
+    .service(service)
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! parameter (404), read the body (400, 422), call the engine (409, 504),
 //! and shape the answer from the snapshot types.
 
+pub mod audit;
 pub mod failover;
 pub mod health;
 pub mod metrics;
