@@ -167,6 +167,12 @@ impl Continuity {
         None
     }
 
+    /// Starts the same config again (after `kill` or `terminate`).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
     /// SIGKILL, for crash tests.
     pub fn kill(&mut self) {
         if let Some(c) = self.child.as_mut() {
