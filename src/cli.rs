@@ -56,9 +56,12 @@ pub enum Cmd {
     Audit(AuditCmd),
     /// Exit 0 when BASE/api/ops/health answers 200 (a Docker HEALTHCHECK without curl).
     Healthcheck {
-        /// The control plane's base URL, http://host:port.
+        /// The control plane's base URL, http://host:port or https://host:port.
         #[arg(long, value_name = "BASE", default_value = DEFAULT_HEALTH_URL)]
         url: String,
+        /// PEM file of the CA (or self-signed certificate) to trust for https.
+        #[arg(long, value_name = "PATH")]
+        ca: Option<PathBuf>,
     },
     /// Bearer token tools.
     #[command(subcommand)]
@@ -128,10 +131,12 @@ pub fn token_new() -> String {
     format!("{token}\nsha256 = \"{digest}\"")
 }
 
-/// `continuity healthcheck [--url BASE]`: 0 when `BASE/api/ops/health`
-/// answers 200 within 3 s, else 1 with the reason on stderr.
-pub fn healthcheck(base: &str) -> i32 {
-    match health_status(base, HEALTHCHECK_TIMEOUT) {
+/// `continuity healthcheck [--url BASE] [--ca PEM]`: 0 when
+/// `BASE/api/ops/health` answers 200 within 3 s, else 1 with the reason on
+/// stderr. `https://` needs `--ca`: the healthcheck trusts exactly the CA
+/// that signed the control plane's certificate, nothing else.
+pub fn healthcheck(base: &str, ca: Option<&Path>) -> i32 {
+    match health_status_with(base, ca, HEALTHCHECK_TIMEOUT) {
         Ok(200) => {
             println!("healthy: {} answered 200", health_url(base));
             0
@@ -151,17 +156,23 @@ fn health_url(base: &str) -> String {
     format!("{}/api/ops/health", base.trim_end_matches('/'))
 }
 
-/// The status code of a plain HTTP/1.1 `GET /api/ops/health` to `base`
-/// (`http://host[:port]`, port 80 by default).
-pub fn health_status(base: &str, timeout: Duration) -> Result<u16, String> {
+/// The status code of an HTTP/1.1 `GET /api/ops/health` to `base`
+/// (`http://host[:port]`, port 80 by default, or `https://host[:port]`,
+/// port 443, trusting only the certificates in `ca`).
+pub fn health_status_with(base: &str, ca: Option<&Path>, timeout: Duration) -> Result<u16, String> {
     let deadline = Instant::now() + timeout;
-    let hostport = base
-        .strip_prefix("http://")
-        .map(|r| r.trim_end_matches('/'))
+    let (tls, rest) = if let Some(r) = base.strip_prefix("https://") {
+        (true, r)
+    } else if let Some(r) = base.strip_prefix("http://") {
+        (false, r)
+    } else {
+        return Err(format!(
+            "`{base}`: expected http://host:port or https://host:port"
+        ));
+    };
+    let hostport = Some(rest.trim_end_matches('/'))
         .filter(|r| !r.is_empty() && !r.contains('/'))
-        .ok_or_else(|| {
-            format!("`{base}`: expected http://host:port (https is not supported here)")
-        })?;
+        .ok_or_else(|| format!("`{base}`: expected http(s)://host:port"))?;
     let has_port = if hostport.starts_with('[') {
         hostport.contains("]:")
     } else {
@@ -169,6 +180,8 @@ pub fn health_status(base: &str, timeout: Duration) -> Result<u16, String> {
     };
     let target = if has_port {
         hostport.to_string()
+    } else if tls {
+        format!("{hostport}:443")
     } else {
         format!("{hostport}:80")
     };
@@ -191,7 +204,78 @@ pub fn health_status(base: &str, timeout: Duration) -> Result<u16, String> {
             Err(e) => last_err = format!("cannot connect to {addr}: {e}"),
         }
     }
-    let mut stream = stream.ok_or(last_err)?;
+    let stream = stream.ok_or(last_err)?;
+    if tls {
+        let ca = ca.ok_or_else(|| {
+            format!("`{base}`: https needs --ca PEM (the CA of the control plane's certificate)")
+        })?;
+        let host = hostport
+            .rsplit_once(':')
+            .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+            .unwrap_or(hostport);
+        let tls_stream = tls_client(stream, host, ca)?;
+        return exchange(tls_stream, base, hostport, deadline);
+    }
+    exchange(stream, base, hostport, deadline)
+}
+
+/// A rustls client over `stream` that trusts only the certificates in `ca`.
+fn tls_client(
+    stream: TcpStream,
+    host: &str,
+    ca: &Path,
+) -> Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| format!("{}: {e}", ca.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("{}: {e}", ca.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{}: no certificate in the file", ca.display()));
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|e| format!("`{host}` is not a valid server name: {e}"))?;
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name)
+        .map_err(|e| e.to_string())?;
+    Ok(rustls::StreamOwned::new(conn, stream))
+}
+
+/// Deadlines on the socket under any stream we speak HTTP over.
+trait Deadline {
+    fn set_deadline(&self, left: Option<Duration>) -> std::io::Result<()>;
+}
+
+impl Deadline for TcpStream {
+    fn set_deadline(&self, left: Option<Duration>) -> std::io::Result<()> {
+        self.set_read_timeout(left)?;
+        self.set_write_timeout(left)
+    }
+}
+
+impl Deadline for rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    fn set_deadline(&self, left: Option<Duration>) -> std::io::Result<()> {
+        self.sock.set_deadline(left)
+    }
+}
+
+/// Sends the GET and reads the status line.
+fn exchange<S: Read + Write + Deadline>(
+    mut stream: S,
+    base: &str,
+    hostport: &str,
+    deadline: Instant,
+) -> Result<u16, String> {
     let left = |d: Instant| {
         Some(
             d.saturating_duration_since(Instant::now())
@@ -199,7 +283,7 @@ pub fn health_status(base: &str, timeout: Duration) -> Result<u16, String> {
         )
     };
     let io = |e: std::io::Error| format!("{}: {e}", health_url(base));
-    stream.set_write_timeout(left(deadline)).map_err(io)?;
+    stream.set_deadline(left(deadline)).map_err(io)?;
     let request = format!(
         "GET /api/ops/health HTTP/1.1\r\nHost: {hostport}\r\nUser-Agent: continuity-healthcheck\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
     );
@@ -207,7 +291,7 @@ pub fn health_status(base: &str, timeout: Duration) -> Result<u16, String> {
     let mut head = Vec::new();
     let mut buf = [0u8; 512];
     while !head.contains(&b'\n') && head.len() < 4096 {
-        stream.set_read_timeout(left(deadline)).map_err(io)?;
+        stream.set_deadline(left(deadline)).map_err(io)?;
         match stream.read(&mut buf).map_err(io)? {
             0 => break,
             n => head.extend_from_slice(&buf[..n]),
@@ -254,13 +338,13 @@ mod tests {
 
     #[test]
     fn healthcheck_passes_on_200_and_fails_otherwise() {
-        assert_eq!(healthcheck(&serve_once("HTTP/1.1 200 OK")), 0);
+        assert_eq!(healthcheck(&serve_once("HTTP/1.1 200 OK"), None), 0);
         assert_eq!(
-            healthcheck(&serve_once("HTTP/1.1 503 Service Unavailable")),
+            healthcheck(&serve_once("HTTP/1.1 503 Service Unavailable"), None),
             1
         );
         assert_eq!(
-            health_status(&serve_once("HTTP/1.1 503 x"), HEALTHCHECK_TIMEOUT),
+            health_status_with(&serve_once("HTTP/1.1 503 x"), None, HEALTHCHECK_TIMEOUT),
             Ok(503)
         );
     }
@@ -270,9 +354,9 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
         drop(listener);
-        assert_eq!(healthcheck(&format!("http://{addr}")), 1);
-        assert!(health_status("https://127.0.0.1:1", HEALTHCHECK_TIMEOUT).is_err());
-        assert!(health_status("http://127.0.0.1:8000/x", HEALTHCHECK_TIMEOUT).is_err());
+        assert_eq!(healthcheck(&format!("http://{addr}"), None), 1);
+        assert!(health_status_with("https://127.0.0.1:1", None, HEALTHCHECK_TIMEOUT).is_err());
+        assert!(health_status_with("http://127.0.0.1:8000/x", None, HEALTHCHECK_TIMEOUT).is_err());
     }
 
     #[test]
@@ -326,7 +410,7 @@ mod tests {
             Ok(Cmd::Audit(AuditCmd::Keygen { .. }))
         ));
         match parse(&["continuity", "healthcheck"]) {
-            Ok(Cmd::Healthcheck { url }) => assert_eq!(url, DEFAULT_HEALTH_URL),
+            Ok(Cmd::Healthcheck { url, .. }) => assert_eq!(url, DEFAULT_HEALTH_URL),
             other => panic!("{other:?}"),
         }
         assert!(matches!(

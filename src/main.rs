@@ -20,7 +20,7 @@ fn main() -> ExitCode {
             println!("{}", cli::token_new());
             0
         }
-        cli::Cmd::Healthcheck { url } => cli::healthcheck(&url),
+        cli::Cmd::Healthcheck { url, ca } => cli::healthcheck(&url, ca.as_deref()),
         cli::Cmd::Run { config, log_format } => match config::load(&config) {
             Ok(cfg) => run_engine(cfg, log_format),
             Err(errors) => {

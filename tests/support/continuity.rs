@@ -29,6 +29,7 @@ fn sha256_hex(s: &str) -> String {
 
 #[derive(Default)]
 pub struct Builder {
+    control: String,
     health: String,
     top: String,
     services: Vec<String>,
@@ -38,6 +39,12 @@ impl Builder {
     /// Lines for the `[health]` table.
     pub fn health(mut self, lines: &str) -> Self {
         self.health = lines.to_string();
+        self
+    }
+
+    /// Extra lines for the `[control]` table (e.g. `tls_cert = "..."`).
+    pub fn control(mut self, lines: &str) -> Self {
+        self.control = lines.to_string();
         self
     }
 
@@ -66,11 +73,12 @@ impl Builder {
         let dir = tempfile::tempdir().expect("tempdir");
         let control_port = free_port();
         let mut toml = format!(
-            "{top}\ndata_dir = \"data\"\n\n[control]\nlisten = \"127.0.0.1:{control_port}\"\n\n\
+            "{top}\ndata_dir = \"data\"\n\n[control]\nlisten = \"127.0.0.1:{control_port}\"\n{control}\n\n\
              [[control.token]]\nname = \"ops\"\nrole = \"operator\"\nsha256 = \"{op}\"\n\n\
              [[control.token]]\nname = \"viewer\"\nrole = \"viewer\"\nsha256 = \"{viewer}\"\n\n\
              [health]\n{health}\n",
             top = self.top,
+            control = self.control,
             op = sha256_hex(OPERATOR_TOKEN),
             viewer = sha256_hex(VIEWER_TOKEN),
             health = self.health,
@@ -105,15 +113,7 @@ impl Continuity {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::File::create(&self.log).expect("log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_continuity"));
-        cmd.arg("run")
-            .arg("--config")
-            .arg(&self.config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log);
-        self.child = Some(cmd.spawn().expect("spawn continuity"));
+        self.spawn_no_wait();
         let started = Instant::now();
         loop {
             if let Ok((200, _)) = self.try_request("GET", "/api/ops/health", None, None) {
@@ -131,6 +131,20 @@ impl Continuity {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Starts the process and returns at once (e.g. for an HTTPS control
+    /// plane, which the plain-HTTP helpers here cannot ask).
+    pub fn spawn_no_wait(&mut self) {
+        let log = std::fs::File::create(&self.log).expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_continuity"));
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log);
+        self.child = Some(cmd.spawn().expect("spawn continuity"));
     }
 
     pub fn pid(&self) -> u32 {
