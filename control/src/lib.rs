@@ -15,17 +15,23 @@
 // No unwrap on anything a network or a user can influence; tests may.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod alerts;
 pub mod audit;
 pub mod auth;
+pub mod bridge;
+pub mod bus;
 pub mod config;
+pub mod diagnostics;
 pub mod error;
 pub mod metrics;
 pub mod ratelimit;
 pub mod recorder;
 pub mod routes;
+pub mod snapshots;
 #[cfg(test)]
 mod testutil;
 pub mod tls;
+pub mod ws;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -62,6 +68,11 @@ pub struct AppState {
     command_timeout: Duration,
     /// The audit log; `None` only in tests that do not audit.
     pub audit: Option<audit::AuditLog>,
+    /// What the WebSocket channels carry.
+    pub bus: bus::OpsBus,
+    pub diagnostics: diagnostics::Diagnostics,
+    pub snapshots: snapshots::Snapshots,
+    pub alerts: alerts::Alerts,
 }
 
 impl AppState {
@@ -87,6 +98,10 @@ impl AppState {
             auth,
             command_timeout: COMMAND_TIMEOUT,
             audit: None,
+            bus: bus::OpsBus::default(),
+            diagnostics: diagnostics::Diagnostics::default(),
+            snapshots: snapshots::Snapshots::default(),
+            alerts: alerts::Alerts::default(),
         })
     }
 
@@ -151,6 +166,10 @@ pub fn router(state: AppState) -> Router {
             get(redundancy::pool_by_name),
         )
         .route("/metrics", get(metrics::metrics))
+        .merge(crate::diagnostics::routes())
+        .merge(crate::snapshots::routes())
+        .merge(crate::alerts::routes())
+        .merge(crate::ws::routes())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
