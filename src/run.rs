@@ -67,10 +67,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             ProxyError::Bind { .. } => RunError::Bind(e.to_string()),
             other => RunError::Other(other.into()),
         })?;
+    let bridge_events = events.resubscribe();
     let recorder = tokio::spawn(continuity_control::recorder::run(audit.clone(), events));
     let state = AppState::new(engine.clone(), Arc::new(config.control.clone()), registry)
         .context("cannot register control-plane metrics")?
         .with_audit(audit.clone());
+    tokio::spawn(continuity_control::bridge::run(
+        state.bus.clone(),
+        engine.clone(),
+        bridge_events,
+    ));
     let control_addr = control_listener
         .local_addr()
         .unwrap_or(config.control.listen);
