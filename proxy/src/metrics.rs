@@ -145,6 +145,29 @@ impl ProxyMetrics {
         }
     }
 
+    /// Creates every labelled series of a service at zero, so that a
+    /// dashboard or an alert rule sees `0`, not an absent series, before
+    /// the first failover or timeout.
+    pub fn touch_service(&self, service: &str, upstreams: &[&str]) {
+        for trigger in ["auto", "manual"] {
+            self.failovers.with_label_values(&[service, trigger]);
+        }
+        self.recovery_seconds.with_label_values(&[service]);
+        self.held.with_label_values(&[service]);
+        self.hold_timeouts.with_label_values(&[service]);
+        self.active_connections.with_label_values(&[service]);
+        for up in upstreams {
+            for result in ["success", "failure"] {
+                self.health_checks.with_label_values(&[service, up, result]);
+            }
+            for reason in ["refused", "timeout"] {
+                self.passive_failures
+                    .with_label_values(&[service, up, reason]);
+            }
+            self.probe_latency.with_label_values(&[service, up]);
+        }
+    }
+
     pub fn for_upstream(&self, service: &str, upstream: &str) -> UpstreamMetrics {
         UpstreamMetrics {
             connect: self

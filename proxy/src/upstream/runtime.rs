@@ -191,6 +191,8 @@ impl ServiceRt {
                 inline: LatencyWindow::new(),
             })
             .collect::<Vec<_>>();
+        let names: Vec<&str> = cfg.upstreams.iter().map(|u| u.name.as_str()).collect();
+        metrics.touch_service(&cfg.name, &names);
         let route = Route {
             active: cfg.configured_primary(),
             epoch: 0,
