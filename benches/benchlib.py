@@ -10,6 +10,8 @@ Subcommands:
   ctl-wait-healthy URL SERVICE [T]    wait until GET URL/api/ops/health shows SERVICE healthy
   haproxy-cfg TEMPLATE OUT redis_primary=P redis_backup=P redis_listen=P [pg=P pg_listen=P] [sock=PATH]
                                       generate an HAProxy config from a reference config
+  supersede RUNS.jsonl FROM_LINE MAX_FOREIGN
+                                      mark runs after FROM_LINE superseded if one was noisy (exit 0)
   rss PID                             print VmRSS and VmHWM in kB (JSON)
   run --out-json F --stdout F --daemons name=pid,... [--proxy PID] [--label L] -- CMD...
                                       run CMD and record CPU, machine load and parsed results
@@ -298,6 +300,21 @@ def ctl_wait_healthy(url, service, timeout):
     return 1
 
 
+def supersede(path, from_line, max_foreign):
+    """If a run recorded after line FROM_LINE had foreign CPU >= MAX_FOREIGN, mark those
+    runs superseded (kept in the file, left out of the medians) and exit 0; else exit 1."""
+    lines = [l for l in open(path) if l.strip()]
+    recs = [json.loads(l) for l in lines[from_line:]]
+    if not any((r.get("foreign_cpu_pct") or 0) >= max_foreign for r in recs):
+        return 1
+    with open(path, "w") as f:
+        f.writelines(lines[:from_line])
+        for r in recs:
+            r["superseded"] = True
+            f.write(json.dumps(r) + "\n")
+    return 0
+
+
 def haproxy_cfg(template, out, redis_primary, redis_backup, redis_listen, pg=None, pg_listen=None, sock=None):
     """The reference config with its example ports replaced; the HTTP section (no nginx here)
     is dropped, and the PostgreSQL section too when no PostgreSQL port is given."""
@@ -326,7 +343,7 @@ def haproxy_cfg(template, out, redis_primary, redis_backup, redis_listen, pg=Non
         f.write(f"# generated from {os.path.basename(template)} by benches/benchlib.py\n" + text)
 
 
-def machine():
+def machine(cont_bin=None):
     def sh(c):
         try:
             return subprocess.run(c, shell=True, capture_output=True, text=True, timeout=20).stdout.strip()
@@ -349,6 +366,13 @@ def machine():
         "python3": sh("python3 --version"),
         "loadavg": loadavg(),
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **({"continuity_bin": cont_bin,
+            "continuity_bin_mtime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(os.path.getmtime(cont_bin))),
+            "continuity_version": sh(f"{cont_bin} --version"),
+            "continuity_sha256": sh(f"sha256sum {cont_bin} | cut -c1-16"),
+            "git_head": sh(f"git -C {os.path.dirname(os.path.abspath(__file__))} log -1 --format='%h %s'"),
+            "git_dirty_files": sh(f"git -C {os.path.dirname(os.path.abspath(__file__))} status --porcelain | wc -l")}
+           if cont_bin and os.path.exists(cont_bin) else {}),
     }
 
 
@@ -391,8 +415,25 @@ LOAD_BENCHES = [
 ]
 
 
+def machine_header(d):
+    out = []
+    mp = os.path.join(d, "machine.json")
+    if os.path.exists(mp):
+        m = json.load(open(mp))
+        out.append(f"Machine: {m.get('cpu')}, nproc {m.get('nproc')}, kernel {m.get('kernel')}, {m.get('os')}; "
+                   f"{m.get('haproxy')}; {m.get('redis_server')}; {m.get('postgres')}; "
+                   f"started {m.get('date_utc')}, loadavg at start {m.get('loadavg')}.\n")
+        if m.get("continuity_bin"):
+            out.append(f"continuity: {m.get('continuity_version')}, binary built {m.get('continuity_bin_mtime')} "
+                       f"(sha256 {m.get('continuity_sha256', '?')}...), "
+                       f"git HEAD {m.get('git_head')} ({m.get('git_dirty_files')} uncommitted files).\n")
+    return out
+
+
 def report_load(d):
-    recs = [json.loads(l) for l in open(os.path.join(d, "runs.jsonl")) if l.strip()]
+    allrecs = [json.loads(l) for l in open(os.path.join(d, "runs.jsonl")) if l.strip()]
+    recs = [r for r in allrecs if not r.get("superseded")]
+    n_sup = len(allrecs) - len(recs)
     meta = {"rss": {}}
     rd = os.path.join(d, "rss")
     if os.path.isdir(rd):
@@ -403,13 +444,7 @@ def report_load(d):
             except ValueError:
                 pass
     targets = [t for t in ("direct", "continuity", "haproxy") if any(r["target"] == t for r in recs)]
-    out = []
-    mp = os.path.join(d, "machine.json")
-    if os.path.exists(mp):
-        m = json.load(open(mp))
-        out.append(f"Machine: {m.get('cpu')}, nproc {m.get('nproc')}, kernel {m.get('kernel')}, {m.get('os')}; "
-                   f"{m.get('haproxy')}; {m.get('redis_server')}; {m.get('postgres')}; "
-                   f"started {m.get('date_utc')}, loadavg at start {m.get('loadavg')}.\n")
+    out = machine_header(d)
     for bench, desc in LOAD_BENCHES:
         rs = [r for r in recs if r["bench"] == bench]
         if not rs:
@@ -417,7 +452,9 @@ def report_load(d):
         out.append(f"### {bench}: `{desc}`\n")
         n = {t: sum(1 for r in rs if r["target"] == t) for t in targets}
         bad = [r for r in rs if r.get("exit") != 0]
+        sup = sum(1 for r in allrecs if r["bench"] == bench and r.get("superseded"))
         out.append("Runs per target: " + ", ".join(f"{t} {n[t]}" for t in targets)
+                   + (f" (plus {sup} noisy run(s) repeated and left out)" if sup else "")
                    + (f"; **{len(bad)} run(s) exited non-zero**" if bad else "") + ".\n")
         if bench.startswith("redis"):
             metrics = [("SET req/s", lambda r: r.get("redis", {}).get("SET", {}).get("rps")),
@@ -443,7 +480,9 @@ def report_load(d):
         out.append("|---" * (1 + len(targets) + len(ratios)) + "|")
         for name, fn in metrics:
             vals = {t: [fn(r) for r in rs if r["target"] == t] for t in targets}
-            row = f"| {name} | " + " | ".join(cell(vals[t]) for t in targets) + " |"
+            nd = 0 if name.startswith("failed") else (2 if name.startswith("loadavg") else
+                                                      (1 if name.startswith(("machine", "foreign")) else None))
+            row = f"| {name} | " + " | ".join(cell(vals[t], nd) for t in targets) + " |"
             if name.startswith(("machine", "foreign", "loadavg", "failed")):
                 row += " |" * len(ratios)
             else:
@@ -475,6 +514,8 @@ def report_load(d):
         out.append(f"Machine load during the runs: foreign CPU median {fmt(statistics.median(fl), 1)}% "
                    f"(max {fmt(max(fl), 1)}%), {noisy}/{len(fl)} runs with foreign CPU >= 5%; "
                    f"1-min loadavg before runs median {fmt(statistics.median(la), 2)} (max {fmt(max(la), 2)}).")
+        if n_sup:
+            out.append(f"{n_sup} run(s) with foreign CPU over the limit were repeated; the medians leave them out.")
         if noisy:
             out.append("**Contaminated: other processes used the CPU during some runs; re-measure on a quiet machine.**")
     return "\n".join(out)
@@ -482,9 +523,10 @@ def report_load(d):
 
 def report_failover(d):
     recs = [json.loads(l) for l in open(os.path.join(d, "failover.jsonl")) if l.strip()]
-    out = []
+    out = machine_header(d)
     out.append("| target | mode | timeout s | trials | gap last-ok to first-backup ms | failed before backup | "
-               "failed total | first backup reply ms | switch seen ms | fail kinds | max foreign % |")
+               "failed total | first backup reply ms | switch seen ms | fail kinds | "
+               "max loadavg 1m |")
     out.append("|---|---|---|---|---|---|---|---|---|---|---|")
     keys = []
     for r in recs:
@@ -505,17 +547,20 @@ def report_failover(d):
             f"{cell([r.get('failed_requests_total') for r in rs], 0)} | "
             f"{cell([r.get('first_backup_reply_ms') for r in rs], 1)} | "
             f"{cell([r.get('switch_seen_ms') for r in rs], 1)} | {kinds or '-'} | "
-            f"{fmt(max((r.get('foreign_cpu_pct') or 0) for r in rs), 1)} |")
+            f"{fmt(max((r.get('loadavg') or [0])[0] for r in rs), 2)} |")
     out.append("")
     out.append("Per trial:\n")
     out.append("| target | mode | rep | gap ms | failed before backup | failed total | kinds | "
-               "first fail ms | first backup ms | max OK latency after kill ms | loadavg |")
-    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+               "first fail ms | first backup ms | switch seen ms | primary dead after kill ms | "
+               "max OK latency after kill ms | direct control max ms | loadavg |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in recs:
         out.append(f"| {r['target']} | {r['mode']} | {r.get('rep')} | {fmt(r.get('gap_last_ok_to_first_backup_ms'), 1)} | "
                    f"{r.get('failed_before_backup')} | {r.get('failed_requests_total')} | {r.get('failed_kinds') or '-'} | "
                    f"{fmt(r.get('first_fail_ms'), 1)} | {fmt(r.get('first_backup_reply_ms'), 1)} | "
-                   f"{fmt(r.get('max_ok_latency_after_kill_ms'), 1)} | {(r.get('loadavg') or ['-'])[0]} |")
+                   f"{fmt(r.get('switch_seen_ms'), 1)} | {fmt(r.get('dead_after_kill_ms'), 2)} | "
+                   f"{fmt(r.get('max_ok_latency_after_kill_ms'), 1)} | {fmt(r.get('control_max_latency_ms'), 1)} | "
+                   f"{(r.get('loadavg') or ['-'])[0]} |")
     return "\n".join(out)
 
 
@@ -536,6 +581,8 @@ def main():
         return hactl_wait(args[0], float(args[1]) if len(args) > 1 else 30)
     if c == "ctl-wait-healthy":
         return ctl_wait_healthy(args[0], args[1], float(args[2]) if len(args) > 2 else 15)
+    if c == "supersede":
+        return supersede(args[0], int(args[1]), float(args[2]))
     if c == "haproxy-cfg":
         kw = dict(a.split("=", 1) for a in args[2:])
         haproxy_cfg(args[0], args[1], **kw); return 0
@@ -544,7 +591,7 @@ def main():
     if c == "run":
         return cmd_run(args)
     if c == "machine":
-        print(json.dumps(machine())); return 0
+        print(json.dumps(machine(args[0] if args else None))); return 0
     if c == "report-load":
         print(report_load(args[0])); return 0
     if c == "report-failover":

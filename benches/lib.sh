@@ -47,7 +47,7 @@ stop_pid() {
             kill -KILL "$pid" 2>/dev/null
         fi
     fi
-    wait "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null || true
     local j
     for j in "${!STARTED_PIDS[@]}"; do [[ ${STARTED_PIDS[$j]} == "$pid" ]] && unset 'STARTED_PIDS[j]'; done
     return 0
@@ -62,6 +62,7 @@ stop_pg() {
 
 cleanup() {
     local rc=$? i pids
+    set +e
     trap - EXIT INT TERM
     pids=("${STARTED_PIDS[@]}")
     for ((i = ${#pids[@]} - 1; i >= 0; i--)); do stop_pid "${pids[$i]}"; done
@@ -136,6 +137,11 @@ ensure_continuity() {
         (cd "$ROOT" && cargo build --release) >&2 || die "cargo build --release failed"
     fi
     [[ -x $CONT_BIN ]] || die "no continuity binary at $CONT_BIN"
+    # Run a private copy: others may rebuild target/release while the benchmark runs.
+    cp "$CONT_BIN" "$WORK/continuity-bin"
+    log "continuity: $CONT_BIN (built $(date -u -r "$CONT_BIN" +%FT%TZ), sha256 $(sha256sum "$WORK/continuity-bin" | cut -c1-16))"
+    CONT_BIN_ORIG=$CONT_BIN
+    CONT_BIN="$WORK/continuity-bin"
 }
 
 # start_continuity PIDVAR CONFIG
@@ -149,14 +155,15 @@ start_continuity() {
     printf -v "$__v" '%s' "$pid"
 }
 
-# check_log FILE LABEL: report panics and error lines found in a proxy log.
+# check_log FILE LABEL: report panics and ERROR-level lines found in a proxy log
+# (continuity: tracing level ERROR; HAProxy: [ALERT]).
 check_log() {
     local f=$1 label=$2 n
     [[ -f $f ]] || return 0
-    n=$(grep -ciE 'panic|ERROR' "$f")
+    n=$(sed 's/\x1b\[[0-9;]*m//g' "$f" | grep -cE 'panicked|^[^ ]+ +ERROR |\[ALERT\]' || true)
     if [[ $n -gt 0 ]]; then
-        log "NOTE: $label log has $n panic/ERROR line(s); first ones:"
-        grep -iE 'panic|ERROR' "$f" | head -5 >&2
+        log "NOTE: $label log has $n panic/ERROR/ALERT line(s); first ones:"
+        sed 's/\x1b\[[0-9;]*m//g' "$f" | grep -E 'panicked|^[^ ]+ +ERROR |\[ALERT\]' | head -5 | cut -c1-300 >&2
     fi
     return 0
 }

@@ -3,12 +3,16 @@
 #
 #   benches/load.sh [--rounds N] [--out DIR] [--targets direct,continuity,haproxy]
 #                   [--benches redis_np,redis_p16,pg_S] [--pg-seconds S] [--no-warmup]
-#                   [--wait-quiet S] [--keep] [--continuity-bin PATH]
+#                   [--wait-quiet S] [--max-foreign PCT] [--repeat-noisy N]
+#                   [--keep] [--continuity-bin PATH]
 #
 # Starts its own Redis primary + replica and PostgreSQL primary (pgbench -i -s 10) on
 # free ports, HAProxy (benches/haproxy/haproxy-default.cfg, mode tcp, nbthread 2, ports
 # substituted) and continuity (generated TOML, [health] check_interval_seconds = 1),
 # then per round runs every benchmark against direct, continuity, haproxy in that order.
+# --wait-quiet S: before each run wait up to S s for a quiet second. --repeat-noisy N: a
+# (round, benchmark) triple in which some run had foreign CPU >= --max-foreign (default 5)
+# is run again, up to N times; the noisy runs are kept but left out of the medians.
 # Writes raw outputs, runs.jsonl and report.md to --out (default: a new temp dir).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -20,7 +24,9 @@ BENCHES="redis_np,redis_p16,pg_S"
 PG_SECONDS=15
 WARMUP=1
 WAIT_QUIET=0
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+MAX_FOREIGN=5
+REPEAT_NOISY=0
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit "${1:-0}"; }
 while [[ $# -gt 0 ]]; do
     case $1 in
         --rounds) ROUNDS=$2; shift 2 ;;
@@ -30,6 +36,8 @@ while [[ $# -gt 0 ]]; do
         --pg-seconds) PG_SECONDS=$2; shift 2 ;;
         --no-warmup) WARMUP=0; shift ;;
         --wait-quiet) WAIT_QUIET=$2; shift 2 ;;
+        --max-foreign) MAX_FOREIGN=$2; shift 2 ;;
+        --repeat-noisy) REPEAT_NOISY=$2; shift 2 ;;
         --keep) KEEP_WORK=1; shift ;;
         --continuity-bin) CONT_BIN=$2; shift 2 ;;
         -h|--help) usage 0 ;;
@@ -48,7 +56,7 @@ OUT=$(cd "$OUT" && pwd)
 : >"$OUT/runs.jsonl"
 has_target continuity && ensure_continuity
 
-"${BL[@]}" machine >"$OUT/machine.json"
+"${BL[@]}" machine "${CONT_BIN_ORIG:-$CONT_BIN}" >"$OUT/machine.json"
 log "results: $OUT   (loadavg $(cat /proc/loadavg))"
 
 # ---- servers ------------------------------------------------------------------
@@ -174,20 +182,28 @@ fi
 FAILED_RUNS=0
 for ((round = 1; round <= ROUNDS; round++)); do
     for b in "${BENCH_LIST[@]}"; do
-        for t in "${TARGET_LIST[@]}"; do
-            wait_quiet "$WAIT_QUIET"
-            port=$(port_of "$t" "$(kind_of "$b")")
-            mapfile -t cmd < <(bench_cmd "$b" "$port")
-            log "round $round/$ROUNDS $b $t: ${cmd[*]}  (loadavg $(loadavg1))"
-            if ! "${BL[@]}" run --out-json "$OUT/runs.jsonl" --stdout "$OUT/raw/$b-$t-r$round.txt" \
-                --daemons "$(all_daemons)" --proxy "$(pid_of "$t")" \
-                --meta "{\"target\":\"$t\",\"bench\":\"$b\",\"round\":$round,\"port\":$port}" -- "${cmd[@]}"; then
-                FAILED_RUNS=$((FAILED_RUNS + 1))
-                log "WARNING: $b through $t exited non-zero (raw: $OUT/raw/$b-$t-r$round.txt)"
-            fi
-            for p in "$CONT_PID" "$HAP_PID"; do
-                [[ -z $p ]] || _alive "$p" || die "proxy PID $p died during $b/$t (logs in $WORK)"
+        for ((attempt = 0; ; attempt++)); do
+            first_line=$(grep -c . "$OUT/runs.jsonl" || true)
+            for t in "${TARGET_LIST[@]}"; do
+                wait_quiet "$WAIT_QUIET"
+                port=$(port_of "$t" "$(kind_of "$b")")
+                mapfile -t cmd < <(bench_cmd "$b" "$port")
+                sfx=""; ((attempt > 0)) && sfx="-a$attempt"
+                log "round $round/$ROUNDS $b $t: ${cmd[*]}  (loadavg $(loadavg1))"
+                if ! "${BL[@]}" run --out-json "$OUT/runs.jsonl" --stdout "$OUT/raw/$b-$t-r$round$sfx.txt" \
+                    --daemons "$(all_daemons)" --proxy "$(pid_of "$t")" \
+                    --meta "{\"target\":\"$t\",\"bench\":\"$b\",\"round\":$round,\"attempt\":$attempt,\"port\":$port}" \
+                    -- "${cmd[@]}"; then
+                    FAILED_RUNS=$((FAILED_RUNS + 1))
+                    log "WARNING: $b through $t exited non-zero (raw: $OUT/raw/$b-$t-r$round$sfx.txt)"
+                fi
+                for p in "$CONT_PID" "$HAP_PID"; do
+                    [[ -z $p ]] || _alive "$p" || die "proxy PID $p died during $b/$t (logs in $WORK)"
+                done
             done
+            ((attempt < REPEAT_NOISY)) || break
+            "${BL[@]}" supersede "$OUT/runs.jsonl" "$first_line" "$MAX_FOREIGN" || break
+            log "round $round $b: foreign CPU >= $MAX_FOREIGN% in some run; repeating ($((attempt + 1))/$REPEAT_NOISY)"
         done
     done
 done
