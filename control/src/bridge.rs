@@ -77,7 +77,12 @@ pub fn publish(bus: &OpsBus, engine: &Engine, event: &Event) {
         EventKind::FailoverBlocked { .. } => {
             bus.publish(Channel::Failover, "failover_event", service, data);
         }
-        EventKind::HoldTimedOut { .. } => {}
+        // The diagnostics engine publishes `diagnostic_event` and `slow_query`.
+        EventKind::HoldTimedOut { .. }
+        | EventKind::SlowQuery { .. }
+        | EventKind::Neo4jWriteFailure { .. }
+        | EventKind::UpstreamError { .. }
+        | EventKind::ProtocolError { .. } => {}
     }
 }
 

@@ -99,6 +99,12 @@ pub fn entry_for(event: &Event) -> Option<NewEntry> {
         EventKind::EmergencyDeclared { .. } | EventKind::ServiceStatusChanged { .. } => {
             return None
         }
+        // Request-path observations: the diagnostics engine keeps them
+        // (a write failure is audited as the alert it escalates to).
+        EventKind::SlowQuery { .. }
+        | EventKind::Neo4jWriteFailure { .. }
+        | EventKind::UpstreamError { .. }
+        | EventKind::ProtocolError { .. } => return None,
     };
     Some(match service {
         Some(s) => entry.service(s),

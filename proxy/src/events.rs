@@ -81,6 +81,37 @@ pub enum EventKind {
     },
     /// A held client waited `buffer_timeout_ms` and was refused.
     HoldTimedOut { waited_ms: u64 },
+    /// A statement in the request path took at least the service's
+    /// `slow_query_ms` (`protocol::observe`). `statement` has its literals
+    /// masked; `command_kind` is `simple_query`, `extended_query`,
+    /// `function_call` (postgres), `command` (redis) or `run` (bolt).
+    SlowQuery {
+        upstream: String,
+        statement: String,
+        duration_ms: f64,
+        command_kind: String,
+    },
+    /// A Bolt FAILURE answered a statement that looks like a write
+    /// (CREATE, MERGE, SET, DELETE, REMOVE), or the COMMIT of a
+    /// transaction that ran one. `code` is Neo4j's (`Neo.ClientError...`).
+    Neo4jWriteFailure {
+        upstream: String,
+        statement: String,
+        code: String,
+    },
+    /// Real traffic got an error answer that speaks of the upstream rather
+    /// than the statement: a SQLSTATE of class 08, 28, 53, 57, 58, XX or
+    /// 25006; a redis LOADING, READONLY, MASTERDOWN, OOM, NOAUTH, ...; a
+    /// Neo4j transient, database, security or cluster error. At most a few
+    /// per connection.
+    UpstreamError {
+        upstream: String,
+        code: String,
+        message: String,
+    },
+    /// The request-path observer of one connection met bytes it does not
+    /// understand and stopped timing that connection (its bytes still flow).
+    ProtocolError { upstream: String, reason: String },
 }
 
 #[derive(Debug, Clone, Serialize)]

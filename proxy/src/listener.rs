@@ -16,6 +16,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::events::EventKind;
 use crate::health::{classify_io, FailureKind};
 use crate::protocol;
+use crate::protocol::observe::{Finding, Tap};
 use crate::upstream::runtime::ServiceRt;
 
 /// Bytes of a held client kept before TCP backpressure pauses it (SPEC 3).
@@ -204,11 +205,12 @@ async fn handle(
     up.total_conns.fetch_add(1, Ordering::Relaxed);
     up.metrics.connections.inc();
     let result = async {
+        let timer = RequestTimer::new(svc.clone(), idx);
         if !early.is_empty() {
+            timer.observe_client(&early);
             upstream.write_all(&early).await?;
             up.metrics.bytes_up.inc_by(early.len() as u64);
         }
-        let timer = RequestTimer::new(svc.clone(), idx);
         tokio::select! {
             r = relay(&mut client, &mut upstream, &timer) => r,
             _ = must_close(&svc, idx, epoch) => Ok(()),
@@ -262,22 +264,28 @@ async fn refuse(svc: &ServiceRt, mut client: TcpStream, early: &[u8]) {
 }
 
 /// Times each request: from the first client byte sent while no request is
-/// outstanding to the next upstream byte back (time to first response byte).
+/// outstanding to the next upstream byte back (time to first response byte),
+/// and feeds both directions to the connection's statement observer
+/// (`protocol::observe`), which reports slow statements and upstream errors.
 struct RequestTimer {
     svc: Arc<ServiceRt>,
     idx: usize,
     origin: Instant,
     /// Nanoseconds since `origin` + 1 of the outstanding request, 0 if none.
     pending: AtomicU64,
+    /// `None` for kinds without statements, or with `slow_query_ms = 0`.
+    tap: Option<Tap>,
 }
 
 impl RequestTimer {
     fn new(svc: Arc<ServiceRt>, idx: usize) -> RequestTimer {
+        let tap = Tap::new(svc.cfg.kind, svc.cfg.slow_query);
         RequestTimer {
             svc,
             idx,
             origin: Instant::now(),
             pending: AtomicU64::new(0),
+            tap,
         }
     }
 
@@ -299,6 +307,33 @@ impl RequestTimer {
             }
         }
     }
+
+    /// Client bytes, seen before they are written upstream (so that a
+    /// request is always observed before its answer can come back).
+    fn observe_client(&self, data: &[u8]) {
+        if let Some(tap) = &self.tap {
+            self.report(tap.client(data));
+        }
+    }
+
+    /// Upstream bytes, seen after they are written to the client.
+    fn observe_server(&self, data: &[u8]) {
+        if let Some(tap) = &self.tap {
+            self.report(tap.server(data));
+        }
+    }
+
+    fn report(&self, findings: Vec<Finding>) {
+        if findings.is_empty() {
+            return;
+        }
+        let Some(up) = self.svc.upstreams.get(self.idx) else {
+            return;
+        };
+        for f in findings {
+            self.svc.emit(f.into_event(&up.cfg.name));
+        }
+    }
 }
 
 async fn relay(
@@ -311,24 +346,40 @@ async fn relay(
     };
     let (mut cr, mut cw) = client.split();
     let (mut ur, mut uw) = upstream.split();
-    let c2u = pump(&mut cr, &mut uw, &up.metrics.bytes_up, || timer.sent());
-    let u2c = pump(&mut ur, &mut cw, &up.metrics.bytes_down, || {
-        timer.answered()
-    });
+    let c2u = pump(
+        &mut cr,
+        &mut uw,
+        &up.metrics.bytes_up,
+        |data| {
+            timer.sent();
+            timer.observe_client(data);
+        },
+        |_| {},
+    );
+    let u2c = pump(
+        &mut ur,
+        &mut cw,
+        &up.metrics.bytes_down,
+        |_| timer.answered(),
+        |data| timer.observe_server(data),
+    );
     tokio::try_join!(c2u, u2c).map(|_| ())
 }
 
-/// Copies until EOF, then half-closes the writer.
-async fn pump<R, W, F>(
+/// Copies until EOF, then half-closes the writer. `before` sees each chunk
+/// before it is written, `after` once it is.
+async fn pump<R, W, B, A>(
     r: &mut R,
     w: &mut W,
     bytes: &prometheus::IntCounter,
-    on_data: F,
+    before: B,
+    after: A,
 ) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
-    F: Fn(),
+    B: Fn(&[u8]),
+    A: Fn(&[u8]),
 {
     let mut buf = vec![0u8; RELAY_BUFFER];
     loop {
@@ -337,8 +388,10 @@ where
             let _ = w.shutdown().await;
             return Ok(());
         }
-        on_data();
-        w.write_all(buf.get(..n).unwrap_or_default()).await?;
+        let data = buf.get(..n).unwrap_or_default();
+        before(data);
+        w.write_all(data).await?;
         bytes.inc_by(n as u64);
+        after(data);
     }
 }

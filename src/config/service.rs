@@ -331,10 +331,11 @@ fn service(
         Kind::Elasticsearch => Some("/_cluster/health".to_string()),
         _ => None,
     });
+    // 0 turns request-path observation off for the service (no parsing at all).
     let slow_query = ctx.millis(
         &at.key("slow_query_ms"),
         raw.slow_query_ms,
-        1,
+        0,
         kind.default_slow_query(),
     );
     let svc = ServiceConfig {

@@ -1,6 +1,8 @@
-//! Per-protocol codecs the L4 proxy needs: today, the error each protocol
-//! gives a held client whose `buffer_timeout_ms` ran out (SPEC 3).
+//! Per-protocol codecs the L4 proxy needs: the error each protocol gives a
+//! held client whose `buffer_timeout_ms` ran out (SPEC 3), and the
+//! read-only observers that time statements in the relay ([`observe`]).
 
+pub mod observe;
 pub mod postgres;
 pub mod redis;
 

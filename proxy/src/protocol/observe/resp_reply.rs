@@ -1,0 +1,195 @@
+//! The RESP reply scanner: counts complete top-level replies in a byte
+//! stream, nested aggregates included (RESP2 and RESP3), without keeping
+//! more than the first bytes of a top-level error line. RESP3 push and
+//! attribute frames (out-of-band data) stop it quietly.
+
+use super::{capture, Stop};
+
+/// Longest status or error line followed.
+pub(super) const LINE_MAX: usize = 64 * 1024;
+/// Deepest reply nesting followed.
+pub(super) const MAX_DEPTH: usize = 32;
+
+/// A CRLF-terminated decimal, possibly split across chunks.
+#[derive(Default)]
+pub(super) struct Num {
+    value: i64,
+    neg: bool,
+    digits: u8,
+    cr: bool,
+}
+
+impl Num {
+    pub fn feed(&mut self, data: &mut &[u8]) -> Result<Option<i64>, Stop> {
+        const BAD: Stop = Stop::Confused("resp: bad length");
+        while let Some((&b, rest)) = data.split_first() {
+            *data = rest;
+            match b {
+                b'\n' if self.cr => {
+                    let v = if self.neg { -self.value } else { self.value };
+                    *self = Num::default();
+                    return Ok(Some(v));
+                }
+                _ if self.cr => return Err(BAD),
+                b'\r' if self.digits > 0 => self.cr = true,
+                b'-' if self.digits == 0 && !self.neg => self.neg = true,
+                b'0'..=b'9' if self.digits < 18 => {
+                    self.value = self.value * 10 + i64::from(b - b'0');
+                    self.digits += 1;
+                }
+                _ => return Err(BAD),
+            }
+        }
+        Ok(None)
+    }
+}
+
+enum State {
+    Type,
+    Line { seen: usize, error: bool },
+    BulkLen,
+    AggLen { per: i64 },
+    Bulk { rem: u64 },
+}
+
+pub(super) struct Replies {
+    state: State,
+    num: Num,
+    /// Elements still expected at each open aggregate level.
+    stack: [i64; MAX_DEPTH],
+    depth: usize,
+    /// The top-level error line being read (or just completed).
+    error: Vec<u8>,
+}
+
+impl Default for Replies {
+    fn default() -> Self {
+        Replies {
+            state: State::Type,
+            num: Num::default(),
+            stack: [0; MAX_DEPTH],
+            depth: 0,
+            error: Vec::new(),
+        }
+    }
+}
+
+impl Replies {
+    /// Advances to the end of the next complete top-level reply:
+    /// `Some(Some(line))` for an error reply (its line without CRLF),
+    /// `Some(None)` for any other; `None` when `data` ran out first.
+    pub fn next(&mut self, data: &mut &[u8]) -> Result<Option<Option<&[u8]>>, Stop> {
+        while !data.is_empty() {
+            let complete = match &mut self.state {
+                State::Type => {
+                    let Some((&t, rest)) = data.split_first() else {
+                        break;
+                    };
+                    *data = rest;
+                    if self.depth == 0 {
+                        self.error.clear();
+                    }
+                    self.state = match t {
+                        b'+' | b':' | b'_' | b',' | b'#' | b'(' => State::Line {
+                            seen: 0,
+                            error: false,
+                        },
+                        b'-' => State::Line {
+                            seen: 0,
+                            error: self.depth == 0,
+                        },
+                        b'$' | b'=' | b'!' => State::BulkLen,
+                        b'*' | b'~' => State::AggLen { per: 1 },
+                        b'%' => State::AggLen { per: 2 },
+                        b'>' | b'|' => return Err(Stop::Quiet),
+                        _ => return Err(Stop::Confused("resp: unknown reply type")),
+                    };
+                    false
+                }
+                State::Line { seen, error } => {
+                    let end = data.iter().position(|&b| b == b'\n');
+                    let line = data.get(..end.unwrap_or(data.len())).unwrap_or_default();
+                    *seen += line.len();
+                    if *seen > LINE_MAX {
+                        return Err(Stop::Confused("resp: reply line too long"));
+                    }
+                    if *error {
+                        capture(&mut self.error, line, 256);
+                    }
+                    match end {
+                        Some(p) => {
+                            *data = data.get(p + 1..).unwrap_or_default();
+                            true
+                        }
+                        None => {
+                            *data = &[];
+                            false
+                        }
+                    }
+                }
+                State::BulkLen => match self.num.feed(data)? {
+                    Some(-1) => true,
+                    Some(n) if n < 0 => return Err(Stop::Confused("resp: bad bulk length")),
+                    Some(n) => {
+                        self.state = State::Bulk {
+                            rem: n.unsigned_abs() + 2,
+                        };
+                        false
+                    }
+                    None => false,
+                },
+                State::AggLen { per } => {
+                    let per = *per;
+                    match self.num.feed(data)? {
+                        Some(-1 | 0) => true,
+                        Some(n) if n < 0 => {
+                            return Err(Stop::Confused("resp: bad aggregate length"))
+                        }
+                        Some(n) => {
+                            let slot = self
+                                .stack
+                                .get_mut(self.depth)
+                                .ok_or(Stop::Confused("resp: reply nested too deep"))?;
+                            *slot = n.saturating_mul(per);
+                            self.depth += 1;
+                            self.state = State::Type;
+                            false
+                        }
+                        None => false,
+                    }
+                }
+                State::Bulk { rem } => {
+                    let n = usize::try_from(*rem).unwrap_or(usize::MAX).min(data.len());
+                    *rem -= n as u64;
+                    *data = data.get(n..).unwrap_or_default();
+                    *rem == 0
+                }
+            };
+            if complete {
+                self.state = State::Type;
+                if self.element_closes_reply() {
+                    let error = (!self.error.is_empty()).then_some(self.error.as_slice());
+                    return Ok(Some(error.map(|e| e.strip_suffix(b"\r").unwrap_or(e))));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// One element is complete: closes the aggregates it completes, and
+    /// says whether it completed a top-level reply.
+    fn element_closes_reply(&mut self) -> bool {
+        while let Some(left) = self
+            .depth
+            .checked_sub(1)
+            .and_then(|d| self.stack.get_mut(d))
+        {
+            *left -= 1;
+            if *left > 0 {
+                return false;
+            }
+            self.depth -= 1;
+        }
+        true
+    }
+}
