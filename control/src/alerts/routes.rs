@@ -1,0 +1,239 @@
+//! The alert routes (SPEC 4). Check order as everywhere: 401/403 (auth
+//! layer), 404, 400, 422, 409. Operator actions are audited before they
+//! take effect; a heartbeat is not audited (its stall and resume are).
+
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{RawQuery, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::Utc;
+use continuity_proxy::{Command, CommandOutcome};
+use serde_json::{json, Map, Value};
+
+use super::effects;
+use super::heartbeat::Report;
+use super::model::Effect;
+use super::state::AckError;
+use crate::audit::{Action, NewEntry, Severity};
+use crate::auth::Actor;
+use crate::error::ApiError;
+use crate::routes::failover::manual_intervention;
+use crate::routes::{read_reason, PathParam};
+use crate::AppState;
+
+/// `?open=true` lists only open alerts; `?type=escalation|predictive`.
+pub async fn list(
+    State(state): State<AppState>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let mut open_only = false;
+    let mut kind: Option<String> = None;
+    for pair in q
+        .as_deref()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match (k, v) {
+            ("open", "true" | "1") => open_only = true,
+            ("open", "false" | "0") => open_only = false,
+            ("type", "escalation" | "predictive") => kind = Some(v.to_string()),
+            ("open" | "type", _) => {
+                return Err(ApiError::BadRequest(format!(
+                "bad value `{v}` for `{k}` (open: true or false; type: escalation or predictive)"
+            )))
+            }
+            _ => {}
+        }
+    }
+    let all = if open_only {
+        state.alerts.open_alerts()
+    } else {
+        state.alerts.all_alerts()
+    };
+    let alerts: Vec<Value> = all
+        .into_iter()
+        .filter(|a| kind.as_deref().is_none_or(|k| a["type"] == k))
+        .collect();
+    let open = alerts.iter().filter(|a| a["open"] == true).count();
+    Ok(Json(json!({ "alerts": alerts, "open": open, "generated_at": Utc::now() })).into_response())
+}
+
+fn ack_error(id: &str, e: AckError) -> ApiError {
+    match e {
+        AckError::NotFound => ApiError::NotFound(format!("no alert with id '{id}'")),
+        AckError::Already(by) => {
+            ApiError::Conflict(format!("alert '{id}' was already acknowledged by {by}"))
+        }
+    }
+}
+
+pub async fn ack(
+    State(state): State<AppState>,
+    actor: Actor,
+    PathParam(id): PathParam,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let checked = state.alerts.core().can_ack(&id);
+    if let Err(AckError::NotFound) = checked {
+        return Err(ack_error(&id, AckError::NotFound));
+    }
+    let reason = read_reason(body, crate::BODY_LIMIT)?;
+    checked.map_err(|e| ack_error(&id, e))?;
+    let listed = state.alerts.all_alerts();
+    let alert = listed.iter().find(|a| a["id"] == id.as_str());
+    let service = alert
+        .and_then(|a| a["service"].as_str())
+        .map(str::to_string);
+    let details = json!({
+        "operation": "alert_ack", "reason": reason, "alert_id": id,
+        "rule": alert.map(|a| a.get("rule").or_else(|| a.get("prediction_type")).cloned()),
+    });
+    let entry = NewEntry::new(
+        Action::ManualIntervention,
+        Severity::Info,
+        &actor.name,
+        details,
+    );
+    state
+        .record(match &service {
+            Some(s) => entry.service(s),
+            None => entry,
+        })
+        .await?;
+    let acked = state
+        .alerts
+        .core()
+        .ack(&id, &actor.name, Utc::now())
+        .map_err(|e| ack_error(&id, e))?;
+    state.bus.publish(
+        crate::bus::Channel::Diagnostics,
+        "diagnostic_event",
+        service.as_deref(),
+        json!({ "event": "alert_acknowledged", "alert": acked, "reason": reason }),
+    );
+    Ok(Json(acked).into_response())
+}
+
+/// An empty body counts as `{}`; anything else must be a JSON object.
+fn object(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(ApiError::BadRequest(
+            "request body must be a JSON object".into(),
+        )),
+        Err(e) => Err(ApiError::BadRequest(format!(
+            "request body is not valid JSON: {e}"
+        ))),
+    }
+}
+
+pub async fn emergency(
+    State(state): State<AppState>,
+    actor: Actor,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| ApiError::from_body_rejection(&e, crate::BODY_LIMIT))?;
+    let Some(enabled) = object(&body)?.get("enabled").and_then(Value::as_bool) else {
+        return Err(ApiError::BadRequest(
+            "\"enabled\" is required: true to declare an emergency, false to clear it".into(),
+        ));
+    };
+    let reason = read_reason(Ok(body), crate::BODY_LIMIT)?;
+    let cmd = Command::Emergency {
+        enabled,
+        actor: actor.name,
+        reason,
+    };
+    let op = if enabled {
+        "emergency_declare"
+    } else {
+        "emergency_clear"
+    };
+    state.record(manual_intervention(&cmd, op)).await?;
+    let snap = match state.apply(cmd).await? {
+        CommandOutcome::Engine(s) => *s,
+        CommandOutcome::Service(_) => state.engine.snapshot(),
+    };
+    let rerouted = {
+        let mut core = state.alerts.core();
+        if enabled {
+            core.reroute_all()
+        } else {
+            core.emergency = false;
+            Vec::new()
+        }
+    };
+    let ids: Vec<String> = rerouted.iter().map(|a| a.id.clone()).collect();
+    effects::run(&state, &state.alerts, vec![Effect::Rerouted(rerouted)]).await;
+    Ok(Json(json!({
+        "failover_state": snap.failover_state,
+        "emergency_declared": snap.emergency_declared,
+        "rerouted_alerts": ids,
+        "open_alerts": state.alerts.open_alerts(),
+    }))
+    .into_response())
+}
+
+fn report(body: &Bytes) -> Result<Report, ApiError> {
+    let m = object(body)?;
+    let processed = match m.get("processed") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(v.as_u64().ok_or_else(|| {
+            ApiError::BadRequest("\"processed\" must be a non-negative integer".into())
+        })?),
+    };
+    let checkpoint = match m.get("checkpoint") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.len() <= 1024 => Some(s.clone()),
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "\"checkpoint\" must be a string of at most 1024 bytes".into(),
+            ))
+        }
+    };
+    Ok(Report {
+        processed,
+        checkpoint,
+    })
+}
+
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    _actor: Actor,
+    PathParam(name): PathParam,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let not_found = || ApiError::NotFound(format!("no heartbeat service named '{name}'"));
+    if !state.alerts.core().heartbeats.contains(&name) {
+        return Err(not_found());
+    }
+    let body = body.map_err(|e| ApiError::from_body_rejection(&e, crate::BODY_LIMIT))?;
+    let report = report(&body)?;
+    let snap = state.engine.snapshot();
+    let (status, effects) = {
+        let mut core = state.alerts.core();
+        let (now, wall) = (Instant::now(), Utc::now());
+        let (status, resumed) = core
+            .heartbeats
+            .beat(&name, report, now, wall)
+            .ok_or_else(not_found)?;
+        // A resume resolves the stall alert now, not at the next tick.
+        let effects = match resumed {
+            Some(r) => std::iter::once(r)
+                .chain(core.evaluate(&snap, now, wall))
+                .collect(),
+            None => Vec::new(),
+        };
+        (status, effects)
+    };
+    effects::run(&state, &state.alerts, effects).await;
+    Ok(Json(status).into_response())
+}
