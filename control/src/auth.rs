@@ -8,13 +8,14 @@
 //! tokens themselves are never stored or logged. The matched token becomes
 //! the request's [`Actor`], whose `name` is the `actor` of audit entries.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::connect_info::{ConnectInfo, MockConnectInfo};
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{FromRequestParts, Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, Method};
+use axum::http::{header, HeaderMap, Method, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus::IntCounterVec;
@@ -140,6 +141,25 @@ fn bearer(headers: &HeaderMap) -> Option<Result<&str, ()>> {
     Some(parsed.ok_or(()))
 }
 
+/// `?token=TOKEN` on a WebSocket path (SPEC 5: browsers cannot set
+/// headers on a WebSocket). Only there: elsewhere a token in a URL would
+/// end up in proxies' and browsers' histories. The URI is never logged.
+fn query_token(uri: &Uri) -> Option<Result<String, ()>> {
+    if !uri.path().starts_with("/ws/") {
+        return None;
+    }
+    let Ok(Query(params)) = Query::<Vec<(String, String)>>::try_from_uri(uri) else {
+        return uri.query().map(|_| Err(()));
+    };
+    let (_, token) = params.into_iter().find(|(k, _)| k == "token")?;
+    let token = token.trim();
+    Some(if token.is_empty() {
+        Err(())
+    } else {
+        Ok(token.to_string())
+    })
+}
+
 /// The peer address from `into_make_service_with_connect_info` (or a
 /// test's `MockConnectInfo`). `X-Forwarded-For` is deliberately ignored:
 /// a client could set it to dodge the limiter.
@@ -164,19 +184,29 @@ pub async fn require(State(auth): State<Arc<Auth>>, mut req: Request, next: Next
             .inc();
         return ApiError::RateLimited(wait).into_response();
     }
-    let token = match bearer(req.headers()) {
+    let presented = match bearer(req.headers()) {
+        Some(found) => Some(
+            found
+                .map(Cow::Borrowed)
+                .map_err(|()| "malformed Authorization header; expected 'Bearer TOKEN'"),
+        ),
+        None => query_token(req.uri()).map(|found| {
+            found
+                .map(Cow::Owned)
+                .map_err(|()| "malformed token parameter; expected '?token=TOKEN'")
+        }),
+    };
+    let token = match presented {
         Some(Ok(t)) => t,
-        Some(Err(())) => {
-            let e =
-                ApiError::Unauthorized("malformed Authorization header; expected 'Bearer TOKEN'");
-            return auth.fail(ip, auth_reason::INVALID_TOKEN, e);
+        Some(Err(why)) => {
+            return auth.fail(ip, auth_reason::INVALID_TOKEN, ApiError::Unauthorized(why));
         }
         None => {
             let e = ApiError::Unauthorized("missing bearer token");
             return auth.fail(ip, auth_reason::MISSING_TOKEN, e);
         }
     };
-    let Some(matched) = auth.find(token) else {
+    let Some(matched) = auth.find(&token) else {
         let e = ApiError::Unauthorized("invalid token");
         return auth.fail(ip, auth_reason::INVALID_TOKEN, e);
     };

@@ -83,6 +83,9 @@ pub const BUS_CAPACITY: usize = 1024;
 pub struct OpsBus {
     tx: broadcast::Sender<Arc<OpsMessage>>,
     seqs: Arc<[AtomicU64; 3]>,
+    /// Stamping and sending happen under one lock, so two publishers on a
+    /// channel can never deliver seq N+1 before N.
+    order: Arc<std::sync::Mutex<()>>,
 }
 
 impl Default for OpsBus {
@@ -90,6 +93,7 @@ impl Default for OpsBus {
         OpsBus {
             tx: broadcast::channel(BUS_CAPACITY).0,
             seqs: Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]),
+            order: Arc::new(std::sync::Mutex::new(())),
         }
     }
 }
@@ -103,6 +107,8 @@ impl OpsBus {
         service: Option<&str>,
         data: serde_json::Value,
     ) -> Arc<OpsMessage> {
+        // Poisoning cannot leave anything inconsistent here: the lock guards no data.
+        let _order = self.order.lock().unwrap_or_else(|p| p.into_inner());
         let msg = Arc::new(OpsMessage {
             channel,
             kind: kind.to_string(),

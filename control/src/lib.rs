@@ -73,6 +73,8 @@ pub struct AppState {
     pub diagnostics: diagnostics::Diagnostics,
     pub snapshots: snapshots::Snapshots,
     pub alerts: alerts::Alerts,
+    /// The WebSocket channels' metrics, diagnostics ring and drop ratio.
+    pub ws: ws::WsState,
 }
 
 impl AppState {
@@ -90,6 +92,8 @@ impl AppState {
             BODY_LIMIT,
             metrics.auth_failures.clone(),
         ));
+        let bus = bus::OpsBus::default();
+        let ws = ws::WsState::new(&bus, &registry);
         Ok(AppState {
             engine,
             config,
@@ -98,10 +102,11 @@ impl AppState {
             auth,
             command_timeout: COMMAND_TIMEOUT,
             audit: None,
-            bus: bus::OpsBus::default(),
+            bus,
             diagnostics: diagnostics::Diagnostics::default(),
             snapshots: snapshots::Snapshots::default(),
             alerts: alerts::Alerts::default(),
+            ws,
         })
     }
 
