@@ -8,7 +8,9 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context;
+use continuity_control::alerts::{self, AlertSettings, Alerts};
 use continuity_control::audit::{AuditLog, AuditSettings};
+use continuity_control::snapshots::{Retention, Snapshots};
 use continuity_control::AppState;
 use continuity_proxy::{Engine, ProxyError};
 use tokio::net::TcpListener;
@@ -68,15 +70,62 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             other => RunError::Other(other.into()),
         })?;
     let bridge_events = events.resubscribe();
+    let diagnostics_events = events.resubscribe();
     let recorder = tokio::spawn(continuity_control::recorder::run(audit.clone(), events));
-    let state = AppState::new(engine.clone(), Arc::new(config.control.clone()), registry)
+    let services = &config.engine.services;
+    let retention_hours = services
+        .iter()
+        .map(|s| s.health.snapshot_retention_hours)
+        .max()
+        .unwrap_or(24);
+    let snapshots = Snapshots::open(
+        &config.data_dir.join("snapshots"),
+        Retention::from_hours(retention_hours),
+    )
+    .context("cannot open the snapshot history")?
+    .with_buffer_timeouts(services.iter().map(|s| (s.name.clone(), s.buffer_timeout)));
+    let mut state = AppState::new(engine.clone(), Arc::new(config.control.clone()), registry)
         .context("cannot register control-plane metrics")?
         .with_audit(audit.clone());
+    state.snapshots = snapshots.clone();
+    // Rules were validated with the config (exit 64 on a bad one).
+    let rules = if config.alerts.rules.is_empty() {
+        alerts::default_rules()
+    } else {
+        alerts::parse_rules(&config.alerts.rules)
+            .map_err(|problems| anyhow::anyhow!("[[alerts.rule]]: {}", problems.join("; ")))?
+    };
+    let alert_settings = AlertSettings {
+        webhook_url: config.alerts.webhook_url.clone(),
+        liaison_webhook_url: config.alerts.liaison_webhook_url.clone(),
+        rules,
+        ..AlertSettings::default()
+    }
+    .with_services(&config.engine.services);
+    state.alerts =
+        Alerts::new(alert_settings, &state.registry).map_err(|e| RunError::Bind(e.to_string()))?;
+    let sampler = snapshots.spawn_sampler(engine.clone());
     tokio::spawn(continuity_control::bridge::run(
         state.bus.clone(),
         engine.clone(),
         bridge_events,
     ));
+    let alert_task = alerts::spawn(state.clone());
+    let diagnostics_task = continuity_control::diagnostics::spawn(&state, diagnostics_events);
+    // SPEC 9: clients of our own WebSocket channels dropped over 20 % in a minute.
+    let ws_drops = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                state
+                    .alerts
+                    .websocket_drop_ratio(state.ws.drop_ratio_last_minute());
+            }
+        })
+    };
+    let ws = state.ws.clone();
     let control_addr = control_listener
         .local_addr()
         .unwrap_or(config.control.listen);
@@ -106,6 +155,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         "shutting down: draining connections"
     );
     engine.shutdown(config.drain_timeout).await;
+    ws.shutdown();
     let _ = stop_tx.send(true);
     match tokio::time::timeout(std::time::Duration::from_secs(5), control).await {
         Ok(Ok(Ok(()))) | Err(_) => {}
@@ -120,6 +170,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     })
     .await;
     recorder.abort();
+    sampler.abort();
+    alert_task.abort();
+    ws_drops.abort();
+    diagnostics_task.abort();
+    if let Err(e) = snapshots.flush().await {
+        tracing::error!(error = %e, "cannot write the snapshot history");
+    }
     audit.shutdown().await;
     tracing::info!("stopped");
     Ok(())

@@ -425,11 +425,42 @@ pub fn alerts(ctx: &mut Ctx<'_>, raw: RawAlerts) -> AlertsConfig {
             ctx.problem(&at.key(key), e);
         }
     }
+    let rules = raw.rule.unwrap_or_default();
+    if let Err(problems) = continuity_control::alerts::parse_rules(&rules) {
+        for p in problems {
+            let (path, message) = rule_problem_path(&p);
+            ctx.problem(&path, message);
+        }
+    }
     AlertsConfig {
         webhook_url: raw.webhook_url,
         liaison_webhook_url: raw.liaison_webhook_url,
-        rules: raw.rule.unwrap_or_default(),
+        rules,
     }
+}
+
+/// Splits the alert engine's `alerts.rule[i].key: message` into a key path
+/// (for the line number) and the message.
+fn rule_problem_path(problem: &str) -> (KeyPath, String) {
+    let Some((path, message)) = problem.split_once(": ") else {
+        return (
+            KeyPath::root().key("alerts").key("rule"),
+            problem.to_string(),
+        );
+    };
+    let mut at = KeyPath::root();
+    for part in path.split('.') {
+        match part.split_once('[') {
+            Some((name, rest)) => {
+                at = at.key(name);
+                if let Ok(i) = rest.trim_end_matches(']').parse::<usize>() {
+                    at = at.index(i);
+                }
+            }
+            None => at = at.key(part),
+        }
+    }
+    (at, message.to_string())
 }
 
 pub fn cluster(ctx: &mut Ctx<'_>, raw: RawCluster) -> ClusterConfig {
