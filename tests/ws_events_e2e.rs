@@ -119,6 +119,15 @@ upstreams = [ {{ name = "ncic-a", address = "{dead}", role = "primary" }} ]"#
             let _ = t.await;
         }
     });
+    // The stalled pipeline shows as down in the health view, without
+    // turning the engine state into an emergency by itself.
+    let (_, health) = engine.get("/api/ops/health");
+    let etl = health["services"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "etl"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(etl["status"], "down", "{health}");
     let messages = seen.lock().unwrap().clone();
     let types: BTreeSet<String> = messages
         .iter()

@@ -248,6 +248,21 @@ impl Engine {
         }
     }
 
+    /// Reports the status of a service that has no upstreams to probe (a
+    /// `heartbeat` service: healthy while it beats, down once stalled).
+    /// Services with upstreams are judged by their probes only.
+    pub fn report_status(&self, service: &str, status: ServiceStatus) -> Result<(), CommandError> {
+        let svc = self.find(service)?;
+        if !svc.upstreams.is_empty() {
+            return Err(CommandError::Conflict(format!(
+                "{service} is judged by its probes"
+            )));
+        }
+        svc.report(status);
+        self.refresh_state();
+        Ok(())
+    }
+
     /// Recomputes the engine state and emits a change event.
     fn refresh_state(&self) {
         let new = engine_state(
@@ -488,10 +503,12 @@ fn engine_state(services: &[Arc<ServiceRt>], declared: bool) -> FailoverState {
     let mut serving_elsewhere = false;
     let mut degraded = false;
     for s in services {
+        let status = s.status();
         if s.upstreams.is_empty() {
+            // A stalled heartbeat (ETL pipeline) is an `etl_stall` alert of
+            // tier 3 (SPEC 9), not an engine emergency: it carries no traffic.
             continue;
         }
-        let status = s.status();
         let active = s.route.load().active;
         if status == ServiceStatus::Down {
             down += 1;

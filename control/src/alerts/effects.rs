@@ -4,6 +4,7 @@
 //! logged (the operator routes audit through `AppState::record` instead,
 //! before they act).
 
+use continuity_proxy::snapshot::ServiceStatus;
 use serde_json::{json, Value};
 
 use super::model::{Alert, Effect};
@@ -135,6 +136,16 @@ async fn one(state: &AppState, alerts: &Alerts, e: Effect) {
                 tracing::info!(pipeline = ?name, "ETL pipeline resumed");
                 ("etl_resumed", Severity::Info)
             };
+            if let Some(n) = name.as_deref() {
+                let status = if stalled {
+                    ServiceStatus::Down
+                } else {
+                    ServiceStatus::Healthy
+                };
+                if let Err(e) = state.engine.report_status(n, status) {
+                    tracing::debug!(pipeline = n, error = %e, "heartbeat status not reported");
+                }
+            }
             let mut details = v.clone();
             details["event"] = json!(event);
             audit(

@@ -235,5 +235,12 @@ pub async fn heartbeat(
         (status, effects)
     };
     effects::run(&state, &state.alerts, effects).await;
+    // A beat means the pipeline is alive (a stall flips it to down).
+    if let Err(e) = state
+        .engine
+        .report_status(&name, continuity_proxy::snapshot::ServiceStatus::Healthy)
+    {
+        tracing::debug!(pipeline = %name, error = %e, "heartbeat status not reported");
+    }
     Ok(Json(status).into_response())
 }

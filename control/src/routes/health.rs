@@ -108,6 +108,8 @@ pub fn is_ready(snap: &EngineSnapshot) -> bool {
     snap.services
         .iter()
         .filter(|s| s.category == Category::Core)
+        // Heartbeat services carry no traffic: they never gate readiness.
+        .filter(|s| !s.upstreams.is_empty())
         .all(|s| matches!(s.status, ServiceStatus::Healthy | ServiceStatus::Degraded))
 }
 

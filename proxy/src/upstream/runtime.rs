@@ -119,6 +119,9 @@ pub struct ServiceState {
     pub failed_over_at: Option<Instant>,
     pub status: ServiceStatus,
     pub uptime: Uptime,
+    /// For services without upstreams (heartbeats): the status reported
+    /// from outside (a heartbeat is healthy, a stall is down).
+    pub reported: Option<ServiceStatus>,
 }
 
 /// Engine-wide counters the failover status reports.
@@ -215,6 +218,7 @@ impl ServiceRt {
                 failed_over_at: None,
                 status: ServiceStatus::Unknown,
                 uptime: Uptime::default(),
+                reported: None,
             }),
             events,
             metrics,
@@ -417,6 +421,9 @@ impl ServiceRt {
     }
 
     pub fn status(&self) -> ServiceStatus {
+        if self.upstreams.is_empty() {
+            return lock(&self.state).reported.unwrap_or(ServiceStatus::Unknown);
+        }
         let view = self.view();
         let slow = self
             .upstreams
@@ -524,6 +531,16 @@ impl ServiceRt {
                 "hold_down_seconds": self.cfg.health.hold_down.as_secs_f64(),
             },
         })
+    }
+
+    /// A status reported from outside for a service without upstreams.
+    pub fn report(&self, status: ServiceStatus) {
+        lock(&self.state).reported = Some(status);
+        let now = Utc::now();
+        lock(&self.state)
+            .uptime
+            .record(now, status != ServiceStatus::Down);
+        self.refresh_status();
     }
 
     /// Recomputes the service status and emits a change event.
