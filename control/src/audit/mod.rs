@@ -105,6 +105,10 @@ impl AuditError {
 }
 
 struct Inner {
+    /// An exclusive lock on `DIR/.lock`, held while the log is open: two
+    /// engines appending to one directory would fork the chain.
+    /// Released by `shutdown`, so the directory can be reopened at once.
+    lock: Mutex<Option<std::fs::File>>,
     tx: mpsc::Sender<Msg>,
     index: Arc<Mutex<Index>>,
     masker: Masker,
@@ -135,6 +139,7 @@ impl AuditLog {
             .map(checkpoint::load_signing_key)
             .transpose()?;
         let metrics = AuditMetrics::new()?;
+        let lock = lock_dir(&settings.dir)?;
         let dir = settings.dir.clone();
         let rec = tokio::task::spawn_blocking(move || open::recover(&dir))
             .await
@@ -182,6 +187,7 @@ impl AuditLog {
         });
         let log = AuditLog {
             inner: Arc::new(Inner {
+                lock: Mutex::new(Some(lock)),
                 tx,
                 index,
                 masker,
@@ -381,9 +387,34 @@ impl AuditLog {
         if self.inner.tx.send(Msg::Shutdown(tx)).await.is_ok() {
             let _ = rx.await;
         }
+        // The writer has stopped: nothing more reaches the files.
+        let lock = self.inner.lock.lock().map(|mut l| l.take());
+        drop(lock);
     }
 
     pub fn dir(&self) -> &Path {
         &self.inner.settings.dir
+    }
+}
+
+/// Takes the exclusive lock on `DIR/.lock` (creating the directory), or
+/// says which directory is in use. The OS releases it when the process
+/// dies, so a kill -9 never leaves a stale lock behind.
+fn lock_dir(dir: &std::path::Path) -> Result<std::fs::File, AuditError> {
+    std::fs::create_dir_all(dir).map_err(|e| AuditError::io(dir, e))?;
+    let path = dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| AuditError::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(AuditError::Invalid(format!(
+            "audit directory {} is in use by another continuity process",
+            dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(AuditError::io(&path, e)),
     }
 }

@@ -377,3 +377,26 @@ async fn an_openssl_key_pair_signs_and_verifies() {
     assert!(r.chain_verified && r.signatures_checked, "{r:?}");
     assert_eq!(r.checkpoints, 2, "start-up and shutdown");
 }
+
+#[tokio::test]
+async fn a_second_engine_cannot_open_the_same_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (log, _, _) = open_in(tmp.path(), |_| {}).await;
+    let second = AuditLog::open(
+        AuditSettings {
+            dir: tmp.path().to_path_buf(),
+            ..AuditSettings::default()
+        },
+        &Registry::new(),
+    )
+    .await;
+    match second {
+        Err(AuditError::Invalid(m)) => assert!(m.contains("in use"), "{m}"),
+        Err(e) => panic!("unexpected error: {e}"),
+        Ok(_) => panic!("two logs opened one directory"),
+    }
+    // Shutdown releases it.
+    log.shutdown().await;
+    let (again, _, _) = open_in(tmp.path(), |_| {}).await;
+    again.shutdown().await;
+}
