@@ -65,6 +65,13 @@ pub fn publish(bus: &OpsBus, engine: &Engine, event: &Event) {
         EventKind::RecoveryCompleted { .. } => {
             bus.publish(Channel::Failover, "recovery_completed", service, data);
         }
+        // Redis memory fallback (docs/fallback.md): `data.fallback = "memory"`.
+        EventKind::FallbackActivated { .. } => {
+            bus.publish(Channel::Failover, "failover_activated", service, data);
+        }
+        EventKind::FallbackDeactivated { .. } => {
+            bus.publish(Channel::Failover, "recovery_completed", service, data);
+        }
         EventKind::FailoverStateChanged { new, .. } => {
             bus.publish(Channel::Failover, "failover_event", service, data.clone());
             if *new == FailoverState::Emergency {

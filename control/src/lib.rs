@@ -167,6 +167,18 @@ pub fn router(state: AppState) -> Router {
         .route("/api/ops/audit/verify", get(audit::verify))
         .route("/api/ops/redundancy/status", get(redundancy::status))
         .route(
+            "/api/ops/redundancy/failover/{pool}",
+            post(redundancy::failover),
+        )
+        .route(
+            "/api/ops/redundancy/failback/{pool}",
+            post(redundancy::failback),
+        )
+        .route(
+            "/api/ops/redundancy/resync/{pool}",
+            post(redundancy::resync),
+        )
+        .route(
             "/api/ops/redundancy/pool/{name}",
             get(redundancy::pool_by_name),
         )

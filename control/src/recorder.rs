@@ -73,6 +73,37 @@ pub fn entry_for(event: &Event) -> Option<NewEntry> {
                 "trigger": trigger, "reason": reason, "in_failover_seconds": recovery_seconds,
             }),
         ),
+        // Redis memory fallback (docs/fallback.md): audited as a switch to
+        // and back from memory, `details.fallback = "memory"`.
+        EventKind::FallbackActivated { fallback, reason } => NewEntry::new(
+            Action::FailoverActivated,
+            Severity::Warning,
+            "system",
+            json!({ "fallback": fallback, "trigger": "auto", "reason": reason }),
+        ),
+        EventKind::FallbackDeactivated {
+            fallback,
+            upstream,
+            replayed,
+            expired,
+            failed,
+            replay_ms,
+            fallback_seconds,
+        } => NewEntry::new(
+            Action::FailoverRecovered,
+            if *failed > 0 {
+                Severity::Warning
+            } else {
+                Severity::Info
+            },
+            "system",
+            json!({
+                "fallback": fallback, "to": upstream, "trigger": "auto",
+                "reason": "journal replayed to the recovered upstream",
+                "replayed": replayed, "expired": expired, "failed": failed,
+                "replay_ms": replay_ms, "in_failover_seconds": fallback_seconds,
+            }),
+        ),
         EventKind::FailoverBlocked { reason } => NewEntry::new(
             Action::DiagnosticEvent,
             Severity::Error,

@@ -201,6 +201,11 @@ pub struct ServiceConfig {
     pub health_path: Option<String>,
     pub stall_after: Option<Duration>,
     pub upstreams: Vec<UpstreamConfig>,
+    /// redis `fallback = "memory"`: serve from memory while no upstream is
+    /// usable (docs/fallback.md).
+    pub fallback_memory: bool,
+    /// redis `fallback_max_bytes`: bound of the memory fallback.
+    pub fallback_max_bytes: u64,
 }
 
 impl ServiceConfig {
@@ -223,6 +228,8 @@ impl ServiceConfig {
             health_path: None,
             stall_after: None,
             upstreams,
+            fallback_memory: false,
+            fallback_max_bytes: 64 * 1024 * 1024,
         }
     }
 

@@ -25,7 +25,9 @@ use crate::snapshot::{
 };
 use crate::upstream::failover;
 use crate::upstream::latency::percentiles_of;
+use crate::upstream::resync;
 use crate::upstream::runtime::{lock, FailoverCounters, ServiceRt, SwitchKind};
+use crate::upstream::switchover::{self, SwitchReport};
 
 /// The closed set of mutations an operator (or a config reload) can cause.
 #[derive(Debug, Clone)]
@@ -42,6 +44,26 @@ pub enum Command {
         actor: String,
         reason: String,
     },
+    /// Zero-loss planned switchover away from the active upstream `pool`
+    /// to `to` (an upstream name) or the best usable other upstream.
+    Switchover {
+        pool: String,
+        to: Option<String>,
+        actor: String,
+        reason: String,
+    },
+    /// Zero-loss planned switch back to upstream `pool`.
+    Failback {
+        pool: String,
+        actor: String,
+        reason: String,
+    },
+    /// Resynchronise `service`'s diverged old primaries from the active one.
+    Resync {
+        service: String,
+        actor: String,
+        reason: String,
+    },
     /// Declare (`enabled`) or clear an operator emergency.
     Emergency {
         enabled: bool,
@@ -54,6 +76,14 @@ pub enum Command {
 pub enum CommandOutcome {
     Service(Box<ServiceSnapshot>),
     Engine(Box<EngineSnapshot>),
+    /// A planned switchover: the service after it, and how long new
+    /// clients were held (`pause_ms`; 0 for a no-op).
+    Switched {
+        service: Box<ServiceSnapshot>,
+        pause_ms: u64,
+        /// The replication position the target reached (offset or LSN).
+        position: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -197,6 +227,20 @@ impl Engine {
             .ok_or_else(|| CommandError::NotFound(format!("no service named {name}")))
     }
 
+    /// The service owning upstream `pool`, and its index.
+    fn find_pool(&self, pool: &str) -> Result<(&Arc<ServiceRt>, usize), CommandError> {
+        self.inner
+            .services
+            .iter()
+            .find_map(|s| {
+                s.upstreams
+                    .iter()
+                    .position(|u| u.cfg.name == pool)
+                    .map(|i| (s, i))
+            })
+            .ok_or_else(|| CommandError::NotFound(format!("no pool named {pool}")))
+    }
+
     /// Applies one command. The work runs in its own task, so a caller that
     /// stops waiting (a timed-out HTTP request) never leaves a switch half done.
     pub async fn apply(&self, cmd: Command) -> Result<CommandOutcome, CommandError> {
@@ -228,6 +272,47 @@ impl Engine {
                 self.refresh_state();
                 Ok(CommandOutcome::Service(Box::new(service_snapshot(&svc))))
             }
+            Command::Switchover {
+                pool,
+                to,
+                actor,
+                reason,
+            } => {
+                let (svc, from) = self.find_pool(&pool)?;
+                let svc = svc.clone();
+                let to = match to {
+                    Some(name) => Some(
+                        svc.upstreams
+                            .iter()
+                            .position(|u| u.cfg.name == name)
+                            .ok_or_else(|| {
+                                CommandError::NotFound(format!(
+                                    "no pool named {name} in {}",
+                                    svc.cfg.name
+                                ))
+                            })?,
+                    ),
+                    None => None,
+                };
+                let report = switchover::failover_pool(&svc, from, to, actor, reason).await;
+                self.switched(&svc, report)
+            }
+            Command::Failback {
+                pool,
+                actor,
+                reason,
+            } => {
+                let (svc, to) = self.find_pool(&pool)?;
+                let svc = svc.clone();
+                let report = switchover::failback_pool(&svc, to, actor, reason).await;
+                self.switched(&svc, report)
+            }
+            Command::Resync { service, .. } => {
+                let svc = self.find(&service)?.clone();
+                resync::resync_service(&svc).await?;
+                self.refresh_state();
+                Ok(CommandOutcome::Service(Box::new(service_snapshot(&svc))))
+            }
             Command::Emergency {
                 enabled,
                 actor,
@@ -246,6 +331,20 @@ impl Engine {
                 Ok(CommandOutcome::Engine(Box::new(self.snapshot())))
             }
         }
+    }
+
+    fn switched(
+        &self,
+        svc: &ServiceRt,
+        report: Result<SwitchReport, CommandError>,
+    ) -> Result<CommandOutcome, CommandError> {
+        self.refresh_state();
+        let report = report?;
+        Ok(CommandOutcome::Switched {
+            service: Box::new(service_snapshot(svc)),
+            pause_ms: report.pause.as_millis() as u64,
+            position: report.position,
+        })
     }
 
     /// Reports the status of a service that has no upstreams to probe (a
@@ -373,6 +472,15 @@ async fn probe_loop(
         }
         let outcome = health::run_probe(&svc.cfg, &up.cfg).await;
         svc.on_probe(idx, outcome).await;
+        // A diverged old primary seen as a replica: is it caught up with
+        // the current active upstream yet? (`resync::verify` clears it.)
+        let recheck = {
+            let h = lock(&up.health);
+            h.diverged && h.observed == Some(ObservedRole::Replica)
+        };
+        if recheck {
+            resync::verify(&svc, idx).await;
+        }
         engine.refresh_state();
     }
 }
@@ -426,48 +534,21 @@ async fn trigger(svc: &Arc<ServiceRt>, actor: String, reason: String) -> Result<
     .await
 }
 
+/// Back to the configured primary: a zero-loss planned switch when it is
+/// a caught-up replica (`switchover::failback_pool`), 409 `not_resynced`
+/// while a promotion has left it diverged.
 async fn recover(svc: &Arc<ServiceRt>, actor: String, reason: String) -> Result<(), CommandError> {
-    let _guard = svc.switch_lock.lock().await;
     let target = svc.cfg.configured_primary();
-    let route = svc.route.load_full();
-    let Some(up) = svc.upstreams.get(target) else {
+    if svc.upstreams.get(target).is_none() {
         return Err(CommandError::NotFound("service has no upstreams".into()));
-    };
-    if route.active == target && !route.fenced.get(target).copied().unwrap_or(false) {
-        // Already there: a 200 no-op, still audited by the caller.
-        return Ok(());
     }
-    let outcome = health::run_probe(&svc.cfg, &up.cfg).await;
-    let ok = outcome.ok;
-    let error = outcome.error.clone();
-    let role = outcome.role;
-    record_probe_locked(svc, target, outcome);
-    if !ok {
-        return Err(CommandError::Conflict(format!(
-            "configured primary {} is not usable: {}",
-            up.cfg.name,
-            error.unwrap_or_else(|| "probe failed".into())
-        )));
-    }
-    if lock(&up.health).diverged && role != Some(ObservedRole::Replica) {
-        return Err(CommandError::NotResynced(format!(
-            "{} was left behind by a promotion and is not yet a replica of the current primary; resynchronise it first",
-            up.cfg.name
-        )));
-    }
-    svc.switch(
-        target,
-        SwitchKind::Recover {
-            trigger: Trigger::Manual,
-            actor,
-            reason,
-        },
-    )
-    .await
+    switchover::failback_pool(svc, target, actor, reason)
+        .await
+        .map(|_| ())
 }
 
 /// Records a probe taken while holding the switch lock (no re-evaluation).
-fn record_probe_locked(svc: &ServiceRt, idx: usize, outcome: health::ProbeOutcome) {
+pub(crate) fn record_probe_locked(svc: &ServiceRt, idx: usize, outcome: health::ProbeOutcome) {
     let Some(up) = svc.upstreams.get(idx) else {
         return;
     };
@@ -479,9 +560,6 @@ fn record_probe_locked(svc: &ServiceRt, idx: usize, outcome: health::ProbeOutcom
     h.total += 1;
     if outcome.ok {
         h.observed = outcome.role;
-        if h.diverged && outcome.role == Some(ObservedRole::Replica) {
-            h.diverged = false;
-        }
         // An operator's explicit check counts as enough evidence to be up.
         if h.counters.health != UpstreamHealth::Up {
             h.counters.health = UpstreamHealth::Up;
@@ -521,7 +599,8 @@ fn engine_state(services: &[Arc<ServiceRt>], declared: bool) -> FailoverState {
         if status == ServiceStatus::Degraded {
             degraded = true;
         }
-        if active != s.cfg.configured_primary() && status != ServiceStatus::Down {
+        let from_memory = s.fallback.as_ref().is_some_and(|f| f.engaged());
+        if from_memory || (active != s.cfg.configured_primary() && status != ServiceStatus::Down) {
             serving_elsewhere = true;
         }
     }

@@ -79,6 +79,21 @@ pub enum EventKind {
         actor: String,
         reason: String,
     },
+    /// A redis service with `fallback = "memory"` had no usable upstream and
+    /// began serving clients from memory (docs/fallback.md).
+    FallbackActivated { fallback: String, reason: String },
+    /// The memory fallback's journal was replayed to `upstream` (`failed`:
+    /// writes Redis refused; `expired`: keys sent as `DEL` because their TTL
+    /// ran out); new clients go to Redis again.
+    FallbackDeactivated {
+        fallback: String,
+        upstream: String,
+        replayed: u64,
+        expired: u64,
+        failed: u64,
+        replay_ms: u64,
+        fallback_seconds: f64,
+    },
     /// A held client waited `buffer_timeout_ms` and was refused.
     HoldTimedOut { waited_ms: u64 },
     /// A statement in the request path took at least the service's

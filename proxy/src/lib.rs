@@ -16,6 +16,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod fallback;
 pub mod health;
 pub mod listener;
 pub mod metrics;

@@ -114,6 +114,24 @@ pub async fn accept_loop(svc: Arc<ServiceRt>, listener: TcpListener, mut sig: Si
 enum Gave {
     Up,
     Timeout,
+    /// Serve it from the redis memory fallback instead (proxy/src/fallback).
+    Fallback,
+}
+
+/// Whether a new client of `svc` goes to the memory fallback: it is
+/// engaged (until its journal is replayed), or no upstream can take the
+/// client and no switch is in progress that could give it one.
+fn to_fallback(svc: &ServiceRt, route: &crate::upstream::runtime::Route) -> bool {
+    let Some(fb) = &svc.fallback else {
+        return false;
+    };
+    if fb.engaged() {
+        return true;
+    }
+    let none = (0..svc.upstreams.len()).all(|i| !svc.usable(route, i));
+    let stuck =
+        svc.cfg.failover == crate::config::FailoverMode::Manual && !svc.usable(route, route.active);
+    !route.switching && (none || stuck)
 }
 
 async fn handle(
@@ -130,6 +148,9 @@ async fn handle(
     let outcome = loop {
         let route = svc.route.load_full();
         let idx = route.active;
+        if to_fallback(&svc, &route) {
+            break Err(Gave::Fallback);
+        }
         if svc.usable(&route, idx) {
             if let Some(up) = svc.upstreams.get(idx) {
                 let started = Instant::now();
@@ -185,6 +206,7 @@ async fn handle(
     let (idx, epoch, mut upstream) = match outcome {
         Ok(v) => v,
         Err(Gave::Up) => return Ok(()),
+        Err(Gave::Fallback) => return crate::fallback::serve(svc, client, early, sig).await,
         Err(Gave::Timeout) => {
             svc.metrics
                 .hold_timeouts

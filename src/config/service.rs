@@ -355,6 +355,9 @@ fn service(
         health_path,
         stall_after,
         upstreams,
+        // The memory fallback runs in the data plane (proxy/src/fallback).
+        fallback_memory: kind == Kind::Redis && extra.fallback == Some(Fallback::Memory),
+        fallback_max_bytes: extra.fallback_max_bytes,
     };
     Some((svc, extra))
 }

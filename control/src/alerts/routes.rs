@@ -160,7 +160,7 @@ pub async fn emergency(
     state.record(manual_intervention(&cmd, op)).await?;
     let snap = match state.apply(cmd).await? {
         CommandOutcome::Engine(s) => *s,
-        CommandOutcome::Service(_) => state.engine.snapshot(),
+        CommandOutcome::Service(_) | CommandOutcome::Switched { .. } => state.engine.snapshot(),
     };
     let rerouted = {
         let mut core = state.alerts.core();

@@ -334,7 +334,10 @@ pub fn classify(event: &Event, svc: Option<ServiceInfo>) -> Option<Diagnosis> {
             let message = "engine state is emergency".to_string();
             diagnosis(C::Internal, S::Critical, "emergency", None, message)
         }
-        EventKind::FailoverStateChanged { .. } => None,
+        // Audited and published as switches (recorder.rs, bridge.rs).
+        EventKind::FailoverStateChanged { .. }
+        | EventKind::FallbackActivated { .. }
+        | EventKind::FallbackDeactivated { .. } => None,
         EventKind::EmergencyDeclared {
             enabled,
             actor,

@@ -149,7 +149,7 @@ async fn run(
         }
     };
     let snap = match outcome {
-        CommandOutcome::Service(s) => *s,
+        CommandOutcome::Service(s) | CommandOutcome::Switched { service: s, .. } => *s,
         // Not what a service command returns today; take the service from
         // the engine view rather than fail an operation that succeeded.
         CommandOutcome::Engine(e) => e.service(&service).cloned().ok_or_else(|| {
@@ -172,12 +172,24 @@ pub fn manual_intervention(cmd: &Command, operation: &str) -> NewEntry {
             service,
             actor,
             reason,
+        }
+        | Command::Resync {
+            service,
+            actor,
+            reason,
         } => (Some(service.as_str()), actor.as_str(), reason.as_str()),
+        // The caller adds the service (and the pool is in the details).
+        Command::Switchover { actor, reason, .. } | Command::Failback { actor, reason, .. } => {
+            (None, actor.as_str(), reason.as_str())
+        }
         Command::Emergency { actor, reason, .. } => (None, actor.as_str(), reason.as_str()),
     };
     let mut details = json!({ "operation": operation, "reason": reason });
     if let Command::Emergency { enabled, .. } = cmd {
         details["enabled"] = json!(enabled);
+    }
+    if let Command::Switchover { pool, .. } | Command::Failback { pool, .. } = cmd {
+        details["pool"] = json!(pool);
     }
     let entry = NewEntry::new(
         Action::ManualIntervention,

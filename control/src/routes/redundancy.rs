@@ -1,15 +1,24 @@
 //! Redundancy routes: `GET /api/ops/redundancy/status` (one pool per
-//! upstream) and `GET /api/ops/redundancy/pool/{name}` (SPEC 4). The
-//! planned switchover POSTs come with the redundancy issue.
+//! upstream), `GET /api/ops/redundancy/pool/{name}`, and the zero-loss
+//! planned switchovers `POST /api/ops/redundancy/failover/{pool}` and
+//! `/failback/{pool}` (SPEC 4; docs/switchover.md).
 
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use continuity_proxy::config::{Redundancy, Role};
+use continuity_proxy::health::ObservedRole;
 use continuity_proxy::snapshot::{EngineSnapshot, PoolState, UpstreamHealth, UpstreamSnapshot};
+use continuity_proxy::{Command, CommandOutcome};
 use serde::Serialize;
+use serde_json::json;
 
-use super::PathParam;
+use super::failover::manual_intervention;
+use super::{read_reason, PathParam};
+use crate::audit::{Action, NewEntry, Severity};
+use crate::auth::Actor;
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -29,11 +38,22 @@ pub struct Pool<'a> {
     pub connections: u64,
     pub health: UpstreamHealth,
     pub address: &'a str,
+    /// Role the probes see (`primary`/`replica`), where the protocol tells it.
+    pub observed_role: Option<ObservedRole>,
+    /// A promotion left this upstream behind: it gets no traffic until it
+    /// is a caught-up replica of the active upstream.
+    pub diverged: bool,
+    /// Diverged and still a primary of its own: a postgres one must be
+    /// rebuilt (pg_rewind / pg_basebackup), a redis one resynced.
+    pub needs_rebuild: bool,
 }
 
 impl<'a> Pool<'a> {
     fn of(mode: Redundancy, u: &'a UpstreamSnapshot) -> Pool<'a> {
         Pool {
+            observed_role: u.observed_role,
+            diverged: u.diverged,
+            needs_rebuild: u.diverged && u.observed_role == Some(ObservedRole::Primary),
             name: &u.name,
             service: &u.service,
             mode,
@@ -86,6 +106,142 @@ pub async fn pool_by_name(
     Ok(Json(p).into_response())
 }
 
+/// A planned switchover's answer: the pool named in the path, the service's
+/// active upstream and epoch after it, and the pause clients saw.
+#[derive(Debug, Serialize)]
+pub struct SwitchBody<'a> {
+    #[serde(flatten)]
+    pub pool: Pool<'a>,
+    pub active_upstream: Option<&'a str>,
+    pub epoch: u64,
+    pub pause_ms: u64,
+    pub position: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Failover,
+    Failback,
+    Resync,
+}
+
+pub async fn failover(
+    State(state): State<AppState>,
+    actor: Actor,
+    PathParam(pool): PathParam,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    run(state, Op::Failover, actor, pool, body).await
+}
+
+pub async fn failback(
+    State(state): State<AppState>,
+    actor: Actor,
+    PathParam(pool): PathParam,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    run(state, Op::Failback, actor, pool, body).await
+}
+
+/// `POST /api/ops/redundancy/resync/{pool}` (beyond SPEC 4): makes the
+/// diverged old primaries of `{pool}`'s service replicas of the active one
+/// (redis `REPLICAOF`); postgres answers 409 with the rebuild it needs.
+pub async fn resync(
+    State(state): State<AppState>,
+    actor: Actor,
+    PathParam(pool): PathParam,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    run(state, Op::Resync, actor, pool, body).await
+}
+
+/// 404 (unknown pool) before 400/422 (body) before 409 (not the active
+/// pool, nothing to switch to, target not resynced).
+async fn run(
+    state: AppState,
+    op: Op,
+    actor: Actor,
+    pool_name: String,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let service = {
+        let snap = state.engine.snapshot();
+        pool(&snap, &pool_name)
+            .map(|p| p.service.to_string())
+            .ok_or_else(|| ApiError::pool_not_found(&pool_name))?
+    };
+    let reason = read_reason(body, crate::BODY_LIMIT)?;
+    let (cmd, operation) = match op {
+        Op::Failover => (
+            Command::Switchover {
+                pool: pool_name.clone(),
+                to: None,
+                actor: actor.name,
+                reason,
+            },
+            "redundancy_failover",
+        ),
+        Op::Failback => (
+            Command::Failback {
+                pool: pool_name.clone(),
+                actor: actor.name,
+                reason,
+            },
+            "redundancy_failback",
+        ),
+        Op::Resync => (
+            Command::Resync {
+                service: service.clone(),
+                actor: actor.name,
+                reason,
+            },
+            "redundancy_resync",
+        ),
+    };
+    // Audit before acting: the intent is on disk before the switch.
+    state
+        .record(manual_intervention(&cmd, operation).service(&service))
+        .await?;
+    let outcome = match state.apply(cmd).await {
+        Ok(o) => o,
+        Err(e) => {
+            state
+                .record(
+                    NewEntry::new(
+                        Action::DiagnosticEvent,
+                        Severity::Warning,
+                        "system",
+                        json!({ "event": "operation_refused", "operation": operation, "pool": pool_name, "error": e.to_string() }),
+                    )
+                    .service(&service),
+                )
+                .await?;
+            return Err(e);
+        }
+    };
+    let (pause_ms, position) = match &outcome {
+        CommandOutcome::Switched {
+            pause_ms, position, ..
+        } => (*pause_ms, position.clone()),
+        _ => (0, None),
+    };
+    let snap = state.engine.snapshot();
+    let svc = snap.service(&service).ok_or(ApiError::Internal)?;
+    let u = svc
+        .upstreams
+        .iter()
+        .find(|u| u.name == pool_name)
+        .ok_or(ApiError::Internal)?;
+    Ok(Json(SwitchBody {
+        pool: Pool::of(svc.redundancy, u),
+        active_upstream: svc.active_upstream.as_deref(),
+        epoch: svc.epoch,
+        pause_ms,
+        position,
+    })
+    .into_response())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,6 +270,28 @@ mod tests {
         assert_eq!(p["fenced"], false);
         assert_eq!(p["connections"], 4);
         assert_eq!(list[1]["role"], "secondary");
+    }
+
+    #[test]
+    fn switch_answer_is_the_pool_plus_pause() {
+        let mut s = service("redis", Kind::Redis, ServiceStatus::Healthy);
+        s.upstreams[0].diverged = true;
+        s.upstreams[0].observed_role = Some(ObservedRole::Primary);
+        let v = to_value(&SwitchBody {
+            pool: Pool::of(s.redundancy, &s.upstreams[0]),
+            active_upstream: Some("redis-replica"),
+            epoch: 3,
+            pause_ms: 7,
+            position: Some("redis offset 42".into()),
+        });
+        assert_eq!(v["name"], "redis-primary");
+        assert_eq!(v["diverged"], true);
+        assert_eq!(v["needs_rebuild"], true);
+        assert_eq!(v["observed_role"], "primary");
+        assert_eq!(v["active_upstream"], "redis-replica");
+        assert_eq!(v["epoch"], 3);
+        assert_eq!(v["pause_ms"], 7);
+        assert_eq!(v["position"], "redis offset 42");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! consecutive successes. Per service: [`decide`] says whether to stay, fail
 //! over, follow a role change, or fail back.
 
-use crate::config::{Failback, FailoverMode, OnFailover, Role};
+use crate::config::{Failback, FailoverMode, OnFailover, Redundancy, Role};
 use crate::health::ObservedRole;
 use crate::snapshot::{ServiceStatus, UpstreamHealth};
 
@@ -79,6 +79,8 @@ pub struct View {
     pub failover: FailoverMode,
     pub failback: Failback,
     pub on_failover: OnFailover,
+    /// `cold`: the secondary is never probed, so only an operator switches.
+    pub redundancy: Redundancy,
     pub in_hold_down: bool,
     pub upstreams: Vec<UpView>,
 }
@@ -143,6 +145,9 @@ pub fn decide(v: &View, t: Thresholds) -> Decision {
         if v.failover == FailoverMode::Manual {
             return Decision::Blocked("failover = manual");
         }
+        if v.redundancy == Redundancy::Cold {
+            return Decision::Blocked("redundancy = cold: failover by hand only");
+        }
         if v.in_hold_down {
             return Decision::Blocked("within hold_down_seconds of the last switch");
         }
@@ -151,7 +156,7 @@ pub fn decide(v: &View, t: Thresholds) -> Decision {
             None => Decision::Blocked("no usable upstream"),
         };
     }
-    if v.in_hold_down || v.failover == FailoverMode::Manual {
+    if v.in_hold_down || v.failover == FailoverMode::Manual || v.redundancy == Redundancy::Cold {
         return Decision::Stay;
     }
     if active.observed == Some(ObservedRole::Replica) {
@@ -226,6 +231,7 @@ mod tests {
             failover: FailoverMode::Auto,
             failback: Failback::Manual,
             on_failover: OnFailover::Route,
+            redundancy: Redundancy::Hot,
             in_hold_down: false,
             upstreams: ups,
         }
@@ -283,6 +289,9 @@ mod tests {
         assert!(matches!(decide(&v, T), Decision::Blocked(_)));
         v.in_hold_down = false;
         v.failover = FailoverMode::Manual;
+        assert!(matches!(decide(&v, T), Decision::Blocked(_)));
+        v.failover = FailoverMode::Auto;
+        v.redundancy = Redundancy::Cold;
         assert!(matches!(decide(&v, T), Decision::Blocked(_)));
     }
 

@@ -3,4 +3,6 @@
 
 pub mod failover;
 pub mod latency;
+pub mod resync;
 pub mod runtime;
+pub mod switchover;

@@ -150,6 +150,8 @@ pub struct ServiceRt {
     pub metrics: ProxyMetrics,
     pub counters: Arc<FailoverCounters>,
     pub drain_timeout: Duration,
+    /// redis `fallback = "memory"` (proxy/src/fallback).
+    pub fallback: Option<Arc<crate::fallback::Fallback>>,
 }
 
 /// What kind of switch, for events and bookkeeping.
@@ -224,6 +226,8 @@ impl ServiceRt {
             metrics,
             counters,
             drain_timeout,
+            fallback: (cfg.kind == Kind::Redis && cfg.fallback_memory)
+                .then(|| Arc::new(crate::fallback::Fallback::new(cfg.fallback_max_bytes))),
             cfg,
         }
     }
@@ -244,11 +248,11 @@ impl ServiceRt {
         let _ = self.events.send(Event::new(Some(&self.cfg.name), kind));
     }
 
-    fn notify_changed(&self) {
+    pub(crate) fn notify_changed(&self) {
         self.changed_tx.send_modify(|v| *v = v.wrapping_add(1));
     }
 
-    fn notify_route(&self) {
+    pub(crate) fn notify_route(&self) {
         self.route_tx.send_modify(|v| *v = v.wrapping_add(1));
         self.notify_changed();
     }
@@ -295,9 +299,8 @@ impl ServiceRt {
             } else {
                 h.observed = outcome.role;
                 h.slow = outcome.latency > self.cfg.health.latency_threshold;
-                if h.diverged && outcome.role == Some(ObservedRole::Replica) {
-                    h.diverged = false;
-                }
+                // `diverged` is cleared only by `resync::verify`: a replica
+                // of the current active upstream that has caught up.
             }
             h.history.push_back(record.clone());
             while h.history.len() > HISTORY {
@@ -401,6 +404,7 @@ impl ServiceRt {
             failover: self.cfg.failover,
             failback: self.cfg.failback,
             on_failover: self.cfg.on_failover,
+            redundancy: self.cfg.redundancy,
             in_hold_down,
             upstreams: self
                 .upstreams
@@ -429,7 +433,11 @@ impl ServiceRt {
             .upstreams
             .get(view.active)
             .is_some_and(|u| lock(&u.health).slow);
-        failover::service_status(&view, slow)
+        match failover::service_status(&view, slow) {
+            // Nothing usable, but clients are answered from memory (SPEC 3).
+            ServiceStatus::Down if self.fallback.is_some() => ServiceStatus::Degraded,
+            status => status,
+        }
     }
 
     /// Re-evaluates after a signal: switches if the state machine says so.
@@ -497,7 +505,7 @@ impl ServiceRt {
         self.refresh_status();
     }
 
-    fn upstream_name(&self, idx: usize) -> Option<&str> {
+    pub(crate) fn upstream_name(&self, idx: usize) -> Option<&str> {
         self.upstreams.get(idx).map(|u| u.cfg.name.as_str())
     }
 
@@ -558,11 +566,9 @@ impl ServiceRt {
     /// Moves traffic to upstream `to`. Caller holds `switch_lock`.
     pub async fn switch(&self, to: usize, kind: SwitchKind) -> Result<(), CommandError> {
         let old = self.route.load_full();
-        let to_name = self
-            .upstream_name(to)
-            .ok_or_else(|| CommandError::NotFound(format!("no upstream #{to}")))?
-            .to_string();
-        let from_name = self.upstream_name(old.active).map(str::to_string);
+        if self.upstream_name(to).is_none() {
+            return Err(CommandError::NotFound(format!("no upstream #{to}")));
+        }
         if old.active == to && !old.fenced.get(to).copied().unwrap_or(false) {
             return Ok(());
         }
@@ -617,6 +623,26 @@ impl ServiceRt {
         if !is_failover && self.cfg.on_failover == OnFailover::Promote {
             self.demote_after_recover(old.active, to).await;
         }
+        self.finish_switch(&old, to, new_epoch, kind, promoted, closed, started);
+        Ok(())
+    }
+
+    /// Bookkeeping and the event after a switch whose new route (epoch
+    /// `new_epoch`, active `to`) is stored; `old` is the route before it.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn finish_switch(
+        &self,
+        old: &Route,
+        to: usize,
+        new_epoch: u64,
+        kind: SwitchKind,
+        promoted: bool,
+        closed: u64,
+        started: Instant,
+    ) {
+        let is_failover = matches!(kind, SwitchKind::Failover { .. });
+        let from_name = self.upstream_name(old.active).map(str::to_string);
+        let to_name = self.upstream_name(to).unwrap_or("?").to_string();
         let recovery = {
             let mut st = lock(&self.state);
             st.last_switch = Some(Instant::now());
@@ -676,7 +702,6 @@ impl ServiceRt {
             }
         }
         self.refresh_status();
-        Ok(())
     }
 
     fn count_failover(&self, trigger: Trigger) {
