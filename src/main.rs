@@ -6,6 +6,7 @@
 
 mod cli;
 mod config;
+mod reload;
 mod run;
 
 use std::process::ExitCode;

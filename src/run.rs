@@ -87,6 +87,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let mut state = AppState::new(engine.clone(), Arc::new(config.control.clone()), registry)
         .context("cannot register control-plane metrics")?
         .with_audit(audit.clone());
+    let reloader = crate::reload::Reloader::new(&config, engine.clone(), audit.clone());
+    state = state.with_reload(reloader.hook());
+    let sighup = tokio::spawn(reloader.on_sighup());
     state.snapshots = snapshots.clone();
     // Rules were validated with the config (exit 64 on a bad one).
     let rules = if config.alerts.rules.is_empty() {
@@ -154,6 +157,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         drain_ms = config.drain_timeout.as_millis() as u64,
         "shutting down: draining connections"
     );
+    sighup.abort();
     engine.shutdown(config.drain_timeout).await;
     ws.shutdown();
     let _ = stop_tx.send(true);
@@ -192,8 +196,8 @@ fn audit_settings(config: &Config) -> AuditSettings {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT. SIGHUP is caught (so it never kills the
-/// process) and logged; live reload arrives with the redundancy issue.
+/// Resolves on SIGTERM or SIGINT. SIGHUP is caught here too (so it never
+/// kills the process); `run` reloads the config on it (src/reload.rs).
 pub async fn signals() {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
@@ -209,7 +213,7 @@ pub async fn signals() {
         tokio::select! {
             _ = term.recv() => return,
             _ = int.recv() => return,
-            _ = hup.recv() => tracing::warn!("SIGHUP: live reload is not implemented yet; config unchanged"),
+            _ = hup.recv() => {}
         }
     }
 }

@@ -75,6 +75,8 @@ pub struct AppState {
     pub alerts: alerts::Alerts,
     /// The WebSocket channels' metrics, diagnostics ring and drop ratio.
     pub ws: ws::WsState,
+    /// Live config reload (installed by the binary; `None`: 409).
+    pub reload: Option<routes::config::ReloadHook>,
 }
 
 impl AppState {
@@ -107,7 +109,14 @@ impl AppState {
             snapshots: snapshots::Snapshots::default(),
             alerts: alerts::Alerts::default(),
             ws,
+            reload: None,
         })
+    }
+
+    /// Serves `POST /api/ops/config/reload` through `hook`.
+    pub fn with_reload(mut self, hook: routes::config::ReloadHook) -> AppState {
+        self.reload = Some(hook);
+        self
     }
 
     /// Audits every operator action and serves the audit routes.
@@ -151,13 +160,14 @@ impl AppState {
 
 /// The whole HTTP surface of the control plane.
 pub fn router(state: AppState) -> Router {
-    use routes::{audit, failover, health, metrics, redundancy};
+    use routes::{audit, config, failover, health, metrics, redundancy};
     let cors = cors_layer(&state.config.cors_origins);
     let app = Router::new()
         .route("/api/ops/health", get(health::health))
         .route("/api/ops/ready", get(health::ready))
         .route("/api/ops/health/deep", get(health::deep))
         .route("/api/ops/health/service/{type}", get(health::service))
+        .route("/api/ops/config/reload", post(config::reload))
         .route("/api/ops/failover/status", get(failover::status))
         .route("/api/ops/failover/trigger/{type}", post(failover::trigger))
         .route("/api/ops/failover/recover/{type}", post(failover::recover))

@@ -25,6 +25,7 @@ pub fn upstream(service: &str, name: &str, role: Role, active: bool) -> Upstream
         active,
         fenced: false,
         diverged: false,
+        warm_connections: 0,
         pool_state: PoolState::Connected,
         last_probe: None,
         last_error: None,

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use chrono::Utc;
-use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
@@ -17,11 +17,11 @@ use crate::error::ProxyError;
 use crate::events::{self, Event, EventKind, Trigger};
 use crate::health;
 use crate::health::ObservedRole;
-use crate::listener;
 use crate::metrics::ProxyMetrics;
+use crate::reload::{self, Slot};
 use crate::snapshot::{
-    EngineSnapshot, FailoverMetrics, FailoverState, PoolState, ServiceSnapshot, ServiceStatus,
-    UpstreamHealth, UpstreamSnapshot,
+    EngineSnapshot, FailoverMetrics, FailoverState, ServiceSnapshot, ServiceStatus, UpstreamHealth,
+    UpstreamSnapshot,
 };
 use crate::upstream::failover;
 use crate::upstream::latency::percentiles_of;
@@ -101,11 +101,19 @@ pub enum CommandError {
 /// Cheap to clone; every clone is the same engine.
 #[derive(Clone)]
 pub struct Engine {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 pub(crate) struct Inner {
-    pub services: Vec<Arc<ServiceRt>>,
+    /// The running services, read lock-free; replaced whole by a reload.
+    pub services: ArcSwap<Vec<Arc<ServiceRt>>>,
+    /// Each service's tasks' stop switch and listener (proxy/src/reload.rs).
+    pub slots: Mutex<Vec<Slot>>,
+    /// The config the running services were built from (what a reload diffs).
+    pub config: Mutex<EngineConfig>,
+    pub metrics: ProxyMetrics,
+    /// Serialises reloads.
+    pub reload_lock: tokio::sync::Mutex<()>,
     pub events: broadcast::Sender<Event>,
     pub counters: Arc<FailoverCounters>,
     pub emergency: AtomicBool,
@@ -115,7 +123,7 @@ pub(crate) struct Inner {
     /// true: close every remaining connection now.
     pub force_close_tx: watch::Sender<bool>,
     pub open_connections: Arc<AtomicU64>,
-    pub listen_addrs: Vec<(String, SocketAddr)>,
+    pub listen_addrs: Mutex<Vec<(String, SocketAddr)>>,
     pub tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -141,15 +149,7 @@ impl Engine {
         let mut listeners = Vec::new();
         let mut listen_addrs = Vec::new();
         for svc in &config.services {
-            if let (Some(addr), true) = (svc.listen, svc.kind.is_l4_proxied()) {
-                let l = TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| ProxyError::Bind {
-                        service: svc.name.clone(),
-                        addr,
-                        source,
-                    })?;
-                let local = l.local_addr().unwrap_or(addr);
+            if let Some((l, local)) = reload::bind(svc).await? {
                 listen_addrs.push((svc.name.clone(), local));
                 listeners.push((svc.name.clone(), l));
             }
@@ -168,7 +168,11 @@ impl Engine {
             })
             .collect();
         let inner = Arc::new(Inner {
-            services,
+            services: ArcSwap::from_pointee(services.clone()),
+            slots: Mutex::new(Vec::new()),
+            config: Mutex::new(config),
+            metrics,
+            reload_lock: tokio::sync::Mutex::new(()),
             events,
             counters,
             emergency: AtomicBool::new(false),
@@ -176,37 +180,22 @@ impl Engine {
             shutdown_tx: watch::channel(false).0,
             force_close_tx: watch::channel(false).0,
             open_connections: Arc::new(AtomicU64::new(0)),
-            listen_addrs,
+            listen_addrs: Mutex::new(listen_addrs),
             tasks: Mutex::new(Vec::new()),
         });
         let engine = Engine { inner };
         let first_subscriber = engine.inner.events.subscribe();
-        let mut tasks = Vec::new();
-        for svc in &engine.inner.services {
-            for idx in 0..svc.upstreams.len() {
-                tasks.push(tokio::spawn(probe_loop(
-                    engine.clone(),
-                    svc.clone(),
-                    idx,
-                    engine.inner.shutdown_tx.subscribe(),
-                )));
-            }
+        let mut slots = Vec::new();
+        for svc in services {
+            let l = listeners
+                .iter()
+                .position(|(n, _)| *n == svc.cfg.name)
+                .map(|i| listeners.swap_remove(i).1);
+            slots.push(reload::spawn_service(&engine, svc, l));
         }
-        for (name, l) in listeners {
-            if let Some(svc) = engine.inner.services.iter().find(|s| s.cfg.name == name) {
-                tasks.push(tokio::spawn(listener::accept_loop(
-                    svc.clone(),
-                    l,
-                    listener::Signals {
-                        shutdown: engine.inner.shutdown_tx.subscribe(),
-                        force_close: engine.inner.force_close_tx.subscribe(),
-                        open: engine.inner.open_connections.clone(),
-                    },
-                )));
-            }
-        }
-        tasks.push(tokio::spawn(state_watch(engine.clone())));
-        *lock(&engine.inner.tasks) = tasks;
+        *lock(&engine.inner.slots) = slots;
+        let watcher = tokio::spawn(state_watch(engine.clone()));
+        lock(&engine.inner.tasks).push(watcher);
         Ok((engine, first_subscriber))
     }
 
@@ -216,27 +205,30 @@ impl Engine {
 
     /// Addresses the listeners actually bound (port 0 resolved), by service.
     pub fn listen_addrs(&self) -> Vec<(String, SocketAddr)> {
-        self.inner.listen_addrs.clone()
+        lock(&self.inner.listen_addrs).clone()
     }
 
-    fn find(&self, name: &str) -> Result<&Arc<ServiceRt>, CommandError> {
+    fn find(&self, name: &str) -> Result<Arc<ServiceRt>, CommandError> {
         self.inner
             .services
+            .load()
             .iter()
             .find(|s| s.cfg.name == name)
+            .cloned()
             .ok_or_else(|| CommandError::NotFound(format!("no service named {name}")))
     }
 
     /// The service owning upstream `pool`, and its index.
-    fn find_pool(&self, pool: &str) -> Result<(&Arc<ServiceRt>, usize), CommandError> {
+    fn find_pool(&self, pool: &str) -> Result<(Arc<ServiceRt>, usize), CommandError> {
         self.inner
             .services
+            .load()
             .iter()
             .find_map(|s| {
                 s.upstreams
                     .iter()
                     .position(|u| u.cfg.name == pool)
-                    .map(|i| (s, i))
+                    .map(|i| (s.clone(), i))
             })
             .ok_or_else(|| CommandError::NotFound(format!("no pool named {pool}")))
     }
@@ -363,9 +355,9 @@ impl Engine {
     }
 
     /// Recomputes the engine state and emits a change event.
-    fn refresh_state(&self) {
+    pub(crate) fn refresh_state(&self) {
         let new = engine_state(
-            &self.inner.services,
+            &self.inner.services.load_full(),
             self.inner.emergency.load(Ordering::SeqCst),
         );
         let old = std::mem::replace(&mut *lock(&self.inner.state), new);
@@ -378,19 +370,12 @@ impl Engine {
     }
 
     pub fn snapshot(&self) -> EngineSnapshot {
-        let services: Vec<ServiceSnapshot> = self
-            .inner
-            .services
-            .iter()
-            .map(|s| service_snapshot(s))
-            .collect();
+        let running = self.inner.services.load_full();
+        let services: Vec<ServiceSnapshot> = running.iter().map(|s| service_snapshot(s)).collect();
         let c = &self.inner.counters;
         let recoveries = c.recoveries.load(Ordering::Relaxed);
         EngineSnapshot {
-            failover_state: engine_state(
-                &self.inner.services,
-                self.inner.emergency.load(Ordering::SeqCst),
-            ),
+            failover_state: engine_state(&running, self.inner.emergency.load(Ordering::SeqCst)),
             emergency_declared: self.inner.emergency.load(Ordering::SeqCst),
             services,
             failover_metrics: FailoverMetrics {
@@ -413,6 +398,10 @@ impl Engine {
     /// closes the rest.
     pub async fn shutdown(&self, drain: Duration) {
         let _ = self.inner.shutdown_tx.send(true);
+        for slot in lock(&self.inner.slots).iter_mut() {
+            slot.stop.send_replace(true);
+            slot.listener = None;
+        }
         let deadline = Instant::now() + drain;
         while self.inner.open_connections.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -440,7 +429,7 @@ impl Engine {
 /// Probes one upstream forever: the active upstream and the configured
 /// primary at the full rate; other upstreams at the full rate in `hot`,
 /// a quarter of it in `warm`, never in `cold`.
-async fn probe_loop(
+pub(crate) async fn probe_loop(
     engine: Engine,
     svc: Arc<ServiceRt>,
     idx: usize,
@@ -624,29 +613,11 @@ pub(crate) fn service_snapshot(s: &ServiceRt) -> ServiceSnapshot {
         .iter()
         .enumerate()
         .map(|(i, u)| {
+            // Takes the health lock itself: before ours.
+            let pool_state = s.pool_state(i, &route);
             let h = lock(&u.health);
             let active = route.active == i;
             let fenced = route.fenced.get(i).copied().unwrap_or(false);
-            let probed = h.total > 0;
-            let draining = route
-                .drain
-                .is_some_and(|(d, until)| d == i && Instant::now() < until)
-                && u.active_conns.load(Ordering::Relaxed) > 0;
-            let pool_state = if draining {
-                PoolState::Draining
-            } else if !probed {
-                if s.cfg.redundancy == Redundancy::Cold && !active {
-                    PoolState::Disconnected
-                } else {
-                    PoolState::Connecting
-                }
-            } else {
-                match h.counters.health {
-                    UpstreamHealth::Up => PoolState::Connected,
-                    UpstreamHealth::Down => PoolState::Failed,
-                    UpstreamHealth::Unknown => PoolState::Connecting,
-                }
-            };
             let probe_samples: Vec<f64> = h.probe_ms.iter().copied().collect();
             UpstreamSnapshot {
                 name: u.cfg.name.clone(),
@@ -660,6 +631,7 @@ pub(crate) fn service_snapshot(s: &ServiceRt) -> ServiceSnapshot {
                 fenced,
                 diverged: h.diverged,
                 pool_state,
+                warm_connections: u.pool.len() as u64,
                 last_probe: h.last.clone(),
                 last_error: h.last_error.clone(),
                 probe_latency_ms: percentiles_of(&probe_samples),

@@ -64,6 +64,8 @@ pub async fn accept_loop(svc: Arc<ServiceRt>, listener: TcpListener, mut sig: Si
         .cfg
         .max_connections
         .map(|n| Arc::new(Semaphore::new(n.max(1) as usize)));
+    // `hot`: keeps standby connections ready while this loop runs.
+    let _pool_keeper = svc.spawn_pool_keeper(sig.shutdown.clone());
     loop {
         let permit = match &limit {
             Some(sem) => tokio::select! {
@@ -153,6 +155,12 @@ async fn handle(
         }
         if svc.usable(&route, idx) {
             if let Some(up) = svc.upstreams.get(idx) {
+                // `hot`: a connection pre-opened by the pool keeper skips
+                // the connect (upstream/pool.rs).
+                if let Some(stream) = svc.take_pooled(idx) {
+                    up.metrics.connect.observe(0.0);
+                    break Ok((idx, route.epoch, stream));
+                }
                 let started = Instant::now();
                 let target = up.cfg.target();
                 match tokio::time::timeout(

@@ -20,6 +20,7 @@ pub mod names {
     pub const HELD_TOTAL: &str = "continuity_held_clients_total";
     pub const HOLD_TIMEOUTS_TOTAL: &str = "continuity_hold_timeouts_total";
     pub const PASSIVE_FAILURES_TOTAL: &str = "continuity_passive_failures_total";
+    pub const POOL_TAKES_TOTAL: &str = "continuity_pool_takes_total";
 }
 
 /// Latency buckets in seconds, from 50 us to 10 s.
@@ -41,6 +42,7 @@ pub struct ProxyMetrics {
     pub held: IntCounterVec,
     pub hold_timeouts: IntCounterVec,
     pub passive_failures: IntCounterVec,
+    pub pool_takes: IntCounterVec,
 }
 
 fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -136,6 +138,12 @@ impl ProxyMetrics {
                 "Held clients refused after buffer_timeout_ms.",
                 &["service"],
             ),
+            pool_takes: counter(
+                reg,
+                POOL_TAKES_TOTAL,
+                "Client connections to a hot standby, by result: hit (a ready connection was used) or miss.",
+                &["service", "upstream", "result"],
+            ),
             passive_failures: counter(
                 reg,
                 PASSIVE_FAILURES_TOTAL,
@@ -165,6 +173,9 @@ impl ProxyMetrics {
                     .with_label_values(&[service, up, reason]);
             }
             self.probe_latency.with_label_values(&[service, up]);
+            for result in ["hit", "miss"] {
+                self.pool_takes.with_label_values(&[service, up, result]);
+            }
         }
     }
 

@@ -114,6 +114,8 @@ pub struct UpstreamSnapshot {
     /// resynchronised before `recover` may return to it.
     pub diverged: bool,
     pub pool_state: PoolState,
+    /// Ready (pre-connected, idle) connections kept for a hot standby.
+    pub warm_connections: u64,
     pub last_probe: Option<ProbeRecord>,
     pub last_error: Option<String>,
     pub probe_latency_ms: Percentiles,

@@ -3,6 +3,7 @@
 
 pub mod failover;
 pub mod latency;
+pub mod pool;
 pub mod resync;
 pub mod runtime;
 pub mod switchover;

@@ -19,6 +19,7 @@ use tokio::sync::{broadcast, watch};
 
 use super::failover::{self, Counters, Decision, Thresholds, UpView, View};
 use super::latency::LatencyWindow;
+use super::pool::WarmPool;
 use crate::config::{Kind, OnFailover, ServiceConfig, UpstreamConfig};
 use crate::engine::CommandError;
 use crate::events::{Event, EventKind, Trigger};
@@ -65,6 +66,8 @@ pub struct UpstreamRt {
     pub total_conns: AtomicU64,
     pub inline: LatencyWindow,
     pub metrics: UpstreamMetrics,
+    /// Pre-connected idle connections (`redundancy = "hot"`, upstream/pool.rs).
+    pub pool: WarmPool,
 }
 
 /// Per-minute (rounds, up rounds) for uptime over 1 h and 24 h.
@@ -136,7 +139,9 @@ pub struct FailoverCounters {
 
 pub struct ServiceRt {
     pub cfg: ServiceConfig,
-    pub upstreams: Vec<UpstreamRt>,
+    /// Shared (`Arc`) so that a config reload can carry an unchanged
+    /// upstream, with its health and counters, into the new service.
+    pub upstreams: Vec<Arc<UpstreamRt>>,
     pub route: ArcSwap<Route>,
     /// Bumped on every route change: relays re-check their binding.
     pub route_tx: watch::Sender<u64>,
@@ -187,13 +192,16 @@ impl ServiceRt {
         let upstreams = cfg
             .upstreams
             .iter()
-            .map(|u| UpstreamRt {
-                metrics: metrics.for_upstream(&cfg.name, &u.name),
-                cfg: u.clone(),
-                health: Mutex::new(HealthState::default()),
-                active_conns: AtomicU64::new(0),
-                total_conns: AtomicU64::new(0),
-                inline: LatencyWindow::new(),
+            .map(|u| {
+                Arc::new(UpstreamRt {
+                    metrics: metrics.for_upstream(&cfg.name, &u.name),
+                    cfg: u.clone(),
+                    health: Mutex::new(HealthState::default()),
+                    active_conns: AtomicU64::new(0),
+                    total_conns: AtomicU64::new(0),
+                    inline: LatencyWindow::new(),
+                    pool: WarmPool::new(),
+                })
             })
             .collect::<Vec<_>>();
         let names: Vec<&str> = cfg.upstreams.iter().map(|u| u.name.as_str()).collect();

@@ -1,0 +1,49 @@
+//! `POST /api/ops/config/reload` (operator, `{"reason"}`): reloads the
+//! config file through the hook the binary installs
+//! ([`AppState::with_reload`]); the control plane cannot read the file
+//! itself. The hook validates, applies and audits (`config_change`, or the
+//! refusal with severity `error`), so SIGHUP and this route behave alike.
+//! 200 with what changed; 409 `conflict` listing the problems when the new
+//! config is refused (the old one keeps running).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::Value;
+
+use super::read_reason;
+use crate::auth::Actor;
+use crate::error::ApiError;
+use crate::AppState;
+
+/// A reload's answer: what changed, or every reason it was refused.
+pub type ReloadFuture = Pin<Box<dyn Future<Output = Result<Value, Vec<String>>> + Send>>;
+
+/// `(actor, reason) -> reload`, installed by the binary.
+pub type ReloadHook = Arc<dyn Fn(String, String) -> ReloadFuture + Send + Sync>;
+
+pub async fn reload(
+    State(state): State<AppState>,
+    actor: Actor,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let reason = read_reason(body, crate::BODY_LIMIT)?;
+    let Some(hook) = state.reload.clone() else {
+        return Err(ApiError::Conflict(
+            "live reload is not available in this process".to_string(),
+        ));
+    };
+    match hook(actor.name, reason).await {
+        Ok(report) => Ok(Json(report).into_response()),
+        Err(problems) => Err(ApiError::Conflict(format!(
+            "config refused, the running config is unchanged: {}",
+            problems.join("; ")
+        ))),
+    }
+}

@@ -1,0 +1,159 @@
+//! Live reload of the config file (SPEC 1): on SIGHUP and through
+//! `POST /api/ops/config/reload`. The file is loaded and validated like at
+//! start; parts that only take effect at start (control plane, TLS,
+//! data_dir, audit, alerts, cluster) must be unchanged, or the reload is
+//! refused; the data plane then applies `diff(old, new)` through
+//! `Engine::reconfigure`. Every outcome is audited as `config_change`:
+//! severity `info` with what changed, or `error` with the problems.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use continuity_control::audit::{Action, AuditLog, NewEntry, Severity};
+use continuity_control::routes::config::ReloadHook;
+use continuity_proxy::Engine;
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+
+use crate::config::{self, Config};
+
+/// Reloads one config file into one engine; cheap to clone.
+#[derive(Clone)]
+pub struct Reloader {
+    path: PathBuf,
+    engine: Engine,
+    audit: AuditLog,
+    /// The running config; the lock also serialises reloads.
+    current: Arc<Mutex<Config>>,
+}
+
+impl Reloader {
+    pub fn new(config: &Config, engine: Engine, audit: AuditLog) -> Reloader {
+        Reloader {
+            path: config.path.clone(),
+            engine,
+            audit,
+            current: Arc::new(Mutex::new(config.clone())),
+        }
+    }
+
+    /// The hook `POST /api/ops/config/reload` calls.
+    pub fn hook(&self) -> ReloadHook {
+        let me = self.clone();
+        Arc::new(move |actor, reason| {
+            let me = me.clone();
+            Box::pin(async move { me.reload(&actor, &reason).await })
+        })
+    }
+
+    /// Loads, checks and applies the file; audits the outcome. `Err` lists
+    /// every problem; the running config is then unchanged.
+    pub async fn reload(&self, actor: &str, reason: &str) -> Result<Value, Vec<String>> {
+        let mut current = self.current.lock().await;
+        let outcome = match config::load(&self.path) {
+            Err(errors) => Err(errors.to_string().lines().map(str::to_string).collect()),
+            Ok(new) => match restart_only(&current, &new) {
+                problems if !problems.is_empty() => Err(problems),
+                _ => match self.engine.reconfigure(new.engine.clone()).await {
+                    Ok(report) => {
+                        *current = new;
+                        Ok(report)
+                    }
+                    Err(e) => Err(vec![e.to_string()]),
+                },
+            },
+        };
+        let file = self.path.display().to_string();
+        match outcome {
+            Ok(report) => {
+                let report = serde_json::to_value(&report).unwrap_or(Value::Null);
+                tracing::info!(actor, reason, %report, "config reloaded");
+                let details = json!({
+                    "event": "config_reloaded",
+                    "file": file,
+                    "reason": reason,
+                    "changes": report,
+                });
+                self.record(NewEntry::new(
+                    Action::ConfigChange,
+                    Severity::Info,
+                    actor,
+                    details,
+                ))
+                .await;
+                Ok(json!({ "applied": true, "file": file, "changes": report }))
+            }
+            Err(problems) => {
+                tracing::error!(
+                    actor,
+                    reason,
+                    ?problems,
+                    "config reload refused; the running config is unchanged"
+                );
+                let details = json!({
+                    "event": "config_refused",
+                    "file": file,
+                    "reason": reason,
+                    "problems": problems,
+                });
+                self.record(NewEntry::new(
+                    Action::ConfigChange,
+                    Severity::Error,
+                    actor,
+                    details,
+                ))
+                .await;
+                Err(problems)
+            }
+        }
+    }
+
+    async fn record(&self, entry: NewEntry) {
+        if let Err(e) = self.audit.append(entry).await {
+            tracing::error!(error = %e, "cannot audit the config reload");
+        }
+    }
+
+    /// Reloads on every SIGHUP (actor `system`, reason `SIGHUP`), forever.
+    pub async fn on_sighup(self) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::error!("cannot listen for SIGHUP; reload through the API only");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the config");
+            let _ = self.reload("system", "SIGHUP").await;
+        }
+    }
+}
+
+/// Settings read only at start: a change to any is refused, by name.
+fn restart_only(old: &Config, new: &Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut check = |changed: bool, what: &str| {
+        if changed {
+            problems.push(format!(
+                "{what} cannot change without a restart (the running value is kept)"
+            ));
+        }
+    };
+    check(old.control.listen != new.control.listen, "control.listen");
+    check(
+        old.control.tls_cert != new.control.tls_cert || old.control.tls_key != new.control.tls_key,
+        "control TLS (tls_cert, tls_key)",
+    );
+    let same_socket = old.control.listen == new.control.listen
+        && old.control.tls_cert == new.control.tls_cert
+        && old.control.tls_key == new.control.tls_key;
+    check(
+        same_socket && old.control != new.control,
+        "[control] (tokens, CORS, limits)",
+    );
+    check(old.data_dir != new.data_dir, "data_dir");
+    check(old.audit != new.audit, "[audit]");
+    check(old.alerts != new.alerts, "[alerts]");
+    check(old.cluster != new.cluster, "[cluster]");
+    check(old.drain_timeout != new.drain_timeout, "drain_timeout_ms");
+    problems
+}
