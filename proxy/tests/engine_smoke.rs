@@ -1,8 +1,7 @@
 //! Engine against real redis-server processes: failover on kill -9 with
 //! promote, held clients, and the hold timeout error.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use continuity_proxy::config::{
     EngineConfig, Kind, OnFailover, Role, ServiceConfig, UpstreamConfig,
@@ -11,57 +10,8 @@ use continuity_proxy::{Command as Cmd, Engine};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-struct Redis {
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn redis(port: u16, replica_of: Option<u16>) -> Redis {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new("redis-server");
-    cmd.arg("--dir").arg(dir.path());
-    cmd.args([
-        "--port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--repl-diskless-sync-delay",
-        "0",
-    ]);
-    if let Some(p) = replica_of {
-        cmd.args(["--replicaof", "127.0.0.1", &p.to_string()]);
-    }
-    let child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(10));
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Redis { child, _dir: dir }
-}
+mod common;
+use common::{free_port, redis};
 
 async fn cmd(stream: &mut TcpStream, line: &str) -> String {
     stream

@@ -2,7 +2,6 @@
 //! Redis is killed, the proxy answers from memory, Redis restarts on its
 //! port, the journal is replayed in order and the keys are in Redis.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use continuity_proxy::config::{
@@ -15,47 +14,8 @@ use continuity_proxy::Engine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-struct Redis {
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn redis(port: u16, replica_of: Option<u16>) -> Redis {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new("redis-server");
-    cmd.arg("--dir").arg(dir.path());
-    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"]);
-    cmd.args(["--save", "", "--appendonly", "no"]);
-    if let Some(p) = replica_of {
-        cmd.args(["--replicaof", "127.0.0.1", &p.to_string()]);
-    }
-    let child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(10));
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Redis { child, _dir: dir }
-}
+mod common;
+use common::{free_port, redis};
 
 /// Sends one command (a RESP array) and returns the raw reply bytes.
 async fn raw(c: &mut TcpStream, args: &[&str]) -> Vec<u8> {

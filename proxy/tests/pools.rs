@@ -3,7 +3,6 @@
 //! redis-server processes; a service runtime with its accept loop (which
 //! starts the pool keeper) and a probe driver at the hot rate.
 
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,44 +19,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, watch};
 
-struct Redis {
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn redis(port: u16) -> Redis {
-    let dir = tempfile::tempdir().unwrap();
-    let child = Command::new("redis-server")
-        .arg("--dir")
-        .arg(dir.path())
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(10));
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Redis { child, _dir: dir }
-}
+mod common;
+use common::{free_port, redis};
 
 async fn cmd(stream: &mut TcpStream, line: &str) -> String {
     stream
@@ -182,8 +145,8 @@ fn state(p: &Proxy, idx: usize) -> PoolState {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_keeps_ready_connections_and_first_clients_use_them() {
     let (pp, sp) = (free_port(), free_port());
-    let mut primary = redis(pp);
-    let _secondary = redis(sp);
+    let mut primary = redis(pp, None);
+    let _secondary = redis(sp, None);
     let p = proxy(pp, sp, Redundancy::Hot, Duration::from_secs(1)).await;
     let standby = &p.svc.upstreams[1];
     wait_for("pool filled", || standby.pool.len() == 2).await;
@@ -221,8 +184,8 @@ async fn hot_keeps_ready_connections_and_first_clients_use_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_keeps_no_connections_and_connects_on_failover() {
     let (pp, sp) = (free_port(), free_port());
-    let mut primary = redis(pp);
-    let _secondary = redis(sp);
+    let mut primary = redis(pp, None);
+    let _secondary = redis(sp, None);
     let p = proxy(pp, sp, Redundancy::Warm, Duration::from_secs(1)).await;
     wait_for("both probed up", || {
         state(&p, 0) == PoolState::Connected
@@ -253,8 +216,8 @@ async fn warm_keeps_no_connections_and_connects_on_failover() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_states_through_failover_and_recover() {
     let (pp, sp) = (free_port(), free_port());
-    let mut primary = redis(pp);
-    let _secondary = redis(sp);
+    let mut primary = redis(pp, None);
+    let _secondary = redis(sp, None);
     let p = proxy(pp, sp, Redundancy::Hot, Duration::from_millis(1500)).await;
     wait_for("standby pooled", || state(&p, 1) == PoolState::Connected).await;
     assert_eq!(state(&p, 0), PoolState::Connected);
@@ -267,7 +230,7 @@ async fn pool_states_through_failover_and_recover() {
     assert_eq!(state(&p, 1), PoolState::Connected);
 
     // The old primary comes back: up, but fenced, so no pool.
-    let _back = redis(pp);
+    let _back = redis(pp, None);
     wait_for("old primary up", || state(&p, 0) != PoolState::Failed).await;
     assert_eq!(state(&p, 0), PoolState::Disconnected);
     assert_eq!(p.svc.upstreams[0].pool.len(), 0);
@@ -346,8 +309,8 @@ type Run = (f64, f64, f64, usize);
 /// +PONG of the first and of the second request after it, failed), in ms.
 async fn one_failover(mode: Redundancy, delay: Duration) -> Run {
     let (pp, sp) = (free_port(), free_port());
-    let mut primary = redis(pp);
-    let _secondary = redis(sp);
+    let mut primary = redis(pp, None);
+    let _secondary = redis(sp, None);
     let behind = if delay.is_zero() {
         sp
     } else {

@@ -4,7 +4,6 @@
 //! switchover to a target that is not replicating from the active one is
 //! aborted with traffic left where it was.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use continuity_proxy::config::{
@@ -14,48 +13,8 @@ use continuity_proxy::{Command as Cmd, CommandError, CommandOutcome, Engine};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-struct Redis {
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn redis(port: u16, replica_of: Option<u16>) -> Redis {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new("redis-server");
-    cmd.arg("--dir").arg(dir.path());
-    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"]);
-    cmd.args(["--save", "", "--appendonly", "no"]);
-    cmd.args(["--repl-diskless-sync-delay", "0"]);
-    if let Some(p) = replica_of {
-        cmd.args(["--replicaof", "127.0.0.1", &p.to_string()]);
-    }
-    let child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(10));
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Redis { child, _dir: dir }
-}
+mod common;
+use common::{free_port, redis};
 
 async fn cmd(addr: impl tokio::net::ToSocketAddrs, line: &str) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
