@@ -138,6 +138,43 @@ impl AppState {
         })
     }
 
+    /// An operator command, audited the one way every route does it: the
+    /// `manual_intervention` (actor, operation, reason) is fsynced before
+    /// the engine acts, and a refusal is recorded too, so no operator action
+    /// is left without a trace.
+    pub async fn apply_audited(
+        &self,
+        cmd: Command,
+        operation: &str,
+        service: Option<&str>,
+    ) -> Result<CommandOutcome, ApiError> {
+        let mut intent = routes::failover::manual_intervention(&cmd, operation);
+        if let Some(s) = service {
+            intent = intent.service(s);
+        }
+        self.record(intent).await?;
+        match self.apply(cmd).await {
+            Ok(outcome) => Ok(outcome),
+            Err(e) => {
+                let mut refused = audit::NewEntry::new(
+                    audit::Action::DiagnosticEvent,
+                    audit::Severity::Warning,
+                    "system",
+                    serde_json::json!({
+                        "event": "operation_refused",
+                        "operation": operation,
+                        "error": e.to_string(),
+                    }),
+                );
+                if let Some(s) = service {
+                    refused = refused.service(s);
+                }
+                self.record(refused).await?;
+                Err(e)
+            }
+        }
+    }
+
     /// Overrides [`COMMAND_TIMEOUT`] (tests).
     pub fn with_command_timeout(mut self, timeout: Duration) -> AppState {
         self.command_timeout = timeout;

@@ -20,7 +20,6 @@ use super::state::AckError;
 use crate::audit::{Action, NewEntry, Severity};
 use crate::auth::Actor;
 use crate::error::ApiError;
-use crate::routes::failover::manual_intervention;
 use crate::routes::{read_reason, PathParam};
 use crate::AppState;
 
@@ -157,8 +156,7 @@ pub async fn emergency(
     } else {
         "emergency_clear"
     };
-    state.record(manual_intervention(&cmd, op)).await?;
-    let snap = match state.apply(cmd).await? {
+    let snap = match state.apply_audited(cmd, op, None).await? {
         CommandOutcome::Engine(s) => *s,
         CommandOutcome::Service(_) | CommandOutcome::Switched { .. } => state.engine.snapshot(),
     };

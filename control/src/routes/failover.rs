@@ -140,14 +140,7 @@ async fn run(
         Op::Trigger => "failover_trigger",
         Op::Recover => "failover_recover",
     };
-    state.record(manual_intervention(&cmd, operation)).await?;
-    let outcome = match state.apply(cmd).await {
-        Ok(o) => o,
-        Err(e) => {
-            state.record(refused(&service, operation, &e)).await?;
-            return Err(e);
-        }
-    };
+    let outcome = state.apply_audited(cmd, operation, Some(&service)).await?;
     let snap = match outcome {
         CommandOutcome::Service(s) | CommandOutcome::Switched { service: s, .. } => *s,
         // Not what a service command returns today; take the service from
@@ -201,17 +194,6 @@ pub fn manual_intervention(cmd: &Command, operation: &str) -> NewEntry {
         Some(s) => entry.service(s),
         None => entry,
     }
-}
-
-/// The entry for an operator command the engine refused (409, 504, ...).
-fn refused(service: &str, operation: &str, e: &ApiError) -> NewEntry {
-    NewEntry::new(
-        Action::DiagnosticEvent,
-        Severity::Warning,
-        "system",
-        json!({ "event": "operation_refused", "operation": operation, "error": e.to_string() }),
-    )
-    .service(service)
 }
 
 #[cfg(test)]

@@ -13,11 +13,8 @@ use continuity_proxy::health::ObservedRole;
 use continuity_proxy::snapshot::{EngineSnapshot, PoolState, UpstreamHealth, UpstreamSnapshot};
 use continuity_proxy::{Command, CommandOutcome};
 use serde::Serialize;
-use serde_json::json;
 
-use super::failover::manual_intervention;
 use super::{read_reason, PathParam};
-use crate::audit::{Action, NewEntry, Severity};
 use crate::auth::Actor;
 use crate::error::ApiError;
 use crate::AppState;
@@ -199,26 +196,7 @@ async fn run(
         ),
     };
     // Audit before acting: the intent is on disk before the switch.
-    state
-        .record(manual_intervention(&cmd, operation).service(&service))
-        .await?;
-    let outcome = match state.apply(cmd).await {
-        Ok(o) => o,
-        Err(e) => {
-            state
-                .record(
-                    NewEntry::new(
-                        Action::DiagnosticEvent,
-                        Severity::Warning,
-                        "system",
-                        json!({ "event": "operation_refused", "operation": operation, "pool": pool_name, "error": e.to_string() }),
-                    )
-                    .service(&service),
-                )
-                .await?;
-            return Err(e);
-        }
-    };
+    let outcome = state.apply_audited(cmd, operation, Some(&service)).await?;
     let (pause_ms, position) = match &outcome {
         CommandOutcome::Switched {
             pause_ms, position, ..
