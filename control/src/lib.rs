@@ -197,7 +197,7 @@ impl AppState {
 
 /// The whole HTTP surface of the control plane.
 pub fn router(state: AppState) -> Router {
-    use routes::{audit, config, failover, health, metrics, redundancy};
+    use routes::{audit, config, failover, health, metrics, queue, redundancy};
     let cors = cors_layer(&state.config.cors_origins);
     let app = Router::new()
         .route("/api/ops/health", get(health::health))
@@ -229,6 +229,8 @@ pub fn router(state: AppState) -> Router {
             "/api/ops/redundancy/pool/{name}",
             get(redundancy::pool_by_name),
         )
+        .route("/api/ops/queue", get(queue::summary))
+        .route("/api/ops/queue/{id}", get(queue::entry))
         .route("/metrics", get(metrics::metrics))
         .merge(crate::diagnostics::routes())
         .merge(crate::snapshots::routes())

@@ -61,6 +61,11 @@ impl Kind {
         )
     }
 
+    /// Kinds served by the HTTP gateway (proxy/src/gateway).
+    pub fn is_http_proxied(self) -> bool {
+        matches!(self, Kind::Http | Kind::Elasticsearch)
+    }
+
     /// Kinds the L4 proxy can carry today.
     pub fn is_l4_proxied(self) -> bool {
         matches!(self, Kind::Redis | Kind::Postgres | Kind::Neo4j | Kind::Tcp)
@@ -156,6 +161,103 @@ pub struct UpstreamConfig {
     pub database: Option<String>,
     /// Resolved from `password_env` (or a `REDIS_SECONDARY_URL`); never logged.
     pub password: Option<String>,
+    /// `http`/`elasticsearch`/`websocket`: CA and client certificate (mTLS).
+    pub tls: UpstreamTls,
+}
+
+/// TLS material of an HTTP upstream, paths resolved (`ca_file`, and
+/// `client_cert`/`client_key` for mTLS). Without `ca_file` the system's
+/// trust store (rustls-native-certs) is used.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UpstreamTls {
+    pub ca_file: Option<std::path::PathBuf>,
+    pub client_cert: Option<std::path::PathBuf>,
+    pub client_key: Option<std::path::PathBuf>,
+}
+
+/// What an HTTP route does with a request while no upstream is usable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnOutage {
+    /// Hold it up to `buffer_timeout_ms`, then 503 with `Retry-After`.
+    Hold,
+    /// Store it durably, answer 202 with a queue id, deliver it later.
+    Queue,
+    /// Answer 503 with `Retry-After` at once.
+    Fail,
+}
+
+impl OnOutage {
+    pub const NAMES: &'static [&'static str] = &["hold", "queue", "fail"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnOutage::Hold => "hold",
+            OnOutage::Queue => "queue",
+            OnOutage::Fail => "fail",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<OnOutage> {
+        match s {
+            "hold" => Some(OnOutage::Hold),
+            "queue" => Some(OnOutage::Queue),
+            "fail" => Some(OnOutage::Fail),
+            _ => None,
+        }
+    }
+}
+
+/// `[[service.route]]`: a per-path override for an HTTP service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteConfig {
+    pub path_prefix: String,
+    /// The route's own, else the service's.
+    pub on_outage: OnOutage,
+}
+
+/// Settings of a `kind = "http"` service's gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpSettings {
+    /// The service's `on_outage`; routes may override it.
+    pub on_outage: OnOutage,
+    /// Longest prefix wins.
+    pub routes: Vec<RouteConfig>,
+    /// Largest request body accepted (413 past it); default 10 MiB.
+    pub max_body_bytes: u64,
+    /// Most requests queued at once (503 past it); default 1000.
+    pub queue_max_depth: u32,
+    /// HTTPS listener certificate and key, both or neither.
+    pub tls_cert: Option<std::path::PathBuf>,
+    pub tls_key: Option<std::path::PathBuf>,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            on_outage: OnOutage::Hold,
+            routes: Vec::new(),
+            max_body_bytes: 10 * 1024 * 1024,
+            queue_max_depth: 1000,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+impl HttpSettings {
+    /// The route whose prefix is the longest match of `path`, if any.
+    pub fn route_for(&self, path: &str) -> Option<&RouteConfig> {
+        self.routes
+            .iter()
+            .filter(|r| path.starts_with(&r.path_prefix))
+            .max_by_key(|r| r.path_prefix.len())
+    }
+
+    /// What to do with a request for `path` during an outage.
+    pub fn on_outage_for(&self, path: &str) -> OnOutage {
+        self.route_for(path).map_or(self.on_outage, |r| r.on_outage)
+    }
 }
 
 impl fmt::Debug for UpstreamConfig {
@@ -168,6 +270,7 @@ impl fmt::Debug for UpstreamConfig {
             .field("user", &self.user)
             .field("database", &self.database)
             .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -178,7 +281,101 @@ impl UpstreamConfig {
         if let Some(a) = &self.address {
             return a.clone();
         }
-        self.url.clone().unwrap_or_default()
+        match self.http_target() {
+            Some(t) => t.host_port(),
+            None => self.url.clone().unwrap_or_default(),
+        }
+    }
+
+    /// The parsed `url` of an HTTP upstream.
+    pub fn http_target(&self) -> Option<HttpTarget> {
+        self.url.as_deref().and_then(HttpTarget::parse)
+    }
+}
+
+/// An `http://` or `https://` upstream URL, split for connecting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpTarget {
+    pub tls: bool,
+    /// Host name or IP (IPv6 without brackets); also the SNI name.
+    pub host: String,
+    pub port: u16,
+    /// Path prefix prepended to every proxied path, without a trailing '/'
+    /// (empty for none).
+    pub base_path: String,
+}
+
+impl HttpTarget {
+    /// Parses `http[s]://host[:port][/base]`; `None` when it is not one.
+    pub fn parse(url: &str) -> Option<HttpTarget> {
+        let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
+            (true, r)
+        } else {
+            (false, url.strip_prefix("http://")?)
+        };
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, path) = rest.split_at(end);
+        let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        let default_port = if tls { 443 } else { 80 };
+        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+            let (h, after) = v6.split_once(']')?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => p.parse().ok()?,
+                None if after.is_empty() => default_port,
+                None => return None,
+            };
+            (h.to_string(), port)
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), p.parse().ok()?),
+                None => (hostport.to_string(), default_port),
+            }
+        };
+        if host.is_empty() {
+            return None;
+        }
+        let path = path.split(['?', '#']).next().unwrap_or_default();
+        Some(HttpTarget {
+            tls,
+            host,
+            port,
+            base_path: path.trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// `host:port`, with brackets around an IPv6 host.
+    pub fn host_port(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+#[cfg(test)]
+mod target_tests {
+    use super::HttpTarget;
+
+    #[test]
+    fn parses_urls() {
+        let t = HttpTarget::parse("https://ndex-a.example/api/").expect("url");
+        assert_eq!(
+            (t.tls, t.host.as_str(), t.port, t.base_path.as_str()),
+            (true, "ndex-a.example", 443, "/api")
+        );
+        let t = HttpTarget::parse("http://127.0.0.1:8080").expect("url");
+        assert_eq!((t.port, t.base_path.as_str()), (8080, ""));
+        assert_eq!(t.host_port(), "127.0.0.1:8080");
+        let t = HttpTarget::parse("http://[::1]:9/x?y").expect("url");
+        assert_eq!(
+            (t.host.as_str(), t.port, t.base_path.as_str()),
+            ("::1", 9, "/x")
+        );
+        assert_eq!(t.host_port(), "[::1]:9");
+        assert!(HttpTarget::parse("ftp://x").is_none());
+        assert!(HttpTarget::parse("http://:80").is_none());
+        assert!(HttpTarget::parse("http://h:99999").is_none());
     }
 }
 
@@ -206,6 +403,8 @@ pub struct ServiceConfig {
     pub fallback_memory: bool,
     /// redis `fallback_max_bytes`: bound of the memory fallback.
     pub fallback_max_bytes: u64,
+    /// `kind = "http"`: the gateway's settings (defaults for other kinds).
+    pub http: HttpSettings,
 }
 
 impl ServiceConfig {
@@ -230,6 +429,7 @@ impl ServiceConfig {
             upstreams,
             fallback_memory: false,
             fallback_max_bytes: 64 * 1024 * 1024,
+            http: HttpSettings::default(),
         }
     }
 
@@ -247,6 +447,9 @@ impl ServiceConfig {
 pub struct EngineConfig {
     pub services: Vec<ServiceConfig>,
     pub drain_timeout: Duration,
+    /// Where embedded stores live (the HTTP queue under `http-queue/`);
+    /// `None`: no queue (`on_outage = "queue"` answers 503).
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for EngineConfig {
@@ -254,6 +457,7 @@ impl Default for EngineConfig {
         EngineConfig {
             services: Vec::new(),
             drain_timeout: Duration::from_millis(10_000),
+            data_dir: None,
         }
     }
 }
@@ -269,6 +473,21 @@ impl UpstreamConfig {
             user: None,
             database: None,
             password: None,
+            tls: UpstreamTls::default(),
+        }
+    }
+
+    /// A URL-based upstream (`http`, `elasticsearch`), for tests and builders.
+    pub fn url(name: &str, url: &str, role: Role) -> UpstreamConfig {
+        UpstreamConfig {
+            name: name.to_string(),
+            address: None,
+            url: Some(url.to_string()),
+            role,
+            user: None,
+            database: None,
+            password: None,
+            tls: UpstreamTls::default(),
         }
     }
 }

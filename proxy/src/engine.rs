@@ -125,6 +125,8 @@ pub(crate) struct Inner {
     pub open_connections: Arc<AtomicU64>,
     pub listen_addrs: Mutex<Vec<(String, SocketAddr)>>,
     pub tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The HTTP gateway's durable queue (`data_dir/http-queue`).
+    pub queue: Option<crate::gateway::queue::QueueStore>,
 }
 
 impl Engine {
@@ -154,6 +156,13 @@ impl Engine {
                 listeners.push((svc.name.clone(), l));
             }
         }
+        let queue = match &config.data_dir {
+            Some(dir) => Some(
+                crate::gateway::queue::QueueStore::open(&dir.join("http-queue"))
+                    .map_err(|e| ProxyError::Internal(format!("HTTP queue: {e}")))?,
+            ),
+            None => None,
+        };
         let services: Vec<Arc<ServiceRt>> = config
             .services
             .iter()
@@ -182,6 +191,7 @@ impl Engine {
             open_connections: Arc::new(AtomicU64::new(0)),
             listen_addrs: Mutex::new(listen_addrs),
             tasks: Mutex::new(Vec::new()),
+            queue,
         });
         let engine = Engine { inner };
         let first_subscriber = engine.inner.events.subscribe();
@@ -197,6 +207,11 @@ impl Engine {
         let watcher = tokio::spawn(state_watch(engine.clone()));
         lock(&engine.inner.tasks).push(watcher);
         Ok((engine, first_subscriber))
+    }
+
+    /// The HTTP gateway's queue, when the engine has a data dir.
+    pub fn queue(&self) -> Option<&crate::gateway::queue::QueueStore> {
+        self.inner.queue.as_ref()
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {

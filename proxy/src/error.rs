@@ -11,6 +11,10 @@ pub enum ProxyError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// A service setting that only fails when used (a certificate file
+    /// that does not parse, say); the binary exits 64 on this too.
+    #[error("service {service}: {message}")]
+    Config { service: String, message: String },
     /// The upstream failed (refused, reset, timed out).
     #[error("upstream {upstream}: {message}")]
     Upstream { upstream: String, message: String },

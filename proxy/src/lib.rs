@@ -17,6 +17,7 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub mod fallback;
+pub mod gateway;
 pub mod health;
 pub mod listener;
 pub mod metrics;

@@ -21,6 +21,12 @@ pub mod names {
     pub const HOLD_TIMEOUTS_TOTAL: &str = "continuity_hold_timeouts_total";
     pub const PASSIVE_FAILURES_TOTAL: &str = "continuity_passive_failures_total";
     pub const POOL_TAKES_TOTAL: &str = "continuity_pool_takes_total";
+    pub const HTTP_REQUESTS_TOTAL: &str = "continuity_http_requests_total";
+    pub const HTTP_REQUEST_SECONDS: &str = "continuity_http_request_duration_seconds";
+    pub const HTTP_RETRIES_TOTAL: &str = "continuity_http_retries_total";
+    pub const HTTP_QUEUE_DEPTH: &str = "continuity_http_queue_depth";
+    pub const HTTP_QUEUE_OLDEST_SECONDS: &str = "continuity_http_queue_oldest_age_seconds";
+    pub const HTTP_QUEUE_DELIVERIES_TOTAL: &str = "continuity_http_queue_deliveries_total";
 }
 
 /// Latency buckets in seconds, from 50 us to 10 s.
@@ -43,6 +49,83 @@ pub struct ProxyMetrics {
     pub hold_timeouts: IntCounterVec,
     pub passive_failures: IntCounterVec,
     pub pool_takes: IntCounterVec,
+    /// The HTTP gateway's own series (proxy/src/gateway).
+    pub http: HttpMetrics,
+}
+
+/// Series of the HTTP gateway.
+#[derive(Clone)]
+pub struct HttpMetrics {
+    /// By service, route (its path_prefix, or "/"), outcome (proxied,
+    /// queued, held_timeout, rejected, failed, rate_limited) and status class.
+    pub requests: IntCounterVec,
+    /// Whole request time as the client saw it, by service and route.
+    pub duration: HistogramVec,
+    /// Retries by service, upstream tried before, and reason.
+    pub retries: IntCounterVec,
+    pub queue_depth: IntGaugeVec,
+    pub queue_oldest: prometheus::GaugeVec,
+    /// Queued requests finished, by result (delivered, failed, retried).
+    pub queue_deliveries: IntCounterVec,
+}
+
+fn gauge_vec(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
+    if let Err(e) = reg.register(Box::new(g.clone())) {
+        tracing::warn!(metric = name, error = %e, "metric not registered");
+    }
+    g
+}
+
+impl HttpMetrics {
+    fn new(reg: &Registry) -> HttpMetrics {
+        use names::*;
+        let oldest = prometheus::GaugeVec::new(
+            Opts::new(
+                HTTP_QUEUE_OLDEST_SECONDS,
+                "Age of the oldest undelivered queued HTTP request (0 when none).",
+            ),
+            &["service"],
+        )
+        .unwrap_or_else(|e| panic!("metric {HTTP_QUEUE_OLDEST_SECONDS} is malformed: {e}"));
+        if let Err(e) = reg.register(Box::new(oldest.clone())) {
+            tracing::warn!(metric = HTTP_QUEUE_OLDEST_SECONDS, error = %e, "metric not registered");
+        }
+        HttpMetrics {
+            requests: counter(
+                reg,
+                HTTP_REQUESTS_TOTAL,
+                "HTTP requests through the gateway, by route, outcome and status class.",
+                &["service", "route", "outcome", "class"],
+            ),
+            duration: histogram(
+                reg,
+                HTTP_REQUEST_SECONDS,
+                "HTTP request time through the gateway as the client saw it, by route.",
+                &["service", "route"],
+            ),
+            retries: counter(
+                reg,
+                HTTP_RETRIES_TOTAL,
+                "HTTP requests retried, by the upstream that failed and why.",
+                &["service", "upstream", "reason"],
+            ),
+            queue_depth: gauge_vec(
+                reg,
+                HTTP_QUEUE_DEPTH,
+                "Queued HTTP requests not yet delivered.",
+                &["service"],
+            ),
+            queue_oldest: oldest,
+            queue_deliveries: counter(
+                reg,
+                HTTP_QUEUE_DELIVERIES_TOTAL,
+                "Delivery attempts of queued HTTP requests, by result.",
+                &["service", "result"],
+            ),
+        }
+    }
 }
 
 fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -150,6 +233,7 @@ impl ProxyMetrics {
                 "Failed upstream connects seen in real traffic, by upstream.",
                 &["service", "upstream", "reason"],
             ),
+            http: HttpMetrics::new(reg),
         }
     }
 

@@ -279,12 +279,13 @@ fn build(
     );
     Config {
         path: path.to_path_buf(),
-        data_dir,
-        drain_timeout,
         engine: EngineConfig {
             services,
             drain_timeout,
+            data_dir: Some(data_dir.clone()),
         },
+        data_dir,
+        drain_timeout,
         control,
         audit,
         alerts,

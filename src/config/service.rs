@@ -8,58 +8,19 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use continuity_proxy::config::{
-    Category, Failback, FailoverMode, HealthSettings, Kind, OnFailover, Redundancy, Role,
-    ServiceConfig, UpstreamConfig,
+    Category, Failback, FailoverMode, HealthSettings, HttpSettings, Kind, OnFailover, Redundancy,
+    Role, ServiceConfig, UpstreamConfig,
 };
+pub use continuity_proxy::config::{OnOutage, RouteConfig, UpstreamTls};
 
 use super::lines::KeyPath;
 use super::raw::{RawService, RawUpstream};
 use super::validate::{host_port, http_url, socket_addr, unknown_value, Ctx};
 
-/// What an HTTP service does with a request while no upstream is usable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnOutage {
-    /// Hold it up to `buffer_timeout_ms`, then 503.
-    Hold,
-    /// Accept it (202 with a queue id) and deliver it later.
-    Queue,
-    /// Answer 503 at once.
-    Fail,
-}
-
-impl OnOutage {
-    pub const NAMES: &'static [&'static str] = &["hold", "queue", "fail"];
-
-    pub fn parse(s: &str) -> Option<OnOutage> {
-        match s {
-            "hold" => Some(OnOutage::Hold),
-            "queue" => Some(OnOutage::Queue),
-            "fail" => Some(OnOutage::Fail),
-            _ => None,
-        }
-    }
-}
-
 /// A redis service's fallback while no upstream is usable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fallback {
     Memory,
-}
-
-/// `[[service.route]]`: a per-path override for an HTTP service.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteConfig {
-    pub path_prefix: String,
-    /// The route's own, else the service's.
-    pub on_outage: OnOutage,
-}
-
-/// TLS material of an HTTP upstream, paths resolved.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct UpstreamTls {
-    pub ca_file: Option<PathBuf>,
-    pub client_cert: Option<PathBuf>,
-    pub client_key: Option<PathBuf>,
 }
 
 /// Service keys that `ServiceConfig` does not carry (yet).
@@ -358,6 +319,14 @@ fn service(
         // The memory fallback runs in the data plane (proxy/src/fallback).
         fallback_memory: kind == Kind::Redis && extra.fallback == Some(Fallback::Memory),
         fallback_max_bytes: extra.fallback_max_bytes,
+        http: HttpSettings {
+            on_outage: extra.on_outage,
+            routes: extra.routes.clone(),
+            max_body_bytes: extra.max_body_bytes,
+            queue_max_depth: extra.queue_max_depth,
+            tls_cert: extra.tls_cert.clone(),
+            tls_key: extra.tls_key.clone(),
+        },
     };
     Some((svc, extra))
 }
@@ -558,6 +527,7 @@ fn upstream(
         user: u.user,
         database: u.database,
         password,
+        tls: tls.clone(),
     };
     Some((up, tls))
 }

@@ -33,6 +33,7 @@ pub struct Builder {
     health: String,
     top: String,
     services: Vec<String>,
+    tail: String,
 }
 
 impl Builder {
@@ -51,6 +52,12 @@ impl Builder {
     /// Top-level lines (e.g. `drain_timeout_ms = 500`).
     pub fn top(mut self, lines: &str) -> Self {
         self.top = lines.to_string();
+        self
+    }
+
+    /// Tables written after the services (e.g. `[alerts]` with its rules).
+    pub fn tail(mut self, lines: &str) -> Self {
+        self.tail = lines.to_string();
         self
     }
 
@@ -86,6 +93,7 @@ impl Builder {
         for s in &self.services {
             toml.push_str(&format!("\n[[service]]\n{s}\n"));
         }
+        toml.push_str(&format!("\n{}\n", self.tail));
         let config = dir.path().join("continuity.toml");
         std::fs::write(&config, &toml).expect("write config");
         Continuity {

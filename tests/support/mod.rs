@@ -41,6 +41,8 @@
 
 pub mod arcadedb;
 pub mod continuity;
+pub mod http_client;
+pub mod http_upstream;
 pub mod ports;
 pub mod postgres;
 pub mod proc;

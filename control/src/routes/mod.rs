@@ -8,6 +8,7 @@ pub mod config;
 pub mod failover;
 pub mod health;
 pub mod metrics;
+pub mod queue;
 pub mod redundancy;
 
 use axum::body::Bytes;

@@ -46,15 +46,7 @@ pub fn control_config() -> ControlConfig {
 }
 
 pub fn upstream(name: &str, address: &str, role: Role) -> UpstreamConfig {
-    UpstreamConfig {
-        name: name.to_string(),
-        address: Some(address.to_string()),
-        url: None,
-        role,
-        user: None,
-        database: None,
-        password: None,
-    }
+    UpstreamConfig::at(name, address, role)
 }
 
 pub fn tcp_service(name: &str, upstreams: Vec<UpstreamConfig>) -> ServiceConfig {

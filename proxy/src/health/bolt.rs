@@ -4,7 +4,7 @@
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{BoxFuture, HealthCheck, ObservedRole, ProbeError};
+use super::{BoxFuture, HealthCheck, ProbeError, Probed};
 use crate::config::{ServiceConfig, UpstreamConfig};
 
 /// The Bolt preamble.
@@ -71,7 +71,7 @@ impl HealthCheck for BoltCheck {
         &'a self,
         service: &'a ServiceConfig,
         upstream: &'a UpstreamConfig,
-    ) -> BoxFuture<'a, Result<Option<ObservedRole>, ProbeError>> {
+    ) -> BoxFuture<'a, Result<Probed, ProbeError>> {
         Box::pin(async move {
             let mut stream = super::connect(service, upstream).await?;
             stream.write_all(&handshake_request()).await?;
@@ -79,7 +79,7 @@ impl HealthCheck for BoltCheck {
             stream.read_exact(&mut resp).await?;
             check_response(resp)?;
             let _ = stream.shutdown().await;
-            Ok(None)
+            Ok(Probed::up())
         })
     }
 }

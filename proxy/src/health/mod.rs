@@ -5,6 +5,10 @@
 //! A probe never panics and never hangs: [`run_probe`] bounds it by the
 //! service's `timeout_ms`, and every network or protocol error becomes a
 //! failed [`ProbeOutcome`] with a readable `error`.
+//!
+//! Kinds: redis, postgres, neo4j (Bolt), http and elasticsearch
+//! ([`http`], over TLS via [`tls`] for `https://` URLs), websocket
+//! ([`websocket`]), and a TCP connect for the rest.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,9 +19,12 @@ use serde::Serialize;
 use crate::config::{Kind, ServiceConfig, UpstreamConfig};
 
 pub mod bolt;
+pub mod http;
 pub mod postgres;
 pub mod redis;
 pub mod tcp;
+pub mod tls;
+pub mod websocket;
 
 /// The replication role a probe saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -57,6 +64,10 @@ pub struct ProbeOutcome {
     /// Human-readable error; `None` when ok.
     pub error: Option<String>,
     pub failure: Option<FailureKind>,
+    /// Ok but degraded (elasticsearch `yellow`), with the reason. Counts as
+    /// a good probe that marks the upstream slow.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
 }
 
 fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -71,6 +82,15 @@ impl ProbeOutcome {
             role,
             error: None,
             failure: None,
+            degraded: None,
+        }
+    }
+
+    /// A good probe that saw what `probed` says (role, degradation).
+    pub fn probed(latency: Duration, probed: Probed) -> ProbeOutcome {
+        ProbeOutcome {
+            degraded: probed.degraded,
+            ..ProbeOutcome::success(latency, probed.role)
         }
     }
 
@@ -85,6 +105,7 @@ impl ProbeOutcome {
             role: None,
             error: Some(error.into()),
             failure: Some(failure),
+            degraded: None,
         }
     }
 }
@@ -98,6 +119,10 @@ pub enum ProbeError {
     Auth(String),
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The upstream answered, and said it is not healthy (HTTP non-2xx,
+    /// elasticsearch `red`). Classified as [`FailureKind::Protocol`].
+    #[error("{0}")]
+    Unhealthy(String),
     #[error("timed out")]
     Timeout,
 }
@@ -107,7 +132,7 @@ impl ProbeError {
         match self {
             ProbeError::Io(e) => classify_io(e),
             ProbeError::Auth(_) => FailureKind::Auth,
-            ProbeError::Protocol(_) => FailureKind::Protocol,
+            ProbeError::Protocol(_) | ProbeError::Unhealthy(_) => FailureKind::Protocol,
             ProbeError::Timeout => FailureKind::Timeout,
         }
     }
@@ -127,23 +152,59 @@ pub fn classify_io(e: &std::io::Error) -> FailureKind {
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// What a probe of one kind does. Implementations return the observed role
-/// on success; timing and the deadline are applied by [`run_probe`].
+/// What a good probe saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Probed {
+    /// Replication role, where the protocol tells it (redis, postgres).
+    pub role: Option<ObservedRole>,
+    /// Serving but degraded (elasticsearch `yellow`), with the reason.
+    pub degraded: Option<String>,
+}
+
+impl Probed {
+    /// Up, nothing more to say.
+    pub fn up() -> Probed {
+        Probed::default()
+    }
+
+    /// Up, in `role`.
+    pub fn role(role: ObservedRole) -> Probed {
+        Probed {
+            role: Some(role),
+            degraded: None,
+        }
+    }
+
+    /// Up but degraded, for `reason`.
+    pub fn degraded(reason: impl Into<String>) -> Probed {
+        Probed {
+            role: None,
+            degraded: Some(reason.into()),
+        }
+    }
+}
+
+/// What a probe of one kind does. Implementations return what they saw on
+/// success; timing and the deadline are applied by [`run_probe`].
 pub trait HealthCheck: Send + Sync {
     fn check<'a>(
         &'a self,
         service: &'a ServiceConfig,
         upstream: &'a UpstreamConfig,
-    ) -> BoxFuture<'a, Result<Option<ObservedRole>, ProbeError>>;
+    ) -> BoxFuture<'a, Result<Probed, ProbeError>>;
 }
 
-/// The probe for a kind (kinds without a protocol probe yet use a TCP connect).
+/// The probe for a kind (`tcp` and kinds without a protocol probe use a
+/// TCP connect).
 pub fn checker_for(kind: Kind) -> &'static dyn HealthCheck {
     match kind {
         Kind::Redis => &redis::RedisCheck,
         Kind::Postgres => &postgres::PostgresCheck,
         Kind::Neo4j => &bolt::BoltCheck,
-        _ => &tcp::TcpCheck,
+        Kind::Http => &http::HttpCheck,
+        Kind::Elasticsearch => &http::ElasticsearchCheck,
+        Kind::Websocket => &websocket::WebSocketCheck,
+        Kind::Tcp | Kind::Heartbeat => &tcp::TcpCheck,
     }
 }
 
@@ -152,7 +213,7 @@ pub async fn run_probe(service: &ServiceConfig, upstream: &UpstreamConfig) -> Pr
     let started = Instant::now();
     let check = checker_for(service.kind).check(service, upstream);
     match tokio::time::timeout(service.health.timeout, check).await {
-        Ok(Ok(role)) => ProbeOutcome::success(started.elapsed(), role),
+        Ok(Ok(probed)) => ProbeOutcome::probed(started.elapsed(), probed),
         Ok(Err(e)) => ProbeOutcome::failed(started.elapsed(), e.failure_kind(), e.to_string()),
         Err(_) => ProbeOutcome::failed(
             started.elapsed(),

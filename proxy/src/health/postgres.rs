@@ -13,7 +13,7 @@ use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use super::{BoxFuture, HealthCheck, ObservedRole, ProbeError};
+use super::{BoxFuture, HealthCheck, ObservedRole, ProbeError, Probed};
 use crate::config::{ServiceConfig, UpstreamConfig};
 
 /// Largest backend message accepted (length field included).
@@ -502,14 +502,16 @@ impl HealthCheck for PostgresCheck {
         &'a self,
         service: &'a ServiceConfig,
         upstream: &'a UpstreamConfig,
-    ) -> BoxFuture<'a, Result<Option<ObservedRole>, ProbeError>> {
+    ) -> BoxFuture<'a, Result<Probed, ProbeError>> {
         Box::pin(async move {
             let rows = simple_query(service, upstream, "SELECT pg_is_in_recovery()").await?;
-            Ok(Some(if single_bool(&rows, "pg_is_in_recovery()")? {
-                ObservedRole::Replica
-            } else {
-                ObservedRole::Primary
-            }))
+            Ok(Probed::role(
+                if single_bool(&rows, "pg_is_in_recovery()")? {
+                    ObservedRole::Replica
+                } else {
+                    ObservedRole::Primary
+                },
+            ))
         })
     }
 }

@@ -8,7 +8,7 @@
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{BoxFuture, HealthCheck, ObservedRole, ProbeError};
+use super::{BoxFuture, HealthCheck, ObservedRole, ProbeError, Probed};
 use crate::config::{ServiceConfig, UpstreamConfig};
 
 /// Deepest array nesting accepted (`ROLE` on a primary needs 3).
@@ -290,7 +290,7 @@ impl HealthCheck for RedisCheck {
         &'a self,
         service: &'a ServiceConfig,
         upstream: &'a UpstreamConfig,
-    ) -> BoxFuture<'a, Result<Option<ObservedRole>, ProbeError>> {
+    ) -> BoxFuture<'a, Result<Probed, ProbeError>> {
         Box::pin(async move {
             let mut conn = Conn::open(service, upstream).await?;
             match conn.request(&["PING"]).await? {
@@ -298,7 +298,7 @@ impl HealthCheck for RedisCheck {
                 other => return Err(proto(format!("PING: expected +PONG, got {other:?}"))),
             }
             let role = role_of(&conn.request(&["ROLE"]).await?)?;
-            Ok(Some(role))
+            Ok(Probed::role(role))
         })
     }
 }

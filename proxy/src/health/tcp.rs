@@ -1,6 +1,6 @@
 //! `tcp` (and fallback) probe: a connect within the timeout.
 
-use super::{BoxFuture, HealthCheck, ObservedRole, ProbeError};
+use super::{BoxFuture, HealthCheck, ProbeError, Probed};
 use crate::config::{ServiceConfig, UpstreamConfig};
 
 pub struct TcpCheck;
@@ -10,10 +10,10 @@ impl HealthCheck for TcpCheck {
         &'a self,
         service: &'a ServiceConfig,
         upstream: &'a UpstreamConfig,
-    ) -> BoxFuture<'a, Result<Option<ObservedRole>, ProbeError>> {
+    ) -> BoxFuture<'a, Result<Probed, ProbeError>> {
         Box::pin(async move {
             super::connect(service, upstream).await?;
-            Ok(None)
+            Ok(Probed::up())
         })
     }
 }

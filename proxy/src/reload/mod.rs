@@ -43,9 +43,16 @@ pub(crate) type Bound = (std::net::TcpListener, tokio::net::TcpListener);
 
 /// Binds `svc`'s listener if it is an L4-proxied service with `listen`.
 pub(crate) async fn bind(svc: &ServiceConfig) -> Result<Option<(Bound, SocketAddr)>, ProxyError> {
-    let (Some(addr), true) = (svc.listen, svc.kind.is_l4_proxied()) else {
+    let proxied = svc.kind.is_l4_proxied() || svc.kind.is_http_proxied();
+    let (Some(addr), true) = (svc.listen, proxied) else {
         return Ok(None);
     };
+    if svc.kind.is_http_proxied() {
+        crate::gateway::check(svc).map_err(|message| ProxyError::Config {
+            service: svc.name.clone(),
+            message,
+        })?;
+    }
     let err = |source: std::io::Error| ProxyError::Bind {
         service: svc.name.clone(),
         addr,
@@ -77,6 +84,23 @@ pub(crate) fn spawn_service(engine: &Engine, svc: Arc<ServiceRt>, bound: Option<
         )));
     }
     let listener = bound.map(|(std, accept)| {
+        if svc.cfg.kind.is_http_proxied() {
+            drop(accept);
+            let started = crate::gateway::start(crate::gateway::GatewayParams {
+                svc: svc.clone(),
+                listener: &std,
+                stop: stop.subscribe(),
+                queue: engine.inner.queue.clone(),
+                access_log: true,
+            });
+            match started {
+                Ok(t) => tasks.extend(t),
+                Err(e) => {
+                    tracing::error!(service = svc.name(), error = %e, "HTTP gateway not started")
+                }
+            }
+            return std;
+        }
         tasks.push(tokio::spawn(listener::accept_loop(
             svc.clone(),
             accept,

@@ -306,7 +306,8 @@ impl ServiceRt {
                 h.last_error = outcome.error.clone();
             } else {
                 h.observed = outcome.role;
-                h.slow = outcome.latency > self.cfg.health.latency_threshold;
+                h.slow = outcome.latency > self.cfg.health.latency_threshold
+                    || outcome.degraded.is_some();
                 // `diverged` is cleared only by `resync::verify`: a replica
                 // of the current active upstream that has caught up.
             }

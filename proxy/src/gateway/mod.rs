@@ -1,0 +1,193 @@
+//! The HTTP gateway for `kind = "http"` services (federal and vendor APIs),
+//! built on pingora's `ProxyHttp` and run on the engine's own tokio runtime:
+//! each service is a pingora listening service started with
+//! `start_service()` on a socket the engine bound (so a bind failure is
+//! reported at start, exit 64, like every other listener).
+//!
+//! - `proxy.rs`: the request path (failover, retries, hold/queue/fail).
+//! - `queue.rs`: the durable store-and-forward queue under `data_dir`.
+//! - `deliver.rs`: delivers queued requests in order once an upstream is back.
+//! - `peers.rs`: upstream addresses and TLS (CA, SNI, mTLS).
+//! - `access.rs`: the access log and request metrics.
+
+pub mod access;
+mod deliver;
+pub mod peers;
+pub mod proxy;
+pub mod queue;
+
+use std::os::fd::IntoRawFd;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use pingora::listeners::tls::TlsSettings;
+use pingora::server::configuration::ServerConf;
+use pingora::server::Fds;
+use pingora::services::Service as _;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+use crate::metrics::HttpMetrics;
+use crate::upstream::runtime::ServiceRt;
+use peers::PeerTemplate;
+use queue::QueueStore;
+
+/// What every request of one gateway shares.
+pub struct Shared {
+    pub service: String,
+    pub peers: Vec<PeerTemplate>,
+    /// Per upstream: no request before this instant (a 429's Retry-After).
+    pub quota: Vec<Mutex<Option<Instant>>>,
+    pub queue: Option<QueueStore>,
+    /// Wakes the delivery task (a request was queued).
+    pub wake: Arc<Notify>,
+    pub metrics: HttpMetrics,
+    pub shutdown: watch::Receiver<bool>,
+    pub tls_listener: bool,
+    /// One `continuity::access` line per request.
+    pub access_log: bool,
+}
+
+impl Shared {
+    pub fn update_queue_metrics(&self) {
+        let Some(q) = &self.queue else {
+            return;
+        };
+        let depth = q.depth(&self.service);
+        let age = q.oldest_age(&self.service).map_or(0.0, |d| d.as_secs_f64());
+        self.metrics
+            .queue_depth
+            .with_label_values(&[&self.service])
+            .set(depth as i64);
+        self.metrics
+            .queue_oldest
+            .with_label_values(&[&self.service])
+            .set(age);
+    }
+}
+
+/// Checks what [`start`] would load (URLs, certificates, keys), so that a
+/// bad file stops the engine at start instead of one service later.
+pub fn check(svc: &crate::config::ServiceConfig) -> Result<(), String> {
+    for u in &svc.upstreams {
+        PeerTemplate::new(svc, u)?;
+    }
+    if let (Some(c), Some(k)) = (&svc.http.tls_cert, &svc.http.tls_key) {
+        server_tls(c, k)?;
+    }
+    Ok(())
+}
+
+/// Everything the engine hands a gateway.
+pub struct GatewayParams<'a> {
+    pub svc: Arc<ServiceRt>,
+    pub listener: &'a std::net::TcpListener,
+    pub stop: watch::Receiver<bool>,
+    pub queue: Option<QueueStore>,
+    pub access_log: bool,
+}
+
+/// Starts `svc`'s gateway (and its queue delivery task) on the current
+/// runtime. Errors name the bad setting (a certificate file, an URL).
+pub fn start(p: GatewayParams<'_>) -> Result<Vec<JoinHandle<()>>, String> {
+    // One process-wide crypto provider (NOTES: ring only).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let svc = p.svc;
+    let peers = svc
+        .upstreams
+        .iter()
+        .map(|u| PeerTemplate::new(&svc.cfg, &u.cfg))
+        .collect::<Result<Vec<_>, _>>()?;
+    let tls = match (&svc.cfg.http.tls_cert, &svc.cfg.http.tls_key) {
+        (Some(c), Some(k)) => Some(server_tls(c, k)?),
+        _ => None,
+    };
+    let shared = Arc::new(Shared {
+        service: svc.name().to_string(),
+        quota: peers.iter().map(|_| Mutex::new(None)).collect(),
+        peers,
+        queue: p.queue,
+        wake: Arc::new(Notify::new()),
+        metrics: svc.metrics.http.clone(),
+        shutdown: p.stop.clone(),
+        tls_listener: tls.is_some(),
+        access_log: p.access_log,
+    });
+    shared.update_queue_metrics();
+    let conf = Arc::new(ServerConf {
+        max_retries: proxy::MAX_ATTEMPTS as usize,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    });
+    let gateway = proxy::Gateway {
+        svc: svc.clone(),
+        shared: shared.clone(),
+    };
+    let mut service = pingora::proxy::http_proxy_service_with_name(
+        &conf,
+        gateway,
+        &format!("continuity-http-{}", svc.name()),
+    );
+    if let Some(app) = service.app_logic_mut() {
+        // HTTP/2 in clear text too (prior knowledge); with TLS, ALPN.
+        let mut opts = pingora::apps::HttpServerOptions::default();
+        opts.h2c = true;
+        app.server_options = Some(opts);
+    }
+    let local = p
+        .listener
+        .local_addr()
+        .map_err(|e| format!("listener: {e}"))?;
+    let addr = local.to_string();
+    match tls {
+        Some(resolver) => service.add_tls_with_settings(&addr, None, tls_settings(resolver)?),
+        None => service.add_tcp(&addr),
+    }
+    let fd = p
+        .listener
+        .try_clone()
+        .map_err(|e| format!("listener: {e}"))?
+        .into_raw_fd();
+    let mut fds = Fds::new();
+    fds.add(addr, fd);
+    let fds = Arc::new(parking_lot::Mutex::new(fds));
+    let stop = p.stop;
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(async move {
+        service.start_service(Some(fds), stop, 1).await;
+    }));
+    if shared.queue.is_some() {
+        tasks.push(tokio::spawn(deliver::run(svc, shared)));
+    }
+    Ok(tasks)
+}
+
+/// The HTTPS listener's certificate, parsed and checked against its key
+/// here (pingora's own loader panics on a bad file).
+fn server_tls(cert: &Path, key: &Path) -> Result<Arc<SingleCertAndKey>, String> {
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("tls_cert {}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("tls_cert {}: no certificate found", cert.display()));
+    }
+    let key_der =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("tls_key {}: {e}", key.display()))?;
+    let provider = rustls::crypto::ring::default_provider();
+    let certified = CertifiedKey::from_der(certs, key_der, &provider)
+        .map_err(|e| format!("tls_cert/tls_key: {e}"))?;
+    Ok(Arc::new(SingleCertAndKey::from(certified)))
+}
+
+/// pingora TLS settings serving `resolver`'s certificate, h2 and http/1.1.
+fn tls_settings(resolver: Arc<SingleCertAndKey>) -> Result<TlsSettings, String> {
+    let mut settings = TlsSettings::intermediate("", "").map_err(|e| format!("tls: {e}"))?;
+    settings.set_cert_resolver(resolver);
+    settings.enable_h2();
+    Ok(settings)
+}
