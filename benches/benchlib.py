@@ -18,6 +18,9 @@ Subcommands:
   machine                             print machine/version facts (JSON)
   report-load DIR                     markdown tables from DIR/runs.jsonl (load.sh)
   report-failover DIR                 markdown tables from DIR/failover.jsonl (failover.sh)
+  http-wait URL [TIMEOUT_S] [LEN]     wait until GET URL answers 200 (with a LEN-byte body)
+  report-http DIR [SUMMARY.json]      markdown tables from DIR/runs.jsonl (http_load.sh),
+                                      and the medians as JSON
 """
 import json
 import os
@@ -106,6 +109,36 @@ def parse_pgbench(text):
     return res
 
 
+_WRK_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0, "h": 3600000.0}
+
+
+def _wrk_ms(v):
+    m = re.match(r"([\d.]+)(us|ms|s|m|h)$", v)
+    return float(m.group(1)) * _WRK_UNITS[m.group(2)] if m else None
+
+
+def parse_wrk(text):
+    """wrk --latency output -> {rps, requests, avg_ms, max_ms, p50_ms.., non2xx, socket_errors}"""
+    res = {}
+    m = re.search(r"^Requests/sec:\s+([\d.]+)", text, re.M)
+    if m: res["rps"] = float(m.group(1))
+    m = re.search(r"^\s*(\d+) requests in ([\d.]+)(us|ms|s|m)", text, re.M)
+    if m:
+        res["requests"] = int(m.group(1))
+        res["duration_s"] = round(_wrk_ms(m.group(2) + m.group(3)) / 1000.0, 3)
+    m = re.search(r"^\s*Latency\s+(\S+)\s+(\S+)\s+(\S+)\s+", text, re.M)
+    if m:
+        res["avg_ms"], res["stdev_ms"], res["max_ms"] = (_wrk_ms(x) for x in m.groups())
+    for pct, v in re.findall(r"^\s+(50|75|90|99)%\s+(\S+)", text, re.M):
+        res[f"p{pct}_ms"] = _wrk_ms(v)
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    res["non2xx"] = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    res["socket_errors"] = dict(zip(("connect", "read", "write", "timeout"), (int(x) for x in m.groups()))) \
+        if m else {}
+    return res
+
+
 # --------------------------------------------------------------------------- run
 def cmd_run(argv):
     import argparse
@@ -158,6 +191,9 @@ def cmd_run(argv):
     elif "pgbench" in name:
         rec["pgbench"] = parse_pgbench(text)
         rec["ops"] = rec["pgbench"].get("txns", 0)
+    elif name == "wrk":
+        rec["wrk"] = parse_wrk(text)
+        rec["ops"] = rec["wrk"].get("requests", 0)
     if rec.get("proxy_cpu_s") is not None and rec.get("ops"):
         rec["proxy_cpu_us_per_op"] = round(rec["proxy_cpu_s"] * 1e6 / rec["ops"], 2)
     with open(a.out_json, "a") as f:
@@ -297,6 +333,29 @@ def ctl_wait_healthy(url, service, timeout):
             last = repr(e)
         time.sleep(0.1)
     print(f"{service} not healthy after {timeout}s: {last}", file=sys.stderr)
+    return 1
+
+
+def http_wait(url, timeout, length=None):
+    """Until GET URL answers 200 (with a body of LENGTH bytes); prints the last failure."""
+    end = time.time() + timeout
+    last = None
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                body = r.read()
+                if r.status == 200 and (length is None or len(body) == length):
+                    return 0
+                last = f"HTTP {r.status}, {len(body)}-byte body"
+        except urllib.error.HTTPError as e:
+            last = f"HTTP {e.code}: {e.read()[:200]!r}"
+        except Exception as e:  # noqa: BLE001 - any failure means "not yet"
+            last = repr(e)
+        if time.time() >= end:
+            break
+        time.sleep(0.2)
+    print(f"GET {url}: no 200{f' with {length} bytes' if length else ''} after {timeout}s; last: {last}",
+          file=sys.stderr)
     return 1
 
 
@@ -564,6 +623,174 @@ def report_failover(d):
     return "\n".join(out)
 
 
+# --------------------------------------------------------------------------- http_load.sh
+HTTP_TARGETS = ("direct", "continuity", "haproxy")
+HTTP_METRICS = [  # (label, key in rec["wrk"] or a function, ratio?)
+    ("req/s", "rps", True),
+    ("p50 ms", "p50_ms", True),
+    ("p90 ms", "p90_ms", True),
+    ("p99 ms", "p99_ms", True),
+    ("avg ms", "avg_ms", True),
+    ("max ms", "max_ms", True),
+    ("proxy CPU us/req", lambda r: r.get("proxy_cpu_us_per_op"), True),
+    ("non-2xx/3xx", lambda r: r.get("wrk", {}).get("non2xx"), False),
+    ("socket errors", lambda r: sum((r.get("wrk", {}).get("socket_errors") or {}).values()), False),
+    ("machine busy %", lambda r: r.get("machine_busy_pct"), False),
+    ("foreign CPU %", lambda r: r.get("foreign_cpu_pct"), False),
+    ("loadavg(1m) before", lambda r: (r.get("loadavg_before") or [None])[0], False),
+]
+
+
+_ERR_ROWS = ("non-2xx/3xx", "socket errors")  # counted over every run, failed ones included
+
+
+def http_failed(r):
+    """A run that does not count: wrk failed, served nothing, got an error status, or had
+    socket errors on more than 0.1% of its requests."""
+    w = r.get("wrk") or {}
+    n = w.get("requests") or 0
+    errs = sum((w.get("socket_errors") or {}).values())
+    return r.get("exit") != 0 or not w.get("rps") or n == 0 or (w.get("non2xx") or 0) > 0 or errs > n / 1000
+
+
+def _http_val(rec, key):
+    return key(rec) if callable(key) else rec.get("wrk", {}).get(key)
+
+
+def summary_http(d):
+    """Medians [min, max] per (mode, target, metric), ratios, and the issue's targets."""
+    allrecs = [json.loads(l) for l in open(os.path.join(d, "runs.jsonl")) if l.strip()]
+    recs = [r for r in allrecs if not r.get("superseded")]
+    params = {}
+    pp = os.path.join(d, "params.json")
+    if os.path.exists(pp):
+        params = json.load(open(pp))
+    out = {"params": params, "modes": {}, "superseded_runs": len(allrecs) - len(recs),
+           "failed_runs": sum(1 for r in recs if http_failed(r))}
+    mp = os.path.join(d, "machine.json")
+    if os.path.exists(mp):
+        out["machine"] = json.load(open(mp))
+    modes = []
+    for r in recs:
+        if r["mode"] not in modes:
+            modes.append(r["mode"])
+    for mode in modes:
+        rs = [r for r in recs if r["mode"] == mode]
+        targets = [t for t in HTTP_TARGETS if any(r["target"] == t for r in rs)]
+        m = {"cmd": next((r["cmd"] for r in rs), None), "targets": {}, "ratios": {}, "issue_targets": {}}
+        vals = {}
+        for t in targets:
+            tr = [r for r in rs if r["target"] == t]
+            m["targets"][t] = {"runs": len(tr), "failed_runs": sum(1 for r in tr if http_failed(r))}
+            for label, key, _ in HTTP_METRICS:
+                xs = [x for x in (_http_val(r, key) for r in tr if label in _ERR_ROWS or not http_failed(r))
+                      if x is not None]
+                vals[(t, label)] = xs
+                md, lo, hi = med(xs)
+                m["targets"][t][label] = None if md is None else {"median": md, "min": lo, "max": hi, "n": len(xs)}
+        for a, b, lbl in (("continuity", "direct", "C/D"), ("haproxy", "direct", "H/D"),
+                          ("continuity", "haproxy", "C/H")):
+            if a in targets and b in targets:
+                m["ratios"][lbl] = {}
+                for label, _, has_ratio in HTTP_METRICS:
+                    if has_ratio:
+                        ma, mb = med(vals[(a, label)])[0], med(vals[(b, label)])[0]
+                        m["ratios"][lbl][label] = round(ma / mb, 3) if ma is not None and mb else None
+        if "continuity" in targets and "haproxy" in targets:
+            c_rps, h_rps = med(vals[("continuity", "req/s")])[0], med(vals[("haproxy", "req/s")])[0]
+            c_p99, h_p99 = med(vals[("continuity", "p99 ms")])[0], med(vals[("haproxy", "p99 ms")])[0]
+            m["issue_targets"] = {
+                "rps_at_least_haproxy": None if c_rps is None or h_rps is None else c_rps >= h_rps,
+                "p99_no_worse_than_haproxy": None if c_p99 is None or h_p99 is None else c_p99 <= h_p99,
+            }
+        out["modes"][mode] = m
+    return out, recs, allrecs
+
+
+def report_http(d, summary_path=None):
+    summ, recs, allrecs = summary_http(d)
+    if summary_path:
+        with open(summary_path, "w") as f:
+            json.dump(summ, f, indent=1)
+    out = []
+    mc = summ.get("machine") or {}
+    if mc:
+        out.append(f"Machine: {mc.get('cpu')}, nproc {mc.get('nproc')}, kernel {mc.get('kernel')}, {mc.get('os')}; "
+                   f"{mc.get('haproxy')}; {mc.get('nginx', '')}; {mc.get('wrk', '')}; "
+                   f"started {mc.get('date_utc')}, loadavg at start {mc.get('loadavg')}.\n")
+        if mc.get("continuity_bin"):
+            out.append(f"continuity: {mc.get('continuity_version')}, binary built {mc.get('continuity_bin_mtime')} "
+                       f"(sha256 {mc.get('continuity_sha256', '?')}...), "
+                       f"git HEAD {mc.get('git_head')} ({mc.get('git_dirty_files')} uncommitted files).\n")
+    pr = summ.get("params") or {}
+    if pr:
+        out.append("Setup: " + ", ".join(f"{k} {v}" for k, v in pr.items() if not isinstance(v, (dict, list))) + ".\n")
+    for mode, m in summ["modes"].items():
+        rs = [r for r in recs if r["mode"] == mode]
+        targets = list(m["targets"])
+        out.append(f"### {mode}: `{m['cmd']}`\n")
+        sup = sum(1 for r in allrecs if r["mode"] == mode and r.get("superseded"))
+        bad = sum(v["failed_runs"] for v in m["targets"].values())
+        out.append("Runs per target: " + ", ".join(f"{t} {m['targets'][t]['runs']}" for t in targets)
+                   + (f" (plus {sup} noisy run(s) repeated and left out)" if sup else "")
+                   + (f"; **{bad} failed run(s) (exit != 0, no requests, or errors), left out of the medians**"
+                      if bad else "") + ".\n")
+        ratios = list(m["ratios"])
+        out.append("| metric | " + " | ".join(targets) + " |" + "".join(f" {l} |" for l in ratios))
+        out.append("|---" * (1 + len(targets) + len(ratios)) + "|")
+        for label, key, has_ratio in HTTP_METRICS:
+            nd = (0 if label.startswith(("non-2xx", "socket", "req/s")) else
+                  2 if label.startswith("loadavg") else 1 if label.endswith("%") else None)
+            row = f"| {label} | " + " | ".join(
+                cell([_http_val(r, key) for r in rs
+                      if r["target"] == t and (label in _ERR_ROWS or not http_failed(r))], nd)
+                for t in targets) + " |"
+            if has_ratio:
+                row += "".join(f" {fmt(m['ratios'][l].get(label), 3)} |" for l in ratios)
+            else:
+                row += " |" * len(ratios)
+            out.append(row)
+        out.append("")
+        it = m.get("issue_targets") or {}
+        if it:
+            yn = {True: "**met**", False: "**NOT met**", None: "-"}
+            out.append(f"Issue targets: continuity req/s >= HAProxy's: {yn[it['rps_at_least_haproxy']]} "
+                       f"(C/H {fmt(m['ratios']['C/H'].get('req/s'), 3)}); continuity p99 <= HAProxy's: "
+                       f"{yn[it['p99_no_worse_than_haproxy']]} (C/H {fmt(m['ratios']['C/H'].get('p99 ms'), 3)}).\n")
+        line = []
+        for r in sorted(rs, key=lambda r: (r["round"], HTTP_TARGETS.index(r["target"]))):
+            w = r.get("wrk", {})
+            line.append(f"r{r['round']} {r['target']}: {fmt(w.get('rps'), 0)} req/s p99 {fmt(w.get('p99_ms'))} ms"
+                        + (" FAILED" if http_failed(r) else "") + f" (foreign {r.get('foreign_cpu_pct')}%)")
+        out.append("All runs: " + "; ".join(line) + "\n")
+    rd = os.path.join(d, "rss")
+    if os.path.isdir(rd) and os.listdir(rd):
+        out.append("### Resident memory (VmRSS, kB)\n")
+        out.append("| process | after start, idle | after load, idle | peak (VmHWM) |")
+        out.append("|---|---|---|---|")
+        rss_v = {}
+        for fn in sorted(os.listdir(rd)):
+            proc, _, phase = fn[:-5].partition("_")
+            try:
+                rss_v.setdefault(proc, {})[phase] = json.load(open(os.path.join(rd, fn)))
+            except ValueError:
+                pass
+        for proc, v in rss_v.items():
+            out.append(f"| {proc} | {v.get('idle_start', {}).get('VmRSS', '-')} | "
+                       f"{v.get('idle_end', {}).get('VmRSS', '-')} | {v.get('idle_end', {}).get('VmHWM', '-')} |")
+        out.append("")
+    fl = [r.get("foreign_cpu_pct") or 0 for r in recs]
+    if fl:
+        noisy = sum(1 for x in fl if x >= 5)
+        la = [(r.get("loadavg_before") or [0])[0] for r in recs]
+        out.append(f"Machine load during the runs: foreign CPU median {fmt(statistics.median(fl), 1)}% "
+                   f"(max {fmt(max(fl), 1)}%), {noisy}/{len(fl)} runs with foreign CPU >= 5%; "
+                   f"1-min loadavg before runs median {fmt(statistics.median(la), 2)} (max {fmt(max(la), 2)}).")
+        if noisy:
+            out.append("**Contaminated: other processes used the CPU during some runs; re-measure on a quiet machine.**")
+    return "\n".join(out)
+
+
 def main():
     if len(sys.argv) < 2:
         print(__doc__)
@@ -596,6 +823,10 @@ def main():
         print(report_load(args[0])); return 0
     if c == "report-failover":
         print(report_failover(args[0])); return 0
+    if c == "http-wait":
+        return http_wait(args[0], float(args[1]) if len(args) > 1 else 10, int(args[2]) if len(args) > 2 else None)
+    if c == "report-http":
+        print(report_http(args[0], args[1] if len(args) > 1 else None)); return 0
     print(__doc__)
     return 2
 

@@ -163,7 +163,9 @@ check_log() {
     n=$(sed 's/\x1b\[[0-9;]*m//g' "$f" | grep -cE 'panicked|^[^ ]+ +ERROR |\[ALERT\]' || true)
     if [[ $n -gt 0 ]]; then
         log "NOTE: $label log has $n panic/ERROR/ALERT line(s); first ones:"
-        sed 's/\x1b\[[0-9;]*m//g' "$f" | grep -E 'panicked|^[^ ]+ +ERROR |\[ALERT\]' | head -5 | cut -c1-300 >&2
+        # `|| true`: head closes the pipe early, and under pipefail the
+        # writers' SIGPIPE must not end the calling script.
+        { sed 's/\x1b\[[0-9;]*m//g' "$f" | grep -E 'panicked|^[^ ]+ +ERROR |\[ALERT\]' | head -5 | cut -c1-300 >&2; } || true
     fi
     return 0
 }
@@ -182,4 +184,21 @@ wait_quiet() {
         ((tot > 0 && busy * 100 / tot < 15)) && return 0
     done
     log "machine still busy after ${max}s (loadavg $(cat /proc/loadavg)); running anyway"
+}
+
+# For the throughput scripts (load.sh, http_load.sh), which set CONT_PID,
+# HAP_PID, DAEMONS (other processes to account, "name=pid,..."), OUT and BL
+# (the benchlib.py command): the PID of a target, every process to measure,
+# and an RSS snapshot of both proxies under $OUT/rss.
+pid_of() { case $1 in continuity) echo "$CONT_PID" ;; haproxy) echo "$HAP_PID" ;; *) echo 0 ;; esac; }
+all_daemons() {
+    local d=$DAEMONS
+    [[ -n $CONT_PID ]] && d+=",continuity=$CONT_PID"
+    [[ -n $HAP_PID ]] && d+=",haproxy=$HAP_PID"
+    echo "$d"
+}
+snap_rss() { # PHASE
+    [[ -n $CONT_PID ]] && "${BL[@]}" rss "$CONT_PID" >"$OUT/rss/continuity_$1.json"
+    [[ -n $HAP_PID ]] && "${BL[@]}" rss "$HAP_PID" >"$OUT/rss/haproxy_$1.json"
+    return 0
 }

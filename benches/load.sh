@@ -139,18 +139,6 @@ port_of() { # TARGET KIND -> port
         haproxy:redis) echo "$H_R" ;; haproxy:pg) echo "$H_PG" ;;
     esac
 }
-pid_of() { case $1 in continuity) echo "$CONT_PID" ;; haproxy) echo "$HAP_PID" ;; *) echo 0 ;; esac; }
-all_daemons() {
-    local d=$DAEMONS
-    [[ -n $CONT_PID ]] && d+=",continuity=$CONT_PID"
-    [[ -n $HAP_PID ]] && d+=",haproxy=$HAP_PID"
-    echo "$d"
-}
-snap_rss() { # PHASE
-    [[ -n $CONT_PID ]] && "${BL[@]}" rss "$CONT_PID" >"$OUT/rss/continuity_$1.json"
-    [[ -n $HAP_PID ]] && "${BL[@]}" rss "$HAP_PID" >"$OUT/rss/haproxy_$1.json"
-    return 0
-}
 
 # ---- idle RSS after start ---------------------------------------------------------
 sleep 3

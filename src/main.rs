@@ -13,6 +13,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// glibc's malloc took ~10 % of the HTTP gateway's CPU under load, much of
+/// it arena lock contention between the runtime's threads (perf, BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let code = match cli.cmd {
@@ -40,20 +45,28 @@ fn main() -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
-fn init_logging(format: cli::LogFormat) {
+/// Logs go to stderr through a writer thread, so that a request path (the
+/// HTTP access log writes one line per request) never waits on the
+/// terminal or pipe. Not lossy: when the buffer is full, loggers wait rather
+/// than drop lines. The guard flushes what is buffered when it is dropped.
+fn init_logging(format: cli::LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         cli::LogFormat::Json => builder.json().init(),
         cli::LogFormat::Text => builder.init(),
     }
+    guard
 }
 
 fn run_engine(cfg: config::Config, log_format: cli::LogFormat) -> i32 {
-    init_logging(log_format);
+    let _log_guard = init_logging(log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("continuity")

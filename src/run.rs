@@ -66,7 +66,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let (engine, events) = Engine::start_subscribed(config.engine.clone(), &registry)
         .await
         .map_err(|e| match e {
-            ProxyError::Bind { .. } => RunError::Bind(e.to_string()),
+            ProxyError::Bind { .. } | ProxyError::Config { .. } => RunError::Bind(e.to_string()),
             other => RunError::Other(other.into()),
         })?;
     let bridge_events = events.resubscribe();

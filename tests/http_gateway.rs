@@ -462,3 +462,53 @@ fn tls_to_the_upstream_with_mtls_and_an_https_h2_listener() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn only_requests_that_are_safe_to_repeat_are_retried() {
+    let upstream = HttpUpstream::start("rms-a", None, None, false);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let engine = Continuity::builder()
+        // A high threshold: the 503s below must not take the upstream down.
+        .health("check_interval_seconds = 0.2\nfailure_threshold = 50\ntimeout_ms = 500")
+        .service(&format!(
+            "name = \"rms\"\nkind = \"http\"\nlisten = \"{listen}\"\nhealth_path = \"/health\"\n{}",
+            upstreams(&[("rms-a", &upstream.url(), "primary")])
+        ))
+        .start();
+    eventually("healthy", Duration::from_secs(10), || {
+        service_status(&engine, "rms") == "healthy"
+    });
+    let sent = |path: &str| {
+        upstream
+            .records()
+            .iter()
+            .filter(|r| r["path"] == path)
+            .count()
+    };
+    // A POST reached the upstream and got 503: passed on, never replayed.
+    let r = http_client::request(&listen, "POST", "/status/503?p=post", &[], "{}").expect("POST");
+    assert_eq!(r.status, 503);
+    assert_eq!(sent("/status/503?p=post"), 1);
+    // The same POST with an Idempotency-Key, and a PUT, are retried (4 attempts).
+    let r = http_client::request(
+        &listen,
+        "POST",
+        "/status/503?p=key",
+        &[("Idempotency-Key", "k-1")],
+        "{}",
+    )
+    .expect("POST with key");
+    assert_eq!(r.status, 503);
+    assert_eq!(sent("/status/503?p=key"), 4);
+    let r = http_client::request(&listen, "PUT", "/status/503?p=put", &[], "{}").expect("PUT");
+    assert_eq!(r.status, 503);
+    assert_eq!(sent("/status/503?p=put"), 4);
+    let m = engine.metrics();
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("continuity_http_retries_total{")
+                && l.contains("reason=\"http_5xx\"")
+                && !l.ends_with(" 0")),
+        "no retry counted"
+    );
+}

@@ -284,6 +284,11 @@ async fn respond(
     headers: &[(&str, String)],
     body: &serde_json::Value,
 ) {
+    // An answer given before the request body was read: the unread body
+    // would be taken for the next request, so this connection ends here.
+    if !session.as_mut().is_body_done() {
+        session.set_keepalive(None);
+    }
     let text = Bytes::from(body.to_string());
     let Ok(mut resp) = ResponseHeader::build(status, Some(4)) else {
         return;
