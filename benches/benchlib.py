@@ -624,7 +624,7 @@ def report_failover(d):
 
 
 # --------------------------------------------------------------------------- http_load.sh
-HTTP_TARGETS = ("direct", "continuity", "haproxy")
+HTTP_TARGETS = ("direct", "continuity", "haproxy", "pingora")
 HTTP_METRICS = [  # (label, key in rec["wrk"] or a function, ratio?)
     ("req/s", "rps", True),
     ("p50 ms", "p50_ms", True),

@@ -2,7 +2,7 @@
 # HTTP throughput/latency of continuity's gateway vs HAProxy (mode http) vs direct, with wrk.
 #
 #   benches/http_load.sh [--rounds N] [--duration S] [--modes keepalive,close]
-#                        [--targets direct,continuity,haproxy] [--skip-continuity]
+#                        [--targets direct,continuity,haproxy[,pingora]] [--skip-continuity]
 #                        [--threads T] [--connections C] [--nginx-workers auto|N] [--with-backup]
 #                        [--no-warmup] [--wait-quiet S] [--max-foreign PCT] [--repeat-noisy N]
 #                        [--out DIR] [--results-dir DIR] [--keep] [--continuity-bin PATH]
@@ -74,7 +74,7 @@ done
 IFS=, read -r -a TARGET_LIST <<<"$TARGETS"
 IFS=, read -r -a MODE_LIST <<<"$MODES"
 has_target() { [[ ",$TARGETS," == *",$1,"* ]]; }
-for t in "${TARGET_LIST[@]}"; do [[ $t =~ ^(direct|continuity|haproxy)$ ]] || die "unknown target $t"; done
+for t in "${TARGET_LIST[@]}"; do [[ $t =~ ^(direct|continuity|haproxy|pingora)$ ]] || die "unknown target $t"; done
 for m in "${MODE_LIST[@]}"; do [[ $m =~ ^(keepalive|close)$ ]] || die "unknown mode $m"; done
 command -v "$WRK" >/dev/null || die "wrk not found (apt install wrk; scripts/install-deps)"
 [[ -x $NGINX ]] || die "nginx not found at $NGINX (apt install nginx-light; scripts/install-deps)"
@@ -104,7 +104,7 @@ EOF
 log "results: $OUT   (loadavg $(cat /proc/loadavg))"
 
 # ---- nginx ----------------------------------------------------------------------
-new_port NG; new_port NG2; new_port H_P; new_port C_P; new_port C_CTL
+new_port NG; new_port NG2; new_port H_P; new_port C_P; new_port C_CTL; new_port PG_P
 NGD="$WORK/nginx"
 mkdir -p "$NGD/www" "$NGD/tmp"
 head -c 1024 /dev/zero | tr '\0' 'x' >"$NGD/www/small-file"
@@ -206,7 +206,23 @@ $(cat "$WORK/continuity-check.log")"
     "${BL[@]}" ctl-wait-healthy "http://127.0.0.1:$C_CTL" web 15 || log "WARNING: continuity does not report web healthy"
 fi
 
-port_of() { case $1 in direct) echo "$NG" ;; continuity) echo "$C_P" ;; haproxy) echo "$H_P" ;; esac; }
+# --targets ...,pingora: the bare pingora proxy of examples/pingora_baseline.rs
+# (no filters, no logging, pingora's own Server), to tell pingora's cost from ours.
+PING_PID=""
+if has_target pingora; then
+    PING_BIN="$ROOT/target/release/examples/pingora_baseline"
+    if [[ ! -x $PING_BIN ]]; then
+        log "building examples/pingora_baseline (cargo build --release --example pingora_baseline)"
+        (cd "$ROOT" && cargo build --release --example pingora_baseline) >&2 || die "cannot build the pingora baseline"
+    fi
+    "$PING_BIN" "127.0.0.1:$PG_P" "127.0.0.1:$NG" >"$WORK/pingora.log" 2>&1 &
+    PING_PID=$!
+    STARTED_PIDS+=("$PING_PID")
+    "${BL[@]}" http-wait "http://127.0.0.1:$PG_P/small-file" 10 1024 || die "pingora baseline does not serve /small-file"
+    DAEMONS+=",pingora=$PING_PID"
+fi
+
+port_of() { case $1 in direct) echo "$NG" ;; continuity) echo "$C_P" ;; haproxy) echo "$H_P" ;; pingora) echo "$PG_P" ;; esac; }
 wrk_cmd() { # MODE PORT DURATION -> argv, one per line
     printf '%s\n' "$WRK" "-t$THREADS" "-c$CONNS" "-d${3}s" --latency
     [[ $1 == close ]] && printf '%s\n' -H 'Connection: close'

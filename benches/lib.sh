@@ -190,7 +190,7 @@ wait_quiet() {
 # HAP_PID, DAEMONS (other processes to account, "name=pid,..."), OUT and BL
 # (the benchlib.py command): the PID of a target, every process to measure,
 # and an RSS snapshot of both proxies under $OUT/rss.
-pid_of() { case $1 in continuity) echo "$CONT_PID" ;; haproxy) echo "$HAP_PID" ;; *) echo 0 ;; esac; }
+pid_of() { case $1 in continuity) echo "$CONT_PID" ;; haproxy) echo "$HAP_PID" ;; pingora) echo "${PING_PID:-0}" ;; *) echo 0 ;; esac; }
 all_daemons() {
     local d=$DAEMONS
     [[ -n $CONT_PID ]] && d+=",continuity=$CONT_PID"

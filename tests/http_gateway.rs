@@ -512,3 +512,40 @@ fn only_requests_that_are_safe_to_repeat_are_retried() {
         "no retry counted"
     );
 }
+
+#[test]
+fn sigterm_drains_in_flight_requests_and_a_reload_keeps_serving() {
+    let upstream = HttpUpstream::start("cad-a", None, None, false);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let body = format!(
+        "name = \"cad\"\nkind = \"http\"\nlisten = \"{listen}\"\nhealth_path = \"/health\"\n{}",
+        upstreams(&[("cad-a", &upstream.url(), "primary")])
+    );
+    let mut engine = Continuity::builder()
+        .health(HEALTH)
+        .top("drain_timeout_ms = 5000")
+        .service(&body)
+        .start();
+    eventually("healthy", Duration::from_secs(10), || {
+        service_status(&engine, "cad") == "healthy"
+    });
+    // Reload with a new route: the listener keeps serving throughout.
+    let text = std::fs::read_to_string(engine.config_path()).expect("config");
+    let text = text.replace(
+        "health_path = \"/health\"",
+        "health_path = \"/health\"\non_outage = \"fail\"",
+    );
+    std::fs::write(engine.config_path(), text).expect("write config");
+    let (status, report) = engine.post("/api/ops/config/reload", r#"{"reason":"add fail mode"}"#);
+    assert_eq!(status, 200, "{report}");
+    let r = http_client::get(&listen, "/after-reload").expect("GET after reload");
+    assert_eq!(r.status, 200, "{r:?}");
+    // A slow request in flight when SIGTERM arrives still gets its answer.
+    let l = listen.clone();
+    let slow = std::thread::spawn(move || http_client::get(&l, "/slow/1500"));
+    std::thread::sleep(Duration::from_millis(400));
+    let code = engine.terminate(Duration::from_secs(10));
+    let r = slow.join().expect("thread").expect("slow GET");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(code, Some(0), "{}", engine.log_text());
+}

@@ -38,6 +38,10 @@ pub async fn run(svc: Arc<ServiceRt>, shared: Arc<Shared>) {
     let mut stop = shared.shutdown.clone();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut failures: u32 = 0;
+    // Finished results older than their retention leave memory and disk
+    // when the log is compacted; do that hourly as well as at start.
+    let mut compact = tokio::time::interval(Duration::from_secs(3600));
+    compact.tick().await;
     loop {
         if *stop.borrow() {
             return;
@@ -81,6 +85,12 @@ pub async fn run(svc: Arc<ServiceRt>, shared: Arc<Shared>) {
             _ = shared.wake.notified() => {}
             r = changed.changed() => if r.is_err() { return; },
             _ = tick.tick() => {}
+            _ = compact.tick() => {
+                let q = queue.clone();
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || q.compact()).await {
+                    tracing::warn!(service = svc.name(), error = %e, "queue compaction failed");
+                }
+            }
             _ = stop.changed() => {}
         }
     }

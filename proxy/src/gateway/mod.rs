@@ -50,6 +50,9 @@ pub struct Shared {
     pub tls_listener: bool,
     /// One `continuity::access` line per request.
     pub access_log: bool,
+    /// The engine's count of open client connections and in-flight HTTP
+    /// requests: a SIGTERM drain waits for it to reach 0.
+    pub open: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Shared {
@@ -89,6 +92,7 @@ pub struct GatewayParams<'a> {
     pub stop: watch::Receiver<bool>,
     pub queue: Option<QueueStore>,
     pub access_log: bool,
+    pub open: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Starts `svc`'s gateway (and its queue delivery task) on the current
@@ -116,6 +120,7 @@ pub fn start(p: GatewayParams<'_>) -> Result<Vec<JoinHandle<()>>, String> {
         shutdown: p.stop.clone(),
         tls_listener: tls.is_some(),
         access_log: p.access_log,
+        open: p.open,
     });
     shared.update_queue_metrics();
     let conf = Arc::new(ServerConf {

@@ -57,7 +57,24 @@ enum Evidence {
     Failed(FailureKind, String),
 }
 
+/// One in-flight request in the engine's open count, for the drain.
+struct InFlight(Arc<std::sync::atomic::AtomicU64>);
+
+impl InFlight {
+    fn new(open: &Arc<std::sync::atomic::AtomicU64>) -> InFlight {
+        open.fetch_add(1, Ordering::SeqCst);
+        InFlight(open.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 pub struct Ctx {
+    _in_flight: InFlight,
     start: Instant,
     route: String,
     outage: OnOutage,
@@ -356,6 +373,7 @@ impl ProxyHttp for Gateway {
 
     fn new_ctx(&self) -> Ctx {
         Ctx {
+            _in_flight: InFlight::new(&self.shared.open),
             start: Instant::now(),
             route: "/".to_string(),
             outage: self.svc.cfg.http.on_outage,

@@ -92,6 +92,7 @@ pub(crate) fn spawn_service(engine: &Engine, svc: Arc<ServiceRt>, bound: Option<
                 stop: stop.subscribe(),
                 queue: engine.inner.queue.clone(),
                 access_log: true,
+                open: engine.inner.open_connections.clone(),
             });
             match started {
                 Ok(t) => tasks.extend(t),
