@@ -13,11 +13,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// glibc's malloc took ~10 % of the HTTP gateway's CPU under load, much of
-/// it arena lock contention between the runtime's threads (perf, BENCHMARKS.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let code = match cli.cmd {
@@ -52,7 +47,9 @@ fn main() -> ExitCode {
 fn init_logging(format: cli::LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // 16k lines in flight at most (the default 128k costs ~4 MB resident).
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(16 * 1024)
         .lossy(false)
         .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
