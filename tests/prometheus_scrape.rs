@@ -46,6 +46,8 @@ fn promtool_is_clean_and_prometheus_scrapes_service_up() {
         return;
     }
     let redis = RedisServer::start();
+    let api = support::http_upstream::HttpUpstream::start("api-a", None, None, false);
+    let api_listen = loopback(free_port());
     let listen = loopback(free_port());
     let engine = Continuity::builder()
         .control("metrics_public = true")
@@ -57,7 +59,20 @@ listen = "{listen}"
 upstreams = [ {{ name = "r", address = "{}", role = "primary" }} ]"#,
             redis.addr()
         ))
+        // The HTTP gateway's series go through promtool too.
+        .service(&format!(
+            "name = \"api\"\nkind = \"http\"\nlisten = \"{api_listen}\"\nhealth_path = \"/health\"\n\
+             upstreams = [ {{ name = \"api-a\", url = \"{}\", role = \"primary\" }} ]\n\
+             [[service.route]]\npath_prefix = \"/submissions\"\non_outage = \"queue\"",
+            api.url()
+        ))
         .start();
+    for path in ["/x", "/submissions/1", "/status/404"] {
+        let ok = wait_until(Duration::from_secs(10), || {
+            support::http_client::get(&api_listen, path).is_ok_and(|r| r.status < 500)
+        });
+        assert!(ok, "GET {path} through the gateway");
+    }
     // Traffic, so the inline histograms have samples.
     for _ in 0..20 {
         redis_cmd(&listen, &["PING"]).unwrap();
@@ -81,6 +96,10 @@ upstreams = [ {{ name = "r", address = "{}", role = "primary" }} ]"#,
         "continuity_held_connections",
         "continuity_audit_entries_total",
         "continuity_audit_chain_verified",
+        "continuity_http_requests_total",
+        "continuity_http_request_duration_seconds_bucket",
+        "continuity_http_queue_depth",
+        "continuity_http_queue_oldest_age_seconds",
     ] {
         assert!(text.contains(name), "{name} missing from /metrics");
     }

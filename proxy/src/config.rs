@@ -248,10 +248,17 @@ impl Default for HttpSettings {
 impl HttpSettings {
     /// The route whose prefix is the longest match of `path`, if any.
     pub fn route_for(&self, path: &str) -> Option<&RouteConfig> {
+        self.route_index(path).and_then(|i| self.routes.get(i))
+    }
+
+    /// The index in `routes` of the longest prefix matching `path`.
+    pub fn route_index(&self, path: &str) -> Option<usize> {
         self.routes
             .iter()
-            .filter(|r| path.starts_with(&r.path_prefix))
-            .max_by_key(|r| r.path_prefix.len())
+            .enumerate()
+            .filter(|(_, r)| path.starts_with(&r.path_prefix))
+            .max_by_key(|(_, r)| r.path_prefix.len())
+            .map(|(i, _)| i)
     }
 
     /// What to do with a request for `path` during an outage.

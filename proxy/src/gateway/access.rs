@@ -40,7 +40,8 @@ impl Outcome {
 }
 
 pub struct Line<'a> {
-    pub route: &'a str,
+    /// Index of the `[[service.route]]`, `None` for the service's own.
+    pub route: Option<usize>,
     pub status: u16,
     pub outcome: Outcome,
     pub upstream: Option<&'a str>,
@@ -105,19 +106,58 @@ fn class(status: u16) -> &'static str {
     }
 }
 
+/// Per route (the service's own last): the label, and the handles of the
+/// series nearly every request touches, resolved once.
+pub struct RouteMetrics {
+    pub label: String,
+    duration: prometheus::Histogram,
+    proxied_2xx: prometheus::IntCounter,
+}
+
+impl RouteMetrics {
+    pub fn for_service(
+        m: &crate::metrics::HttpMetrics,
+        service: &str,
+        prefixes: &[&str],
+    ) -> Vec<RouteMetrics> {
+        prefixes
+            .iter()
+            .copied()
+            .chain(std::iter::once("/"))
+            .map(|label| RouteMetrics {
+                label: label.to_string(),
+                duration: m.duration.with_label_values(&[service, label]),
+                proxied_2xx: m.requests.with_label_values(&[
+                    service,
+                    label,
+                    Outcome::Proxied.as_str(),
+                    "2xx",
+                ]),
+            })
+            .collect()
+    }
+}
+
 pub fn record(shared: &Shared, service: &str, session: &Session, line: &Line<'_>) {
-    let m = &shared.metrics;
-    m.requests
-        .with_label_values(&[
-            service,
-            line.route,
-            line.outcome.as_str(),
-            class(line.status),
-        ])
-        .inc();
-    m.duration
-        .with_label_values(&[service, line.route])
-        .observe(line.duration.as_secs_f64());
+    let Some(rm) = line
+        .route
+        .and_then(|i| shared.routes.get(i))
+        .or_else(|| shared.routes.last())
+    else {
+        return;
+    };
+    let route = rm.label.as_str();
+    let class = class(line.status);
+    if line.outcome == Outcome::Proxied && class == "2xx" {
+        rm.proxied_2xx.inc();
+    } else {
+        shared
+            .metrics
+            .requests
+            .with_label_values(&[service, route, line.outcome.as_str(), class])
+            .inc();
+    }
+    rm.duration.observe(line.duration.as_secs_f64());
     if !shared.access_log {
         return;
     }
@@ -133,7 +173,7 @@ pub fn record(shared: &Shared, service: &str, session: &Session, line: &Line<'_>
     tracing::info!(
         target: "continuity::access",
         service,
-        route = line.route,
+        route,
         client = %client,
         method = %req.method,
         path = %mask_path(&path),

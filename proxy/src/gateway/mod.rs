@@ -46,6 +46,8 @@ pub struct Shared {
     /// Wakes the delivery task (a request was queued).
     pub wake: Arc<Notify>,
     pub metrics: HttpMetrics,
+    /// Per `[[service.route]]`, then the service's own (`/`).
+    pub routes: Vec<access::RouteMetrics>,
     pub shutdown: watch::Receiver<bool>,
     pub tls_listener: bool,
     /// One `continuity::access` line per request.
@@ -117,6 +119,16 @@ pub fn start(p: GatewayParams<'_>) -> Result<Vec<JoinHandle<()>>, String> {
         queue: p.queue,
         wake: Arc::new(Notify::new()),
         metrics: svc.metrics.http.clone(),
+        routes: access::RouteMetrics::for_service(
+            &svc.metrics.http,
+            svc.name(),
+            &svc.cfg
+                .http
+                .routes
+                .iter()
+                .map(|r| r.path_prefix.as_str())
+                .collect::<Vec<_>>(),
+        ),
         shutdown: p.stop.clone(),
         tls_listener: tls.is_some(),
         access_log: p.access_log,

@@ -76,7 +76,8 @@ impl Drop for InFlight {
 pub struct Ctx {
     _in_flight: InFlight,
     start: Instant,
-    route: String,
+    /// Index of the matching `[[service.route]]`; `None`: the service's own.
+    route: Option<usize>,
     outage: OnOutage,
     /// Idempotent method, or an `Idempotency-Key` header.
     retry_safe: bool,
@@ -110,6 +111,10 @@ impl Gateway {
     /// failed this request and another usable one exists.
     fn choose(&self, ctx: &Ctx) -> Option<usize> {
         let route = self.svc.route.load();
+        // The common case, without collecting anything.
+        if ctx.failed.is_none() && self.svc.usable(&route, route.active) {
+            return Some(route.active);
+        }
         let usable: Vec<usize> = (0..self.svc.upstreams.len())
             .filter(|&i| self.svc.usable(&route, i))
             .collect();
@@ -375,7 +380,7 @@ impl ProxyHttp for Gateway {
         Ctx {
             _in_flight: InFlight::new(&self.shared.open),
             start: Instant::now(),
-            route: "/".to_string(),
+            route: None,
             outage: self.svc.cfg.http.on_outage,
             retry_safe: false,
             attempts: 0,
@@ -424,10 +429,9 @@ impl ProxyHttp for Gateway {
             too_large(session, max).await;
             return Ok(true);
         }
-        let path = req.uri.path().to_string();
         let http = &self.svc.cfg.http;
-        if let Some(r) = http.route_for(&path) {
-            ctx.route = r.path_prefix.clone();
+        ctx.route = http.route_index(req.uri.path());
+        if let Some(r) = ctx.route.and_then(|i| http.routes.get(i)) {
             ctx.outage = r.on_outage;
         }
         ctx.retry_safe = req.method.is_idempotent() || req.headers.contains_key("idempotency-key");
@@ -850,7 +854,7 @@ impl ProxyHttp for Gateway {
             self.svc.name(),
             session,
             &access::Line {
-                route: &ctx.route,
+                route: ctx.route,
                 status: ctx.status,
                 outcome: ctx.outcome,
                 upstream,
