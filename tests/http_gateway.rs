@@ -549,3 +549,38 @@ fn sigterm_drains_in_flight_requests_and_a_reload_keeps_serving() {
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(code, Some(0), "{}", engine.log_text());
 }
+
+#[test]
+fn with_manual_failover_traffic_never_goes_to_the_secondary_on_its_own() {
+    let mut primary = HttpUpstream::start("ncic-a", None, None, false);
+    let secondary = HttpUpstream::start("ncic-b", None, None, false);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let engine = Continuity::builder()
+        .health(HEALTH)
+        .service(&format!(
+            "name = \"ncic\"\nkind = \"http\"\nlisten = \"{listen}\"\nhealth_path = \"/health\"\n\
+             failover = \"manual\"\nbuffer_timeout_ms = 500\n{}",
+            upstreams(&[
+                ("ncic-a", &primary.url(), "primary"),
+                ("ncic-b", &secondary.url(), "secondary")
+            ])
+        ))
+        .start();
+    eventually("healthy", Duration::from_secs(10), || {
+        service_status(&engine, "ncic") == "healthy"
+    });
+    primary.kill();
+    let r = http_client::request(&listen, "PUT", "/records/1", &[], "{}").expect("PUT");
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(
+        secondary.records().is_empty(),
+        "sent to the secondary without a failover: {:?}",
+        secondary.records()
+    );
+    // The operator's trigger moves it.
+    let (status, body) = engine.post("/api/ops/failover/trigger/ncic", r#"{"reason":"drill"}"#);
+    assert_eq!(status, 200, "{body}");
+    let r = http_client::request(&listen, "PUT", "/records/2", &[], "{}").expect("PUT");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["server"], "ncic-b");
+}

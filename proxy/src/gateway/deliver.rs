@@ -48,10 +48,9 @@ pub async fn run(svc: Arc<ServiceRt>, shared: Arc<Shared>) {
         }
         shared.update_queue_metrics();
         let next = queue.pending(svc.name()).into_iter().next();
+        // Only the active upstream, as for live traffic.
         let route = svc.route.load_full();
-        let target = std::iter::once(route.active)
-            .chain(0..svc.upstreams.len())
-            .find(|&i| svc.usable(&route, i));
+        let target = svc.usable(&route, route.active).then_some(route.active);
         if let (Some(entry), Some(idx)) = (next, target) {
             let quota = shared.quota.get(idx).and_then(|q| *lock(q));
             let wait = quota.and_then(|u| u.checked_duration_since(Instant::now()));

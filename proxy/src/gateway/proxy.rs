@@ -102,40 +102,23 @@ pub struct Ctx {
 }
 
 impl Gateway {
+    /// The active upstream, when it may take a request now. As at L4,
+    /// traffic only ever goes to the route's active upstream: a failure
+    /// seen here is reported (`report`), and the failover state machine
+    /// decides whether to switch (`failover = "auto"`, hold-down, fencing,
+    /// promotion); a secondary is never used behind its back.
+    fn active(&self) -> Option<usize> {
+        let route = self.svc.route.load();
+        self.svc
+            .usable(&route, route.active)
+            .then_some(route.active)
+    }
+
     fn any_usable(&self) -> bool {
-        let route = self.svc.route.load();
-        (0..self.svc.upstreams.len()).any(|i| self.svc.usable(&route, i))
+        self.active().is_some()
     }
 
-    /// The upstream for the next attempt: the active one, unless it just
-    /// failed this request and another usable one exists.
-    fn choose(&self, ctx: &Ctx) -> Option<usize> {
-        let route = self.svc.route.load();
-        // The common case, without collecting anything.
-        if ctx.failed.is_none() && self.svc.usable(&route, route.active) {
-            return Some(route.active);
-        }
-        let usable: Vec<usize> = (0..self.svc.upstreams.len())
-            .filter(|&i| self.svc.usable(&route, i))
-            .collect();
-        let active_ok = usable.contains(&route.active);
-        match ctx.failed {
-            Some(f) if f == route.active => usable
-                .iter()
-                .copied()
-                .find(|&i| i != f)
-                .or(active_ok.then_some(route.active)),
-            _ if active_ok => Some(route.active),
-            Some(f) => usable
-                .iter()
-                .copied()
-                .find(|&i| i != f)
-                .or(Some(f).filter(|f| usable.contains(f))),
-            None => usable.first().copied(),
-        }
-    }
-
-    /// Waits until an upstream is usable or `deadline` passes.
+    /// Waits until the active upstream is usable or `deadline` passes.
     async fn wait_usable(&self, deadline: Instant) -> bool {
         let mut changed = self.svc.changed_tx.subscribe();
         let mut shutdown = self.shared.shutdown.clone();
@@ -498,7 +481,7 @@ impl ProxyHttp for Gateway {
         self.report(ctx).await;
         let deadline = self.deadline(ctx);
         let idx = loop {
-            if let Some(i) = self.choose(ctx) {
+            if let Some(i) = self.active() {
                 break i;
             }
             // Nothing usable between attempts: hold (queue and hold routes)
