@@ -373,6 +373,10 @@ impl QueueStore {
     /// [`QueueStore::open`] with another result retention (tests).
     pub(crate) fn open_with(dir: &Path, retention: Duration) -> Result<QueueStore, QueueError> {
         fs::create_dir_all(dir)?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+        }
         let path = dir.join(LOG_FILE);
         let tmp = dir.join(TMP_FILE);
         // A leftover tmp is an interrupted compaction that never reached its
@@ -771,7 +775,16 @@ impl State {
 
         let tmp = dir.join(TMP_FILE);
         let path = dir.join(LOG_FILE);
-        let written = File::create(&tmp).and_then(|mut f| {
+        let written = {
+            use std::os::unix::fs::OpenOptionsExt;
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+        }
+        .and_then(|mut f| {
             f.write_all(&buf)?;
             f.sync_all()
         });
@@ -897,8 +910,15 @@ fn replay(data: &[u8], path: &Path) -> Result<Replay, QueueError> {
     Ok(out)
 }
 
+/// Queued requests keep their headers (an `Authorization` the upstream
+/// needs at delivery), so the log is readable by its owner only.
 fn open_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path)
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
 }
 
 /// Makes a create/rename in `dir` durable.
