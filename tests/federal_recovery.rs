@@ -8,9 +8,11 @@
 
 mod support;
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use support::continuity::Continuity;
+use futures_util::StreamExt;
+use support::continuity::{Continuity, VIEWER_TOKEN};
 use support::http_client;
 use support::http_upstream::HttpUpstream;
 use support::*;
@@ -40,6 +42,36 @@ fn a_federal_outage_escalates_notifies_the_liaison_and_delivers_the_backlog() {
         engine.get("/api/ops/health").1["status"] == "healthy"
     });
     assert!(healthy, "{}", engine.log_text());
+
+    // The command center's live channel, as a dashboard would hold it.
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let url = format!(
+        "ws://{}/ws/ops/diagnostics?token={VIEWER_TOKEN}",
+        engine.control
+    );
+    let (sink, until) = (seen.clone(), Instant::now() + Duration::from_secs(20));
+    let listener = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Runtime::new() else {
+            return;
+        };
+        rt.block_on(async move {
+            let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url).await else {
+                return;
+            };
+            while Instant::now() < until {
+                let left = until.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left, ws.next()).await {
+                    Ok(Some(Ok(m))) => {
+                        if let Ok(t) = m.into_text() {
+                            sink.lock().unwrap().push(t.to_string());
+                        }
+                    }
+                    _ => return,
+                }
+            }
+        });
+    });
+    std::thread::sleep(Duration::from_millis(500));
 
     ncic.kill();
     assert!(wait_until(Duration::from_secs(10), || {
@@ -86,6 +118,16 @@ fn a_federal_outage_escalates_notifies_the_liaison_and_delivers_the_backlog() {
         "{routes}"
     );
     assert_eq!(liaison.records()[0]["path"], "/hooks/liaison");
+    let pushed = wait_until(Duration::from_secs(5), || {
+        seen.lock().unwrap().iter().any(|m| {
+            m.contains("federal-offline") && m.contains("priority_1") && m.contains("ncic")
+        })
+    });
+    assert!(
+        pushed,
+        "no priority-1 escalation on the WebSocket: {:?}",
+        seen.lock().unwrap()
+    );
 
     // The endpoint returns: the backlog goes out in order, exactly once each.
     ncic.restart();
@@ -103,4 +145,6 @@ fn a_federal_outage_escalates_notifies_the_liaison_and_delivers_the_backlog() {
     assert!(wait_until(Duration::from_secs(10), || {
         engine.get("/api/ops/health").1["status"] == "healthy"
     }));
+    drop(engine);
+    let _ = listener.join();
 }
