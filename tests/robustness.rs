@@ -59,12 +59,22 @@ fn abuse(addr: &str, seed: u64) -> Vec<TcpStream> {
 fn garbage_and_half_open_connections_neither_crash_nor_leak() {
     let redis = RedisServer::start();
     let pg = PgServer::start();
+    let api = support::http_upstream::HttpUpstream::start("api-a", None, None, false);
+    // An "HTTP" upstream that answers garbage and hangs up.
+    let liar = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let liar_addr = liar.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in liar.incoming().flatten() {
+            let _ = s.write_all(&garbage(99, 300));
+        }
+    });
     let (r_listen, p_listen, n_listen, t_listen) = (
         loopback(free_port()),
         loopback(free_port()),
         loopback(free_port()),
         loopback(free_port()),
     );
+    let (h_listen, bad_listen) = (loopback(free_port()), loopback(free_port()));
     let mut engine = Continuity::builder()
         .health("check_interval_seconds = 0.3")
         .service(&format!(
@@ -99,18 +109,49 @@ listen = "{t_listen}"
 upstreams = [ {{ name = "t", address = "{}", role = "primary" }} ]"#,
             redis.addr()
         ))
+        .service(&format!(
+            r#"name = "api"
+kind = "http"
+category = "vendor"
+listen = "{h_listen}"
+health_path = "/health"
+upstreams = [ {{ name = "api-a", url = "{}", role = "primary" }} ]"#,
+            api.url()
+        ))
+        .service(&format!(
+            r#"name = "bad"
+kind = "http"
+category = "vendor"
+listen = "{bad_listen}"
+buffer_timeout_ms = 300
+upstreams = [ {{ name = "bad-a", url = "http://{liar_addr}", role = "primary" }} ]"#
+        ))
         .start();
     let control = engine.control.clone();
     let mut open = Vec::new();
-    for (i, addr) in [&r_listen, &p_listen, &n_listen, &t_listen, &control]
-        .into_iter()
-        .enumerate()
+    for (i, addr) in [
+        &r_listen,
+        &p_listen,
+        &n_listen,
+        &t_listen,
+        &h_listen,
+        &bad_listen,
+        &control,
+    ]
+    .into_iter()
+    .enumerate()
     {
         open.extend(abuse(addr, 1 + i as u64 * 10));
     }
     // The engine still serves real clients meanwhile.
     assert_eq!(redis_cmd(&r_listen, &["PING"]).unwrap(), "PONG");
     assert_eq!(try_psql(p_listen_port(&p_listen), "SELECT 7").unwrap(), "7");
+    let r = support::http_client::get(&h_listen, "/still-serving").unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    // An upstream that answers garbage: a clear 502/503 in JSON, no panic.
+    let r = support::http_client::get(&bad_listen, "/x").unwrap();
+    assert!(matches!(r.status, 502 | 503), "{r:?}");
+    assert!(r.json()["error"]["code"].is_string(), "{r:?}");
     assert!(engine.is_running(), "{}", engine.log_text());
     drop(open);
 
