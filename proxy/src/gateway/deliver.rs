@@ -47,7 +47,7 @@ pub async fn run(svc: Arc<ServiceRt>, shared: Arc<Shared>) {
             return;
         }
         shared.update_queue_metrics();
-        let next = queue.pending(svc.name()).into_iter().next();
+        let next = queue.next_pending(svc.name());
         // Only the active upstream, as for live traffic.
         let route = svc.route.load_full();
         let target = svc.usable(&route, route.active).then_some(route.active);

@@ -507,6 +507,17 @@ impl QueueStore {
             .collect()
     }
 
+    /// The oldest pending entry of `service` (what delivery sends next),
+    /// without copying the others.
+    pub fn next_pending(&self, service: &str) -> Option<QueuedEntry> {
+        let st = self.lock();
+        st.order
+            .values()
+            .filter_map(|id| st.entries.get(id))
+            .find(|e| e.service == service && e.state.is_pending())
+            .cloned()
+    }
+
     /// Records a delivery attempt (state `delivering`, `attempts + 1`); call
     /// it before the request's bytes go to the upstream. Allowed from
     /// `queued` and from `delivering` (an attempt interrupted by a crash).

@@ -112,6 +112,15 @@ fn order_preserved_across_reopen_and_seq_continues() {
         paths,
         ["/0", "/2", "/4", "/6", "/8", "/10", "/12", "/14", "/16", "/18"]
     );
+    assert_eq!(
+        store.next_pending("a").map(|e| e.path),
+        Some("/0".to_string())
+    );
+    assert_eq!(
+        store.next_pending("b").map(|e| e.path),
+        Some("/1".to_string())
+    );
+    assert!(store.next_pending("c").is_none());
     let next = store.enqueue(req("a", "/new"), 100).unwrap();
     assert!(next.seq > last_seq);
     assert_eq!(store.pending("a").last().unwrap().id, next.id);
