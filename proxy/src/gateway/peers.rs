@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use pingora::upstreams::peer::HttpPeer;
 use pingora::utils::tls::{CertKey, WrappedX509};
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::{HttpTarget, ServiceConfig, UpstreamConfig};
+use crate::health::tls;
 use crate::upstream::runtime::lock;
 
 /// Upstream read timeout: a response (or the next body chunk) slower than
@@ -127,29 +127,23 @@ impl PeerTemplate {
     }
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let pem = read(path)?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: not a PEM certificate file: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no certificate found", path.display()));
-    }
+/// The certificates of a PEM file (`health::tls`), each also parsed the way
+/// pingora will parse it (x509-parser), since pingora panics on failure.
+fn certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = tls::load_certs(path, what)?;
     for c in &certs {
-        // pingora parses these again with x509-parser and panics on failure.
         if x509_parser::parse_x509_certificate(c.as_ref()).is_err() {
-            return Err(format!("{}: a certificate does not parse", path.display()));
+            return Err(format!(
+                "{what} {}: a certificate does not parse",
+                path.display()
+            ));
         }
     }
     Ok(certs)
 }
 
 fn load_ca(path: &Path) -> Result<Box<[WrappedX509]>, String> {
-    let certs = certs(path)?;
+    let certs = certs(path, "ca_file")?;
     let mut store = rustls::RootCertStore::empty();
     for c in &certs {
         store
@@ -163,17 +157,67 @@ fn load_ca(path: &Path) -> Result<Box<[WrappedX509]>, String> {
 }
 
 fn load_cert_key(cert: &Path, key: &Path) -> Result<CertKey, String> {
-    let chain = certs(cert)?;
-    let pem = read(key)?;
-    let key_der = PrivateKeyDer::from_pem_slice(&pem)
-        .map_err(|e| format!("{}: no private key found: {e}", key.display()))?;
-    let raw = key_der.secret_der().to_vec();
+    let chain = certs(cert, "client_cert")?;
+    let raw = tls::load_key(key)?.secret_der().to_vec();
     // pingora converts the bytes back with `try_into().unwrap()`.
     if PrivateKeyDer::try_from(raw.clone()).is_err() {
-        return Err(format!("{}: unsupported private key format", key.display()));
+        return Err(format!(
+            "client_key {}: unsupported private key format",
+            key.display()
+        ));
     }
     Ok(CertKey::new(
         chain.into_iter().map(|c| c.to_vec()).collect(),
         raw,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::config::{Kind, Role};
+
+    fn upstream(url: &str, ca: Option<&Path>) -> (ServiceConfig, UpstreamConfig) {
+        let mut up = UpstreamConfig::url("u", url, Role::Primary);
+        up.tls.ca_file = ca.map(Path::to_path_buf);
+        (ServiceConfig::new("s", Kind::Http, vec![up.clone()]), up)
+    }
+
+    #[test]
+    fn urls_give_address_authority_and_path() {
+        let (svc, up) = upstream("https://ndex.example:8443/api/", None);
+        let t = PeerTemplate::new(&svc, &up).unwrap();
+        assert_eq!(t.authority, "ndex.example:8443");
+        assert_eq!(t.upstream_path("/q?x=1"), "/api/q?x=1");
+        let (svc, up) = upstream("http://127.0.0.1", None);
+        let t = PeerTemplate::new(&svc, &up).unwrap();
+        assert_eq!(t.authority, "127.0.0.1");
+        assert_eq!(t.upstream_path("/q"), "/q");
+    }
+
+    #[test]
+    fn bad_tls_files_are_errors_naming_the_file_never_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        // Valid PEM armour around bytes that are no certificate: pingora's
+        // own parser would panic on these.
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(
+            &junk,
+            "-----BEGIN CERTIFICATE-----\nAAECAwQF\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let (svc, up) = upstream("https://127.0.0.1:1", Some(&junk));
+        let err = PeerTemplate::new(&svc, &up).err().unwrap();
+        assert!(err.contains("junk.pem"), "{err}");
+        let missing = dir.path().join("missing.pem");
+        let (svc, up) = upstream("https://127.0.0.1:1", Some(&missing));
+        let err = PeerTemplate::new(&svc, &up).err().unwrap();
+        assert!(err.contains("missing.pem"), "{err}");
+        let (svc, mut up) = upstream("https://127.0.0.1:1", None);
+        up.tls.client_cert = Some(junk.clone());
+        up.tls.client_key = Some(junk);
+        let err = PeerTemplate::new(&svc, &up).err().unwrap();
+        assert!(err.contains("junk.pem"), "{err}");
+    }
 }
