@@ -584,3 +584,34 @@ fn with_manual_failover_traffic_never_goes_to_the_secondary_on_its_own() {
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.json()["server"], "ncic-b");
 }
+
+#[test]
+fn max_connections_bounds_requests_in_flight() {
+    let upstream = HttpUpstream::start("lpr-a", None, None, false);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let engine = Continuity::builder()
+        .health(HEALTH)
+        .service(&format!(
+            "name = \"lpr\"\nkind = \"http\"\nlisten = \"{listen}\"\nhealth_path = \"/health\"\nmax_connections = 1\n{}",
+            upstreams(&[("lpr-a", &upstream.url(), "primary")])
+        ))
+        .start();
+    eventually("healthy", Duration::from_secs(10), || {
+        service_status(&engine, "lpr") == "healthy"
+    });
+    let l = listen.clone();
+    let slow = std::thread::spawn(move || http_client::get(&l, "/slow/1500"));
+    eventually("one request in flight", Duration::from_secs(5), || {
+        engine.metric("continuity_proxy_active_connections{service=\"lpr\"}") == Some(1.0)
+    });
+    let r = http_client::get(&listen, "/fast").expect("second GET");
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(r.json()["error"]["code"], "overloaded");
+    assert_eq!(slow.join().expect("thread").expect("slow").status, 200);
+    let r = http_client::get(&listen, "/fast").expect("third GET");
+    assert_eq!(r.status, 200, "{r:?}");
+    eventually("gauge back to 0", Duration::from_secs(5), || {
+        engine.metric("continuity_proxy_active_connections{service=\"lpr\"}") == Some(0.0)
+    });
+}

@@ -57,19 +57,39 @@ enum Evidence {
     Failed(FailureKind, String),
 }
 
-/// One in-flight request in the engine's open count, for the drain.
-struct InFlight(Arc<std::sync::atomic::AtomicU64>);
+/// One in-flight request: counted in the engine's open count (the drain
+/// waits for it), and in the service's active count and
+/// `continuity_proxy_active_connections` gauge (for HTTP services, requests
+/// in flight), which `max_connections` bounds.
+struct InFlight {
+    open: Arc<std::sync::atomic::AtomicU64>,
+    svc: Arc<ServiceRt>,
+}
 
 impl InFlight {
-    fn new(open: &Arc<std::sync::atomic::AtomicU64>) -> InFlight {
+    fn new(open: &Arc<std::sync::atomic::AtomicU64>, svc: &Arc<ServiceRt>) -> InFlight {
         open.fetch_add(1, Ordering::SeqCst);
-        InFlight(open.clone())
+        svc.active_conns.fetch_add(1, Ordering::SeqCst);
+        svc.metrics
+            .active_connections
+            .with_label_values(&[svc.name()])
+            .inc();
+        InFlight {
+            open: open.clone(),
+            svc: svc.clone(),
+        }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.open.fetch_sub(1, Ordering::SeqCst);
+        self.svc.active_conns.fetch_sub(1, Ordering::SeqCst);
+        self.svc
+            .metrics
+            .active_connections
+            .with_label_values(&[self.svc.name()])
+            .dec();
     }
 }
 
@@ -361,7 +381,7 @@ impl ProxyHttp for Gateway {
 
     fn new_ctx(&self) -> Ctx {
         Ctx {
-            _in_flight: InFlight::new(&self.shared.open),
+            _in_flight: InFlight::new(&self.shared.open, &self.svc),
             start: Instant::now(),
             route: None,
             outage: self.svc.cfg.http.on_outage,
@@ -403,6 +423,18 @@ impl ProxyHttp for Gateway {
                 "message": "both Content-Length and Transfer-Encoding: refused (request smuggling)"}});
             respond(session, 400, &[("connection", "close".to_string())], &body).await;
             return Ok(true);
+        }
+        if let Some(limit) = self.svc.cfg.max_connections {
+            // This request is counted already.
+            if self.svc.active_conns.load(Ordering::SeqCst) > u64::from(limit) {
+                ctx.outcome = Outcome::Rejected;
+                ctx.status = 503;
+                let secs = self.retry_after_secs();
+                let body = serde_json::json!({"error": {"code": "overloaded",
+                    "message": format!("continuity: {} has {limit} requests in flight (max_connections)", self.svc.name())}});
+                respond(session, 503, &[("retry-after", secs.to_string())], &body).await;
+                return Ok(true);
+            }
         }
         let max = self.svc.cfg.http.max_body_bytes;
         let declared = header(req, "content-length").and_then(|v| v.trim().parse::<u64>().ok());
