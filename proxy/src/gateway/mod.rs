@@ -55,6 +55,8 @@ pub struct Shared {
     /// The engine's count of open client connections and in-flight HTTP
     /// requests: a SIGTERM drain waits for it to reach 0.
     pub open: Arc<std::sync::atomic::AtomicU64>,
+    /// `continuity_proxy_active_connections{service}`: requests in flight.
+    pub active: prometheus::IntGauge,
 }
 
 impl Shared {
@@ -133,6 +135,10 @@ pub fn start(p: GatewayParams<'_>) -> Result<Vec<JoinHandle<()>>, String> {
         tls_listener: tls.is_some(),
         access_log: p.access_log,
         open: p.open,
+        active: svc
+            .metrics
+            .active_connections
+            .with_label_values(&[svc.name()]),
     });
     shared.update_queue_metrics();
     let conf = Arc::new(ServerConf {

@@ -64,19 +64,18 @@ enum Evidence {
 struct InFlight {
     open: Arc<std::sync::atomic::AtomicU64>,
     svc: Arc<ServiceRt>,
+    gauge: prometheus::IntGauge,
 }
 
 impl InFlight {
-    fn new(open: &Arc<std::sync::atomic::AtomicU64>, svc: &Arc<ServiceRt>) -> InFlight {
-        open.fetch_add(1, Ordering::SeqCst);
+    fn new(shared: &Shared, svc: &Arc<ServiceRt>) -> InFlight {
+        shared.open.fetch_add(1, Ordering::SeqCst);
         svc.active_conns.fetch_add(1, Ordering::SeqCst);
-        svc.metrics
-            .active_connections
-            .with_label_values(&[svc.name()])
-            .inc();
+        shared.active.inc();
         InFlight {
-            open: open.clone(),
+            open: shared.open.clone(),
             svc: svc.clone(),
+            gauge: shared.active.clone(),
         }
     }
 }
@@ -85,11 +84,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.open.fetch_sub(1, Ordering::SeqCst);
         self.svc.active_conns.fetch_sub(1, Ordering::SeqCst);
-        self.svc
-            .metrics
-            .active_connections
-            .with_label_values(&[self.svc.name()])
-            .dec();
+        self.gauge.dec();
     }
 }
 
@@ -381,7 +376,7 @@ impl ProxyHttp for Gateway {
 
     fn new_ctx(&self) -> Ctx {
         Ctx {
-            _in_flight: InFlight::new(&self.shared.open, &self.svc),
+            _in_flight: InFlight::new(&self.shared, &self.svc),
             start: Instant::now(),
             route: None,
             outage: self.svc.cfg.http.on_outage,
