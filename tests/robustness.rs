@@ -286,3 +286,34 @@ fn the_control_plane_needs_a_token() {
         .unwrap();
     assert!(status.success());
 }
+
+#[test]
+fn an_unparsable_upstream_certificate_stops_the_process_with_64() {
+    // PEM armour around bytes that are no certificate: the file exists (the
+    // config check passes), pingora would panic on it, we refuse it.
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("federal-ca.pem");
+    std::fs::write(
+        &junk,
+        "-----BEGIN CERTIFICATE-----\nAAECAwQF\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let engine = Continuity::builder()
+        .service(&format!(
+            r#"name = "ndex"
+kind = "http"
+category = "federal"
+listen = "{}"
+upstreams = [ {{ name = "ndex-a", url = "https://127.0.0.1:1", role = "primary", ca_file = "{}" }} ]"#,
+            loopback(free_port()),
+            junk.display()
+        ))
+        .prepare();
+    let (code, stderr) = run_and_wait(&engine);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(
+        stderr.contains("service ndex") && stderr.contains("federal-ca.pem"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

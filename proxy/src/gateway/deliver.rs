@@ -15,7 +15,7 @@ use pingora::ErrorType;
 use super::proxy::{parse_retry_after, HOP_BY_HOP};
 use super::queue::{DeliveryResult, QueuedEntry};
 use super::Shared;
-use crate::health::{FailureKind, ProbeOutcome};
+use crate::health::FailureKind;
 use crate::upstream::runtime::{lock, ServiceRt};
 
 /// Largest upstream answer kept for the client to fetch.
@@ -140,7 +140,7 @@ async fn attempt(
     let started = Instant::now();
     let addr = match tpl.address().await {
         Ok(a) => a,
-        Err(e) => return retry(shared, svc, idx, entry, format!("resolve: {e}"), None).await,
+        Err(e) => return retry(shared, svc, entry, format!("resolve: {e}"), None).await,
     };
     let peer = tpl.peer(addr);
     let (mut session, _) = match connector.get_http_session(&peer).await {
@@ -152,7 +152,7 @@ async fn attempt(
             } else {
                 report(svc, idx, started, FailureKind::Io, format!("connect: {e}")).await;
             }
-            return retry(shared, svc, idx, entry, format!("connect: {e}"), None).await;
+            return retry(shared, svc, entry, format!("connect: {e}"), None).await;
         }
     };
     session.set_read_timeout(Some(super::peers::READ_TIMEOUT));
@@ -192,11 +192,11 @@ async fn attempt(
                 format!("delivery: {}", e.etype().as_str()),
             )
             .await;
-            return retry(shared, svc, idx, entry, format!("delivery: {e}"), None).await;
+            return retry(shared, svc, entry, format!("delivery: {e}"), None).await;
         }
     };
     let Some(resp) = session.response_header() else {
-        return retry(shared, svc, idx, entry, "no response header".into(), None).await;
+        return retry(shared, svc, entry, "no response header".into(), None).await;
     };
     let status = resp.status.as_u16();
     up.inline.record(started.elapsed());
@@ -213,7 +213,6 @@ async fn attempt(
         return retry(
             shared,
             svc,
-            idx,
             entry,
             "HTTP 429 from upstream".into(),
             Some(wait),
@@ -232,7 +231,6 @@ async fn attempt(
         return retry(
             shared,
             svc,
-            idx,
             entry,
             format!("HTTP {status} from upstream"),
             None,
@@ -307,20 +305,13 @@ async fn blocking<T: Send + 'static>(
 }
 
 async fn report(svc: &ServiceRt, idx: usize, started: Instant, kind: FailureKind, message: String) {
-    if let Some(up) = svc.upstreams.get(idx) {
-        svc.metrics
-            .passive_failures
-            .with_label_values(&[svc.name(), &up.cfg.name, "http_error"])
-            .inc();
-    }
-    svc.on_probe(idx, ProbeOutcome::failed(started.elapsed(), kind, message))
+    svc.on_passive_failure(idx, kind, started.elapsed(), message)
         .await;
 }
 
 async fn retry(
     shared: &Shared,
     svc: &ServiceRt,
-    _idx: usize,
     entry: &QueuedEntry,
     error: String,
     wait: Option<Duration>,

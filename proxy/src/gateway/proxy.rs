@@ -21,7 +21,7 @@ use super::queue::NewRequest;
 use super::Shared;
 use crate::config::OnOutage;
 use crate::events::EventKind;
-use crate::health::{FailureKind, ProbeOutcome};
+use crate::health::FailureKind;
 use crate::upstream::runtime::{lock, ServiceRt};
 
 /// Most upstream attempts for one request (the first one included).
@@ -154,9 +154,6 @@ impl Gateway {
         let Some((idx, ev)) = ctx.evidence.take() else {
             return;
         };
-        let Some(up) = self.svc.upstreams.get(idx) else {
-            return;
-        };
         match ev {
             Evidence::Refused => {
                 let e = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
@@ -164,22 +161,10 @@ impl Gateway {
             }
             Evidence::ConnectTimeout(waited) => self.svc.on_connect_timeout(idx, waited).await,
             Evidence::Failed(kind, message) => {
-                let reason = if kind == FailureKind::Timeout {
-                    "timeout"
-                } else {
-                    "http_error"
-                };
+                let waited = ctx.upstream_start.map_or(Duration::ZERO, |t| t.elapsed());
                 self.svc
-                    .metrics
-                    .passive_failures
-                    .with_label_values(&[self.svc.name(), &up.cfg.name, reason])
-                    .inc();
-                let outcome = ProbeOutcome::failed(
-                    ctx.upstream_start.map_or(Duration::ZERO, |t| t.elapsed()),
-                    kind,
-                    message,
-                );
-                self.svc.on_probe(idx, outcome).await;
+                    .on_passive_failure(idx, kind, waited, message)
+                    .await;
             }
         }
     }

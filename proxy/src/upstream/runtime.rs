@@ -357,6 +357,32 @@ impl ServiceRt {
         self.evaluate().await;
     }
 
+    /// Other evidence from real traffic (the HTTP gateway: a 502/503/504
+    /// answer, a read timeout, a reset mid-request): one probe failure,
+    /// counted in `continuity_passive_failures_total` as `timeout` or
+    /// `http_error`.
+    pub async fn on_passive_failure(
+        &self,
+        idx: usize,
+        kind: FailureKind,
+        waited: Duration,
+        message: String,
+    ) {
+        if let Some(up) = self.upstreams.get(idx) {
+            let reason = if kind == FailureKind::Timeout {
+                "timeout"
+            } else {
+                "http_error"
+            };
+            self.metrics
+                .passive_failures
+                .with_label_values(&[self.name(), &up.cfg.name, reason])
+                .inc();
+        }
+        self.on_probe(idx, ProbeOutcome::failed(waited, kind, message))
+            .await;
+    }
+
     /// A client connect that ran past `connect_timeout_ms`: one probe failure.
     pub async fn on_connect_timeout(&self, idx: usize, waited: Duration) {
         if let Some(up) = self.upstreams.get(idx) {
