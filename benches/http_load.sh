@@ -210,7 +210,7 @@ fi
 # (no filters, no logging, pingora's own Server), to tell pingora's cost from ours.
 PING_PID=""
 if has_target pingora; then
-    PING_BIN="$ROOT/target/release/examples/pingora_baseline"
+    PING_BIN="${PING_BIN:-$ROOT/target/release/examples/pingora_baseline}"
     if [[ ! -x $PING_BIN ]]; then
         log "building examples/pingora_baseline (cargo build --release --example pingora_baseline)"
         (cd "$ROOT" && cargo build --release --example pingora_baseline) >&2 || die "cannot build the pingora baseline"

@@ -6,6 +6,7 @@
 
 mod cli;
 mod config;
+mod logging;
 mod reload;
 mod run;
 
@@ -40,20 +41,23 @@ fn main() -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
-/// Logs go to stderr through a writer thread, so that a request path (the
-/// HTTP access log writes one line per request) never waits on the
-/// terminal or pipe. Not lossy: when the buffer is full, loggers wait rather
-/// than drop lines. The guard flushes what is buffered when it is dropped.
-fn init_logging(format: cli::LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+/// Logs go to stderr through a writer thread that takes them in batches
+/// (logging.rs), so that a request path (the HTTP access log writes one line
+/// per request) never waits on the terminal or pipe, nor wakes a thread per
+/// line. Not lossy. Colours only on a terminal. The guard writes what is
+/// left when it is dropped.
+fn init_logging(format: cli::LogFormat) -> logging::Guard {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // 16k lines in flight at most (the default 128k costs ~4 MB resident).
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .buffered_lines_limit(16 * 1024)
-        .lossy(false)
-        .finish(std::io::stderr());
+    let (writer, guard) = logging::batch_writer(std::io::stderr());
+    continuity_proxy::gateway::access::install_sink(
+        Box::new(writer.clone()),
+        matches!(format, cli::LogFormat::Json),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(writer);
     match format {
         cli::LogFormat::Json => builder.json().init(),

@@ -1,6 +1,11 @@
 //! One structured access-log line per gateway request (tracing target
 //! `continuity::access`), with secrets masked, and the request metrics.
 
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use pingora::proxy::Session;
@@ -39,6 +44,198 @@ impl Outcome {
     }
 }
 
+/// The client's side of a request, as logged.
+pub struct Request<'a> {
+    pub method: &'a str,
+    /// Path and query as sent (masked here).
+    pub path: &'a str,
+    pub version: &'a str,
+    pub client: Option<SocketAddr>,
+}
+
+impl<'a> Request<'a> {
+    /// A pingora session's request; `path` is where its path is kept.
+    pub fn of_session(session: &'a Session, path: &'a mut String) -> Request<'a> {
+        let req = session.req_header();
+        *path = req
+            .uri
+            .path_and_query()
+            .map_or_else(|| req.uri.path().to_string(), |p| p.as_str().to_string());
+        Request {
+            method: req.method.as_str(),
+            path,
+            version: match req.version {
+                http::Version::HTTP_09 => "HTTP/0.9",
+                http::Version::HTTP_10 => "HTTP/1.0",
+                http::Version::HTTP_2 => "HTTP/2.0",
+                http::Version::HTTP_3 => "HTTP/3.0",
+                _ => "HTTP/1.1",
+            },
+            client: session.client_addr().and_then(|a| a.as_inet()).copied(),
+        }
+    }
+}
+
+/// The access log's tracing target (`RUST_LOG=info,continuity::access=off`
+/// turns it off).
+pub const TARGET: &str = "continuity::access";
+
+/// Where formatted access lines go, when the binary installs one.
+pub trait AccessSink: Send + Sync {
+    fn write_line(&self, line: &[u8]);
+}
+
+struct Sink {
+    out: Box<dyn AccessSink>,
+    json: bool,
+}
+
+static SINK: OnceLock<Sink> = OnceLock::new();
+
+thread_local! {
+    static LINE: RefCell<String> = RefCell::new(String::with_capacity(512));
+    /// The current second, formatted (`2026-11-28T05:06:29`).
+    static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+}
+
+/// Access lines are formatted here, in the same layout as the engine's
+/// other log lines (tracing-subscriber's full text format, or its JSON
+/// format with `json`), and handed to `out` whole. tracing's own formatter
+/// visits each of the 15 fields through `dyn Debug`; at 50k requests/s that
+/// was a tenth of the gateway's CPU (BENCHMARKS.md). Without a sink (unit
+/// tests, embedders), lines go through `tracing::info!`. The filter is
+/// tracing's either way. Only the first call has an effect.
+pub fn install_sink(out: Box<dyn AccessSink>, json: bool) {
+    let _ = SINK.set(Sink { out, json });
+}
+
+struct Fields<'a> {
+    service: &'a str,
+    route: &'a str,
+    req: &'a Request<'a>,
+    line: &'a Line<'a>,
+}
+
+impl Fields<'_> {
+    fn text(&self, b: &mut String) {
+        timestamp(b);
+        b.push_str("  INFO continuity::access: http request service=");
+        quoted(b, self.service);
+        b.push_str(" route=");
+        quoted(b, self.route);
+        let _ = write!(b, " client={} method=", Client(self.req.client));
+        quoted(b, self.req.method);
+        let _ = write!(b, " path={} version=", mask_path(self.req.path));
+        quoted(b, self.req.version);
+        let l = self.line;
+        let _ = write!(b, " status={} outcome=", l.status);
+        quoted(b, l.outcome.as_str());
+        b.push_str(" upstream=");
+        quoted(b, l.upstream.unwrap_or("-"));
+        let _ = write!(b, " attempts={} duration_ms=", l.attempts);
+        millis(b, l.duration);
+        b.push_str(" upstream_ms=");
+        millis(b, ms_duration(l.upstream_ms));
+        let _ = write!(b, " request_body_bytes={} queue_id=", l.body_bytes);
+        quoted(b, l.queue_id.unwrap_or("-"));
+        b.push_str(" error=");
+        quoted(b, l.error.as_deref().unwrap_or("-"));
+        b.push('\n');
+    }
+
+    fn json(&self, b: &mut String) {
+        let l = self.line;
+        b.push_str("{\"timestamp\":\"");
+        timestamp(b);
+        b.push_str("\",\"level\":\"INFO\",\"fields\":{\"message\":\"http request\",\"service\":");
+        json_str(b, self.service);
+        b.push_str(",\"route\":");
+        json_str(b, self.route);
+        b.push_str(",\"client\":");
+        json_str(b, &Client(self.req.client).to_string());
+        b.push_str(",\"method\":");
+        json_str(b, self.req.method);
+        b.push_str(",\"path\":");
+        json_str(b, &mask_path(self.req.path));
+        b.push_str(",\"version\":");
+        json_str(b, self.req.version);
+        let _ = write!(b, ",\"status\":{},\"outcome\":", l.status);
+        json_str(b, l.outcome.as_str());
+        b.push_str(",\"upstream\":");
+        json_str(b, l.upstream.unwrap_or("-"));
+        let _ = write!(b, ",\"attempts\":{},\"duration_ms\":", l.attempts);
+        millis(b, l.duration);
+        b.push_str(",\"upstream_ms\":");
+        millis(b, ms_duration(l.upstream_ms));
+        let _ = write!(b, ",\"request_body_bytes\":{},\"queue_id\":", l.body_bytes);
+        json_str(b, l.queue_id.unwrap_or("-"));
+        b.push_str(",\"error\":");
+        json_str(b, l.error.as_deref().unwrap_or("-"));
+        b.push_str("},\"target\":\"continuity::access\"}\n");
+    }
+}
+
+fn ms_duration(ms: Option<f64>) -> Duration {
+    Duration::from_secs_f64(ms.unwrap_or(0.0).max(0.0) / 1000.0)
+}
+
+/// `d` in milliseconds with microsecond precision (`0.213`, `12.004`).
+fn millis(b: &mut String, d: Duration) {
+    let us = d.as_micros();
+    let _ = write!(b, "{}.{:03}", us / 1000, us % 1000);
+}
+
+/// UTC, RFC 3339 with microseconds, as tracing-subscriber writes it.
+fn timestamp(b: &mut String) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs();
+    SECOND.with_borrow_mut(|(cached, text)| {
+        if *cached != secs {
+            *cached = secs;
+            text.clear();
+            if let Some(t) = chrono::DateTime::from_timestamp(secs as i64, 0) {
+                let _ = write!(text, "{}", t.format("%Y-%m-%dT%H:%M:%S"));
+            }
+        }
+        b.push_str(text);
+    });
+    let _ = write!(b, ".{:06}Z", now.subsec_micros());
+}
+
+/// A string as tracing's `Debug` writes it (quoted, escaped when needed).
+fn quoted(b: &mut String, s: &str) {
+    if s.bytes()
+        .all(|c| c >= 0x20 && c != b'"' && c != b'\\' && c < 0x7f)
+    {
+        b.push('"');
+        b.push_str(s);
+        b.push('"');
+    } else {
+        let _ = write!(b, "{s:?}");
+    }
+}
+
+fn json_str(b: &mut String, s: &str) {
+    match serde_json::to_string(s) {
+        Ok(j) => b.push_str(&j),
+        Err(_) => b.push_str("\"\""),
+    }
+}
+
+/// `client` for the log: the address, or `-`.
+struct Client(Option<SocketAddr>);
+
+impl std::fmt::Display for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(a) => a.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
 pub struct Line<'a> {
     /// Index of the `[[service.route]]`, `None` for the service's own.
     pub route: Option<usize>,
@@ -73,9 +270,9 @@ const SECRET_PARAMS: &[&str] = &[
 ];
 
 /// `path?query` with the values of secret-looking parameters replaced by `***`.
-pub fn mask_path(path_and_query: &str) -> String {
+pub fn mask_path(path_and_query: &str) -> Cow<'_, str> {
     let Some((path, query)) = path_and_query.split_once('?') else {
-        return path_and_query.to_string();
+        return Cow::Borrowed(path_and_query);
     };
     let masked: Vec<String> = query
         .split('&')
@@ -84,7 +281,7 @@ pub fn mask_path(path_and_query: &str) -> String {
             _ => pair.to_string(),
         })
         .collect();
-    format!("{path}?{}", masked.join("&"))
+    Cow::Owned(format!("{path}?{}", masked.join("&")))
 }
 
 fn is_secret(name: &str) -> bool {
@@ -138,7 +335,7 @@ impl RouteMetrics {
     }
 }
 
-pub fn record(shared: &Shared, service: &str, session: &Session, line: &Line<'_>) {
+pub fn record(shared: &Shared, service: &str, req: &Request<'_>, line: &Line<'_>) {
     let Some(rm) = line
         .route
         .and_then(|i| shared.routes.get(i))
@@ -158,26 +355,35 @@ pub fn record(shared: &Shared, service: &str, session: &Session, line: &Line<'_>
             .inc();
     }
     rm.duration.observe(line.duration.as_secs_f64());
-    if !shared.access_log {
+    if !shared.access_log || !tracing::enabled!(target: TARGET, tracing::Level::INFO) {
         return;
     }
-    let req = session.req_header();
-    let path = req
-        .uri
-        .path_and_query()
-        .map_or_else(|| req.uri.path().to_string(), |p| p.as_str().to_string());
-    let client = session
-        .client_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    if let Some(sink) = SINK.get() {
+        LINE.with_borrow_mut(|buf| {
+            buf.clear();
+            let fields = Fields {
+                service,
+                route,
+                req,
+                line,
+            };
+            if sink.json {
+                fields.json(buf);
+            } else {
+                fields.text(buf);
+            }
+            sink.out.write_line(buf.as_bytes());
+        });
+        return;
+    }
     tracing::info!(
-        target: "continuity::access",
+        target: TARGET,
         service,
         route,
-        client = %client,
-        method = %req.method,
-        path = %mask_path(&path),
-        version = ?req.version,
+        client = %Client(req.client),
+        method = req.method,
+        path = %mask_path(req.path),
+        version = req.version,
         status = line.status,
         outcome = line.outcome.as_str(),
         upstream = line.upstream.unwrap_or("-"),

@@ -4,6 +4,9 @@
 //! `start_service()` on a socket the engine bound (so a bind failure is
 //! reported at start, exit 64, like every other listener).
 //!
+//! - `h1.rs`: the lean HTTP/1.1 path of plain-text gateways (a client-pinned
+//!   upstream connection); it hands pingora what it does not take.
+//! - `chunked.rs`: where a chunked body ends, for `h1.rs`.
 //! - `proxy.rs`: the request path (failover, retries, hold/queue/fail).
 //! - `queue.rs`: the durable store-and-forward queue under `data_dir`.
 //! - `deliver.rs`: delivers queued requests in order once an upstream is back.
@@ -11,7 +14,9 @@
 //! - `access.rs`: the access log and request metrics.
 
 pub mod access;
+mod chunked;
 mod deliver;
+mod h1;
 pub mod peers;
 pub mod proxy;
 pub mod queue;
@@ -57,6 +62,9 @@ pub struct Shared {
     pub open: Arc<std::sync::atomic::AtomicU64>,
     /// `continuity_proxy_active_connections{service}`: requests in flight.
     pub active: prometheus::IntGauge,
+    /// Client connections the lean path handed to pingora after a failed
+    /// attempt, by client address (h1.rs), until pingora's first request.
+    pub handed: Mutex<std::collections::HashMap<std::net::SocketAddr, proxy::Prior>>,
 }
 
 impl Shared {
@@ -139,6 +147,7 @@ pub fn start(p: GatewayParams<'_>) -> Result<Vec<JoinHandle<()>>, String> {
             .metrics
             .active_connections
             .with_label_values(&[svc.name()]),
+        handed: Mutex::new(std::collections::HashMap::new()),
     });
     shared.update_queue_metrics();
     let conf = Arc::new(ServerConf {
@@ -151,6 +160,40 @@ pub fn start(p: GatewayParams<'_>) -> Result<Vec<JoinHandle<()>>, String> {
         svc: svc.clone(),
         shared: shared.clone(),
     };
+    let mut tasks = Vec::new();
+    if shared.queue.is_some() {
+        tasks.push(tokio::spawn(deliver::run(svc.clone(), shared.clone())));
+    }
+    // Plain text on both sides: the lean HTTP/1.1 path, handing pingora
+    // what it does not take (h1.rs). With TLS on either side: pingora only.
+    if tls.is_none() && shared.peers.iter().all(|p| !p.target.tls) {
+        let listener = p
+            .listener
+            .try_clone()
+            .and_then(|l| {
+                l.set_nonblocking(true)?;
+                tokio::net::TcpListener::from_std(l)
+            })
+            .map_err(|e| format!("listener: {e}"))?;
+        let proxy_app = |h2c: bool, gateway: proxy::Gateway| {
+            let mut app = pingora::proxy::http_proxy(&conf, gateway);
+            let mut opts = pingora::apps::HttpServerOptions::default();
+            opts.h2c = h2c;
+            app.server_options = Some(opts);
+            app
+        };
+        let h1 = proxy_app(false, gateway);
+        let h2 = proxy_app(
+            true,
+            proxy::Gateway {
+                svc: svc.clone(),
+                shared: shared.clone(),
+            },
+        );
+        let lean = Arc::new(h1::Lean::new(svc, shared, h1, h2));
+        tasks.push(tokio::spawn(lean.serve(listener, p.stop)));
+        return Ok(tasks);
+    }
     let mut service = pingora::proxy::http_proxy_service_with_name(
         &conf,
         gateway,
@@ -180,13 +223,9 @@ pub fn start(p: GatewayParams<'_>) -> Result<Vec<JoinHandle<()>>, String> {
     fds.add(addr, fd);
     let fds = Arc::new(parking_lot::Mutex::new(fds));
     let stop = p.stop;
-    let mut tasks = Vec::new();
     tasks.push(tokio::spawn(async move {
         service.start_service(Some(fds), stop, 1).await;
     }));
-    if shared.queue.is_some() {
-        tasks.push(tokio::spawn(deliver::run(svc, shared)));
-    }
     Ok(tasks)
 }
 

@@ -101,6 +101,11 @@ impl PeerTemplate {
         Ok(found)
     }
 
+    /// How long a connect may take (the service's `connect_timeout_ms`).
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
     /// Forgets a resolved host name (not an IP literal) after a failure.
     pub fn forget_address(&self) {
         if self.target.host.parse::<std::net::IpAddr>().is_err() {

@@ -43,6 +43,28 @@ pub const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
+/// A request's failed first attempt on the lean path (`h1.rs`), for the
+/// pingora session that takes the connection over: its retry count, backoff
+/// and metrics go on from there, so `MAX_ATTEMPTS` bounds both together.
+#[derive(Debug, Clone, Copy)]
+pub struct Prior {
+    pub attempts: u32,
+    /// The upstream that failed (a retry to it waits a backoff first).
+    pub failed: Option<usize>,
+    /// `continuity_http_retries_total`'s reason.
+    pub reason: &'static str,
+}
+
+impl Prior {
+    pub fn failed(idx: usize, reason: &'static str) -> Prior {
+        Prior {
+            attempts: 1,
+            failed: Some(idx),
+            reason,
+        }
+    }
+}
+
 pub struct Gateway {
     pub svc: Arc<ServiceRt>,
     pub shared: Arc<Shared>,
@@ -61,14 +83,14 @@ enum Evidence {
 /// waits for it), and in the service's active count and
 /// `continuity_proxy_active_connections` gauge (for HTTP services, requests
 /// in flight), which `max_connections` bounds.
-struct InFlight {
+pub(super) struct InFlight {
     open: Arc<std::sync::atomic::AtomicU64>,
     svc: Arc<ServiceRt>,
     gauge: prometheus::IntGauge,
 }
 
 impl InFlight {
-    fn new(shared: &Shared, svc: &Arc<ServiceRt>) -> InFlight {
+    pub(super) fn new(shared: &Shared, svc: &Arc<ServiceRt>) -> InFlight {
         shared.open.fetch_add(1, Ordering::SeqCst);
         svc.active_conns.fetch_add(1, Ordering::SeqCst);
         shared.active.inc();
@@ -274,7 +296,7 @@ impl Gateway {
     }
 
     /// Full-jitter exponential backoff before retrying the same upstream.
-    fn backoff(attempt: u32) -> Duration {
+    pub(super) fn backoff(attempt: u32) -> Duration {
         let exp = BACKOFF_BASE.saturating_mul(1u32 << attempt.min(10));
         let cap = exp.min(BACKOFF_CAP);
         let ms = rand::thread_rng().gen_range(0..=cap.as_millis() as u64);
@@ -351,7 +373,7 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
     Some(Duration::from_secs(secs.max(0) as u64))
 }
 
-fn retryable(status: u16) -> bool {
+pub(super) fn retryable(status: u16) -> bool {
     matches!(status, 502..=504)
 }
 
@@ -384,6 +406,21 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
+            let prior = {
+                let mut handed = lock(&self.shared.handed);
+                if handed.is_empty() {
+                    None
+                } else {
+                    handed.remove(addr)
+                }
+            };
+            if let Some(p) = prior {
+                ctx.attempts = p.attempts;
+                ctx.failed = p.failed;
+                ctx.retry_reason = Some(p.reason);
+            }
+        }
         let req = session.req_header();
         // Request smuggling: a message with both framings is refused, and
         // the connection closed (RFC 9112 6.1 allows either; we refuse).
@@ -844,10 +881,11 @@ impl ProxyHttp for Gateway {
             .idx
             .and_then(|i| self.svc.upstreams.get(i))
             .map(|u| u.cfg.name.as_str());
+        let mut path = String::new();
         access::record(
             &self.shared,
             self.svc.name(),
-            session,
+            &access::Request::of_session(session, &mut path),
             &access::Line {
                 route: ctx.route,
                 status: ctx.status,

@@ -1,0 +1,1153 @@
+//! The lean HTTP/1.1 path of a plain-text gateway.
+//!
+//! pingora's proxy loop returns the upstream connection to its pool after
+//! every request, spawns an idle watcher for it and relays through two
+//! joined futures and a channel: on a keep-alive connection that costs
+//! about twice HAProxy's CPU per request (BENCHMARKS.md). This path does
+//! what HAProxy does instead: each client connection keeps one upstream
+//! connection pinned to it, and a request is one read, one parse, one
+//! write each way, in the connection's own task.
+//!
+//! It only takes the common case: an HTTP/1.1 request with no body or a
+//! `Content-Length` body of at most [`MAX_BODY`], to the route's active
+//! upstream, while that upstream is usable and not under a 429 quota.
+//! Everything else is handed to pingora's `ProxyHttp` (`proxy.rs`) with the
+//! bytes read so far put back, and pingora serves the connection from then
+//! on: h2c, chunked or large request bodies, `Expect`, upgrades, HTTP/1.0,
+//! malformed requests, outages (hold / queue / fail), `max_connections`,
+//! and retries. A request handed over after it reached an upstream is
+//! one pingora may repeat by the gateway's rules (an idempotent method or
+//! an `Idempotency-Key`); one that may not be repeated is answered 502 here
+//! instead, exactly as `proxy.rs` would.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use pingora::apps::ServerApp;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::{GetSocketDigest, SocketDigest};
+use pingora::proxy::HttpProxy;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use super::access::{self, Outcome};
+use super::chunked::ChunkScanner;
+use super::peers::{PeerTemplate, READ_TIMEOUT};
+use super::proxy::{self as gw, Gateway, InFlight, Prior};
+use super::Shared;
+use crate::health::FailureKind;
+use crate::upstream::runtime::{lock, ServiceRt};
+
+/// A request head larger than this goes to pingora (which answers it).
+const MAX_HEAD: usize = 64 * 1024;
+const MAX_HEADERS: usize = 100;
+/// Request bodies up to this size are read whole here (so the request can
+/// still be handed over and repeated); larger ones go to pingora.
+pub const MAX_BODY: usize = 64 * 1024;
+/// A keep-alive client connection idle this long is closed (HAProxy's
+/// `timeout client` in the reference configuration).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A request head or body arriving slower than this ends the connection.
+const CLIENT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The lean path of one gateway, and the pingora apps it hands over to.
+pub struct Lean {
+    svc: Arc<ServiceRt>,
+    shared: Arc<Shared>,
+    /// pingora for HTTP/1 connections handed over (no h2c sniffing: what is
+    /// handed over is known to be HTTP/1).
+    h1: Arc<HttpProxy<Gateway>>,
+    /// pingora for h2c (prior knowledge) connections.
+    h2: Arc<HttpProxy<Gateway>>,
+}
+
+/// The upstream connection pinned to a client connection.
+struct Pinned {
+    idx: usize,
+    stream: TcpStream,
+    buf: BytesMut,
+    /// Requests it has carried (a reused connection may have been closed
+    /// by the upstream while idle).
+    served: u64,
+}
+
+struct Conn {
+    client: TcpStream,
+    peer: SocketAddr,
+    /// Client bytes not yet consumed (the current request stays here until
+    /// its response is done, so that it can still be handed over).
+    buf: BytesMut,
+    up: Option<Pinned>,
+    out: Vec<u8>,
+}
+
+/// One request the lean path takes, from its head.
+struct Plan {
+    idx: usize,
+    head_len: usize,
+    body_len: usize,
+    method: String,
+    /// Path and query as the client sent them (masked when logged).
+    path: String,
+    head_only: bool,
+    retry_safe: bool,
+    /// The client asked to close after this request.
+    close: bool,
+    route: Option<usize>,
+}
+
+enum Parsed {
+    Partial,
+    /// Not for this path: pingora takes the connection.
+    HandOver,
+    Ready(Plan),
+}
+
+/// How an exchange ended.
+enum Done {
+    KeepAlive,
+    Close,
+    /// Give the connection, with the request still buffered, to pingora.
+    HandOver,
+    /// The same, after a failed attempt that pingora's count goes on from.
+    Retry(Prior),
+}
+
+/// What the response's head says about its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Delimited by the upstream closing the connection.
+    UntilClose,
+}
+
+struct RespHead {
+    status: u16,
+    len: usize,
+    framing: Framing,
+    /// The upstream connection may carry another request.
+    reusable: bool,
+    /// The head must be rewritten (hop-by-hop fields, HTTP/1.0).
+    rewrite: bool,
+    retry_after: Option<Duration>,
+}
+
+impl Lean {
+    pub fn new(
+        svc: Arc<ServiceRt>,
+        shared: Arc<Shared>,
+        h1: HttpProxy<Gateway>,
+        h2: HttpProxy<Gateway>,
+    ) -> Lean {
+        Lean {
+            svc,
+            shared,
+            h1: Arc::new(h1),
+            h2: Arc::new(h2),
+        }
+    }
+
+    /// Accepts connections on `listener` until `stop`.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                r = listener.accept() => match r {
+                    Ok((client, peer)) => {
+                        let this = self.clone();
+                        let stop = stop.clone();
+                        tokio::spawn(async move { this.connection(client, peer, stop).await });
+                    }
+                    Err(e) => {
+                        // Out of descriptors and the like: wait, do not spin.
+                        tracing::warn!(service = self.svc.name(), error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                },
+                r = stop.changed() => if r.is_err() || *stop.borrow() { return; },
+            }
+        }
+    }
+
+    async fn connection(
+        self: Arc<Self>,
+        client: TcpStream,
+        peer: SocketAddr,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let _ = client.set_nodelay(true);
+        let mut c = Conn {
+            client,
+            peer,
+            buf: BytesMut::with_capacity(8 * 1024),
+            up: None,
+            out: Vec::with_capacity(4 * 1024),
+        };
+        let mut first = true;
+        loop {
+            let plan = match self.read_request(&mut c, first, &mut stop).await {
+                Next::Closed => return,
+                Next::H2 => return self.hand_over(c, true, stop).await,
+                Next::HandOver => return self.hand_over(c, false, stop).await,
+                Next::Ready(p) => p,
+            };
+            first = false;
+            let in_flight = InFlight::new(&self.shared, &self.svc);
+            if let Some(limit) = self.svc.cfg.max_connections {
+                if self.svc.active_conns.load(Ordering::SeqCst) > u64::from(limit) {
+                    // pingora answers 503 overloaded (and counts it itself).
+                    drop(in_flight);
+                    return self.hand_over(c, false, stop).await;
+                }
+            }
+            let done = self.exchange(&mut c, &plan, &stop).await;
+            drop(in_flight);
+            match done {
+                Done::KeepAlive => c.buf.advance(plan.head_len + plan.body_len),
+                Done::Close => {
+                    let _ = c.client.shutdown().await;
+                    return;
+                }
+                Done::HandOver => return self.hand_over(c, false, stop).await,
+                Done::Retry(prior) => {
+                    lock(&self.shared.handed).insert(c.peer, prior);
+                    let peer = c.peer;
+                    self.hand_over(c, false, stop).await;
+                    // Taken by pingora's first request, unless it never came.
+                    lock(&self.shared.handed).remove(&peer);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Gives the connection to pingora with the unconsumed bytes put back.
+    async fn hand_over(&self, c: Conn, h2: bool, stop: watch::Receiver<bool>) {
+        let Conn { client, buf, .. } = c;
+        let mut stream = L4Stream::from(client);
+        stream.set_socket_digest(SocketDigest::from_raw_fd(stream.as_raw_fd()));
+        stream.rewind(&buf);
+        let app = if h2 { &self.h2 } else { &self.h1 };
+        let mut next: Option<pingora::protocols::Stream> = Some(Box::new(stream));
+        while let Some(s) = next {
+            next = app.process_new(s, &stop).await;
+        }
+    }
+
+    /// The active upstream, when the lean path may send to it now.
+    fn target(&self) -> Option<usize> {
+        let route = self.svc.route.load();
+        let idx = route.active;
+        if !self.svc.usable(&route, idx) {
+            return None;
+        }
+        let quota = self.shared.quota.get(idx).map(|q| *lock(q))?;
+        if quota.is_some_and(|until| until > Instant::now()) {
+            return None;
+        }
+        Some(idx)
+    }
+
+    /// Reads the next request's head (and its body) into `c.buf`.
+    async fn read_request(
+        &self,
+        c: &mut Conn,
+        first: bool,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Next {
+        loop {
+            if !c.buf.is_empty() {
+                if first && c.buf[0] == b'P' && H2_PREFACE.starts_with(&c.buf[..c.buf.len().min(3)])
+                {
+                    let n = c.buf.len().min(H2_PREFACE.len());
+                    if c.buf[..n] != H2_PREFACE[..n] {
+                        return Next::HandOver;
+                    }
+                    if n == H2_PREFACE.len() {
+                        return Next::H2;
+                    }
+                } else {
+                    match self.plan(c) {
+                        Parsed::HandOver => return Next::HandOver,
+                        Parsed::Ready(p) => {
+                            let need = p.head_len + p.body_len;
+                            while c.buf.len() < need {
+                                match read_some(&mut c.client, &mut c.buf, CLIENT_READ_TIMEOUT)
+                                    .await
+                                {
+                                    Some(n) if n > 0 => {}
+                                    _ => return Next::Closed,
+                                }
+                            }
+                            return Next::Ready(p);
+                        }
+                        Parsed::Partial if c.buf.len() > MAX_HEAD => return Next::HandOver,
+                        Parsed::Partial => {}
+                    }
+                }
+            }
+            let got = if c.buf.is_empty() {
+                // Between requests: idle, and the first thing a drain closes.
+                if *stop.borrow() {
+                    return Next::Closed;
+                }
+                tokio::select! {
+                    r = read_some(&mut c.client, &mut c.buf, IDLE_TIMEOUT) => r,
+                    _ = stop.changed() => return Next::Closed,
+                }
+            } else {
+                read_some(&mut c.client, &mut c.buf, CLIENT_READ_TIMEOUT).await
+            };
+            match got {
+                Some(n) if n > 0 => {}
+                _ => return Next::Closed,
+            }
+        }
+    }
+
+    /// Parses the head in `c.buf` and writes the upstream's version of it
+    /// into `c.out`.
+    fn plan(&self, c: &mut Conn) -> Parsed {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        let head_len = match req.parse(&c.buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Parsed::Partial,
+            Err(_) => return Parsed::HandOver,
+        };
+        let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else {
+            return Parsed::HandOver;
+        };
+        if !path.starts_with('/') || method == "CONNECT" {
+            return Parsed::HandOver;
+        }
+        let Some(idx) = self.target() else {
+            return Parsed::HandOver;
+        };
+        let Some(tpl) = self.shared.peers.get(idx) else {
+            return Parsed::HandOver;
+        };
+        let mut body_len: Option<usize> = None;
+        let mut close = false;
+        let mut has_key = false;
+        let mut xff: Option<&[u8]> = None;
+        let mut conn_tokens: Vec<&[u8]> = Vec::new();
+        for h in req.headers.iter() {
+            let name = h.name;
+            if name.eq_ignore_ascii_case("content-length") {
+                let Some(n) = std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                else {
+                    return Parsed::HandOver;
+                };
+                if body_len.is_some() {
+                    return Parsed::HandOver;
+                }
+                body_len = Some(n);
+            } else if name.eq_ignore_ascii_case("transfer-encoding")
+                || name.eq_ignore_ascii_case("expect")
+                || name.eq_ignore_ascii_case("upgrade")
+            {
+                return Parsed::HandOver;
+            } else if name.eq_ignore_ascii_case("connection") {
+                for t in h.value.split(|&b| b == b',') {
+                    let t = t.trim_ascii();
+                    if t.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if t.eq_ignore_ascii_case(b"upgrade") {
+                        return Parsed::HandOver;
+                    }
+                    conn_tokens.push(t);
+                }
+            } else if name.eq_ignore_ascii_case("idempotency-key") {
+                has_key = true;
+            } else if name.eq_ignore_ascii_case("x-forwarded-for") && xff.is_none() {
+                xff = Some(h.value);
+            }
+        }
+        let body_len = body_len.unwrap_or(0);
+        let max = self.svc.cfg.http.max_body_bytes;
+        if body_len > MAX_BODY || body_len as u64 > max {
+            return Parsed::HandOver;
+        }
+        let out = &mut c.out;
+        out.clear();
+        out.extend_from_slice(method.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(tpl.target.base_path.as_bytes());
+        out.extend_from_slice(path.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+        out.extend_from_slice(tpl.authority.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        for h in req.headers.iter() {
+            let name = h.name;
+            if name.eq_ignore_ascii_case("host")
+                || name.eq_ignore_ascii_case("x-forwarded-for")
+                || name.eq_ignore_ascii_case("x-forwarded-proto")
+                || gw::HOP_BY_HOP.iter().any(|n| name.eq_ignore_ascii_case(n))
+                || conn_tokens
+                    .iter()
+                    .any(|t| name.as_bytes().eq_ignore_ascii_case(t))
+            {
+                continue;
+            }
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(h.value);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"x-forwarded-for: ");
+        if let Some(prev) = xff {
+            out.extend_from_slice(prev);
+            out.extend_from_slice(b", ");
+        }
+        let _ = write!(out, "{}", c.peer.ip());
+        out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n\r\n");
+        let query_at = path.find('?').unwrap_or(path.len());
+        let retry_safe = matches!(
+            method,
+            "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+        ) || has_key;
+        Parsed::Ready(Plan {
+            idx,
+            head_len,
+            body_len,
+            method: method.to_string(),
+            path: if self.shared.access_log {
+                path.to_string()
+            } else {
+                String::new()
+            },
+            head_only: method == "HEAD",
+            retry_safe,
+            close,
+            route: self.svc.cfg.http.route_index(&path[..query_at]),
+        })
+    }
+
+    /// Sends the planned request and relays the response.
+    async fn exchange(&self, c: &mut Conn, plan: &Plan, stop: &watch::Receiver<bool>) -> Done {
+        let start = Instant::now();
+        let Some(tpl) = self.shared.peers.get(plan.idx) else {
+            return Done::HandOver;
+        };
+        let Some(up) = self.svc.upstreams.get(plan.idx) else {
+            return Done::HandOver;
+        };
+        let mut log = LogLine {
+            plan,
+            status: 0,
+            outcome: Outcome::Proxied,
+            upstream_ms: None,
+            error: None,
+            start,
+        };
+        // An idle pinned connection that the upstream closed, or one to an
+        // upstream that is no longer the active one, is replaced.
+        if let Some(p) = &mut c.up {
+            if p.idx != plan.idx || !still_open(p) {
+                c.up = None;
+            }
+        }
+        let reused = c.up.is_some();
+        if c.up.is_none() {
+            match self.connect(tpl, plan.idx).await {
+                Ok(stream) => {
+                    c.up = Some(Pinned {
+                        idx: plan.idx,
+                        stream,
+                        buf: BytesMut::with_capacity(16 * 1024),
+                        served: 0,
+                    })
+                }
+                Err(()) => {
+                    // Nothing reached the upstream: pingora may take it anywhere.
+                    return Done::Retry(Prior::failed(plan.idx, "connect"));
+                }
+            }
+        }
+        let Some(p) = c.up.as_mut() else {
+            return Done::HandOver;
+        };
+        up.total_conns.fetch_add(1, Ordering::Relaxed);
+        let body = &c.buf[plan.head_len..plan.head_len + plan.body_len];
+        c.out.extend_from_slice(body);
+        let sent_at = Instant::now();
+        let write = tokio::time::timeout(READ_TIMEOUT, p.stream.write_all(&c.out)).await;
+        if !matches!(write, Ok(Ok(()))) {
+            c.up = None;
+            if reused {
+                // The upstream closed it while idle: nothing was taken.
+                return Done::HandOver;
+            }
+            return self
+                .upstream_failed(c, plan, &mut log, FailureKind::Io, "write", sent_at)
+                .await;
+        }
+        p.served += 1;
+        // The response head (1xx interim answers are relayed and skipped).
+        let head = loop {
+            match read_head(p).await {
+                Ok(h) if (100..200).contains(&h.status) && h.status != 101 => {
+                    if c.client.write_all(&p.buf[..h.len]).await.is_err() {
+                        c.up = None;
+                        return Done::Close;
+                    }
+                    p.buf.advance(h.len);
+                }
+                Ok(h) => break h,
+                Err(e) => {
+                    let fresh = p.buf.is_empty();
+                    c.up = None;
+                    if reused && fresh && e.kind != FailureKind::Timeout && plan.retry_safe {
+                        // Closed while idle, before any answer.
+                        return Done::HandOver;
+                    }
+                    return self
+                        .upstream_failed(c, plan, &mut log, e.kind, e.what, sent_at)
+                        .await;
+                }
+            }
+        };
+        let waited = sent_at.elapsed();
+        log.upstream_ms = Some(waited.as_secs_f64() * 1000.0);
+        up.metrics.response.observe(waited.as_secs_f64());
+        up.inline.record(waited);
+        log.status = head.status;
+        if head.status == 429 {
+            // Quota, not ill health (proxy.rs does the same).
+            if let (Some(wait), Some(q)) = (head.retry_after, self.shared.quota.get(plan.idx)) {
+                *lock(q) = Some(Instant::now() + wait);
+                if plan.retry_safe && start.elapsed() + wait <= self.svc.cfg.buffer_timeout {
+                    c.up = None;
+                    return Done::Retry(Prior {
+                        attempts: 1,
+                        failed: None,
+                        reason: "rate_limited",
+                    });
+                }
+            }
+            log.outcome = Outcome::RateLimited;
+        } else if gw::retryable(head.status) {
+            let message = format!("HTTP {} from upstream", head.status);
+            self.svc
+                .on_passive_failure(plan.idx, FailureKind::Protocol, waited, message)
+                .await;
+            if plan.retry_safe {
+                c.up = None;
+                return Done::Retry(Prior::failed(plan.idx, "http_5xx"));
+            }
+        }
+        let framing = if plan.head_only || head.status == 204 || head.status == 304 {
+            Framing::Empty
+        } else {
+            head.framing
+        };
+        // A small answer is read whole before any of it is relayed, so that
+        // an upstream dying mid-answer (killed between its head and its
+        // body) still leaves the request free to be repeated elsewhere.
+        if let Err(e) = read_small_body(p, head.len, framing).await {
+            c.up = None;
+            return self
+                .upstream_failed(c, plan, &mut log, e.kind, e.what, sent_at)
+                .await;
+        }
+        // The head: relayed as is when it can be, else rewritten.
+        let client_close = plan.close || *stop.borrow() || framing == Framing::UntilClose;
+        c.out.clear();
+        if head.rewrite || client_close {
+            rewrite_head(&p.buf[..head.len], client_close, &mut c.out);
+        } else {
+            c.out.extend_from_slice(&p.buf[..head.len]);
+        }
+        p.buf.advance(head.len);
+        let relayed = relay_body(&mut c.client, p, framing, &mut c.out).await;
+        match relayed {
+            Ok(()) => {}
+            Err(Side::Client) => {
+                log.outcome = Outcome::Failed;
+                log.error = Some("downstream write");
+                self.record(c, &log);
+                c.up = None;
+                return Done::Close;
+            }
+            Err(Side::Upstream(kind)) => {
+                // Mid-response: the client's answer is cut; the upstream
+                // is reported (a reset or a stall counts against it).
+                let message = "upstream failed mid-response".to_string();
+                self.svc
+                    .on_passive_failure(plan.idx, kind, sent_at.elapsed(), message)
+                    .await;
+                log.outcome = Outcome::Failed;
+                log.error = Some("upstream read");
+                self.record(c, &log);
+                c.up = None;
+                return Done::Close;
+            }
+        }
+        if !head.reusable || framing == Framing::UntilClose {
+            c.up = None;
+        }
+        self.record(c, &log);
+        if client_close {
+            Done::Close
+        } else {
+            Done::KeepAlive
+        }
+    }
+
+    /// A new upstream connection; a failure is reported as passive evidence.
+    async fn connect(&self, tpl: &PeerTemplate, idx: usize) -> Result<TcpStream, ()> {
+        let t = Instant::now();
+        let addr = match tpl.address().await {
+            Ok(a) => a,
+            Err(e) => {
+                tpl.forget_address();
+                let msg = format!("resolving {}: {e}", tpl.target.host);
+                self.svc
+                    .on_passive_failure(idx, FailureKind::Io, t.elapsed(), msg)
+                    .await;
+                return Err(());
+            }
+        };
+        match tokio::time::timeout(tpl.connect_timeout(), TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                if let Some(up) = self.svc.upstreams.get(idx) {
+                    up.metrics.connect.observe(t.elapsed().as_secs_f64());
+                }
+                Ok(s)
+            }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                self.svc.on_refused(idx, &e).await;
+                Err(())
+            }
+            Ok(Err(e)) => {
+                let msg = format!("connect: {e}");
+                self.svc
+                    .on_passive_failure(idx, FailureKind::Io, t.elapsed(), msg)
+                    .await;
+                Err(())
+            }
+            Err(_) => {
+                self.svc.on_connect_timeout(idx, t.elapsed()).await;
+                Err(())
+            }
+        }
+    }
+
+    /// The upstream failed before any byte of its answer reached the client.
+    /// A request that may be repeated goes to pingora (which retries it,
+    /// holds or queues it); one that may not is answered 502/504 here.
+    async fn upstream_failed(
+        &self,
+        c: &mut Conn,
+        plan: &Plan,
+        log: &mut LogLine<'_>,
+        kind: FailureKind,
+        what: &'static str,
+        sent_at: Instant,
+    ) -> Done {
+        let message = format!("upstream {what} failed");
+        self.svc
+            .on_passive_failure(plan.idx, kind, sent_at.elapsed(), message)
+            .await;
+        if plan.retry_safe {
+            return Done::Retry(Prior::failed(plan.idx, "upstream_error"));
+        }
+        let status = if kind == FailureKind::Timeout {
+            504
+        } else {
+            502
+        };
+        log.status = status;
+        log.outcome = Outcome::Failed;
+        log.error = Some(what);
+        let body = serde_json::json!({"error": {"code": "upstream_error",
+            "message": format!("continuity: upstream failed: {what}")}});
+        let secs = self.svc.cfg.health.check_interval.as_secs().clamp(1, 60);
+        let answer = json_answer(status, secs, &body);
+        let _ = c.client.write_all(&answer).await;
+        self.record(c, log);
+        Done::Close
+    }
+
+    fn record(&self, c: &Conn, l: &LogLine<'_>) {
+        let upstream = self
+            .svc
+            .upstreams
+            .get(l.plan.idx)
+            .map(|u| u.cfg.name.as_str());
+        access::record(
+            &self.shared,
+            self.svc.name(),
+            &access::Request {
+                method: &l.plan.method,
+                path: &l.plan.path,
+                version: "HTTP/1.1",
+                client: Some(c.peer),
+            },
+            &access::Line {
+                route: l.plan.route,
+                status: l.status,
+                outcome: l.outcome,
+                upstream,
+                attempts: 1,
+                duration: l.start.elapsed(),
+                upstream_ms: l.upstream_ms,
+                body_bytes: l.plan.body_len as u64,
+                queue_id: None,
+                error: l.error.map(str::to_string),
+            },
+        );
+    }
+}
+
+enum Next {
+    Closed,
+    H2,
+    HandOver,
+    Ready(Plan),
+}
+
+struct LogLine<'a> {
+    plan: &'a Plan,
+    status: u16,
+    outcome: Outcome,
+    upstream_ms: Option<f64>,
+    error: Option<&'static str>,
+    start: Instant,
+}
+
+/// Reads into `buf`; `None` on an error or a timeout.
+async fn read_some(s: &mut TcpStream, buf: &mut BytesMut, limit: Duration) -> Option<usize> {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(8 * 1024);
+    }
+    match tokio::time::timeout(limit, s.read_buf(buf)).await {
+        Ok(Ok(n)) => Some(n),
+        _ => None,
+    }
+}
+
+/// Whether an idle pinned connection is still usable: the upstream has not
+/// closed it nor sent anything unasked. Costs no system call unless the
+/// socket was reported readable.
+fn still_open(p: &mut Pinned) -> bool {
+    if !p.buf.is_empty() {
+        return false;
+    }
+    let ready = futures_util::FutureExt::now_or_never(p.stream.ready(Interest::READABLE));
+    match ready {
+        None => true,
+        Some(Ok(r)) if r.is_readable() || r.is_read_closed() => {
+            let mut probe = [0u8; 1];
+            matches!(p.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        }
+        Some(Ok(_)) => true,
+        Some(Err(_)) => false,
+    }
+}
+
+struct HeadError {
+    kind: FailureKind,
+    what: &'static str,
+}
+
+/// Reads and parses the upstream's response head.
+async fn read_head(p: &mut Pinned) -> Result<RespHead, HeadError> {
+    loop {
+        if !p.buf.is_empty() {
+            match parse_response(&p.buf) {
+                Ok(Some(h)) => return Ok(h),
+                Ok(None) if p.buf.len() > MAX_HEAD => {
+                    return Err(HeadError {
+                        kind: FailureKind::Protocol,
+                        what: "response head too large",
+                    })
+                }
+                Ok(None) => {}
+                Err(()) => {
+                    return Err(HeadError {
+                        kind: FailureKind::Protocol,
+                        what: "invalid response",
+                    })
+                }
+            }
+        }
+        if p.buf.capacity() - p.buf.len() < 1024 {
+            p.buf.reserve(8 * 1024);
+        }
+        match tokio::time::timeout(READ_TIMEOUT, p.stream.read_buf(&mut p.buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(Ok(_)) => {
+                return Err(HeadError {
+                    kind: FailureKind::Io,
+                    what: "closed before answering",
+                })
+            }
+            Ok(Err(_)) => {
+                return Err(HeadError {
+                    kind: FailureKind::Io,
+                    what: "read",
+                })
+            }
+            Err(_) => {
+                return Err(HeadError {
+                    kind: FailureKind::Timeout,
+                    what: "read timed out",
+                })
+            }
+        }
+    }
+}
+
+/// Answers up to this size (head and body) are buffered whole.
+const MAX_BUFFERED: usize = 64 * 1024;
+
+/// Reads the rest of a small answer (a `Content-Length` or chunked body
+/// that ends within [`MAX_BUFFERED`] bytes) into `p.buf`. Larger answers,
+/// and those delimited by the connection's end, are left to stream.
+async fn read_small_body(
+    p: &mut Pinned,
+    head_len: usize,
+    framing: Framing,
+) -> Result<(), HeadError> {
+    let mut scanner = ChunkScanner::default();
+    let mut scanned = head_len;
+    loop {
+        let complete = match framing {
+            Framing::Empty | Framing::UntilClose => return Ok(()),
+            Framing::Length(n) => {
+                if head_len as u64 + n > MAX_BUFFERED as u64 {
+                    return Ok(());
+                }
+                p.buf.len() as u64 >= head_len as u64 + n
+            }
+            Framing::Chunked => {
+                let found = scanner.feed(&p.buf[scanned..]).map_err(|_| HeadError {
+                    kind: FailureKind::Protocol,
+                    what: "invalid chunked body",
+                })?;
+                scanned = p.buf.len();
+                if found.is_none() && p.buf.len() >= MAX_BUFFERED {
+                    return Ok(());
+                }
+                found.is_some()
+            }
+        };
+        if complete {
+            return Ok(());
+        }
+        if p.buf.capacity() - p.buf.len() < 4096 {
+            p.buf.reserve(16 * 1024);
+        }
+        match tokio::time::timeout(READ_TIMEOUT, p.stream.read_buf(&mut p.buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(Ok(_)) => {
+                return Err(HeadError {
+                    kind: FailureKind::Io,
+                    what: "closed mid-answer",
+                })
+            }
+            Ok(Err(_)) => {
+                return Err(HeadError {
+                    kind: FailureKind::Io,
+                    what: "read",
+                })
+            }
+            Err(_) => {
+                return Err(HeadError {
+                    kind: FailureKind::Timeout,
+                    what: "read timed out",
+                })
+            }
+        }
+    }
+}
+
+fn parse_response(buf: &[u8]) -> Result<Option<RespHead>, ()> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(()),
+    };
+    let (Some(status), Some(version)) = (resp.code, resp.version) else {
+        return Err(());
+    };
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut te = false;
+    let mut close = version == 0;
+    let mut rewrite = version != 1;
+    let mut retry_after = None;
+    for h in resp.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or(())?;
+            if length.is_some_and(|l| l != n) {
+                return Err(());
+            }
+            length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            te = true;
+            chunked = h
+                .value
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name.eq_ignore_ascii_case("connection") {
+            rewrite = true;
+            for t in h.value.split(|&b| b == b',') {
+                let t = t.trim_ascii();
+                if t.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if t.eq_ignore_ascii_case(b"keep-alive") && version == 0 {
+                    close = false;
+                }
+            }
+        } else if name.eq_ignore_ascii_case("keep-alive")
+            || name.eq_ignore_ascii_case("proxy-connection")
+        {
+            rewrite = true;
+        } else if name.eq_ignore_ascii_case("retry-after") {
+            retry_after = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(gw::parse_retry_after);
+        }
+    }
+    let framing = if te {
+        // Transfer-Encoding wins over Content-Length (RFC 9112 6.3), and
+        // such a message is not reused.
+        if length.is_some() {
+            close = true;
+        }
+        if chunked {
+            Framing::Chunked
+        } else {
+            Framing::UntilClose
+        }
+    } else if let Some(n) = length {
+        Framing::Length(n)
+    } else if (100..200).contains(&status) {
+        Framing::Empty
+    } else {
+        Framing::UntilClose
+    };
+    Ok(Some(RespHead {
+        status,
+        len,
+        framing,
+        reusable: !close,
+        rewrite,
+        retry_after,
+    }))
+}
+
+/// The response head for the client: HTTP/1.1, without hop-by-hop fields
+/// other than `Transfer-Encoding` (the body is relayed as framed), and with
+/// `connection: close` when this is the connection's last answer.
+fn rewrite_head(raw: &[u8], close: bool, out: &mut Vec<u8>) {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    if !matches!(resp.parse(raw), Ok(httparse::Status::Complete(_))) {
+        out.extend_from_slice(raw);
+        return;
+    }
+    let mut tokens: Vec<&[u8]> = Vec::new();
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("connection") {
+            tokens.extend(h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii));
+        }
+    }
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(resp.code.unwrap_or(502).to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for h in resp.headers.iter() {
+        let name = h.name;
+        let hop = name.eq_ignore_ascii_case("connection")
+            || name.eq_ignore_ascii_case("keep-alive")
+            || name.eq_ignore_ascii_case("proxy-connection")
+            || (!name.eq_ignore_ascii_case("transfer-encoding")
+                && tokens
+                    .iter()
+                    .any(|t| name.as_bytes().eq_ignore_ascii_case(t)));
+        if hop {
+            continue;
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+enum Side {
+    Client,
+    Upstream(FailureKind),
+}
+
+/// Relays the response body after the head already in `out`: one write when
+/// the whole answer is at hand, else as it arrives.
+async fn relay_body(
+    client: &mut TcpStream,
+    p: &mut Pinned,
+    framing: Framing,
+    out: &mut Vec<u8>,
+) -> Result<(), Side> {
+    let mut scanner = ChunkScanner::default();
+    // Bytes of the body still to come (`None`: until the framing says so).
+    let mut left: Option<u64> = match framing {
+        Framing::Empty => Some(0),
+        Framing::Length(n) => Some(n),
+        Framing::Chunked | Framing::UntilClose => None,
+    };
+    loop {
+        // Take what the buffer holds of the body.
+        let avail = p.buf.len();
+        let (take, end) = match framing {
+            Framing::Empty | Framing::Length(_) => {
+                let l = left.unwrap_or(0);
+                let t = l.min(avail as u64);
+                left = Some(l - t);
+                (t as usize, l == t)
+            }
+            Framing::Chunked => match scanner.feed(&p.buf) {
+                Ok(Some(n)) => (n, true),
+                Ok(None) => (avail, false),
+                Err(_) => {
+                    // Relay what is valid so far is pointless: the answer
+                    // is broken; the client's connection ends.
+                    let _ = client.write_all(out).await;
+                    return Err(Side::Upstream(FailureKind::Protocol));
+                }
+            },
+            Framing::UntilClose => (avail, false),
+        };
+        out.extend_from_slice(&p.buf[..take]);
+        p.buf.advance(take);
+        if end || out.len() >= 64 * 1024 {
+            if client.write_all(out).await.is_err() {
+                return Err(Side::Client);
+            }
+            out.clear();
+        }
+        if end {
+            return Ok(());
+        }
+        if !out.is_empty() {
+            // Do not sit on relayed bytes while waiting for the next ones.
+            if client.write_all(out).await.is_err() {
+                return Err(Side::Client);
+            }
+            out.clear();
+        }
+        if p.buf.capacity() - p.buf.len() < 4096 {
+            p.buf.reserve(16 * 1024);
+        }
+        match tokio::time::timeout(READ_TIMEOUT, p.stream.read_buf(&mut p.buf)).await {
+            Ok(Ok(0)) if framing == Framing::UntilClose => return Ok(()),
+            Ok(Ok(0)) | Ok(Err(_)) => return Err(Side::Upstream(FailureKind::Io)),
+            Ok(Ok(_)) => {}
+            Err(_) => return Err(Side::Upstream(FailureKind::Timeout)),
+        }
+    }
+}
+
+/// A complete small JSON answer that ends the connection.
+fn json_answer(status: u16, retry_after: u64, body: &serde_json::Value) -> Vec<u8> {
+    let text = body.to_string();
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: {retry_after}\r\nconnection: close\r\n\r\n{text}",
+        text.len()
+    )
+    .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn response_framing() {
+        let h = |raw: &[u8]| {
+            parse_response(raw)
+                .ok()
+                .flatten()
+                .map(|h| (h.framing, h.reusable, h.rewrite))
+        };
+        assert_eq!(
+            h(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"),
+            Some((Framing::Length(5), true, false))
+        );
+        assert_eq!(
+            h(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nConnection: keep-alive\r\n\r\n"),
+            Some((Framing::Chunked, true, true))
+        );
+        assert_eq!(
+            h(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n"),
+            Some((Framing::UntilClose, false, true))
+        );
+        assert_eq!(
+            h(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n"),
+            Some((Framing::Length(1), false, true))
+        );
+        assert_eq!(
+            h(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"),
+            Some((Framing::Chunked, false, false))
+        );
+        assert!(parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
+        )
+        .is_err());
+        assert!(parse_response(b"garbage\r\n\r\n").is_err());
+        assert_eq!(h(b"HTTP/1.1 200 OK\r\nContent-"), None);
+    }
+
+    #[test]
+    fn head_rewrite_drops_hop_by_hop_fields() {
+        let mut out = Vec::new();
+        rewrite_head(
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive, X-Secret\r\nKeep-Alive: timeout=5\r\nX-Secret: s\r\nContent-Length: 2\r\n\r\n",
+            true,
+            &mut out,
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nconnection: close\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn json_answers_are_complete() {
+        let a = json_answer(502, 2, &serde_json::json!({"a": 1}));
+        assert_eq!(
+            String::from_utf8_lossy(&a),
+            "HTTP/1.1 502 Bad Gateway\r\ncontent-type: application/json\r\ncontent-length: 7\r\nretry-after: 2\r\nconnection: close\r\n\r\n{\"a\":1}"
+        );
+    }
+}
