@@ -15,12 +15,19 @@ Routes (any method unless stated):
                     later ones the echo below (counted per path, in this process)
   /slow/MS          sleeps MS ms, then the echo
   /big/BYTES        200 with a body of BYTES bytes (application/octet-stream)
+  /chunked/N        200, Transfer-Encoding: chunked: N chunks `chunk I\n`, each written
+                    and flushed on its own, then a trailer `X-Checksum: N`
+  /eof/BYTES        200 with no Content-Length, `Connection: close`: BYTES bytes, then close
+  /interim          a `103 Early Hints` interim response, then the echo
+  /hop              the echo, with hop-by-hop fields in the answer: `Connection:
+                    keep-alive, X-Hop`, `X-Hop: secret`, `Keep-Alive: timeout=5`
   anything else     200 JSON echo: {"server", "method", "path" (with query),
                     "headers": {lowercased name: value}, "body": request body as text}
                     (+ "client_cn": the client certificate's CN with --client-ca)
+                    and "peer_port": the port of the connection it came on
 
 The request body is read by Content-Length or chunked transfer coding; every
-response has a Content-Length. With --record FILE, every non-GET request and
+response has a Content-Length, except /chunked and /eof. With --record FILE, every non-GET request and
 every request whose path starts with /submissions is appended to FILE as one
 JSON line {"server", "method", "path", "idempotency_key", "body"}, flushed and
 fsync'd before the response is sent.
@@ -159,7 +166,7 @@ class Handler(BaseHTTPRequestHandler):
             k = k.lower()
             headers[k] = f"{headers[k]}, {v}" if k in headers else v
         doc = {"server": self.server.name, "method": self.command, "path": self.path,
-               "headers": headers, "body": body_text}
+               "headers": headers, "body": body_text, "peer_port": self.client_address[1]}
         if self.server.tls_ctx is not None and self.server.tls_ctx.verify_mode == ssl.CERT_REQUIRED:
             cn = None
             try:
@@ -212,6 +219,33 @@ class Handler(BaseHTTPRequestHandler):
             block = (b"0123456789abcdef" * 4096)
             body = (block * (n // len(block) + 1))[:n]
             self.reply(200, body, "application/octet-stream")
+        elif head == "chunked" and arg.isdigit():
+            self.send_response(200)
+            self.send_header("X-Upstream", self.server.name)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.flush()
+            for i in range(int(arg)):
+                data = f"chunk {i}\n".encode()
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
+            self.wfile.write(b"0\r\nX-Checksum: " + arg.encode() + b"\r\n\r\n")
+            self.wfile.flush()
+        elif head == "eof" and arg.isdigit():
+            self.close_connection = True
+            self.send_response(200)
+            self.send_header("X-Upstream", self.server.name)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(b"e" * int(arg))
+            self.wfile.flush()
+        elif route == "/interim":
+            self.wfile.write(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
+            self.wfile.flush()
+            self.reply(200, self.echo(body_text))
+        elif route == "/hop":
+            self.reply(200, self.echo(body_text), extra=[
+                ("Connection", "keep-alive, X-Hop"), ("X-Hop", "secret"), ("Keep-Alive", "timeout=5")])
         else:
             self.reply(200, self.echo(body_text))
 

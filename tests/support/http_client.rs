@@ -67,11 +67,18 @@ pub fn read_response<R: BufRead>(r: &mut R) -> std::io::Result<Resp> {
             r.read_line(&mut size)?;
             let n = usize::from_str_radix(size.trim(), 16)
                 .map_err(|_| std::io::Error::other(format!("bad chunk size {size:?}")))?;
-            let mut chunk = vec![0; n + 2];
-            r.read_exact(&mut chunk)?;
             if n == 0 {
+                // Trailer fields, up to the empty line.
+                loop {
+                    let mut t = String::new();
+                    if r.read_line(&mut t)? == 0 || t.trim_end().is_empty() {
+                        break;
+                    }
+                }
                 break;
             }
+            let mut chunk = vec![0; n + 2];
+            r.read_exact(&mut chunk)?;
             body.extend_from_slice(&chunk[..n]);
         }
     } else if status != 204 && status != 304 {

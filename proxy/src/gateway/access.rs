@@ -399,7 +399,75 @@ pub fn record(shared: &Shared, service: &str, req: &Request<'_>, line: &Line<'_>
 
 #[cfg(test)]
 mod tests {
-    use super::mask_path;
+    use super::*;
+
+    fn sample(b: &mut String, json: bool) {
+        let req = Request {
+            method: "GET",
+            path: "/plates?plate=A\"B&token=s3cr3t",
+            version: "HTTP/1.1",
+            client: "127.0.0.1:5000".parse().ok(),
+        };
+        let line = Line {
+            route: None,
+            status: 200,
+            outcome: Outcome::Proxied,
+            upstream: Some("lpr-a"),
+            attempts: 1,
+            duration: Duration::from_micros(1234),
+            upstream_ms: Some(0.5),
+            body_bytes: 0,
+            queue_id: None,
+            error: Some("say \"hi\"".to_string()),
+        };
+        let f = Fields {
+            service: "lpr",
+            route: "/",
+            req: &req,
+            line: &line,
+        };
+        if json {
+            f.json(b);
+        } else {
+            f.text(b);
+        }
+    }
+
+    #[test]
+    fn text_lines_have_tracings_layout_and_mask_secrets() {
+        let mut b = String::new();
+        sample(&mut b, false);
+        let (ts, rest) = b.split_once("  INFO ").expect("level");
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(ts).is_ok() && ts.len() == 27,
+            "{ts}"
+        );
+        assert_eq!(
+            rest,
+            "continuity::access: http request service=\"lpr\" route=\"/\" client=127.0.0.1:5000 \
+             method=\"GET\" path=/plates?plate=A\"B&token=*** version=\"HTTP/1.1\" status=200 \
+             outcome=\"proxied\" upstream=\"lpr-a\" attempts=1 duration_ms=1.234 upstream_ms=0.500 \
+             request_body_bytes=0 queue_id=\"-\" error=\"say \\\"hi\\\"\"\n"
+        );
+    }
+
+    #[test]
+    fn json_lines_parse_and_carry_every_field() {
+        let mut b = String::new();
+        sample(&mut b, true);
+        assert!(b.ends_with('\n'));
+        let v: serde_json::Value = serde_json::from_str(b.trim_end()).expect("json");
+        assert_eq!(v["level"], "INFO");
+        assert_eq!(v["target"], "continuity::access");
+        let f = &v["fields"];
+        assert_eq!(f["message"], "http request");
+        assert_eq!(f["path"], "/plates?plate=A\"B&token=***");
+        assert_eq!(f["status"], 200);
+        assert_eq!(f["duration_ms"], 1.234);
+        assert_eq!(f["error"], "say \"hi\"");
+        assert_eq!(f["client"], "127.0.0.1:5000");
+        assert!(!b.contains("s3cr3t"));
+    }
 
     #[test]
     fn masks_secret_parameters() {
