@@ -40,6 +40,7 @@ use super::access::{self, Outcome};
 use super::chunked::ChunkScanner;
 use super::peers::{PeerTemplate, READ_TIMEOUT};
 use super::proxy::{self as gw, Gateway, InFlight, Prior};
+use super::workers::{Live, Workers};
 use super::Shared;
 use crate::health::FailureKind;
 use crate::upstream::runtime::{lock, ServiceRt};
@@ -53,8 +54,9 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// A keep-alive client connection idle this long is closed (HAProxy's
 /// `timeout client` in the reference configuration).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// A request head or body arriving slower than this ends the connection.
-const CLIENT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// A client that sends a request head or body, or takes an answer, slower
+/// than this (no progress at all) loses its connection.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// The lean path of one gateway, and the pingora apps it hands over to.
@@ -66,6 +68,8 @@ pub struct Lean {
     h1: Arc<HttpProxy<Gateway>>,
     /// pingora for h2c (prior knowledge) connections.
     h2: Arc<HttpProxy<Gateway>>,
+    /// The threads connections are served on (workers.rs).
+    workers: Workers,
 }
 
 /// The upstream connection pinned to a client connection.
@@ -147,25 +151,65 @@ impl Lean {
         shared: Arc<Shared>,
         h1: HttpProxy<Gateway>,
         h2: HttpProxy<Gateway>,
+        workers: Workers,
     ) -> Lean {
         Lean {
             svc,
             shared,
             h1: Arc::new(h1),
             h2: Arc::new(h2),
+            workers,
         }
     }
 
-    /// Accepts connections on `listener` until `stop`.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    /// Starts an accept loop on every gateway thread, each on its own
+    /// handle of `listener`, until `stop`.
+    pub fn serve(
+        self: Arc<Self>,
+        listener: &std::net::TcpListener,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<(), String> {
+        let mut handles = Vec::with_capacity(self.workers.len());
+        for _ in 0..self.workers.len() {
+            handles.push(listener.try_clone().map_err(|e| format!("listener: {e}"))?);
+        }
+        let handles = std::sync::Mutex::new(handles);
+        self.workers.on_each(|_, live| {
+            let this = self.clone();
+            let stop = stop.clone();
+            let std = lock(&handles).pop();
+            async move {
+                let Some(std) = std else {
+                    return;
+                };
+                match TcpListener::from_std(std) {
+                    Ok(l) => this.accept_loop(l, live, stop).await,
+                    Err(e) => tracing::error!(service = this.svc.name(), error = %e, "gateway thread cannot listen"),
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn accept_loop(
+        self: Arc<Self>,
+        listener: TcpListener,
+        live: Arc<std::sync::atomic::AtomicUsize>,
+        mut stop: watch::Receiver<bool>,
+    ) {
         loop {
             tokio::select! {
                 r = listener.accept() => match r {
                     Ok((client, peer)) => {
                         let this = self.clone();
                         let stop = stop.clone();
-                        tokio::spawn(async move { this.connection(client, peer, stop).await });
+                        let live = Live::new(&live);
+                        tokio::spawn(async move {
+                            let _live = live;
+                            this.connection(client, peer, stop).await;
+                        });
                     }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(e) => {
                         // Out of descriptors and the like: wait, do not spin.
                         tracing::warn!(service = self.svc.name(), error = %e, "accept failed");
@@ -194,7 +238,7 @@ impl Lean {
         let mut first = true;
         loop {
             let plan = match self.read_request(&mut c, first, &mut stop).await {
-                Next::Closed => return,
+                Next::Closed => return pool_put(c.up.take()),
                 Next::H2 => return self.hand_over(c, true, stop).await,
                 Next::HandOver => return self.hand_over(c, false, stop).await,
                 Next::Ready(p) => p,
@@ -213,6 +257,7 @@ impl Lean {
             match done {
                 Done::KeepAlive => c.buf.advance(plan.head_len + plan.body_len),
                 Done::Close => {
+                    pool_put(c.up.take());
                     let _ = c.client.shutdown().await;
                     return;
                 }
@@ -280,9 +325,7 @@ impl Lean {
                         Parsed::Ready(p) => {
                             let need = p.head_len + p.body_len;
                             while c.buf.len() < need {
-                                match read_some(&mut c.client, &mut c.buf, CLIENT_READ_TIMEOUT)
-                                    .await
-                                {
+                                match read_some(&mut c.client, &mut c.buf, CLIENT_TIMEOUT).await {
                                     Some(n) if n > 0 => {}
                                     _ => return Next::Closed,
                                 }
@@ -304,7 +347,7 @@ impl Lean {
                     _ = stop.changed() => return Next::Closed,
                 }
             } else {
-                read_some(&mut c.client, &mut c.buf, CLIENT_READ_TIMEOUT).await
+                read_some(&mut c.client, &mut c.buf, CLIENT_TIMEOUT).await
             };
             match got {
                 Some(n) if n > 0 => {}
@@ -458,6 +501,9 @@ impl Lean {
                 c.up = None;
             }
         }
+        if c.up.is_none() {
+            c.up = pool_take(plan.idx);
+        }
         let reused = c.up.is_some();
         if c.up.is_none() {
             match self.connect(tpl, plan.idx).await {
@@ -497,8 +543,19 @@ impl Lean {
         // The response head (1xx interim answers are relayed and skipped).
         let head = loop {
             match read_head(p).await {
-                Ok(h) if (100..200).contains(&h.status) && h.status != 101 => {
-                    if c.client.write_all(&p.buf[..h.len]).await.is_err() {
+                Ok(h) if h.status == 101 => {
+                    // Switching protocols without having been asked to.
+                    c.up = None;
+                    let e = HeadError {
+                        kind: FailureKind::Protocol,
+                        what: "unsolicited 101",
+                    };
+                    return self
+                        .upstream_failed(c, plan, &mut log, e.kind, e.what, sent_at)
+                        .await;
+                }
+                Ok(h) if (100..200).contains(&h.status) => {
+                    if !write_client(&mut c.client, &p.buf[..h.len]).await {
                         c.up = None;
                         return Done::Close;
                     }
@@ -676,7 +733,7 @@ impl Lean {
             "message": format!("continuity: upstream failed: {what}")}});
         let secs = self.svc.cfg.health.check_interval.as_secs().clamp(1, 60);
         let answer = json_answer(status, secs, &body);
-        let _ = c.client.write_all(&answer).await;
+        let _ = write_client(&mut c.client, &answer).await;
         self.record(c, log);
         Done::Close
     }
@@ -726,6 +783,58 @@ struct LogLine<'a> {
     upstream_ms: Option<f64>,
     error: Option<&'static str>,
     start: Instant,
+}
+
+/// Idle upstream connections kept per gateway thread for the next client
+/// connection (HAProxy's `http-reuse safe`): a client connection that ends
+/// leaves its pinned upstream connection here, most recent last.
+const POOL_MAX: usize = 32;
+/// A pooled connection idle longer than this is closed rather than reused
+/// (servers close idle connections on their own schedule).
+const POOL_IDLE: Duration = Duration::from_secs(15);
+
+thread_local! {
+    static POOL: std::cell::RefCell<Vec<(Pinned, Instant)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Keeps `p` (a connection whose last answer was read whole) for reuse.
+fn pool_put(p: Option<Pinned>) {
+    let Some(p) = p else {
+        return;
+    };
+    if !p.buf.is_empty() {
+        return;
+    }
+    POOL.with_borrow_mut(|pool| {
+        if pool.len() >= POOL_MAX {
+            pool.remove(0);
+        }
+        pool.push((p, Instant::now()));
+    });
+}
+
+/// The most recently parked usable connection to upstream `idx`.
+fn pool_take(idx: usize) -> Option<Pinned> {
+    POOL.with_borrow_mut(|pool| {
+        pool.retain(|(_, at)| at.elapsed() < POOL_IDLE);
+        while let Some(i) = pool.iter().rposition(|(p, _)| p.idx == idx) {
+            let (mut p, _) = pool.remove(i);
+            if still_open(&mut p) {
+                return Some(p);
+            }
+        }
+        None
+    })
+}
+
+/// Writes to the client; `false` when it is gone or has not taken a byte
+/// for [`CLIENT_TIMEOUT`].
+async fn write_client(client: &mut TcpStream, bytes: &[u8]) -> bool {
+    matches!(
+        tokio::time::timeout(CLIENT_TIMEOUT, client.write_all(bytes)).await,
+        Ok(Ok(()))
+    )
 }
 
 /// Reads into `buf`; `None` on an error or a timeout.
@@ -1038,7 +1147,7 @@ async fn relay_body(
                 Err(_) => {
                     // Relay what is valid so far is pointless: the answer
                     // is broken; the client's connection ends.
-                    let _ = client.write_all(out).await;
+                    let _ = write_client(client, out).await;
                     return Err(Side::Upstream(FailureKind::Protocol));
                 }
             },
@@ -1047,7 +1156,7 @@ async fn relay_body(
         out.extend_from_slice(&p.buf[..take]);
         p.buf.advance(take);
         if end || out.len() >= 64 * 1024 {
-            if client.write_all(out).await.is_err() {
+            if !write_client(client, out).await {
                 return Err(Side::Client);
             }
             out.clear();
@@ -1057,7 +1166,7 @@ async fn relay_body(
         }
         if !out.is_empty() {
             // Do not sit on relayed bytes while waiting for the next ones.
-            if client.write_all(out).await.is_err() {
+            if !write_client(client, out).await {
                 return Err(Side::Client);
             }
             out.clear();

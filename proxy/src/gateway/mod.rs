@@ -7,6 +7,7 @@
 //! - `h1.rs`: the lean HTTP/1.1 path of plain-text gateways (a client-pinned
 //!   upstream connection); it hands pingora what it does not take.
 //! - `chunked.rs`: where a chunked body ends, for `h1.rs`.
+//! - `workers.rs`: the per-core threads `h1.rs` serves connections on.
 //! - `proxy.rs`: the request path (failover, retries, hold/queue/fail).
 //! - `queue.rs`: the durable store-and-forward queue under `data_dir`.
 //! - `deliver.rs`: delivers queued requests in order once an upstream is back.
@@ -20,6 +21,7 @@ mod h1;
 pub mod peers;
 pub mod proxy;
 pub mod queue;
+mod workers;
 
 use std::os::fd::IntoRawFd;
 use std::path::Path;
@@ -40,6 +42,10 @@ use crate::metrics::HttpMetrics;
 use crate::upstream::runtime::ServiceRt;
 use peers::PeerTemplate;
 use queue::QueueStore;
+
+/// After a gateway's stop (SIGTERM, reload), its threads finish the
+/// connections they serve for this long at most (idle ones close at once).
+const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What every request of one gateway shares.
 pub struct Shared {
@@ -167,14 +173,6 @@ pub fn start(p: GatewayParams<'_>) -> Result<Vec<JoinHandle<()>>, String> {
     // Plain text on both sides: the lean HTTP/1.1 path, handing pingora
     // what it does not take (h1.rs). With TLS on either side: pingora only.
     if tls.is_none() && shared.peers.iter().all(|p| !p.target.tls) {
-        let listener = p
-            .listener
-            .try_clone()
-            .and_then(|l| {
-                l.set_nonblocking(true)?;
-                tokio::net::TcpListener::from_std(l)
-            })
-            .map_err(|e| format!("listener: {e}"))?;
         let proxy_app = |h2c: bool, gateway: proxy::Gateway| {
             let mut app = pingora::proxy::http_proxy(&conf, gateway);
             let mut opts = pingora::apps::HttpServerOptions::default();
@@ -190,8 +188,10 @@ pub fn start(p: GatewayParams<'_>) -> Result<Vec<JoinHandle<()>>, String> {
                 shared: shared.clone(),
             },
         );
-        let lean = Arc::new(h1::Lean::new(svc, shared, h1, h2));
-        tasks.push(tokio::spawn(lean.serve(listener, p.stop)));
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let workers = workers::Workers::start(svc.name(), threads, &p.stop, DRAIN_GRACE)?;
+        let lean = Arc::new(h1::Lean::new(svc, shared, h1, h2, workers));
+        lean.serve(p.listener, &p.stop)?;
         return Ok(tasks);
     }
     let mut service = pingora::proxy::http_proxy_service_with_name(
