@@ -208,3 +208,23 @@ fn bodies_the_lean_path_does_not_take_still_arrive_whole() {
     let third = http_client::read_response(&mut reader).expect("third");
     assert_eq!(third.json()["path"], "/third");
 }
+
+#[test]
+fn upstream_connections_outlive_client_connections() {
+    let (_upstream, _engine, listen) = start();
+    // Twelve client connections one after another (Connection: close): each
+    // gateway thread keeps its upstream connection for the next client.
+    let mut ports = std::collections::BTreeSet::new();
+    for i in 0..12 {
+        let r = http_client::get(&listen, &format!("/seq/{i}")).expect("GET");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("connection"), Some("close"), "{r:?}");
+        ports.insert(r.json()["peer_port"].to_string());
+    }
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    assert!(
+        ports.len() <= threads.min(11),
+        "{} upstream connections for 12 sequential clients ({threads} threads): {ports:?}",
+        ports.len()
+    );
+}
