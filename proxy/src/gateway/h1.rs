@@ -40,7 +40,7 @@ use super::access::{self, Outcome};
 use super::chunked::ChunkScanner;
 use super::peers::{PeerTemplate, READ_TIMEOUT};
 use super::proxy::{self as gw, Gateway, InFlight, Prior};
-use super::workers::{Live, Workers};
+use super::workers::Workers;
 use super::Shared;
 use crate::health::FailureKind;
 use crate::upstream::runtime::{lock, ServiceRt};
@@ -77,9 +77,6 @@ struct Pinned {
     idx: usize,
     stream: TcpStream,
     buf: BytesMut,
-    /// Requests it has carried (a reused connection may have been closed
-    /// by the upstream while idle).
-    served: u64,
 }
 
 struct Conn {
@@ -162,54 +159,30 @@ impl Lean {
         }
     }
 
-    /// Starts an accept loop on every gateway thread, each on its own
-    /// handle of `listener`, until `stop`.
-    pub fn serve(
-        self: Arc<Self>,
-        listener: &std::net::TcpListener,
-        stop: &watch::Receiver<bool>,
-    ) -> Result<(), String> {
-        let mut handles = Vec::with_capacity(self.workers.len());
-        for _ in 0..self.workers.len() {
-            handles.push(listener.try_clone().map_err(|e| format!("listener: {e}"))?);
-        }
-        let handles = std::sync::Mutex::new(handles);
-        self.workers.on_each(|_, live| {
-            let this = self.clone();
-            let stop = stop.clone();
-            let std = lock(&handles).pop();
-            async move {
-                let Some(std) = std else {
-                    return;
-                };
-                match TcpListener::from_std(std) {
-                    Ok(l) => this.accept_loop(l, live, stop).await,
-                    Err(e) => tracing::error!(service = this.svc.name(), error = %e, "gateway thread cannot listen"),
-                }
-            }
-        });
-        Ok(())
-    }
-
-    async fn accept_loop(
-        self: Arc<Self>,
-        listener: TcpListener,
-        live: Arc<std::sync::atomic::AtomicUsize>,
-        mut stop: watch::Receiver<bool>,
-    ) {
+    /// Accepts connections on `listener` until `stop`, and deals each to
+    /// a gateway thread (workers.rs).
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
         loop {
             tokio::select! {
                 r = listener.accept() => match r {
                     Ok((client, peer)) => {
+                        // Registered again with the chosen thread's reactor.
+                        let client = match client.into_std() {
+                            Ok(c) => c,
+                            Err(e) => {
+                                tracing::warn!(service = self.svc.name(), error = %e, "accepted socket unusable");
+                                continue;
+                            }
+                        };
                         let this = self.clone();
                         let stop = stop.clone();
-                        let live = Live::new(&live);
-                        tokio::spawn(async move {
-                            let _live = live;
-                            this.connection(client, peer, stop).await;
+                        self.workers.spawn(move || async move {
+                            match TcpStream::from_std(client) {
+                                Ok(client) => this.connection(client, peer, stop).await,
+                                Err(e) => tracing::warn!(service = this.svc.name(), error = %e, "accepted socket unusable"),
+                            }
                         });
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(e) => {
                         // Out of descriptors and the like: wait, do not spin.
                         tracing::warn!(service = self.svc.name(), error = %e, "accept failed");
@@ -512,7 +485,6 @@ impl Lean {
                         idx: plan.idx,
                         stream,
                         buf: BytesMut::with_capacity(16 * 1024),
-                        served: 0,
                     })
                 }
                 Err(()) => {
@@ -539,7 +511,6 @@ impl Lean {
                 .upstream_failed(c, plan, &mut log, FailureKind::Io, "write", sent_at)
                 .await;
         }
-        p.served += 1;
         // The response head (1xx interim answers are relayed and skipped).
         let head = loop {
             match read_head(p).await {

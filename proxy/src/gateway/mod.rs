@@ -190,8 +190,13 @@ pub fn start(p: GatewayParams<'_>) -> Result<Vec<JoinHandle<()>>, String> {
         );
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         let workers = workers::Workers::start(svc.name(), threads, &p.stop, DRAIN_GRACE)?;
+        let listener = p
+            .listener
+            .try_clone()
+            .and_then(tokio::net::TcpListener::from_std)
+            .map_err(|e| format!("listener: {e}"))?;
         let lean = Arc::new(h1::Lean::new(svc, shared, h1, h2, workers));
-        lean.serve(p.listener, &p.stop)?;
+        tasks.push(tokio::spawn(lean.serve(listener, p.stop)));
         return Ok(tasks);
     }
     let mut service = pingora::proxy::http_proxy_service_with_name(

@@ -1,9 +1,9 @@
 //! The threads the lean HTTP/1.1 path serves its connections on: one
-//! single-threaded tokio runtime per core, each with its own epoll and its
-//! own accept loop on the service's listening socket (the kernel hands a new
-//! connection to whichever thread accepts first). A connection then lives on
-//! one thread: no task moves between threads, and no thread wakes another
-//! for it, which is how HAProxy's `nbthread` works. On the shared work-stealing runtime the same
+//! single-threaded tokio runtime per core, each with its own epoll. The
+//! accept loop (on the engine's runtime) deals each new connection to the
+//! thread serving the fewest. A connection then lives on one thread: no task
+//! moves between threads, and no thread wakes another for it, which is how
+//! HAProxy's `nbthread` works. On the shared work-stealing runtime the same
 //! path had a p99 10-40 % above HAProxy's (BENCHMARKS.md).
 //!
 //! After the service's stop, a thread lives on while it still serves a
@@ -73,29 +73,37 @@ impl Workers {
         Ok(Workers { workers })
     }
 
-    /// Runs `make(live)` on every thread: the future is built there (a
-    /// socket registers with the reactor of the runtime it is made on).
-    /// `live` counts the connections that thread serves (see [`Live`]).
-    pub fn on_each<F>(&self, make: impl Fn(usize, Arc<AtomicUsize>) -> F)
+    /// Runs one connection's task on the thread serving the fewest
+    /// connections now (HAProxy's listener does the same): with 64 clients
+    /// connecting at once, threads that each accepted for themselves ended
+    /// up with 62 % and 38 % of them, and the busier one set the p99.
+    /// `make` builds the future on that thread (a socket registers with the
+    /// reactor of the runtime it is made on).
+    pub fn spawn<F>(&self, make: impl FnOnce() -> F + Send + 'static)
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        for (i, w) in self.workers.iter().enumerate() {
-            w.handle.spawn(make(i, w.live.clone()));
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.workers.len()
+        let Some(w) = self
+            .workers
+            .iter()
+            .min_by_key(|w| w.live.load(Ordering::SeqCst))
+        else {
+            return;
+        };
+        let live = Live::new(&w.live);
+        w.handle.spawn(async move {
+            let _live = live;
+            make().await;
+        });
     }
 }
 
 /// One connection served on a worker: counted in its thread's `live` while
 /// this lives.
-pub struct Live(Arc<AtomicUsize>);
+struct Live(Arc<AtomicUsize>);
 
 impl Live {
-    pub fn new(live: &Arc<AtomicUsize>) -> Live {
+    fn new(live: &Arc<AtomicUsize>) -> Live {
         live.fetch_add(1, Ordering::SeqCst);
         Live(live.clone())
     }
