@@ -864,31 +864,24 @@ async fn read_head(p: &mut Pinned) -> Result<RespHead, HeadError> {
                 }
             }
         }
-        if p.buf.capacity() - p.buf.len() < 1024 {
-            p.buf.reserve(8 * 1024);
-        }
-        match tokio::time::timeout(READ_TIMEOUT, p.stream.read_buf(&mut p.buf)).await {
-            Ok(Ok(n)) if n > 0 => {}
-            Ok(Ok(_)) => {
-                return Err(HeadError {
-                    kind: FailureKind::Io,
-                    what: "closed before answering",
-                })
-            }
-            Ok(Err(_)) => {
-                return Err(HeadError {
-                    kind: FailureKind::Io,
-                    what: "read",
-                })
-            }
-            Err(_) => {
-                return Err(HeadError {
-                    kind: FailureKind::Timeout,
-                    what: "read timed out",
-                })
-            }
-        }
+        read_upstream(p, "closed before answering").await?;
     }
+}
+
+/// Reads more of the upstream's answer into `p.buf` (`READ_TIMEOUT`);
+/// `eof` names an end of the connection at this point.
+async fn read_upstream(p: &mut Pinned, eof: &'static str) -> Result<(), HeadError> {
+    if p.buf.capacity() - p.buf.len() < 4096 {
+        p.buf.reserve(16 * 1024);
+    }
+    let (kind, what) = match tokio::time::timeout(READ_TIMEOUT, p.stream.read_buf(&mut p.buf)).await
+    {
+        Ok(Ok(n)) if n > 0 => return Ok(()),
+        Ok(Ok(_)) => (FailureKind::Io, eof),
+        Ok(Err(_)) => (FailureKind::Io, "read"),
+        Err(_) => (FailureKind::Timeout, "read timed out"),
+    };
+    Err(HeadError { kind, what })
 }
 
 /// Answers up to this size (head and body) are buffered whole.
@@ -928,30 +921,7 @@ async fn read_small_body(
         if complete {
             return Ok(());
         }
-        if p.buf.capacity() - p.buf.len() < 4096 {
-            p.buf.reserve(16 * 1024);
-        }
-        match tokio::time::timeout(READ_TIMEOUT, p.stream.read_buf(&mut p.buf)).await {
-            Ok(Ok(n)) if n > 0 => {}
-            Ok(Ok(_)) => {
-                return Err(HeadError {
-                    kind: FailureKind::Io,
-                    what: "closed mid-answer",
-                })
-            }
-            Ok(Err(_)) => {
-                return Err(HeadError {
-                    kind: FailureKind::Io,
-                    what: "read",
-                })
-            }
-            Err(_) => {
-                return Err(HeadError {
-                    kind: FailureKind::Timeout,
-                    what: "read timed out",
-                })
-            }
-        }
+        read_upstream(p, "closed mid-answer").await?;
     }
 }
 
