@@ -177,7 +177,7 @@ fn the_upstream_connection_is_pinned_and_every_framing_is_relayed() {
 
 #[test]
 fn bodies_the_lean_path_does_not_take_still_arrive_whole() {
-    let (_upstream, _engine, listen) = start();
+    let (upstream, _engine, listen) = start();
     // A small body (lean path) and a 100 KiB one (handed to pingora).
     for size in [5usize, 100 * 1024] {
         let body = "b".repeat(size);
@@ -185,6 +185,18 @@ fn bodies_the_lean_path_does_not_take_still_arrive_whole() {
         assert_eq!(r.status, 200, "{size}: {r:?}");
         assert_eq!(r.json()["body"].as_str().map(str::len), Some(size));
     }
+    // A Content-Length that is not digits only is refused before anything
+    // goes upstream (Rust and pingora would read `+5` as 5).
+    let bad = exchange_until_close(
+        &listen,
+        format!("POST /smuggle HTTP/1.1\r\nHost: {listen}\r\nContent-Length: +5\r\n\r\nhello")
+            .as_bytes(),
+    );
+    assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
+    assert!(
+        !upstream.records().iter().any(|r| r["path"] == "/smuggle"),
+        "reached the upstream"
+    );
     // A chunked request body (handed to pingora) on a keep-alive connection
     // that the lean path served first.
     let mut s = TcpStream::connect(&listen).expect("connect");

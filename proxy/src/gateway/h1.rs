@@ -108,6 +108,8 @@ enum Parsed {
     Partial,
     /// Not for this path: pingora takes the connection.
     HandOver,
+    /// Refused here with 400 (what it is), and the connection closed.
+    Bad(&'static str),
     Ready(Plan),
 }
 
@@ -214,6 +216,13 @@ impl Lean {
                 Next::Closed => return pool_put(c.up.take()),
                 Next::H2 => return self.hand_over(c, true, stop).await,
                 Next::HandOver => return self.hand_over(c, false, stop).await,
+                Next::Bad(why) => {
+                    let body =
+                        serde_json::json!({"error": {"code": "bad_request", "message": why}});
+                    let _ = write_client(&mut c.client, &json_answer(400, None, &body)).await;
+                    let _ = c.client.shutdown().await;
+                    return;
+                }
                 Next::Ready(p) => p,
             };
             first = false;
@@ -295,6 +304,7 @@ impl Lean {
                 } else {
                     match self.plan(c) {
                         Parsed::HandOver => return Next::HandOver,
+                        Parsed::Bad(why) => return Next::Bad(why),
                         Parsed::Ready(p) => {
                             let need = p.head_len + p.body_len;
                             while c.buf.len() < need {
@@ -359,11 +369,10 @@ impl Lean {
         for h in req.headers.iter() {
             let name = h.name;
             if name.eq_ignore_ascii_case("content-length") {
-                let Some(n) = std::str::from_utf8(h.value)
-                    .ok()
-                    .and_then(|v| v.trim().parse::<usize>().ok())
-                else {
-                    return Parsed::HandOver;
+                // Not digits only: refused, as pingora would read `+5` as 5
+                // and another hop may not (request smuggling).
+                let Some(n) = content_length(h.value).and_then(|n| usize::try_from(n).ok()) else {
+                    return Parsed::Bad("invalid Content-Length");
                 };
                 if body_len.is_some() {
                     return Parsed::HandOver;
@@ -703,7 +712,7 @@ impl Lean {
         let body = serde_json::json!({"error": {"code": "upstream_error",
             "message": format!("continuity: upstream failed: {what}")}});
         let secs = self.svc.cfg.health.check_interval.as_secs().clamp(1, 60);
-        let answer = json_answer(status, secs, &body);
+        let answer = json_answer(status, Some(secs), &body);
         let _ = write_client(&mut c.client, &answer).await;
         self.record(c, log);
         Done::Close
@@ -744,6 +753,7 @@ enum Next {
     Closed,
     H2,
     HandOver,
+    Bad(&'static str),
     Ready(Plan),
 }
 
@@ -925,6 +935,16 @@ async fn read_small_body(
     }
 }
 
+/// A `Content-Length` value: digits only (RFC 9110 8.6; Rust's integer
+/// parser would also take `+5`, which another hop may read otherwise).
+fn content_length(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
 fn parse_response(buf: &[u8]) -> Result<Option<RespHead>, ()> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
@@ -945,10 +965,7 @@ fn parse_response(buf: &[u8]) -> Result<Option<RespHead>, ()> {
     for h in resp.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or(())?;
+            let n = content_length(h.value).ok_or(())?;
             if length.is_some_and(|l| l != n) {
                 return Err(());
             }
@@ -1125,14 +1142,15 @@ async fn relay_body(
 }
 
 /// A complete small JSON answer that ends the connection.
-fn json_answer(status: u16, retry_after: u64, body: &serde_json::Value) -> Vec<u8> {
+fn json_answer(status: u16, retry_after: Option<u64>, body: &serde_json::Value) -> Vec<u8> {
     let text = body.to_string();
     let reason = http::StatusCode::from_u16(status)
         .ok()
         .and_then(|s| s.canonical_reason())
         .unwrap_or("");
+    let retry = retry_after.map_or(String::new(), |s| format!("retry-after: {s}\r\n"));
     format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: {retry_after}\r\nconnection: close\r\n\r\n{text}",
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{retry}connection: close\r\n\r\n{text}",
         text.len()
     )
     .into_bytes()
@@ -1179,6 +1197,17 @@ mod tests {
     }
 
     #[test]
+    fn content_length_is_digits_only() {
+        assert_eq!(content_length(b"42"), Some(42));
+        assert_eq!(content_length(b" 7 "), Some(7));
+        assert_eq!(content_length(b"+5"), None);
+        assert_eq!(content_length(b"5, 5"), None);
+        assert_eq!(content_length(b""), None);
+        assert_eq!(content_length(b"99999999999999999999999"), None);
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: +3\r\n\r\n").is_err());
+    }
+
+    #[test]
     fn head_rewrite_drops_hop_by_hop_fields() {
         let mut out = Vec::new();
         rewrite_head(
@@ -1194,7 +1223,7 @@ mod tests {
 
     #[test]
     fn json_answers_are_complete() {
-        let a = json_answer(502, 2, &serde_json::json!({"a": 1}));
+        let a = json_answer(502, Some(2), &serde_json::json!({"a": 1}));
         assert_eq!(
             String::from_utf8_lossy(&a),
             "HTTP/1.1 502 Bad Gateway\r\ncontent-type: application/json\r\ncontent-length: 7\r\nretry-after: 2\r\nconnection: close\r\n\r\n{\"a\":1}"
