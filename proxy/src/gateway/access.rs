@@ -50,17 +50,26 @@ pub struct Request<'a> {
     /// Path and query as sent (masked here).
     pub path: &'a str,
     pub version: &'a str,
-    pub client: Option<SocketAddr>,
+    /// The client's address (`-` when unknown).
+    pub client: &'a str,
 }
 
 impl<'a> Request<'a> {
-    /// A pingora session's request; `path` is where its path is kept.
-    pub fn of_session(session: &'a Session, path: &'a mut String) -> Request<'a> {
+    /// A pingora session's request; `path` and `client` keep the text.
+    pub fn of_session(
+        session: &'a Session,
+        path: &'a mut String,
+        client: &'a mut String,
+    ) -> Request<'a> {
         let req = session.req_header();
         *path = req
             .uri
             .path_and_query()
             .map_or_else(|| req.uri.path().to_string(), |p| p.as_str().to_string());
+        *client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map_or_else(|| "-".to_string(), SocketAddr::to_string);
         Request {
             method: req.method.as_str(),
             path,
@@ -71,7 +80,7 @@ impl<'a> Request<'a> {
                 http::Version::HTTP_3 => "HTTP/3.0",
                 _ => "HTTP/1.1",
             },
-            client: session.client_addr().and_then(|a| a.as_inet()).copied(),
+            client,
         }
     }
 }
@@ -123,7 +132,9 @@ impl Fields<'_> {
         quoted(b, self.service);
         b.push_str(" route=");
         quoted(b, self.route);
-        let _ = write!(b, " client={} method=", Client(self.req.client));
+        b.push_str(" client=");
+        b.push_str(self.req.client);
+        b.push_str(" method=");
         quoted(b, self.req.method);
         let _ = write!(b, " path={} version=", mask_path(self.req.path));
         quoted(b, self.req.version);
@@ -152,7 +163,7 @@ impl Fields<'_> {
         b.push_str(",\"route\":");
         json_str(b, self.route);
         b.push_str(",\"client\":");
-        json_str(b, &Client(self.req.client).to_string());
+        json_str(b, self.req.client);
         b.push_str(",\"method\":");
         json_str(b, self.req.method);
         b.push_str(",\"path\":");
@@ -221,18 +232,6 @@ fn json_str(b: &mut String, s: &str) {
     match serde_json::to_string(s) {
         Ok(j) => b.push_str(&j),
         Err(_) => b.push_str("\"\""),
-    }
-}
-
-/// `client` for the log: the address, or `-`.
-struct Client(Option<SocketAddr>);
-
-impl std::fmt::Display for Client {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Some(a) => a.fmt(f),
-            None => f.write_str("-"),
-        }
     }
 }
 
@@ -380,7 +379,7 @@ pub fn record(shared: &Shared, service: &str, req: &Request<'_>, line: &Line<'_>
         target: TARGET,
         service,
         route,
-        client = %Client(req.client),
+        client = %req.client,
         method = req.method,
         path = %mask_path(req.path),
         version = req.version,
@@ -406,7 +405,7 @@ mod tests {
             method: "GET",
             path: "/plates?plate=A\"B&token=s3cr3t",
             version: "HTTP/1.1",
-            client: "127.0.0.1:5000".parse().ok(),
+            client: "127.0.0.1:5000",
         };
         let line = Line {
             route: None,

@@ -32,7 +32,7 @@ use pingora::apps::ServerApp;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::{GetSocketDigest, SocketDigest};
 use pingora::proxy::HttpProxy;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -82,6 +82,8 @@ struct Pinned {
 struct Conn {
     client: TcpStream,
     peer: SocketAddr,
+    /// `peer` as the access log writes it (formatted once).
+    client_text: String,
     /// Client bytes not yet consumed (the current request stays here until
     /// its response is done, so that it can still be handed over).
     buf: BytesMut,
@@ -94,9 +96,11 @@ struct Plan {
     idx: usize,
     head_len: usize,
     body_len: usize,
-    method: String,
-    /// Path and query as the client sent them (masked when logged).
-    path: String,
+    /// Where the method and the path (with its query, as sent; masked when
+    /// logged) are in the connection's buffer, which keeps the request head
+    /// until the exchange is over.
+    method: std::ops::Range<usize>,
+    path: std::ops::Range<usize>,
     head_only: bool,
     retry_safe: bool,
     /// The client asked to close after this request.
@@ -206,6 +210,7 @@ impl Lean {
         let mut c = Conn {
             client,
             peer,
+            client_text: peer.to_string(),
             buf: BytesMut::with_capacity(8 * 1024),
             up: None,
             out: Vec::with_capacity(4 * 1024),
@@ -446,12 +451,8 @@ impl Lean {
             idx,
             head_len,
             body_len,
-            method: method.to_string(),
-            path: if self.shared.access_log {
-                path.to_string()
-            } else {
-                String::new()
-            },
+            method: span(&c.buf, method),
+            path: span(&c.buf, path),
             head_only: method == "HEAD",
             retry_safe,
             close,
@@ -719,6 +720,12 @@ impl Lean {
     }
 
     fn record(&self, c: &Conn, l: &LogLine<'_>) {
+        let text = |r: &std::ops::Range<usize>| {
+            c.buf
+                .get(r.clone())
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .unwrap_or("-")
+        };
         let upstream = self
             .svc
             .upstreams
@@ -728,10 +735,10 @@ impl Lean {
             &self.shared,
             self.svc.name(),
             &access::Request {
-                method: &l.plan.method,
-                path: &l.plan.path,
+                method: text(&l.plan.method),
+                path: text(&l.plan.path),
                 version: "HTTP/1.1",
-                client: Some(c.peer),
+                client: &c.client_text,
             },
             &access::Line {
                 route: l.plan.route,
@@ -818,6 +825,15 @@ async fn write_client(client: &mut TcpStream, bytes: &[u8]) -> bool {
     )
 }
 
+/// Where `part` (a slice httparse took from `buf`) is in `buf`.
+fn span(buf: &[u8], part: &str) -> std::ops::Range<usize> {
+    let start = (part.as_ptr() as usize)
+        .checked_sub(buf.as_ptr() as usize)
+        .filter(|s| s + part.len() <= buf.len())
+        .unwrap_or(0);
+    start..start + part.len()
+}
+
 /// Reads into `buf`; `None` on an error or a timeout.
 async fn read_some(s: &mut TcpStream, buf: &mut BytesMut, limit: Duration) -> Option<usize> {
     if buf.capacity() - buf.len() < 1024 {
@@ -830,22 +846,15 @@ async fn read_some(s: &mut TcpStream, buf: &mut BytesMut, limit: Duration) -> Op
 }
 
 /// Whether an idle pinned connection is still usable: the upstream has not
-/// closed it nor sent anything unasked. Costs no system call unless the
-/// socket was reported readable.
+/// closed it nor sent anything unasked. No system call unless the reactor
+/// saw the socket readable since it was last drained (`try_read` answers
+/// `WouldBlock` from tokio's readiness alone).
 fn still_open(p: &mut Pinned) -> bool {
     if !p.buf.is_empty() {
         return false;
     }
-    let ready = futures_util::FutureExt::now_or_never(p.stream.ready(Interest::READABLE));
-    match ready {
-        None => true,
-        Some(Ok(r)) if r.is_readable() || r.is_read_closed() => {
-            let mut probe = [0u8; 1];
-            matches!(p.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-        }
-        Some(Ok(_)) => true,
-        Some(Err(_)) => false,
-    }
+    let mut probe = [0u8; 1];
+    matches!(p.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 struct HeadError {

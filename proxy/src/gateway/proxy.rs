@@ -881,11 +881,11 @@ impl ProxyHttp for Gateway {
             .idx
             .and_then(|i| self.svc.upstreams.get(i))
             .map(|u| u.cfg.name.as_str());
-        let mut path = String::new();
+        let (mut path, mut client) = (String::new(), String::new());
         access::record(
             &self.shared,
             self.svc.name(),
-            &access::Request::of_session(session, &mut path),
+            &access::Request::of_session(session, &mut path, &mut client),
             &access::Line {
                 route: ctx.route,
                 status: ctx.status,
