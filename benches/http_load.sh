@@ -208,6 +208,8 @@ fi
 
 # --targets ...,pingora: the bare pingora proxy of examples/pingora_baseline.rs
 # (no filters, no logging, pingora's own Server), to tell pingora's cost from ours.
+# PING_BIN=path runs another proxy in that slot instead (args: LISTEN UPSTREAM),
+# e.g. a prototype to compare in the same run.
 PING_PID=""
 if has_target pingora; then
     PING_BIN="${PING_BIN:-$ROOT/target/release/examples/pingora_baseline}"

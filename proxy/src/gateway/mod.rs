@@ -167,9 +167,6 @@ pub fn start(p: GatewayParams<'_>) -> Result<Vec<JoinHandle<()>>, String> {
         shared: shared.clone(),
     };
     let mut tasks = Vec::new();
-    if shared.queue.is_some() {
-        tasks.push(tokio::spawn(deliver::run(svc.clone(), shared.clone())));
-    }
     // Plain text on both sides: the lean HTTP/1.1 path, handing pingora
     // what it does not take (h1.rs). With TLS on either side: pingora only.
     if tls.is_none() && shared.peers.iter().all(|p| !p.target.tls) {
@@ -195,6 +192,9 @@ pub fn start(p: GatewayParams<'_>) -> Result<Vec<JoinHandle<()>>, String> {
             .try_clone()
             .and_then(tokio::net::TcpListener::from_std)
             .map_err(|e| format!("listener: {e}"))?;
+        if shared.queue.is_some() {
+            tasks.push(tokio::spawn(deliver::run(svc.clone(), shared.clone())));
+        }
         let lean = Arc::new(h1::Lean::new(svc, shared, h1, h2, workers));
         tasks.push(tokio::spawn(lean.serve(listener, p.stop)));
         return Ok(tasks);
@@ -231,6 +231,9 @@ pub fn start(p: GatewayParams<'_>) -> Result<Vec<JoinHandle<()>>, String> {
     tasks.push(tokio::spawn(async move {
         service.start_service(Some(fds), stop, 1).await;
     }));
+    if shared.queue.is_some() {
+        tasks.push(tokio::spawn(deliver::run(svc, shared)));
+    }
     Ok(tasks)
 }
 
