@@ -240,3 +240,38 @@ fn upstream_connections_outlive_client_connections() {
         ports.len()
     );
 }
+
+#[test]
+fn a_client_trickling_its_request_loses_the_connection() {
+    let (_upstream, _engine, listen) = start();
+    // A byte every 2 s: each read makes progress, but the whole head does
+    // not arrive within 30 s of its first byte, so the gateway closes.
+    let mut s = TcpStream::connect(&listen).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let started = std::time::Instant::now();
+    s.write_all(b"GET /slowloris HTTP/1.1\r\nX-Pad: ")
+        .expect("write");
+    let closed_after = loop {
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            Ok(0) => break started.elapsed(),
+            Ok(_) => panic!("an answer to an incomplete head"),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => break started.elapsed(),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(45),
+            "still open after 45 s of trickling"
+        );
+        if s.write_all(b"a").is_err() {
+            break started.elapsed();
+        }
+    };
+    assert!(
+        closed_after >= Duration::from_secs(25),
+        "closed too early: {closed_after:?}"
+    );
+}

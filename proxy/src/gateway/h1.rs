@@ -54,8 +54,10 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// A keep-alive client connection idle this long is closed (HAProxy's
 /// `timeout client` in the reference configuration).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// A client that sends a request head or body, or takes an answer, slower
-/// than this (no progress at all) loses its connection.
+/// A client must send a whole request (head and body) within this from its
+/// first byte (HAProxy's `timeout http-request`: a client trickling a byte
+/// at a time cannot hold a connection), and may not stall this long taking
+/// an answer.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -295,8 +297,11 @@ impl Lean {
         first: bool,
         stop: &mut watch::Receiver<bool>,
     ) -> Next {
+        // Set once the request's first byte is here.
+        let mut deadline: Option<Instant> = None;
         loop {
             if !c.buf.is_empty() {
+                let until = *deadline.get_or_insert_with(|| Instant::now() + CLIENT_TIMEOUT);
                 if first && c.buf[0] == b'P' && H2_PREFACE.starts_with(&c.buf[..c.buf.len().min(3)])
                 {
                     let n = c.buf.len().min(H2_PREFACE.len());
@@ -313,7 +318,7 @@ impl Lean {
                         Parsed::Ready(p) => {
                             let need = p.head_len + p.body_len;
                             while c.buf.len() < need {
-                                match read_some(&mut c.client, &mut c.buf, CLIENT_TIMEOUT).await {
+                                match read_some(&mut c.client, &mut c.buf, left(until)).await {
                                     Some(n) if n > 0 => {}
                                     _ => return Next::Closed,
                                 }
@@ -335,7 +340,8 @@ impl Lean {
                     _ = stop.changed() => return Next::Closed,
                 }
             } else {
-                read_some(&mut c.client, &mut c.buf, CLIENT_TIMEOUT).await
+                let until = *deadline.get_or_insert_with(|| Instant::now() + CLIENT_TIMEOUT);
+                read_some(&mut c.client, &mut c.buf, left(until)).await
             };
             match got {
                 Some(n) if n > 0 => {}
@@ -834,6 +840,11 @@ fn span(buf: &[u8], part: &str) -> std::ops::Range<usize> {
     start..start + part.len()
 }
 
+/// What is left until `until` (zero once it has passed).
+fn left(until: Instant) -> Duration {
+    until.saturating_duration_since(Instant::now())
+}
+
 /// Reads into `buf`; `None` on an error or a timeout.
 async fn read_some(s: &mut TcpStream, buf: &mut BytesMut, limit: Duration) -> Option<usize> {
     if buf.capacity() - buf.len() < 1024 {
@@ -920,10 +931,12 @@ async fn read_small_body(
         let complete = match framing {
             Framing::Empty | Framing::UntilClose => return Ok(()),
             Framing::Length(n) => {
-                if head_len as u64 + n > MAX_BUFFERED as u64 {
+                // `n` is the upstream's word: up to u64::MAX.
+                let total = (head_len as u64).saturating_add(n);
+                if total > MAX_BUFFERED as u64 {
                     return Ok(());
                 }
-                p.buf.len() as u64 >= head_len as u64 + n
+                p.buf.len() as u64 >= total
             }
             Framing::Chunked => {
                 let found = scanner.feed(&p.buf[scanned..]).map_err(|_| HeadError {
