@@ -108,7 +108,14 @@ fn https_control_plane_trusts_only_its_ca() {
         .map(|(code, _)| code != 200)
         .unwrap_or(true));
     assert!(engine.is_running());
-    assert!(engine.log_text().contains("https"));
+    // INFO lines reach the log in batches, within 50 ms (src/logging.rs).
+    assert!(
+        wait_until(Duration::from_secs(5), || engine
+            .log_text()
+            .contains("https")),
+        "{}",
+        engine.log_text()
+    );
 }
 
 #[test]
