@@ -59,7 +59,11 @@ impl Inner {
             return false;
         }
         st.pending.extend_from_slice(line);
-        if urgent || st.pending.len() >= FLUSH_AT {
+        // Wake the writer once per batch: `notify_one` is a futex syscall
+        // even with nobody waiting, and while the writer is busy writing a
+        // large batch every line would pay it. A writer that is not waiting
+        // sees `urgent` before it next waits.
+        if (urgent || st.pending.len() >= FLUSH_AT) && !st.urgent {
             st.urgent = true;
             self.wake.notify_one();
         }
