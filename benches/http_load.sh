@@ -2,7 +2,8 @@
 # HTTP throughput/latency of continuity's gateway vs HAProxy (mode http) vs direct, with wrk.
 #
 #   benches/http_load.sh [--rounds N] [--duration S] [--modes keepalive,close]
-#                        [--targets direct,continuity,haproxy[,pingora]] [--skip-continuity]
+#                        [--targets direct,continuity,haproxy[,continuity-nolog,haproxy-log,pingora]]
+#                        [--skip-continuity]
 #                        [--threads T] [--connections C] [--nginx-workers auto|N] [--with-backup]
 #                        [--no-warmup] [--wait-quiet S] [--max-foreign PCT] [--repeat-noisy N]
 #                        [--out DIR] [--results-dir DIR] [--keep] [--continuity-bin PATH]
@@ -13,6 +14,14 @@
 # (mode http, nbthread 2, option httpchk GET /health, check inter 2s fall 3 rise 2,
 # http-reuse safe). continuity: `run --config` with one [[service]] kind = "http",
 # upstream web-primary = the nginx, health_path /health, checks every 2 s (as HAProxy's).
+# Traffic logs: continuity writes its access log (one line per request, INFO on target
+# continuity::access) to stderr, a file here; the reference HAProxy config logs no traffic.
+# For like-for-like pairs two more targets can run in the same rounds:
+#   continuity-nolog: a second continuity, same config, RUST_LOG=info,continuity::access=off;
+#   haproxy-log: a second HAProxy, same config plus `log stderr format raw local0` and
+#                `option httplog` (the `#log` lines of haproxy-http.cfg), stderr to a file.
+# The report gives C/H (as shipped: continuity logs, HAProxy does not), Cn/H (neither logs)
+# and C/Hl (both log) when the targets are there, and the issue's targets for each pair.
 # --with-backup: nginx also listens on a second port, given to both proxies as the
 # backup/secondary upstream (it takes no traffic while the primary is up).
 #
@@ -74,11 +83,13 @@ done
 IFS=, read -r -a TARGET_LIST <<<"$TARGETS"
 IFS=, read -r -a MODE_LIST <<<"$MODES"
 has_target() { [[ ",$TARGETS," == *",$1,"* ]]; }
-for t in "${TARGET_LIST[@]}"; do [[ $t =~ ^(direct|continuity|haproxy|pingora)$ ]] || die "unknown target $t"; done
+for t in "${TARGET_LIST[@]}"; do
+    [[ $t =~ ^(direct|continuity|continuity-nolog|haproxy|haproxy-log|pingora)$ ]] || die "unknown target $t"
+done
 for m in "${MODE_LIST[@]}"; do [[ $m =~ ^(keepalive|close)$ ]] || die "unknown mode $m"; done
 command -v "$WRK" >/dev/null || die "wrk not found (apt install wrk; scripts/install-deps)"
 [[ -x $NGINX ]] || die "nginx not found at $NGINX (apt install nginx-light; scripts/install-deps)"
-has_target haproxy && { [[ -x $HAPROXY ]] || die "haproxy not found at $HAPROXY"; }
+{ has_target haproxy || has_target haproxy-log; } && { [[ -x $HAPROXY ]] || die "haproxy not found at $HAPROXY"; }
 
 bench_init
 [[ -n $OUT ]] || OUT=$(mktemp -d /tmp/continuity-http.XXXXXX)
@@ -87,7 +98,7 @@ OUT=$(cd "$OUT" && pwd)
 : >"$OUT/runs.jsonl"
 STAMP=$(date -u +%Y%m%d)
 [[ -n $RESULTS_DIR ]] || RESULTS_DIR="$BENCH_DIR/results/$STAMP"
-has_target continuity && ensure_continuity
+{ has_target continuity || has_target continuity-nolog; } && ensure_continuity
 
 "${BL[@]}" machine "${CONT_BIN_ORIG:-$CONT_BIN}" >"$OUT/machine.json"
 python3 - "$OUT/machine.json" "$NGINX" "$WRK" <<'EOF'
@@ -105,6 +116,7 @@ log "results: $OUT   (loadavg $(cat /proc/loadavg))"
 
 # ---- nginx ----------------------------------------------------------------------
 new_port NG; new_port NG2; new_port H_P; new_port C_P; new_port C_CTL; new_port PG_P
+new_port HL_P; new_port CN_P; new_port CN_CTL
 NGD="$WORK/nginx"
 mkdir -p "$NGD/www" "$NGD/tmp"
 head -c 1024 /dev/zero | tr '\0' 'x' >"$NGD/www/small-file"
@@ -149,29 +161,44 @@ DAEMONS="nginx=$NGINX_PID"
 i=0; for w in $NGINX_WORKER_PIDS; do DAEMONS+=",nginx_w$((i++))=$w"; done
 
 # ---- proxies --------------------------------------------------------------------
-HAP_PID=""; CONT_PID=""
+HAP_PID=""; CONT_PID=""; HAPL_PID=""; CONTN_PID=""
+# start_haproxy_http VAR PORT NAME [log]: HAProxy from haproxy-http.cfg on PORT, config
+# $WORK/NAME.cfg (stderr in NAME.cfg.log); with `log`, the `#log` lines are uncommented
+# (one httplog line per request to stderr).
+start_haproxy_http() {
+    local __v=$1 port=$2 name=$3 logged=${4:-} cfg="$WORK/$3.cfg" hpid
+    sed -e "s/127\.0\.0\.1:28080/127.0.0.1:$port/; s/127\.0\.0\.1:18080/127.0.0.1:$NG/; s/127\.0\.0\.1:18081/127.0.0.1:$NG2/" \
+        -e "s#stats socket ./haproxy.sock#stats socket $WORK/$name.sock#" \
+        "$BENCH_DIR/haproxy/haproxy-http.cfg" >"$cfg"
+    ((WITH_BACKUP)) && sed -i 's/^#backup//' "$cfg"
+    [[ $logged == log ]] && sed -i 's/^#log//' "$cfg"
+    cp "$cfg" "$OUT/$name.cfg"
+    start_haproxy hpid "$cfg"
+    "${BL[@]}" hactl-wait "$WORK/$name.sock" 30 || die "$name: servers not UP"
+    "${BL[@]}" http-wait "http://127.0.0.1:$port/small-file" 10 1024 || die "$name does not serve /small-file"
+    printf -v "$__v" '%s' "$hpid"
+}
 if has_target haproxy; then
-    HCFG="$WORK/haproxy-http.cfg"
-    sed -e "s/127\.0\.0\.1:28080/127.0.0.1:$H_P/; s/127\.0\.0\.1:18080/127.0.0.1:$NG/; s/127\.0\.0\.1:18081/127.0.0.1:$NG2/" \
-        -e "s#stats socket ./haproxy.sock#stats socket $WORK/haproxy.sock#" \
-        "$BENCH_DIR/haproxy/haproxy-http.cfg" >"$HCFG"
-    ((WITH_BACKUP)) && sed -i 's/^#backup//' "$HCFG"
-    cp "$HCFG" "$OUT/haproxy.cfg"
-    start_haproxy HAP_PID "$HCFG"
-    "${BL[@]}" hactl-wait "$WORK/haproxy.sock" 30 || die "haproxy servers not UP"
-    "${BL[@]}" http-wait "http://127.0.0.1:$H_P/small-file" 10 1024 || die "haproxy does not serve /small-file"
+    start_haproxy_http HAP_PID "$H_P" haproxy
+    HCFG="$WORK/haproxy.cfg"
 fi
-if has_target continuity; then
-    CCFG="$WORK/continuity.toml"
-    backup_up=""
+if has_target haproxy-log; then
+    start_haproxy_http HAPL_PID "$HL_P" haproxy-log log
+fi
+
+# start_continuity_http VAR NAME PORT CTL_PORT: continuity with one kind = "http" service
+# on PORT in front of the nginx; config $WORK/NAME.toml, its log NAME.toml.log. The
+# caller's environment (RUST_LOG) passes through.
+start_continuity_http() {
+    local __v=$1 name=$2 port=$3 ctl=$4 cfg="$WORK/$2.toml" backup_up="" cpid
     ((WITH_BACKUP)) && backup_up="  { name = \"web-secondary\", url = \"http://127.0.0.1:$NG2\", role = \"secondary\" },"
-    cat >"$CCFG" <<EOF
+    cat >"$cfg" <<EOF
 # generated by benches/http_load.sh
-data_dir = "$WORK/continuity-data"
+data_dir = "$WORK/$name-data"
 drain_timeout_ms = 1000
 
 [control]
-listen = "127.0.0.1:$C_CTL"
+listen = "127.0.0.1:$ctl"
 
 [health]
 # as HAProxy's checks: inter 2s fall 3 rise 2
@@ -183,27 +210,35 @@ recovery_threshold = 2
 name = "web"
 kind = "http"
 category = "core"
-listen = "127.0.0.1:$C_P"
+listen = "127.0.0.1:$port"
 health_path = "/health"
 upstreams = [
   { name = "web-primary", url = "http://127.0.0.1:$NG", role = "primary" },
 $backup_up
 ]
 EOF
-    cp "$CCFG" "$OUT/continuity.toml"
-    "$CONT_BIN" check --config "$CCFG" >"$WORK/continuity-check.log" 2>&1 ||
+    cp "$cfg" "$OUT/$name.toml"
+    "$CONT_BIN" check --config "$cfg" >"$WORK/$name-check.log" 2>&1 ||
         die "continuity rejects the generated config (kind = \"http\" not supported by this build?):
-$(cat "$WORK/continuity-check.log")"
-    start_continuity CONT_PID "$CCFG"
-    if ! "${BL[@]}" http-wait "http://127.0.0.1:$C_P/small-file" 20 1024; then
-        log "ERROR: continuity's HTTP gateway (127.0.0.1:$C_P, service \"web\") does not answer" \
+$(cat "$WORK/$name-check.log")"
+    start_continuity cpid "$cfg"
+    if ! "${BL[@]}" http-wait "http://127.0.0.1:$port/small-file" 20 1024; then
+        log "ERROR: continuity's HTTP gateway (127.0.0.1:$port, service \"web\") does not answer" \
             "GET /small-file with 200 + 1024 bytes; is the gateway built into $CONT_BIN_ORIG?"
         log "continuity log (last 20 lines):"
-        sed 's/\x1b\[[0-9;]*m//g' "$CCFG.log" | tail -20 >&2
+        sed 's/\x1b\[[0-9;]*m//g' "$cfg.log" | tail -20 >&2
         log "rerun with --skip-continuity to measure direct and HAProxy only"
         exit 3
     fi
-    "${BL[@]}" ctl-wait-healthy "http://127.0.0.1:$C_CTL" web 15 || log "WARNING: continuity does not report web healthy"
+    "${BL[@]}" ctl-wait-healthy "http://127.0.0.1:$ctl" web 15 || log "WARNING: $name does not report web healthy"
+    printf -v "$__v" '%s' "$cpid"
+}
+if has_target continuity; then
+    start_continuity_http CONT_PID continuity "$C_P" "$C_CTL"
+    CCFG="$WORK/continuity.toml"
+fi
+if has_target continuity-nolog; then
+    RUST_LOG=info,continuity::access=off start_continuity_http CONTN_PID continuity-nolog "$CN_P" "$CN_CTL"
 fi
 
 # --targets ...,pingora: the bare pingora proxy of examples/pingora_baseline.rs
@@ -224,7 +259,12 @@ if has_target pingora; then
     DAEMONS+=",pingora=$PING_PID"
 fi
 
-port_of() { case $1 in direct) echo "$NG" ;; continuity) echo "$C_P" ;; haproxy) echo "$H_P" ;; pingora) echo "$PG_P" ;; esac; }
+port_of() {
+    case $1 in
+        direct) echo "$NG" ;; continuity) echo "$C_P" ;; continuity-nolog) echo "$CN_P" ;;
+        haproxy) echo "$H_P" ;; haproxy-log) echo "$HL_P" ;; pingora) echo "$PG_P" ;;
+    esac
+}
 wrk_cmd() { # MODE PORT DURATION -> argv, one per line
     printf '%s\n' "$WRK" "-t$THREADS" "-c$CONNS" "-d${3}s" --latency
     [[ $1 == close ]] && printf '%s\n' -H 'Connection: close'
@@ -267,7 +307,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
                     --meta "{\"target\":\"$t\",\"mode\":\"$mode\",\"round\":$round,\"attempt\":$attempt,\"port\":$port}" \
                     -- "${cmd[@]}" >/dev/null || log "WARNING: wrk through $t exited non-zero (raw: $raw)"
                 grep -E '^Requests/sec|Non-2xx|Socket errors|^ +99%' "$raw" | tr -s ' ' | paste -sd';' - >&2 || true
-                for p in "$CONT_PID" "$HAP_PID" "$NGINX_PID"; do
+                for p in "$CONT_PID" "$CONTN_PID" "$HAP_PID" "$HAPL_PID" "$NGINX_PID"; do
                     [[ -z $p ]] || _alive "$p" || die "PID $p died during $mode/$t (logs in $WORK)"
                 done
             done
@@ -290,6 +330,16 @@ fi
 if [[ -n $HAP_PID ]]; then
     cp "$HCFG.log" "$OUT/haproxy.log"
     check_log "$OUT/haproxy.log" haproxy || true
+fi
+if [[ -n $CONTN_PID ]]; then
+    cp "$WORK/continuity-nolog.toml.log" "$OUT/continuity-nolog.log"
+    check_log "$OUT/continuity-nolog.log" continuity-nolog || true
+fi
+if [[ -n $HAPL_PID ]]; then
+    # one line per request: keep its other lines (start, alerts) and the line count
+    check_log "$WORK/haproxy-log.cfg.log" haproxy-log || true
+    { grep -v ' fe_http ' "$WORK/haproxy-log.cfg.log" | head -200 || true
+      echo "($(grep -c ' fe_http ' "$WORK/haproxy-log.cfg.log" || true) request lines left out)"; } >"$OUT/haproxy-log.log"
 fi
 cp "$NGD/error.log" "$OUT/nginx-error.log" 2>/dev/null || true
 "${BL[@]}" report-http "$OUT" "$OUT/summary.json" >"$OUT/report.md"

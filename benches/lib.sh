@@ -190,15 +190,25 @@ wait_quiet() {
 # HAP_PID, DAEMONS (other processes to account, "name=pid,..."), OUT and BL
 # (the benchlib.py command): the PID of a target, every process to measure,
 # and an RSS snapshot of both proxies under $OUT/rss.
-pid_of() { case $1 in continuity) echo "$CONT_PID" ;; haproxy) echo "$HAP_PID" ;; pingora) echo "${PING_PID:-0}" ;; *) echo 0 ;; esac; }
+pid_of() {
+    case $1 in
+        continuity) echo "$CONT_PID" ;; continuity-nolog) echo "${CONTN_PID:-0}" ;;
+        haproxy) echo "$HAP_PID" ;; haproxy-log) echo "${HAPL_PID:-0}" ;;
+        pingora) echo "${PING_PID:-0}" ;; *) echo 0 ;;
+    esac
+}
 all_daemons() {
     local d=$DAEMONS
     [[ -n $CONT_PID ]] && d+=",continuity=$CONT_PID"
     [[ -n $HAP_PID ]] && d+=",haproxy=$HAP_PID"
+    [[ -n ${CONTN_PID:-} ]] && d+=",continuity-nolog=$CONTN_PID"
+    [[ -n ${HAPL_PID:-} ]] && d+=",haproxy-log=$HAPL_PID"
     echo "$d"
 }
 snap_rss() { # PHASE
     [[ -n $CONT_PID ]] && "${BL[@]}" rss "$CONT_PID" >"$OUT/rss/continuity_$1.json"
     [[ -n $HAP_PID ]] && "${BL[@]}" rss "$HAP_PID" >"$OUT/rss/haproxy_$1.json"
+    [[ -n ${CONTN_PID:-} ]] && "${BL[@]}" rss "$CONTN_PID" >"$OUT/rss/continuity-nolog_$1.json"
+    [[ -n ${HAPL_PID:-} ]] && "${BL[@]}" rss "$HAPL_PID" >"$OUT/rss/haproxy-log_$1.json"
     return 0
 }
