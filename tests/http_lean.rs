@@ -177,7 +177,7 @@ fn the_upstream_connection_is_pinned_and_every_framing_is_relayed() {
 
 #[test]
 fn bodies_the_lean_path_does_not_take_still_arrive_whole() {
-    let (upstream, _engine, listen) = start();
+    let (upstream, engine, listen) = start();
     // A small body (lean path) and a 100 KiB one (handed to pingora).
     for size in [5usize, 100 * 1024] {
         let body = "b".repeat(size);
@@ -196,6 +196,31 @@ fn bodies_the_lean_path_does_not_take_still_arrive_whole() {
     assert!(
         !upstream.records().iter().any(|r| r["path"] == "/smuggle"),
         "reached the upstream"
+    );
+    // ... and, like any request, it has its access line (written within
+    // 50 ms), with no upstream and outcome "rejected".
+    assert!(
+        wait_until(Duration::from_secs(5), || engine.log_text().lines().any(
+            |l| {
+                l.contains("path=/smuggle")
+                    && l.contains("status=400")
+                    && l.contains("outcome=\"rejected\"")
+                    && l.contains("upstream=\"-\"")
+                    && l.contains("error=\"invalid Content-Length\"")
+            }
+        )),
+        "no access line for the refused request:\n{}",
+        engine.log_text()
+    );
+    let metrics = engine.metrics();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("continuity_http_requests_total{")
+                && l.contains("outcome=\"rejected\"")
+                && l.contains("class=\"4xx\"")
+                && l.ends_with(" 1")),
+        "refused request not counted:\n{metrics}"
     );
     // A chunked request body (handed to pingora) on a keep-alive connection
     // that the lean path served first.

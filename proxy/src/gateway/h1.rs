@@ -114,9 +114,18 @@ enum Parsed {
     Partial,
     /// Not for this path: pingora takes the connection.
     HandOver,
-    /// Refused here with 400 (what it is), and the connection closed.
-    Bad(&'static str),
+    /// Refused here with 400, and the connection closed.
+    Bad(Refused),
     Ready(Plan),
+}
+
+/// A request the lean path refuses itself: why, and what its access line
+/// says (method and path are ranges of the connection's buffer).
+struct Refused {
+    why: &'static str,
+    method: std::ops::Range<usize>,
+    path: std::ops::Range<usize>,
+    route: Option<usize>,
 }
 
 /// How an exchange ended.
@@ -223,12 +232,14 @@ impl Lean {
                 Next::Closed => return pool_put(c.up.take()),
                 Next::H2 => return self.hand_over(c, true, stop).await,
                 Next::HandOver => return self.hand_over(c, false, stop).await,
-                Next::Bad(why) => {
+                Next::Bad(r) => {
+                    let start = Instant::now();
                     let body =
-                        serde_json::json!({"error": {"code": "bad_request", "message": why}});
+                        serde_json::json!({"error": {"code": "bad_request", "message": r.why}});
                     let _ = write_client(&mut c.client, &json_answer(400, None, &body)).await;
+                    self.record_refused(&c, &r, start);
                     let _ = c.client.shutdown().await;
-                    return;
+                    return pool_put(c.up.take());
                 }
                 Next::Ready(p) => p,
             };
@@ -314,7 +325,7 @@ impl Lean {
                 } else {
                     match self.plan(c) {
                         Parsed::HandOver => return Next::HandOver,
-                        Parsed::Bad(why) => return Next::Bad(why),
+                        Parsed::Bad(r) => return Next::Bad(r),
                         Parsed::Ready(p) => {
                             let need = p.head_len + p.body_len;
                             while c.buf.len() < need {
@@ -372,6 +383,10 @@ impl Lean {
         let Some(tpl) = self.shared.peers.get(idx) else {
             return Parsed::HandOver;
         };
+        let route = |path: &str| {
+            let query_at = path.find('?').unwrap_or(path.len());
+            self.svc.cfg.http.route_index(&path[..query_at])
+        };
         let mut body_len: Option<usize> = None;
         let mut close = false;
         let mut has_key = false;
@@ -383,7 +398,12 @@ impl Lean {
                 // Not digits only: refused, as pingora would read `+5` as 5
                 // and another hop may not (request smuggling).
                 let Some(n) = content_length(h.value).and_then(|n| usize::try_from(n).ok()) else {
-                    return Parsed::Bad("invalid Content-Length");
+                    return Parsed::Bad(Refused {
+                        why: "invalid Content-Length",
+                        method: span(&c.buf, method),
+                        path: span(&c.buf, path),
+                        route: route(path),
+                    });
                 };
                 if body_len.is_some() {
                     return Parsed::HandOver;
@@ -448,7 +468,6 @@ impl Lean {
         }
         let _ = write!(out, "{}", c.peer.ip());
         out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n\r\n");
-        let query_at = path.find('?').unwrap_or(path.len());
         let retry_safe = matches!(
             method,
             "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
@@ -462,7 +481,7 @@ impl Lean {
             head_only: method == "HEAD",
             retry_safe,
             close,
-            route: self.svc.cfg.http.route_index(&path[..query_at]),
+            route: route(path),
         })
     }
 
@@ -726,12 +745,7 @@ impl Lean {
     }
 
     fn record(&self, c: &Conn, l: &LogLine<'_>) {
-        let text = |r: &std::ops::Range<usize>| {
-            c.buf
-                .get(r.clone())
-                .and_then(|b| std::str::from_utf8(b).ok())
-                .unwrap_or("-")
-        };
+        let text = |r: &std::ops::Range<usize>| buf_text(&c.buf, r);
         let upstream = self
             .svc
             .upstreams
@@ -760,13 +774,47 @@ impl Lean {
             },
         );
     }
+
+    /// The access line (and the request count) of a refused request: no
+    /// upstream, no attempt, and the body left unread.
+    fn record_refused(&self, c: &Conn, r: &Refused, start: Instant) {
+        access::record(
+            &self.shared,
+            self.svc.name(),
+            &access::Request {
+                method: buf_text(&c.buf, &r.method),
+                path: buf_text(&c.buf, &r.path),
+                version: "HTTP/1.1",
+                client: &c.client_text,
+            },
+            &access::Line {
+                route: r.route,
+                status: 400,
+                outcome: Outcome::Rejected,
+                upstream: None,
+                attempts: 0,
+                duration: start.elapsed(),
+                upstream_ms: None,
+                body_bytes: 0,
+                queue_id: None,
+                error: Some(r.why.to_string()),
+            },
+        );
+    }
+}
+
+/// The text at `r` in `buf`, `-` when it is not there or not UTF-8.
+fn buf_text<'a>(buf: &'a [u8], r: &std::ops::Range<usize>) -> &'a str {
+    buf.get(r.clone())
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .unwrap_or("-")
 }
 
 enum Next {
     Closed,
     H2,
     HandOver,
-    Bad(&'static str),
+    Bad(Refused),
     Ready(Plan),
 }
 
