@@ -18,6 +18,8 @@ Routes (any method unless stated):
   /chunked/N        200, Transfer-Encoding: chunked: N chunks `chunk I\n`, each written
                     and flushed on its own, then a trailer `X-Checksum: N`
   /eof/BYTES        200 with no Content-Length, `Connection: close`: BYTES bytes, then close
+  /cut/NNN          status NNN with `Content-Length: 100`, then 10 bytes and the connection
+                    closes (an upstream dying mid-answer)
   /interim          a `103 Early Hints` interim response, then the echo
   /hop              the echo, with hop-by-hop fields in the answer: `Connection:
                     keep-alive, X-Hop`, `X-Hop: secret`, `Keep-Alive: timeout=5`
@@ -27,7 +29,7 @@ Routes (any method unless stated):
                     and "peer_port": the port of the connection it came on
 
 The request body is read by Content-Length or chunked transfer coding; every
-response has a Content-Length, except /chunked and /eof. With --record FILE, every non-GET request and
+response has a Content-Length, except /chunked and /eof (/cut sends less than it says). With --record FILE, every non-GET request and
 every request whose path starts with /submissions is appended to FILE as one
 JSON line {"server", "method", "path", "idempotency_key", "body"}, flushed and
 fsync'd before the response is sent.
@@ -238,6 +240,15 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(b"e" * int(arg))
+            self.wfile.flush()
+        elif head == "cut" and arg.isdigit():
+            # A head that promises 100 bytes, 10 of them, then the connection closes.
+            self.close_connection = True
+            self.send_response(int(arg))
+            self.send_header("X-Upstream", self.server.name)
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            self.wfile.write(b"c" * 10)
             self.wfile.flush()
         elif route == "/interim":
             self.wfile.write(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")

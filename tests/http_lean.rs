@@ -300,3 +300,27 @@ fn a_client_trickling_its_request_loses_the_connection() {
         "closed too early: {closed_after:?}"
     );
 }
+
+#[test]
+fn an_answer_cut_short_is_one_piece_of_evidence_per_request() {
+    let (_upstream, engine, listen) = start();
+    let passive = || {
+        engine
+            .metrics()
+            .lines()
+            .filter(|l| l.starts_with("continuity_passive_failures_total{") && l.contains("rms-a"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    assert_eq!(passive(), 0.0);
+    // A 503 whose body the upstream then cuts short: the 503 is evidence,
+    // the cut is the same request failing, not a second failure. A POST is
+    // not repeated, so the client gets 502 from here.
+    let r = http_client::request(&listen, "POST", "/cut/503", &[], "{}").expect("POST");
+    assert_eq!(r.status, 502, "{r:?}");
+    assert_eq!(passive(), 1.0, "one request, one failure");
+    // A 200 cut short: one failure too.
+    let r = http_client::request(&listen, "POST", "/cut/200", &[], "{}").expect("POST");
+    assert_eq!(r.status, 502, "{r:?}");
+    assert_eq!(passive(), 2.0);
+}

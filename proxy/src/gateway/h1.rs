@@ -501,6 +501,7 @@ impl Lean {
             upstream_ms: None,
             error: None,
             start,
+            reported: false,
         };
         // An idle pinned connection that the upstream closed, or one to an
         // upstream that is no longer the active one, is replaced.
@@ -605,6 +606,7 @@ impl Lean {
             self.svc
                 .on_passive_failure(plan.idx, FailureKind::Protocol, waited, message)
                 .await;
+            log.reported = true;
             if plan.retry_safe {
                 c.up = None;
                 return Done::Retry(Prior::failed(plan.idx, "http_5xx"));
@@ -646,10 +648,12 @@ impl Lean {
             Err(Side::Upstream(kind)) => {
                 // Mid-response: the client's answer is cut; the upstream
                 // is reported (a reset or a stall counts against it).
-                let message = "upstream failed mid-response".to_string();
-                self.svc
-                    .on_passive_failure(plan.idx, kind, sent_at.elapsed(), message)
-                    .await;
+                if !log.reported {
+                    let message = "upstream failed mid-response".to_string();
+                    self.svc
+                        .on_passive_failure(plan.idx, kind, sent_at.elapsed(), message)
+                        .await;
+                }
                 log.outcome = Outcome::Failed;
                 log.error = Some("upstream read");
                 self.record(c, &log);
@@ -720,10 +724,12 @@ impl Lean {
         what: &'static str,
         sent_at: Instant,
     ) -> Done {
-        let message = format!("upstream {what} failed");
-        self.svc
-            .on_passive_failure(plan.idx, kind, sent_at.elapsed(), message)
-            .await;
+        if !log.reported {
+            let message = format!("upstream {what} failed");
+            self.svc
+                .on_passive_failure(plan.idx, kind, sent_at.elapsed(), message)
+                .await;
+        }
         if plan.retry_safe {
             return Done::Retry(Prior::failed(plan.idx, "upstream_error"));
         }
@@ -825,6 +831,9 @@ struct LogLine<'a> {
     upstream_ms: Option<f64>,
     error: Option<&'static str>,
     start: Instant,
+    /// This request's failure is reported as passive evidence already: a
+    /// 5xx whose body then fails to arrive is one failure, not two.
+    reported: bool,
 }
 
 /// Idle upstream connections kept per gateway thread for the next client
