@@ -20,12 +20,17 @@ use support::*;
 const HEALTH: &str = "check_interval_seconds = 0.2\nfailure_threshold = 2\nconnect_timeout_ms = 300\ntimeout_ms = 500";
 
 fn start() -> (HttpUpstream, Continuity, String) {
+    start_with("")
+}
+
+/// `start`, with more keys for the service.
+fn start_with(keys: &str) -> (HttpUpstream, Continuity, String) {
     let upstream = HttpUpstream::start("lean-a", None, None, false);
     let listen = format!("127.0.0.1:{}", free_port());
     let engine = Continuity::builder()
         .health(HEALTH)
         .service(&format!(
-            "name = \"rms\"\nkind = \"http\"\nlisten = \"{listen}\"\nhealth_path = \"/health\"\nupstreams = [\n  {{ name = \"rms-a\", url = \"{}\", role = \"primary\" }},\n]",
+            "name = \"rms\"\nkind = \"http\"\nlisten = \"{listen}\"\nhealth_path = \"/health\"\n{keys}\nupstreams = [\n  {{ name = \"rms-a\", url = \"{}\", role = \"primary\" }},\n]",
             upstream.url()
         ))
         .start();
@@ -323,4 +328,56 @@ fn an_answer_cut_short_is_one_piece_of_evidence_per_request() {
     let r = http_client::request(&listen, "POST", "/cut/200", &[], "{}").expect("POST");
     assert_eq!(r.status, 502, "{r:?}");
     assert_eq!(passive(), 2.0);
+}
+
+/// The `continuity_http_requests_total` sample of `outcome` and `class`.
+fn requests(engine: &Continuity, outcome: &str, class: &str) -> f64 {
+    engine
+        .metrics()
+        .lines()
+        .filter(|l| {
+            l.starts_with("continuity_http_requests_total{")
+                && l.contains(&format!("outcome=\"{outcome}\""))
+                && l.contains(&format!("class=\"{class}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn access_log_errors_keeps_only_what_did_not_go_normally_and_off_keeps_nothing() {
+    let (_upstream, engine, listen) = start_with("access_log = \"errors\"");
+    for path in ["/quiet", "/status/404"] {
+        http_client::request(&listen, "GET", path, &[], "").expect("GET");
+    }
+    let cut = http_client::request(&listen, "POST", "/cut/200", &[], "{}").expect("POST");
+    assert_eq!(cut.status, 502, "{cut:?}");
+    assert!(
+        wait_until(Duration::from_secs(5), || engine
+            .log_text()
+            .contains("path=/cut/200")),
+        "the failed request has no access line:\n{}",
+        engine.log_text()
+    );
+    let log = engine.log_text();
+    assert!(
+        !log.contains("path=/quiet") && !log.contains("path=/status/404"),
+        "normal requests were logged:\n{log}"
+    );
+    // Counted all the same.
+    assert_eq!(requests(&engine, "proxied", "2xx"), 1.0);
+    assert_eq!(requests(&engine, "proxied", "4xx"), 1.0);
+    assert_eq!(requests(&engine, "failed", "5xx"), 1.0);
+    drop(engine);
+
+    let (_upstream, engine, listen) = start_with("access_log = \"off\"");
+    http_client::request(&listen, "GET", "/silent", &[], "").expect("GET");
+    let cut = http_client::request(&listen, "POST", "/cut/200", &[], "{}").expect("POST");
+    assert_eq!(cut.status, 502, "{cut:?}");
+    // Lines are written within 50 ms; give them ten times that.
+    std::thread::sleep(Duration::from_millis(500));
+    let log = engine.log_text();
+    assert!(!log.contains("continuity::access"), "{log}");
+    assert_eq!(requests(&engine, "proxied", "2xx"), 1.0);
+    assert_eq!(requests(&engine, "failed", "5xx"), 1.0);
 }

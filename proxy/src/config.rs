@@ -208,6 +208,43 @@ impl OnOutage {
     }
 }
 
+/// Which requests of an HTTP service get an access-log line
+/// (`access_log = "all" | "errors" | "off"`). The request metrics count
+/// every request whatever this says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLog {
+    /// Every request (the default).
+    All,
+    /// Only the requests that did not go normally: a 5xx, an outcome other
+    /// than `proxied`, or more than one attempt (HAProxy's
+    /// `option dontlog-normal`).
+    Errors,
+    /// None.
+    Off,
+}
+
+impl AccessLog {
+    pub const NAMES: &'static [&'static str] = &["all", "errors", "off"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessLog::All => "all",
+            AccessLog::Errors => "errors",
+            AccessLog::Off => "off",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AccessLog> {
+        match s {
+            "all" => Some(AccessLog::All),
+            "errors" => Some(AccessLog::Errors),
+            "off" => Some(AccessLog::Off),
+            _ => None,
+        }
+    }
+}
+
 /// `[[service.route]]`: a per-path override for an HTTP service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteConfig {
@@ -230,6 +267,8 @@ pub struct HttpSettings {
     /// HTTPS listener certificate and key, both or neither.
     pub tls_cert: Option<std::path::PathBuf>,
     pub tls_key: Option<std::path::PathBuf>,
+    /// Which requests get an access-log line; default all.
+    pub access_log: AccessLog,
 }
 
 impl Default for HttpSettings {
@@ -241,6 +280,7 @@ impl Default for HttpSettings {
             queue_max_depth: 1000,
             tls_cert: None,
             tls_key: None,
+            access_log: AccessLog::All,
         }
     }
 }

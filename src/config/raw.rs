@@ -111,6 +111,7 @@ pub struct RawService {
     pub tls_key: Option<String>,
     pub health_path: Option<String>,
     pub on_outage: Option<String>,
+    pub access_log: Option<String>,
     pub stall_after_seconds: Option<f64>,
     pub route: Option<Vec<RawRoute>>,
     pub upstreams: Option<Vec<RawUpstream>>,

@@ -7,11 +7,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use continuity_proxy::config::{AccessLog, OnOutage, RouteConfig, UpstreamTls};
 use continuity_proxy::config::{
     Category, Failback, FailoverMode, HealthSettings, HttpSettings, Kind, OnFailover, Redundancy,
     Role, ServiceConfig, UpstreamConfig,
 };
-pub use continuity_proxy::config::{OnOutage, RouteConfig, UpstreamTls};
 
 use super::lines::KeyPath;
 use super::raw::{RawService, RawUpstream};
@@ -39,6 +39,8 @@ pub struct ServiceExtras {
     pub tls_key: Option<PathBuf>,
     /// http: default hold.
     pub on_outage: OnOutage,
+    /// http: which requests get an access-log line; default all.
+    pub access_log: AccessLog,
     pub routes: Vec<RouteConfig>,
     /// By upstream name; only upstreams that set any of the keys.
     pub upstream_tls: BTreeMap<String, UpstreamTls>,
@@ -54,6 +56,7 @@ impl Default for ServiceExtras {
             tls_cert: None,
             tls_key: None,
             on_outage: OnOutage::Hold,
+            access_log: AccessLog::All,
             routes: Vec::new(),
             upstream_tls: BTreeMap::new(),
         }
@@ -326,6 +329,7 @@ fn service(
             queue_max_depth: extra.queue_max_depth,
             tls_cert: extra.tls_cert.clone(),
             tls_key: extra.tls_key.clone(),
+            access_log: extra.access_log,
         },
     };
     Some((svc, extra))
@@ -358,6 +362,13 @@ fn extras(ctx: &mut Ctx<'_>, at: &KeyPath, raw: &RawService) -> ServiceExtras {
         OnOutage::parse,
         OnOutage::NAMES,
         OnOutage::Hold,
+    );
+    extra.access_log = ctx.choice(
+        &at.key("access_log"),
+        raw.access_log.as_deref(),
+        AccessLog::parse,
+        AccessLog::NAMES,
+        AccessLog::All,
     );
     if let Some(f) = raw.fallback.as_deref() {
         extra.fallback = ctx.choice(
@@ -398,7 +409,7 @@ fn extras(ctx: &mut Ctx<'_>, at: &KeyPath, raw: &RawService) -> ServiceExtras {
 fn kind_specific_keys(ctx: &mut Ctx<'_>, at: &KeyPath, raw: &RawService, kind: Kind) {
     let redis: &[Kind] = &[Kind::Redis];
     let heartbeat: &[Kind] = &[Kind::Heartbeat];
-    let keys: [(&str, bool, &[Kind]); 10] = [
+    let keys: [(&str, bool, &[Kind]); 11] = [
         ("fallback", raw.fallback.is_some(), redis),
         (
             "fallback_max_bytes",
@@ -410,6 +421,7 @@ fn kind_specific_keys(ctx: &mut Ctx<'_>, at: &KeyPath, raw: &RawService, kind: K
         ("tls_cert", raw.tls_cert.is_some(), HTTP_KINDS),
         ("tls_key", raw.tls_key.is_some(), HTTP_KINDS),
         ("on_outage", raw.on_outage.is_some(), HTTP_KINDS),
+        ("access_log", raw.access_log.is_some(), HTTP_KINDS),
         ("route", raw.route.is_some(), HTTP_KINDS),
         ("health_path", raw.health_path.is_some(), PATH_KINDS),
         (

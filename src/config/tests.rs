@@ -198,6 +198,7 @@ fn the_reference_config_documents_every_key() {
         "max_connections",
         "max_body_bytes",
         "queue_max_depth",
+        "access_log",
         "health_path",
         "on_outage",
         "service.route",

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use continuity_proxy::config::{Redundancy, Role};
+use continuity_proxy::config::{AccessLog, Redundancy, Role};
 
 use super::env::{parse_neo4j_uri, parse_redis_url, RedisUrl};
 use super::{parse_with_env, Config, ConfigErrors};
@@ -314,6 +314,51 @@ upstreams = [{ name = "d1", address = "127.0.0.1:9003", role = "primary" }]
     assert_eq!(e.problems.len(), 1, "{e}");
     assert_eq!(e.problems[0].path, "service[1].listen");
     assert_eq!(e.problems[0].line, Some(10));
+}
+
+#[test]
+fn access_log_is_an_http_key_with_three_values() {
+    let http = |v: &str| {
+        format!(
+            r#"
+[[service]]
+name = "lpr"
+kind = "http"
+listen = "127.0.0.1:18081"
+{v}
+upstreams = [{{ name = "lpr-a", url = "http://127.0.0.1:9", role = "primary" }}]
+"#
+        )
+    };
+    let none = |_: &str| None;
+    for (line, want) in [
+        ("", AccessLog::All),
+        ("access_log = \"all\"", AccessLog::All),
+        ("access_log = \"errors\"", AccessLog::Errors),
+        ("access_log = \"off\"", AccessLog::Off),
+    ] {
+        let c = ok(&http(line), &none);
+        assert_eq!(c.engine.services[0].http.access_log, want, "{line}");
+    }
+    let e = err(&http("access_log = \"some\""), &none);
+    assert_eq!(e.problems.len(), 1, "{e}");
+    assert_eq!(e.problems[0].path, "service[0].access_log");
+    assert!(
+        e.to_string()
+            .contains("unknown value `some`; expected one of: all, errors, off"),
+        "{e}"
+    );
+    let e = err(
+        r#"
+[[service]]
+name = "r"
+kind = "redis"
+access_log = "off"
+upstreams = [{ name = "r1", address = "127.0.0.1:6379", role = "primary" }]
+"#,
+        &none,
+    );
+    assert_eq!(e.problems[0].path, "service[0].access_log", "{e}");
 }
 
 #[test]

@@ -12,6 +12,7 @@ use pingora::proxy::Session;
 use serde::Serialize;
 
 use super::Shared;
+use crate::config::AccessLog;
 
 /// What became of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -249,6 +250,19 @@ pub struct Line<'a> {
     pub error: Option<String>,
 }
 
+/// Whether `access_log` wants this request's line: `errors` keeps only the
+/// requests that did not go normally (a 5xx, an outcome other than
+/// `proxied`, a retry), as HAProxy's `option dontlog-normal`.
+fn logged(mode: AccessLog, line: &Line<'_>) -> bool {
+    match mode {
+        AccessLog::All => true,
+        AccessLog::Off => false,
+        AccessLog::Errors => {
+            line.status >= 500 || line.outcome != Outcome::Proxied || line.attempts > 1
+        }
+    }
+}
+
 /// Query parameter names whose values never reach a log.
 const SECRET_PARAMS: &[&str] = &[
     "token",
@@ -354,7 +368,8 @@ pub fn record(shared: &Shared, service: &str, req: &Request<'_>, line: &Line<'_>
             .inc();
     }
     rm.duration.observe(line.duration.as_secs_f64());
-    if !shared.access_log || !tracing::enabled!(target: TARGET, tracing::Level::INFO) {
+    if !logged(shared.access_log, line) || !tracing::enabled!(target: TARGET, tracing::Level::INFO)
+    {
         return;
     }
     if let Some(sink) = SINK.get() {

@@ -38,6 +38,7 @@ use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
+use crate::config::AccessLog;
 use crate::metrics::HttpMetrics;
 use crate::upstream::runtime::ServiceRt;
 use peers::PeerTemplate;
@@ -61,8 +62,8 @@ pub struct Shared {
     pub routes: Vec<access::RouteMetrics>,
     pub shutdown: watch::Receiver<bool>,
     pub tls_listener: bool,
-    /// One `continuity::access` line per request.
-    pub access_log: bool,
+    /// Which requests get a `continuity::access` line (`access_log`).
+    pub access_log: AccessLog,
     /// The engine's count of open client connections and in-flight HTTP
     /// requests: a SIGTERM drain waits for it to reach 0.
     pub open: Arc<std::sync::atomic::AtomicU64>,
@@ -147,7 +148,11 @@ pub fn start(p: GatewayParams<'_>) -> Result<Vec<JoinHandle<()>>, String> {
         ),
         shutdown: p.stop.clone(),
         tls_listener: tls.is_some(),
-        access_log: p.access_log,
+        access_log: if p.access_log {
+            svc.cfg.http.access_log
+        } else {
+            AccessLog::Off
+        },
         open: p.open,
         active: svc
             .metrics
