@@ -381,3 +381,48 @@ fn access_log_errors_keeps_only_what_did_not_go_normally_and_off_keeps_nothing()
     assert_eq!(requests(&engine, "proxied", "2xx"), 1.0);
     assert_eq!(requests(&engine, "failed", "5xx"), 1.0);
 }
+
+#[test]
+fn a_connection_handed_over_in_an_outage_goes_back_to_the_lean_path() {
+    let (upstream, engine, listen) = start();
+    let status = || {
+        let (_, body) = engine.get("/api/ops/health/service/rms");
+        body["status"].as_str().unwrap_or("").to_string()
+    };
+    let mut s = TcpStream::connect(&listen).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut reader = std::io::BufReader::new(s.try_clone().expect("clone"));
+    let get = |s: &mut TcpStream, path: &str| {
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {listen}\r\n\r\n").as_bytes())
+            .expect("write");
+    };
+    get(&mut s, "/before");
+    let r = http_client::read_response(&mut reader).expect("before");
+    assert_eq!((r.status, r.header("connection")), (200, None), "{r:?}");
+
+    // No usable upstream: the next request is held (on_outage = "hold"),
+    // by pingora, and answered once the upstream is back.
+    upstream.set_healthy(false);
+    assert!(
+        wait_until(Duration::from_secs(10), || status() != "healthy"),
+        "never unhealthy"
+    );
+    get(&mut s, "/held");
+    std::thread::sleep(Duration::from_millis(300));
+    upstream.set_healthy(true);
+    let r = http_client::read_response(&mut reader).expect("held");
+    assert_eq!(r.status, 200, "{r:?}");
+    // The lean path could take this connection again: pingora closes it
+    // after this answer, and the client reconnects to the lean path.
+    assert_eq!(r.header("connection"), Some("close"), "{r:?}");
+    let mut rest = Vec::new();
+    assert_eq!(reader.read_to_end(&mut rest).expect("eof"), 0, "not closed");
+
+    // A new connection keeps alive again.
+    let mut a = KeepAlive::connect(&listen).expect("reconnect");
+    for p in ["/after1", "/after2"] {
+        let r = a.get(p).expect(p);
+        assert_eq!((r.status, r.header("connection")), (200, None), "{r:?}");
+    }
+}

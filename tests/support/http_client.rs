@@ -127,6 +127,11 @@ pub fn get(addr: &str, path: &str) -> std::io::Result<Resp> {
 pub struct KeepAlive {
     addr: String,
     reader: BufReader<TcpStream>,
+    /// The last answer said `Connection: close`: the next request goes on a
+    /// new connection, as any HTTP/1.1 client must (RFC 9112 9.6).
+    closed: bool,
+    /// New connections made after such an answer.
+    pub reconnects: u32,
 }
 
 impl KeepAlive {
@@ -136,12 +141,25 @@ impl KeepAlive {
         Ok(KeepAlive {
             addr: addr.to_string(),
             reader: BufReader::new(s),
+            closed: false,
+            reconnects: 0,
         })
     }
 
     pub fn get(&mut self, path: &str) -> std::io::Result<Resp> {
+        if self.closed {
+            let s = TcpStream::connect(&self.addr)?;
+            s.set_read_timeout(Some(Duration::from_secs(30)))?;
+            self.reader = BufReader::new(s);
+            self.closed = false;
+            self.reconnects += 1;
+        }
         let req = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", self.addr);
         self.reader.get_mut().write_all(req.as_bytes())?;
-        read_response(&mut self.reader)
+        let resp = read_response(&mut self.reader)?;
+        self.closed = resp
+            .header("connection")
+            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
+        Ok(resp)
     }
 }

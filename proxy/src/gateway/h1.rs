@@ -114,6 +114,9 @@ enum Parsed {
     Partial,
     /// Not for this path: pingora takes the connection.
     HandOver,
+    /// No upstream the lean path may send to now (an outage, a 429
+    /// window): pingora takes the connection for now.
+    Outage,
     /// Refused here with 400, and the connection closed.
     Bad(Refused),
     Ready(Plan),
@@ -232,6 +235,7 @@ impl Lean {
                 Next::Closed => return pool_put(c.up.take()),
                 Next::H2 => return self.hand_over(c, true, stop).await,
                 Next::HandOver => return self.hand_over(c, false, stop).await,
+                Next::Outage => return self.hand_over_for_now(c, stop).await,
                 Next::Bad(r) => {
                     let start = Instant::now();
                     let body =
@@ -249,7 +253,7 @@ impl Lean {
                 if self.svc.active_conns.load(Ordering::SeqCst) > u64::from(limit) {
                     // pingora answers 503 overloaded (and counts it itself).
                     drop(in_flight);
-                    return self.hand_over(c, false, stop).await;
+                    return self.hand_over_for_now(c, stop).await;
                 }
             }
             let done = self.exchange(&mut c, &plan, &stop).await;
@@ -261,11 +265,11 @@ impl Lean {
                     let _ = c.client.shutdown().await;
                     return;
                 }
-                Done::HandOver => return self.hand_over(c, false, stop).await,
+                Done::HandOver => return self.hand_over_for_now(c, stop).await,
                 Done::Retry(prior) => {
                     lock(&self.shared.handed).insert(c.peer, prior);
                     let peer = c.peer;
-                    self.hand_over(c, false, stop).await;
+                    self.hand_over_for_now(c, stop).await;
                     // Taken by pingora's first request, unless it never came.
                     lock(&self.shared.handed).remove(&peer);
                     return;
@@ -287,18 +291,19 @@ impl Lean {
         }
     }
 
+    /// Gives the connection to pingora for a passing reason: pingora
+    /// closes it after an answer once the lean path could take it back
+    /// (`Shared::recycle`).
+    async fn hand_over_for_now(&self, c: Conn, stop: watch::Receiver<bool>) {
+        let peer = c.peer;
+        lock(&self.shared.recycle).insert(peer);
+        self.hand_over(c, false, stop).await;
+        lock(&self.shared.recycle).remove(&peer);
+    }
+
     /// The active upstream, when the lean path may send to it now.
     fn target(&self) -> Option<usize> {
-        let route = self.svc.route.load();
-        let idx = route.active;
-        if !self.svc.usable(&route, idx) {
-            return None;
-        }
-        let quota = self.shared.quota.get(idx).map(|q| *lock(q))?;
-        if quota.is_some_and(|until| until > Instant::now()) {
-            return None;
-        }
-        Some(idx)
+        self.shared.lean_target(&self.svc)
     }
 
     /// Reads the next request's head (and its body) into `c.buf`.
@@ -325,6 +330,7 @@ impl Lean {
                 } else {
                     match self.plan(c) {
                         Parsed::HandOver => return Next::HandOver,
+                        Parsed::Outage => return Next::Outage,
                         Parsed::Bad(r) => return Next::Bad(r),
                         Parsed::Ready(p) => {
                             let need = p.head_len + p.body_len;
@@ -378,7 +384,7 @@ impl Lean {
             return Parsed::HandOver;
         }
         let Some(idx) = self.target() else {
-            return Parsed::HandOver;
+            return Parsed::Outage;
         };
         let Some(tpl) = self.shared.peers.get(idx) else {
             return Parsed::HandOver;
@@ -820,6 +826,7 @@ enum Next {
     Closed,
     H2,
     HandOver,
+    Outage,
     Bad(Refused),
     Ready(Plan),
 }

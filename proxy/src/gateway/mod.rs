@@ -40,7 +40,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::AccessLog;
 use crate::metrics::HttpMetrics;
-use crate::upstream::runtime::ServiceRt;
+use crate::upstream::runtime::{lock, ServiceRt};
 use peers::PeerTemplate;
 use queue::QueueStore;
 
@@ -72,9 +72,40 @@ pub struct Shared {
     /// Client connections the lean path handed to pingora after a failed
     /// attempt, by client address (h1.rs), until pingora's first request.
     pub handed: Mutex<std::collections::HashMap<std::net::SocketAddr, proxy::Prior>>,
+    /// Client connections the lean path handed to pingora for a passing
+    /// reason (no usable upstream, a 429 window, a failed attempt,
+    /// `max_connections`), by client address, for as long as pingora
+    /// serves them. Once the lean path could take their requests again,
+    /// pingora closes them after an answer, so that the client reconnects
+    /// to the lean path instead of staying on the slower one.
+    pub recycle: Mutex<std::collections::HashSet<std::net::SocketAddr>>,
 }
 
 impl Shared {
+    /// The active upstream, when the lean path may send to it now: usable,
+    /// and outside any 429 window.
+    pub fn lean_target(&self, svc: &ServiceRt) -> Option<usize> {
+        let route = svc.route.load();
+        let idx = route.active;
+        if !svc.usable(&route, idx) {
+            return None;
+        }
+        let quota = self.quota.get(idx).map(|q| *lock(q))?;
+        if quota.is_some_and(|until| until > Instant::now()) {
+            return None;
+        }
+        Some(idx)
+    }
+
+    /// Whether pingora should close `client`'s connection after this answer
+    /// (see `recycle`); says so once per connection.
+    pub fn recycle_now(&self, client: &std::net::SocketAddr, svc: &ServiceRt) -> bool {
+        if !lock(&self.recycle).contains(client) || self.lean_target(svc).is_none() {
+            return false;
+        }
+        lock(&self.recycle).remove(client)
+    }
+
     pub fn update_queue_metrics(&self) {
         let Some(q) = &self.queue else {
             return;
@@ -159,6 +190,7 @@ pub fn start(p: GatewayParams<'_>) -> Result<Vec<JoinHandle<()>>, String> {
             .active_connections
             .with_label_values(&[svc.name()]),
         handed: Mutex::new(std::collections::HashMap::new()),
+        recycle: Mutex::new(std::collections::HashSet::new()),
     });
     shared.update_queue_metrics();
     let conf = Arc::new(ServerConf {

@@ -639,6 +639,23 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        _ctx: &mut Ctx,
+    ) -> Result<()> {
+        // A connection the lean path handed over for a passing reason goes
+        // back to it: closed after this answer, the client reconnects there.
+        if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
+            if self.shared.recycle_now(addr, &self.svc) {
+                session.set_keepalive(None);
+                resp.insert_header("connection", "close")?;
+            }
+        }
+        Ok(())
+    }
+
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
