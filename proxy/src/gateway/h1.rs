@@ -15,7 +15,10 @@
 //! bytes read so far put back, and pingora serves the connection from then
 //! on: h2c, chunked or large request bodies, `Expect`, upgrades, HTTP/1.0,
 //! malformed requests, outages (hold / queue / fail), `max_connections`,
-//! and retries. A request handed over after it reached an upstream is
+//! and retries. A connection handed over for a passing reason (an outage,
+//! a 429 window, a failed attempt, `max_connections`) is closed by pingora
+//! after an answer once this path could take it again, so that the client
+//! comes back here (`Shared::recycle`). A request handed over after it reached an upstream is
 //! one pingora may repeat by the gateway's rules (an idempotent method or
 //! an `Idempotency-Key`); one that may not be repeated is answered 502 here
 //! instead, exactly as `proxy.rs` would.
@@ -233,9 +236,20 @@ impl Lean {
         loop {
             let plan = match self.read_request(&mut c, first, &mut stop).await {
                 Next::Closed => return pool_put(c.up.take()),
-                Next::H2 => return self.hand_over(c, true, stop).await,
-                Next::HandOver => return self.hand_over(c, false, stop).await,
-                Next::Outage => return self.hand_over_for_now(c, stop).await,
+                // The pinned upstream connection is idle here (its last
+                // answer was read whole): the next client may use it.
+                Next::H2 => {
+                    pool_put(c.up.take());
+                    return self.hand_over(c, true, stop).await;
+                }
+                Next::HandOver => {
+                    pool_put(c.up.take());
+                    return self.hand_over(c, false, stop).await;
+                }
+                Next::Outage => {
+                    pool_put(c.up.take());
+                    return self.hand_over_for_now(c, stop).await;
+                }
                 Next::Bad(r) => {
                     let start = Instant::now();
                     let body =
@@ -1084,10 +1098,12 @@ fn parse_response(buf: &[u8]) -> Result<Option<RespHead>, ()> {
         }
     }
     let framing = if te {
-        // Transfer-Encoding wins over Content-Length (RFC 9112 6.3), and
-        // such a message is not reused.
+        // Transfer-Encoding wins over Content-Length (RFC 9112 6.3): the
+        // Content-Length is not passed on (rewrite_head), and such a
+        // connection is not reused.
         if length.is_some() {
             close = true;
+            rewrite = true;
         }
         if chunked {
             Framing::Chunked
@@ -1112,8 +1128,10 @@ fn parse_response(buf: &[u8]) -> Result<Option<RespHead>, ()> {
 }
 
 /// The response head for the client: HTTP/1.1, without hop-by-hop fields
-/// other than `Transfer-Encoding` (the body is relayed as framed), and with
-/// `connection: close` when this is the connection's last answer.
+/// other than `Transfer-Encoding` (the body is relayed as framed), without
+/// a `Content-Length` beside a `Transfer-Encoding` (a downstream hop must
+/// not get both), and with `connection: close` when this is the
+/// connection's last answer.
 fn rewrite_head(raw: &[u8], close: bool, out: &mut Vec<u8>) {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
@@ -1122,10 +1140,12 @@ fn rewrite_head(raw: &[u8], close: bool, out: &mut Vec<u8>) {
         return;
     }
     let mut tokens: Vec<&[u8]> = Vec::new();
+    let mut te = false;
     for h in resp.headers.iter() {
         if h.name.eq_ignore_ascii_case("connection") {
             tokens.extend(h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii));
         }
+        te |= h.name.eq_ignore_ascii_case("transfer-encoding");
     }
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(resp.code.unwrap_or(502).to_string().as_bytes());
@@ -1137,6 +1157,7 @@ fn rewrite_head(raw: &[u8], close: bool, out: &mut Vec<u8>) {
         let hop = name.eq_ignore_ascii_case("connection")
             || name.eq_ignore_ascii_case("keep-alive")
             || name.eq_ignore_ascii_case("proxy-connection")
+            || (te && name.eq_ignore_ascii_case("content-length"))
             || (!name.eq_ignore_ascii_case("transfer-encoding")
                 && tokens
                     .iter()
@@ -1189,8 +1210,8 @@ async fn relay_body(
                 Ok(Some(n)) => (n, true),
                 Ok(None) => (avail, false),
                 Err(_) => {
-                    // Relay what is valid so far is pointless: the answer
-                    // is broken; the client's connection ends.
+                    // The answer is broken: the client gets what was
+                    // relayed so far, then its connection ends.
                     let _ = write_client(client, out).await;
                     return Err(Side::Upstream(FailureKind::Protocol));
                 }
@@ -1272,7 +1293,7 @@ mod tests {
         );
         assert_eq!(
             h(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"),
-            Some((Framing::Chunked, false, false))
+            Some((Framing::Chunked, false, true))
         );
         assert!(parse_response(
             b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
@@ -1304,6 +1325,18 @@ mod tests {
         assert_eq!(
             String::from_utf8_lossy(&out),
             "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nconnection: close\r\n\r\n"
+        );
+        // Both framings from the upstream: the client gets the one that
+        // counts (Transfer-Encoding), not both.
+        out.clear();
+        rewrite_head(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            true,
+            &mut out,
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nconnection: close\r\n\r\n"
         );
     }
 

@@ -296,7 +296,7 @@ impl Gateway {
     }
 
     /// Full-jitter exponential backoff before retrying the same upstream.
-    pub(super) fn backoff(attempt: u32) -> Duration {
+    fn backoff(attempt: u32) -> Duration {
         let exp = BACKOFF_BASE.saturating_mul(1u32 << attempt.min(10));
         let cap = exp.min(BACKOFF_CAP);
         let ms = rand::thread_rng().gen_range(0..=cap.as_millis() as u64);
