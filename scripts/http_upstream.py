@@ -13,6 +13,8 @@ Routes (any method unless stated):
   /status/NNN       status NNN with a small JSON body {"server", "status"}
   /ratelimit/N      the first N requests to this exact path get 429 + `Retry-After: 1`,
                     later ones the echo below (counted per path, in this process)
+  /retryafter/N/... the first N requests to this exact path get status `?status=` (default
+                    429) with `Retry-After: <?ra=, URL-decoded>`, later ones the echo below
   /slow/MS          sleeps MS ms, then the echo
   /big/BYTES        200 with a body of BYTES bytes (application/octet-stream)
   /chunked/N        200, Transfer-Encoding: chunked: N chunks `chunk I\n`, each written
@@ -41,6 +43,7 @@ import ssl
 import sys
 import threading
 import time
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 RATE_COUNTS = {}
@@ -211,6 +214,18 @@ class Handler(BaseHTTPRequestHandler):
             if seen < int(arg):
                 self.reply(429, json.dumps({"server": self.server.name, "status": 429}),
                            extra=[("Retry-After", "1")])
+            else:
+                self.reply(200, self.echo(body_text))
+        elif head == "retryafter" and arg.isdigit():
+            with RATE_LOCK:
+                seen = RATE_COUNTS.get(route, 0)
+                RATE_COUNTS[route] = seen + 1
+            if seen < int(arg):
+                query = urllib.parse.parse_qs(self.path.split("?", 1)[1] if "?" in self.path else "")
+                code = int(query.get("status", ["429"])[0])
+                value = query.get("ra", ["1"])[0]
+                self.reply(code, json.dumps({"server": self.server.name, "status": code}),
+                           extra=[("Retry-After", value)])
             else:
                 self.reply(200, self.echo(body_text))
         elif head == "slow" and arg.isdigit():

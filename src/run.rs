@@ -29,6 +29,33 @@ pub enum RunError {
     Other(#[from] anyhow::Error),
 }
 
+/// Damaged `queue.log` lines the HTTP queue moved to its quarantine file
+/// at open (docs/http-gateway.md): each is an audited diagnostic event, as
+/// the queue may have lost a request's record with it.
+async fn audit_queue_quarantine(engine: &Engine, audit: &AuditLog) {
+    let Some(queue) = engine.queue() else {
+        return;
+    };
+    for q in queue.quarantined() {
+        let entry = continuity_control::audit::NewEntry::new(
+            continuity_control::audit::Action::DiagnosticEvent,
+            continuity_control::audit::Severity::Error,
+            "system",
+            serde_json::json!({
+                "event": "queue_log_line_quarantined",
+                "line": q.line,
+                "byte_offset": q.byte_offset,
+                "bytes": q.bytes,
+                "error": q.error,
+                "quarantine_file": q.file.display().to_string(),
+            }),
+        );
+        if let Err(e) = audit.append(entry).await {
+            tracing::error!(error = %e, "cannot audit a quarantined queue.log line");
+        }
+    }
+}
+
 /// Runs until `shutdown` resolves, then drains for `drain_timeout_ms`.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     let control_listener = TcpListener::bind(config.control.listen)
@@ -69,6 +96,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             ProxyError::Bind { .. } | ProxyError::Config { .. } => RunError::Bind(e.to_string()),
             other => RunError::Other(other.into()),
         })?;
+    audit_queue_quarantine(&engine, &audit).await;
     let bridge_events = events.resubscribe();
     let diagnostics_events = events.resubscribe();
     let recorder = tokio::spawn(continuity_control::recorder::run(audit.clone(), events));

@@ -253,6 +253,11 @@ pub struct RouteConfig {
     pub on_outage: OnOutage,
 }
 
+/// `queue_max_bytes` of an HTTP service that does not set it: 1 GiB.
+pub const DEFAULT_QUEUE_MAX_BYTES: u64 = 1024 * 1024 * 1024;
+/// `max_retry_after_seconds` of an HTTP service that does not set it: 1 h.
+pub const DEFAULT_MAX_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Settings of a `kind = "http"` service's gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpSettings {
@@ -264,6 +269,12 @@ pub struct HttpSettings {
     pub max_body_bytes: u64,
     /// Most requests queued at once (503 past it); default 1000.
     pub queue_max_depth: u32,
+    /// Most request-body bytes queued at once, on disk (503 past it);
+    /// default 1 GiB.
+    pub queue_max_bytes: u64,
+    /// Longest wait an upstream's `Retry-After` can impose (longer ones are
+    /// cut to it); default 1 h.
+    pub max_retry_after: std::time::Duration,
     /// HTTPS listener certificate and key, both or neither.
     pub tls_cert: Option<std::path::PathBuf>,
     pub tls_key: Option<std::path::PathBuf>,
@@ -278,6 +289,8 @@ impl Default for HttpSettings {
             routes: Vec::new(),
             max_body_bytes: 10 * 1024 * 1024,
             queue_max_depth: 1000,
+            queue_max_bytes: DEFAULT_QUEUE_MAX_BYTES,
+            max_retry_after: DEFAULT_MAX_RETRY_AFTER,
             tls_cert: None,
             tls_key: None,
             access_log: AccessLog::All,

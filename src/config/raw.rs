@@ -107,6 +107,8 @@ pub struct RawService {
     pub max_connections: Option<u64>,
     pub max_body_bytes: Option<u64>,
     pub queue_max_depth: Option<u64>,
+    pub queue_max_bytes: Option<u64>,
+    pub max_retry_after_seconds: Option<u64>,
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
     pub health_path: Option<String>,

@@ -34,6 +34,10 @@ pub struct ServiceExtras {
     pub max_body_bytes: u64,
     /// http: most requests queued with `on_outage = "queue"`; default 1000.
     pub queue_max_depth: u32,
+    /// http: most request-body bytes queued; default 1 GiB.
+    pub queue_max_bytes: u64,
+    /// http: cap on an upstream's `Retry-After`; default 1 h.
+    pub max_retry_after: Duration,
     /// http: HTTPS listener certificate and key (resolved).
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -53,6 +57,8 @@ impl Default for ServiceExtras {
             fallback_max_bytes: 64 * 1024 * 1024,
             max_body_bytes: 10 * 1024 * 1024,
             queue_max_depth: 1000,
+            queue_max_bytes: continuity_proxy::config::DEFAULT_QUEUE_MAX_BYTES,
+            max_retry_after: continuity_proxy::config::DEFAULT_MAX_RETRY_AFTER,
             tls_cert: None,
             tls_key: None,
             on_outage: OnOutage::Hold,
@@ -327,6 +333,8 @@ fn service(
             routes: extra.routes.clone(),
             max_body_bytes: extra.max_body_bytes,
             queue_max_depth: extra.queue_max_depth,
+            queue_max_bytes: extra.queue_max_bytes,
+            max_retry_after: extra.max_retry_after,
             tls_cert: extra.tls_cert.clone(),
             tls_key: extra.tls_key.clone(),
             access_log: extra.access_log,
@@ -351,6 +359,20 @@ fn extras(ctx: &mut Ctx<'_>, at: &KeyPath, raw: &RawService) -> ServiceExtras {
         }
     }
     extra.queue_max_depth = ctx.int(&at.key("queue_max_depth"), raw.queue_max_depth, 1, 1000);
+    if raw.queue_max_bytes == Some(0) {
+        ctx.problem(&at.key("queue_max_bytes"), "must be at least 1, got 0");
+    }
+    extra.queue_max_bytes = raw
+        .queue_max_bytes
+        .filter(|n| *n > 0)
+        .unwrap_or(continuity_proxy::config::DEFAULT_QUEUE_MAX_BYTES);
+    let max_retry_after = ctx.int(
+        &at.key("max_retry_after_seconds"),
+        raw.max_retry_after_seconds,
+        1,
+        3600,
+    );
+    extra.max_retry_after = Duration::from_secs(u64::from(max_retry_after));
     (extra.tls_cert, extra.tls_key) = ctx.pair(
         at,
         ("tls_cert", raw.tls_cert.as_deref()),
@@ -409,7 +431,7 @@ fn extras(ctx: &mut Ctx<'_>, at: &KeyPath, raw: &RawService) -> ServiceExtras {
 fn kind_specific_keys(ctx: &mut Ctx<'_>, at: &KeyPath, raw: &RawService, kind: Kind) {
     let redis: &[Kind] = &[Kind::Redis];
     let heartbeat: &[Kind] = &[Kind::Heartbeat];
-    let keys: [(&str, bool, &[Kind]); 11] = [
+    let keys: [(&str, bool, &[Kind]); 13] = [
         ("fallback", raw.fallback.is_some(), redis),
         (
             "fallback_max_bytes",
@@ -418,6 +440,12 @@ fn kind_specific_keys(ctx: &mut Ctx<'_>, at: &KeyPath, raw: &RawService, kind: K
         ),
         ("max_body_bytes", raw.max_body_bytes.is_some(), HTTP_KINDS),
         ("queue_max_depth", raw.queue_max_depth.is_some(), HTTP_KINDS),
+        ("queue_max_bytes", raw.queue_max_bytes.is_some(), HTTP_KINDS),
+        (
+            "max_retry_after_seconds",
+            raw.max_retry_after_seconds.is_some(),
+            HTTP_KINDS,
+        ),
         ("tls_cert", raw.tls_cert.is_some(), HTTP_KINDS),
         ("tls_key", raw.tls_key.is_some(), HTTP_KINDS),
         ("on_outage", raw.on_outage.is_some(), HTTP_KINDS),

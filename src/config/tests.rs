@@ -198,6 +198,8 @@ fn the_reference_config_documents_every_key() {
         "max_connections",
         "max_body_bytes",
         "queue_max_depth",
+        "queue_max_bytes",
+        "max_retry_after_seconds",
         "access_log",
         "health_path",
         "on_outage",

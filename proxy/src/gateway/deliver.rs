@@ -3,17 +3,34 @@
 //! before its bytes leave, and carries `Idempotency-Key: <queue id>` (unless
 //! the client sent its own key), so a re-send after a crash or a lost answer
 //! is recognised by the upstream: exactly once from the proxy's side.
+//!
+//! The delivery loop runs under a supervisor ([`supervise`]): a loop that
+//! dies (a panic) is logged at ERROR and started again after a pause, and
+//! the entry it was working on goes back to `queued` (`mark_retry`), so one
+//! bad moment never stops a service's delivery for good. An entry that was
+//! in hand at 3 such deaths is given up (`failed`), so that it cannot stop
+//! the entries behind it.
+//!
+//! The request body is streamed from its file in the queue's data dir
+//! (`queue.rs`), 64 KiB at a time.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
+use pingora::protocols::http::client::HttpSession;
 use pingora::ErrorType;
+use tokio::io::AsyncReadExt;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use super::proxy::{parse_retry_after, HOP_BY_HOP};
-use super::queue::{DeliveryResult, QueuedEntry};
+use super::queue::{DeliveryResult, QueueStore, QueuedEntry};
 use super::Shared;
 use crate::health::FailureKind;
 use crate::upstream::runtime::{lock, ServiceRt};
@@ -22,6 +39,14 @@ use crate::upstream::runtime::{lock, ServiceRt};
 const MAX_RESULT_BYTES: usize = 1024 * 1024;
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(10);
+/// Pause before restarting a delivery loop that died: doubling from this...
+const RESTART_MIN: Duration = Duration::from_millis(500);
+/// ...up to this.
+const RESTART_MAX: Duration = Duration::from_secs(30);
+/// An entry in hand at this many deaths of the loop is given up.
+const MAX_DEATHS_PER_ENTRY: u32 = 3;
+/// Request bodies are read from their file and sent in pieces this big.
+const BODY_CHUNK: usize = 64 * 1024;
 
 enum Attempt {
     Delivered,
@@ -29,7 +54,121 @@ enum Attempt {
     Retry(Duration),
 }
 
+/// The queue id a delivery loop has in hand, for its supervisor.
+#[derive(Clone, Default)]
+pub(crate) struct Holding(Arc<Mutex<Option<String>>>);
+
+impl Holding {
+    pub(crate) fn set(&self, id: Option<&str>) {
+        *lock(&self.0) = id.map(str::to_string);
+    }
+
+    fn take(&self) -> Option<String> {
+        lock(&self.0).take()
+    }
+}
+
+/// Aborts the task when dropped (the supervisor itself aborted).
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Delivers `svc`'s queued requests until the gateway stops, restarting
+/// the delivery loop if it dies.
 pub async fn run(svc: Arc<ServiceRt>, shared: Arc<Shared>) {
+    let Some(queue) = shared.queue.clone() else {
+        return;
+    };
+    let name = svc.name().to_string();
+    let stop = shared.shutdown.clone();
+    supervise(&name, &queue, stop, move |holding| {
+        deliver_loop(svc.clone(), shared.clone(), holding)
+    })
+    .await;
+}
+
+/// Runs `make(holding)` as a task; when it ends normally, returns. When it
+/// panics: logs it, puts the entry it held back to `queued` (or `failed`
+/// at its [`MAX_DEATHS_PER_ENTRY`]th death), waits (500 ms doubling to
+/// 30 s, or until `stop`), and starts it again.
+pub(crate) async fn supervise<F, Fut>(
+    service: &str,
+    queue: &QueueStore,
+    mut stop: watch::Receiver<bool>,
+    mut make: F,
+) where
+    F: FnMut(Holding) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut deaths: u32 = 0;
+    let mut by_entry: HashMap<String, u32> = HashMap::new();
+    loop {
+        let holding = Holding::default();
+        let mut task = AbortOnDrop(tokio::spawn(make(holding.clone())));
+        let died = match (&mut task.0).await {
+            Ok(()) => return,
+            Err(e) if e.is_cancelled() => return,
+            Err(e) => panic_text(e),
+        };
+        deaths = deaths.saturating_add(1);
+        let held = holding.take();
+        tracing::error!(
+            service,
+            held = held.as_deref().unwrap_or("-"),
+            restarts = deaths,
+            panic = %died,
+            "queue delivery task died; restarting it"
+        );
+        if let Some(id) = held {
+            let n = by_entry.entry(id.clone()).or_insert(0);
+            *n += 1;
+            let give_up = *n >= MAX_DEATHS_PER_ENTRY;
+            let q = queue.clone();
+            let why = format!("delivery task died: {died}");
+            let marked = tokio::task::spawn_blocking(move || {
+                if give_up {
+                    q.mark_failed(
+                        &id,
+                        &format!("{why} ({MAX_DEATHS_PER_ENTRY} times; given up)"),
+                    )
+                } else {
+                    q.mark_retry(&id, &why)
+                }
+            })
+            .await;
+            if let Ok(Err(e)) = marked {
+                tracing::warn!(service, error = %e, "could not put the held queue entry back");
+            }
+        }
+        let pause = RESTART_MIN
+            .saturating_mul(1u32 << deaths.min(6))
+            .min(RESTART_MAX);
+        if *stop.borrow() {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+fn panic_text(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(p) => p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".to_string()),
+        Err(e) => e.to_string(),
+    }
+}
+
+async fn deliver_loop(svc: Arc<ServiceRt>, shared: Arc<Shared>, holding: Holding) {
     let Some(queue) = shared.queue.clone() else {
         return;
     };
@@ -56,7 +195,12 @@ pub async fn run(svc: Arc<ServiceRt>, shared: Arc<Shared>) {
             let wait = quota.and_then(|u| u.checked_duration_since(Instant::now()));
             let outcome = match wait {
                 Some(w) => Attempt::Retry(w),
-                None => attempt(&connector, &svc, &shared, idx, &entry).await,
+                None => {
+                    holding.set(Some(&entry.id));
+                    let a = attempt(&connector, &svc, &shared, idx, &entry).await;
+                    holding.set(None);
+                    a
+                }
             };
             match outcome {
                 Attempt::Delivered => {
@@ -130,6 +274,20 @@ async fn attempt(
             return Attempt::Delivered;
         }
     };
+    let body_file = queue.body_file(entry);
+    if let Some(path) = &body_file {
+        if let Err(e) = check_body(path, entry.body_len).await {
+            // Its body is gone or damaged: it can never be sent as received.
+            let _ = blocking(&queue, {
+                let id = entry.id.clone();
+                move |q| q.mark_failed(&id, &e)
+            })
+            .await;
+            tracing::error!(service = svc.name(), id = %entry.id, "queued request failed: its stored body is unreadable");
+            result_metric("failed");
+            return Attempt::Delivered;
+        }
+    }
     let id = entry.id.clone();
     if blocking(&queue, move |q| q.mark_attempt(&id).map(|_| ()))
         .await
@@ -159,10 +317,8 @@ async fn attempt(
     session.set_write_timeout(Some(super::peers::READ_TIMEOUT));
     let sent = async {
         session.write_request_header(Box::new(req)).await?;
-        if !entry.body.is_empty() {
-            session
-                .write_request_body(Bytes::from(entry.body.clone()), true)
-                .await?;
+        if let Some(path) = &body_file {
+            send_body(&mut session, path, entry.body_len).await?;
         }
         session.finish_request_body().await?;
         session.read_response_header().await?;
@@ -201,14 +357,17 @@ async fn attempt(
     let status = resp.status.as_u16();
     up.inline.record(started.elapsed());
     if status == 429 {
+        // Capped (max_retry_after_seconds): an upstream's 2^64-1 seconds
+        // would overflow the Instant, and a year-9999 date stall the queue.
         let wait = resp
             .headers
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after)
-            .unwrap_or(Duration::from_secs(1));
+            .unwrap_or(Duration::from_secs(1))
+            .min(svc.cfg.http.max_retry_after);
         if let Some(q) = shared.quota.get(idx) {
-            *lock(q) = Some(Instant::now() + wait);
+            *lock(q) = Instant::now().checked_add(wait);
         }
         return retry(
             shared,
@@ -283,7 +442,7 @@ fn request(entry: &QueuedEntry, tpl: &super::peers::PeerTemplate) -> Result<Requ
             .map_err(|e| format!("header {n}: {e}"))
     };
     set(&mut req, "host", tpl.authority.clone())?;
-    set(&mut req, "content-length", entry.body.len().to_string())?;
+    set(&mut req, "content-length", entry.body_len.to_string())?;
     set(&mut req, "x-continuity-queue-id", entry.id.clone())?;
     if !has_key {
         set(&mut req, "idempotency-key", entry.id.clone())?;
@@ -327,4 +486,149 @@ async fn retry(
         let _ = blocking(q, move |q| q.mark_retry(&id, &error)).await;
     }
     Attempt::Retry(wait.unwrap_or(RETRY_MIN))
+}
+
+/// The stored body is there with the length the log recorded.
+async fn check_body(path: &Path, len: u64) -> Result<(), String> {
+    let meta = tokio::fs::metadata(path)
+        .await
+        .map_err(|e| format!("stored body {}: {e}", path.display()))?;
+    if meta.len() != len {
+        return Err(format!(
+            "stored body {}: {} bytes, the queue log says {len}",
+            path.display(),
+            meta.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Streams a stored request body to the upstream, [`BODY_CHUNK`] at a time.
+async fn send_body(
+    session: &mut HttpSession,
+    path: &Path,
+    len: u64,
+) -> Result<(), Box<pingora::Error>> {
+    let read_err =
+        |e: std::io::Error| pingora::Error::because(ErrorType::FileReadError, "queued body", e);
+    let mut file = tokio::fs::File::open(path).await.map_err(read_err)?;
+    let mut left = len;
+    while left > 0 {
+        let want = usize::try_from(left).map_or(BODY_CHUNK, |l| l.min(BODY_CHUNK));
+        let mut buf = vec![0u8; want];
+        let n = file.read(&mut buf).await.map_err(read_err)?;
+        if n == 0 {
+            return Err(pingora::Error::explain(
+                ErrorType::FileReadError,
+                "queued body shorter than recorded",
+            ));
+        }
+        buf.truncate(n);
+        left -= n as u64;
+        session
+            .write_request_body(Bytes::from(buf), left == 0)
+            .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+    use crate::gateway::queue::{NewRequest, QueueState};
+
+    fn new_request() -> NewRequest {
+        NewRequest {
+            service: "ndex".to_string(),
+            method: "POST".to_string(),
+            path: "/submissions/1".to_string(),
+            headers: vec![],
+            body: b"{}".to_vec(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_delivery_task_that_panics_is_restarted_and_its_entry_goes_back_to_queued() {
+        let tmp = tempfile::tempdir().unwrap();
+        let queue = QueueStore::open(tmp.path()).unwrap();
+        let entry = queue.enqueue(new_request(), 10).unwrap();
+        let runs = Arc::new(AtomicU32::new(0));
+        let seen = Arc::new(Mutex::new(None));
+        let (_stop_tx, stop) = watch::channel(false);
+        let (q, r, s, id) = (queue.clone(), runs.clone(), seen.clone(), entry.id.clone());
+        let supervised = supervise("ndex", &queue, stop, move |holding| {
+            let (q, r, s, id) = (q.clone(), r.clone(), s.clone(), id.clone());
+            async move {
+                if r.fetch_add(1, Ordering::SeqCst) == 0 {
+                    // Hold the entry mid-attempt, then die.
+                    q.mark_attempt(&id).unwrap();
+                    holding.set(Some(&id));
+                    panic!("injected: Instant + Retry-After overflow");
+                }
+                // The restarted loop finds the entry queued again.
+                *lock(&s) = q.get(&id).map(|e| (e.state, e.last_error));
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(30), supervised)
+            .await
+            .expect("the supervisor returns once the restarted loop ends");
+        assert_eq!(runs.load(Ordering::SeqCst), 2, "restarted once");
+        let (state, error) = lock(&seen).clone().expect("restarted loop ran");
+        assert_eq!(state, QueueState::Queued);
+        assert!(
+            error.as_deref().unwrap_or_default().contains("injected"),
+            "{error:?}"
+        );
+        // Still pending, and durable: a reopen sees it queued.
+        drop(queue);
+        let queue = QueueStore::open(tmp.path()).unwrap();
+        assert_eq!(queue.get(&entry.id).unwrap().state, QueueState::Queued);
+        assert_eq!(queue.depth("ndex"), 1);
+    }
+
+    #[tokio::test]
+    async fn an_entry_in_hand_at_three_deaths_is_given_up_so_the_rest_can_go() {
+        let tmp = tempfile::tempdir().unwrap();
+        let queue = QueueStore::open(tmp.path()).unwrap();
+        let bad = queue.enqueue(new_request(), 10).unwrap();
+        let good = queue.enqueue(new_request(), 10).unwrap();
+        let runs = Arc::new(AtomicU32::new(0));
+        let (_stop_tx, stop) = watch::channel(false);
+        let (q, r) = (queue.clone(), runs.clone());
+        let supervised = supervise("ndex", &queue, stop, move |holding| {
+            let (q, r) = (q.clone(), r.clone());
+            async move {
+                r.fetch_add(1, Ordering::SeqCst);
+                let Some(next) = q.next_pending("ndex") else {
+                    return;
+                };
+                holding.set(Some(&next.id));
+                if next.path.is_empty() || next.seq == 0 {
+                    panic!("this entry always kills the loop");
+                }
+                q.mark_attempt(&next.id).unwrap();
+                q.mark_delivered(
+                    &next.id,
+                    DeliveryResult {
+                        status: 200,
+                        headers: vec![],
+                        body: vec![],
+                        upstream: "a".into(),
+                    },
+                )
+                .unwrap();
+                holding.set(None);
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(60), supervised)
+            .await
+            .expect("supervisor ends");
+        let bad = queue.get(&bad.id).unwrap();
+        assert_eq!(bad.state, QueueState::Failed);
+        assert!(bad.last_error.unwrap().contains("given up"));
+        assert_eq!(queue.get(&good.id).unwrap().state, QueueState::Delivered);
+        assert_eq!(runs.load(Ordering::SeqCst), 4);
+    }
 }

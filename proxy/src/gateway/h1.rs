@@ -609,9 +609,15 @@ impl Lean {
         log.status = head.status;
         if head.status == 429 {
             // Quota, not ill health (proxy.rs does the same).
-            if let (Some(wait), Some(q)) = (head.retry_after, self.shared.quota.get(plan.idx)) {
-                *lock(q) = Some(Instant::now() + wait);
-                if plan.retry_safe && start.elapsed() + wait <= self.svc.cfg.buffer_timeout {
+            // Capped: an upstream's 2^64-1 seconds overflows an Instant.
+            let wait = head
+                .retry_after
+                .map(|w| w.min(self.svc.cfg.http.max_retry_after));
+            if let (Some(wait), Some(q)) = (wait, self.shared.quota.get(plan.idx)) {
+                *lock(q) = Instant::now().checked_add(wait);
+                if plan.retry_safe
+                    && start.elapsed().saturating_add(wait) <= self.svc.cfg.buffer_timeout
+                {
                     c.up = None;
                     return Done::Retry(Prior {
                         attempts: 1,

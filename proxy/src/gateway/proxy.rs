@@ -262,9 +262,13 @@ impl Gateway {
             headers,
             body,
         };
-        let max_depth = self.svc.cfg.http.queue_max_depth;
+        let (max_depth, max_bytes) = (
+            self.svc.cfg.http.queue_max_depth,
+            self.svc.cfg.http.queue_max_bytes,
+        );
         let q = queue.clone();
-        let stored = tokio::task::spawn_blocking(move || q.enqueue(new, max_depth)).await;
+        let stored =
+            tokio::task::spawn_blocking(move || q.enqueue_bounded(new, max_depth, max_bytes)).await;
         match stored {
             Ok(Ok(entry)) => {
                 self.shared.wake.notify_one();
@@ -362,7 +366,9 @@ fn header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
     req.headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Seconds from a `Retry-After` (delta-seconds or an HTTP date).
+/// Seconds from a `Retry-After` (delta-seconds or an HTTP date). Not
+/// capped: every user caps it at the service's `max_retry_after_seconds`
+/// before adding it to an `Instant`.
 pub fn parse_retry_after(v: &str) -> Option<Duration> {
     let v = v.trim();
     if let Ok(s) = v.parse::<u64>() {
@@ -564,7 +570,11 @@ impl ProxyHttp for Gateway {
         let quota = *lock(&self.shared.quota[idx]);
         if let Some(until) = quota.filter(|u| *u > Instant::now()) {
             let wait = until - Instant::now();
-            if ctx.retry_safe && Instant::now() + wait <= deadline {
+            if ctx.retry_safe
+                && Instant::now()
+                    .checked_add(wait)
+                    .is_some_and(|t| t <= deadline)
+            {
                 tokio::time::sleep(wait).await;
             } else {
                 ctx.quota_retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
@@ -680,10 +690,12 @@ impl ProxyHttp for Gateway {
                 .headers
                 .get("retry-after")
                 .and_then(|v| v.to_str().ok())
-                .and_then(parse_retry_after);
+                .and_then(parse_retry_after)
+                .map(|w| w.min(self.svc.cfg.http.max_retry_after));
             if let (Some(wait), Some(q)) = (wait, self.shared.quota.get(idx)) {
-                *lock(q) = Some(Instant::now() + wait);
-                if ctx.retry_safe && more && Instant::now() + wait <= self.deadline(ctx) {
+                let until = Instant::now().checked_add(wait);
+                *lock(q) = until;
+                if ctx.retry_safe && more && until.is_some_and(|t| t <= self.deadline(ctx)) {
                     ctx.retry_reason = Some("rate_limited");
                     let mut e = Error::explain(
                         ErrorType::HTTPStatus(429),

@@ -20,44 +20,66 @@
 //! parseable; if even that fails, the store refuses further writes until the
 //! engine is restarted.
 //!
+//! # Bodies live on disk
+//!
+//! Request and response bodies are not in the log and not in memory: each
+//! non-empty one is a file of its own, `bodies/<id>.req` (the request, while
+//! the entry is undelivered) and `bodies/<id>.res` (the upstream's answer,
+//! while the result is retained), written and fsync'd (file and directory)
+//! *before* the log record that refers to it. The in-memory index holds
+//! metadata only (method, path, headers, states, lengths). Delivery streams
+//! the request body from its file; `GET /api/ops/queue/{id}` reads the
+//! result body from its file. A body file that no live entry refers to (a
+//! crash between the file and its record, a finished entry) is removed at
+//! open. Per service, the request bodies waiting are bounded by
+//! `queue_max_bytes` ([`QueueError::OverBudget`]).
+//!
 //! # Log format
 //!
 //! One JSON object per line, tagged by `op`:
 //!
 //! ```text
 //! {"op":"enqueue","id":"q018f…-1a2b3c4d","seq":7,"service":"ndex","method":"POST","path":"/v1/x?y=1",
-//!  "headers":[["content-type","application/json"]],"body_b64":"e30=","enqueued_at":"2024-…Z"}
+//!  "headers":[["content-type","application/json"]],"body_len":2,"enqueued_at":"2024-…Z"}
 //! {"op":"attempt","id":"…","at":"…"}
 //! {"op":"retry","id":"…","at":"…","error":"connect refused"}
-//! {"op":"delivered","id":"…","at":"…","result":{"status":201,"headers":[["…","…"]],"body_b64":"…","upstream":"ndex-a"}}
+//! {"op":"delivered","id":"…","at":"…","result":{"status":201,"headers":[["…","…"]],"upstream":"ndex-a"}}
 //! {"op":"failed","id":"…","at":"…","error":"…"}
 //! {"op":"meta","next_seq":8}                       (first line of a compacted log)
 //! {"op":"entry", …enqueue fields…, "state":"delivered","attempts":1,"last_error":…,"result":{…},"finished_at":"…"}
 //! ```
 //!
-//! `entry` is a full snapshot of one request, written by compaction.
+//! `entry` is a full snapshot of one request, written by compaction. Logs
+//! written before bodies moved to files carry them inline as `body_b64`
+//! (request and result); such a log is read, its bodies are written to
+//! files, and it is compacted at open.
 //!
-//! # Crash recovery
+//! # Crash recovery and damaged lines
 //!
-//! On open the log is replayed. A torn last record (a crash in the middle of
-//! a write, i.e. before it was acknowledged) is cut off with a warning naming
-//! its byte offset. A garbled record anywhere else is an error naming the
-//! line: the store never silently drops acknowledged data.
+//! On open the log is replayed line by line (never read whole). A torn last
+//! record (no final newline: a crash in the middle of a write, i.e. before
+//! it was acknowledged) is cut off with a warning naming its byte offset. A
+//! complete line that does not parse, anywhere in the file, is appended to
+//! `queue.log.quarantine` (one JSON object per line: `quarantined_at`,
+//! `line`, `byte_offset`, `error`, and the line itself as `raw`, or
+//! `raw_b64` when it is not UTF-8), fsync'd, logged at ERROR, reported by
+//! [`QueueStore::quarantined`] (the engine audits it), and the store opens
+//! with the rest; the log is then compacted without it.
 //!
 //! # Compaction and retention
 //!
 //! At open, and whenever the log has grown past 4 MiB and twice its size
-//! after the previous compaction, the log is rewritten (`queue.log.tmp`,
-//! fsync, rename, fsync of the directory) keeping every undelivered entry
-//! and finished entries younger than [`RESULT_RETENTION`] (24 h, counted from
-//! `finished_at`). Results are thus fetchable for at least 24 h.
-//!
-//! Request and response bodies are kept in memory; they are bounded by
-//! `max_body_bytes * queue_max_depth` per service plus retained results.
+//! after the previous compaction, the log is rewritten entry by entry
+//! through a buffered writer to `queue.log.tmp`, fsync'd, renamed over
+//! `queue.log`, and the directory fsync'd; the whole log is never built in
+//! memory. It keeps every undelivered entry and finished entries younger
+//! than [`RESULT_RETENTION`] (24 h, counted from `finished_at`); the body
+//! files of the dropped ones are removed after the rename. Results are thus
+//! fetchable for at least 24 h.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -76,6 +98,10 @@ pub const RESULT_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 /// The append-only log, in the store directory.
 pub const LOG_FILE: &str = "queue.log";
 const TMP_FILE: &str = "queue.log.tmp";
+/// Damaged log lines, moved aside at open.
+pub const QUARANTINE_FILE: &str = "queue.log.quarantine";
+/// One file per request or result body.
+pub const BODIES_DIR: &str = "bodies";
 
 /// Runtime compaction starts once the log is at least this big (and has
 /// doubled since the previous compaction).
@@ -135,6 +161,8 @@ impl QueueState {
 pub struct DeliveryResult {
     pub status: u16,
     pub headers: Vec<(String, String)>,
+    /// Given to [`QueueStore::mark_delivered`], and filled from disk by
+    /// [`QueueStore::get`]; empty in the in-memory index.
     pub body: Vec<u8>,
     /// Name of the upstream that answered.
     pub upstream: String,
@@ -149,7 +177,9 @@ pub struct QueuedEntry {
     pub method: String,
     pub path: String,
     pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
+    /// Length of the request body, which is on disk while the entry is
+    /// undelivered ([`QueueStore::body_file`], [`QueueStore::body`]).
+    pub body_len: u64,
     pub enqueued_at: DateTime<Utc>,
     pub state: QueueState,
     pub attempts: u32,
@@ -162,6 +192,16 @@ pub struct QueuedEntry {
 pub enum QueueError {
     #[error("queue full: {depth} requests waiting for {service} (queue_max_depth)")]
     Full { service: String, depth: usize },
+    #[error(
+        "queue full: {bytes} bytes of request bodies waiting for {service}; \
+         {len} more would pass queue_max_bytes ({max})"
+    )]
+    OverBudget {
+        service: String,
+        bytes: u64,
+        len: u64,
+        max: u64,
+    },
     #[error("queue store: {0}")]
     Io(#[from] std::io::Error),
     /// The id is unknown, or (for the `mark_*` calls) the entry is already
@@ -170,8 +210,20 @@ pub enum QueueError {
     NotFound(String),
 }
 
+/// A damaged `queue.log` line moved to `queue.log.quarantine` at open.
+#[derive(Clone, Debug, Serialize)]
+pub struct Quarantined {
+    /// 1-based line number in the log as it was found.
+    pub line: usize,
+    pub byte_offset: u64,
+    pub bytes: usize,
+    pub error: String,
+    /// The quarantine file it was appended to.
+    pub file: PathBuf,
+}
+
 /// The durable queue. Cheap to clone (an `Arc` inside); all methods are
-/// synchronous and short (one fsync'd append at most), safe to call from
+/// synchronous and short (a few fsync'd writes at most), safe to call from
 /// any thread.
 #[derive(Clone)]
 pub struct QueueStore {
@@ -182,6 +234,7 @@ struct Shared {
     dir: PathBuf,
     retention: Duration,
     state: Mutex<State>,
+    quarantined: Vec<Quarantined>,
 }
 
 struct State {
@@ -238,7 +291,12 @@ struct EntryRecord {
     method: String,
     path: String,
     headers: Vec<(String, String)>,
-    body_b64: String,
+    /// Body length; a non-empty body is the file `bodies/<id>.req`.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    body_len: u64,
+    /// Inline body of logs written before bodies moved to files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    body_b64: Option<String>,
     enqueued_at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     state: Option<QueueState>,
@@ -252,15 +310,22 @@ struct EntryRecord {
     finished_at: Option<DateTime<Utc>>,
 }
 
+/// A non-empty result body is the file `bodies/<id>.res`.
 #[derive(Serialize, Deserialize)]
 struct ResultRecord {
     status: u16,
     headers: Vec<(String, String)>,
-    body_b64: String,
+    /// Inline body of logs written before bodies moved to files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    body_b64: Option<String>,
     upstream: String,
 }
 
 fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_zero_u64(n: &u64) -> bool {
     *n == 0
 }
 
@@ -269,21 +334,29 @@ impl ResultRecord {
         ResultRecord {
             status: r.status,
             headers: r.headers.clone(),
-            body_b64: B64.encode(&r.body),
+            body_b64: None,
             upstream: r.upstream.clone(),
         }
     }
 
-    fn into_result(self) -> Result<DeliveryResult, String> {
-        let body = B64
-            .decode(self.body_b64.as_bytes())
-            .map_err(|e| format!("result body_b64: {e}"))?;
-        Ok(DeliveryResult {
-            status: self.status,
-            headers: self.headers,
-            body,
-            upstream: self.upstream,
-        })
+    /// The result (body empty) and an inline legacy body, if any.
+    fn into_result(self) -> Result<(DeliveryResult, Option<Vec<u8>>), String> {
+        let inline = match self.body_b64 {
+            Some(b) => Some(
+                B64.decode(b.as_bytes())
+                    .map_err(|e| format!("result body_b64: {e}"))?,
+            ),
+            None => None,
+        };
+        Ok((
+            DeliveryResult {
+                status: self.status,
+                headers: self.headers,
+                body: Vec::new(),
+                upstream: self.upstream,
+            },
+            inline,
+        ))
     }
 }
 
@@ -297,7 +370,8 @@ impl EntryRecord {
             method: e.method.clone(),
             path: e.path.clone(),
             headers: e.headers.clone(),
-            body_b64: B64.encode(&e.body),
+            body_len: e.body_len,
+            body_b64: None,
             enqueued_at: e.enqueued_at,
             state: full.then_some(e.state),
             attempts: if full { e.attempts } else { 0 },
@@ -311,38 +385,61 @@ impl EntryRecord {
         }
     }
 
-    fn into_entry(self) -> Result<QueuedEntry, String> {
-        let body = B64
-            .decode(self.body_b64.as_bytes())
-            .map_err(|e| format!("body_b64: {e}"))?;
-        let result = match self.result {
-            Some(r) => Some(r.into_result()?),
+    fn into_entry(self) -> Result<Decoded, String> {
+        if !valid_id(&self.id) {
+            return Err(format!("id {:?} is not a queue id", self.id));
+        }
+        let body = match self.body_b64 {
+            Some(b) => Some(
+                B64.decode(b.as_bytes())
+                    .map_err(|e| format!("body_b64: {e}"))?,
+            ),
             None => None,
         };
-        Ok(QueuedEntry {
-            id: self.id,
-            seq: self.seq,
-            service: self.service,
-            method: self.method,
-            path: self.path,
-            headers: self.headers,
+        let (result, result_body) = match self.result {
+            Some(r) => {
+                let (r, b) = r.into_result()?;
+                (Some(r), b)
+            }
+            None => (None, None),
+        };
+        let body_len = body.as_ref().map_or(self.body_len, |b| b.len() as u64);
+        Ok(Decoded {
+            entry: QueuedEntry {
+                id: self.id,
+                seq: self.seq,
+                service: self.service,
+                method: self.method,
+                path: self.path,
+                headers: self.headers,
+                body_len,
+                enqueued_at: self.enqueued_at,
+                state: self.state.unwrap_or(QueueState::Queued),
+                attempts: self.attempts,
+                last_error: self.last_error,
+                result,
+                finished_at: self.finished_at,
+            },
             body,
-            enqueued_at: self.enqueued_at,
-            state: self.state.unwrap_or(QueueState::Queued),
-            attempts: self.attempts,
-            last_error: self.last_error,
-            result,
-            finished_at: self.finished_at,
+            result_body,
         })
     }
+}
+
+/// An entry read from the log, with the inline bodies of an old log.
+struct Decoded {
+    entry: QueuedEntry,
+    body: Option<Vec<u8>>,
+    result_body: Option<Vec<u8>>,
 }
 
 /// A decoded record, applied the same way at replay and at run time.
 enum Op {
     Meta(u64),
-    Put(Box<QueuedEntry>),
+    Put(Box<Decoded>),
     Attempt(String),
-    Delivered(String, DateTime<Utc>, DeliveryResult),
+    /// The result's body is on disk already, or inline (old logs).
+    Delivered(String, DateTime<Utc>, DeliveryResult, Option<Vec<u8>>),
     Retry(String, String),
     Failed(String, DateTime<Utc>, String),
 }
@@ -350,14 +447,89 @@ enum Op {
 impl Op {
     fn decode(line: &[u8]) -> Result<Op, String> {
         let rec: Record = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+        let checked = |id: String| {
+            if valid_id(&id) {
+                Ok(id)
+            } else {
+                Err(format!("id {id:?} is not a queue id"))
+            }
+        };
         Ok(match rec {
             Record::Meta { next_seq } => Op::Meta(next_seq),
             Record::Enqueue(e) | Record::Entry(e) => Op::Put(Box::new(e.into_entry()?)),
-            Record::Attempt { id, .. } => Op::Attempt(id),
-            Record::Delivered { id, at, result } => Op::Delivered(id, at, result.into_result()?),
-            Record::Retry { id, error, .. } => Op::Retry(id, error),
-            Record::Failed { id, at, error } => Op::Failed(id, at, error),
+            Record::Attempt { id, .. } => Op::Attempt(checked(id)?),
+            Record::Delivered { id, at, result } => {
+                let (r, inline) = result.into_result()?;
+                Op::Delivered(checked(id)?, at, r, inline)
+            }
+            Record::Retry { id, error, .. } => Op::Retry(checked(id)?, error),
+            Record::Failed { id, at, error } => Op::Failed(checked(id)?, at, error),
         })
+    }
+}
+
+/// Ids name body files: only what [`new_id`] makes (and test ids).
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Which body of an entry.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BodyKind {
+    Request,
+    Result,
+}
+
+impl BodyKind {
+    fn ext(self) -> &'static str {
+        match self {
+            BodyKind::Request => "req",
+            BodyKind::Result => "res",
+        }
+    }
+}
+
+fn body_path(dir: &Path, id: &str, kind: BodyKind) -> PathBuf {
+    dir.join(BODIES_DIR).join(format!("{id}.{}", kind.ext()))
+}
+
+/// Writes a body file and makes it durable (file, then directory).
+fn write_body(dir: &Path, id: &str, kind: BodyKind, body: &[u8]) -> io::Result<()> {
+    let path = body_path(dir, id, kind);
+    let written = {
+        use std::os::unix::fs::OpenOptionsExt;
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+    }
+    .and_then(|mut f| {
+        f.write_all(body)?;
+        f.sync_all()
+    })
+    .and_then(|()| sync_dir(&dir.join(BODIES_DIR)));
+    if written.is_err() {
+        let _ = fs::remove_file(&path);
+    }
+    written
+}
+
+/// Removes a body file; a missing one is fine. Not fsync'd: a removal lost
+/// in a crash is redone by the sweep at open.
+fn remove_body(dir: &Path, id: &str, kind: BodyKind) {
+    let path = body_path(dir, id, kind);
+    match fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove a queue body file")
+        }
     }
 }
 
@@ -372,11 +544,10 @@ impl QueueStore {
 
     /// [`QueueStore::open`] with another result retention (tests).
     pub(crate) fn open_with(dir: &Path, retention: Duration) -> Result<QueueStore, QueueError> {
-        fs::create_dir_all(dir)?;
-        {
-            use std::os::unix::fs::PermissionsExt;
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
-        }
+        use std::os::unix::fs::PermissionsExt;
+        fs::create_dir_all(dir.join(BODIES_DIR))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+        fs::set_permissions(dir.join(BODIES_DIR), fs::Permissions::from_mode(0o700))?;
         let path = dir.join(LOG_FILE);
         let tmp = dir.join(TMP_FILE);
         // A leftover tmp is an interrupted compaction that never reached its
@@ -388,41 +559,30 @@ impl QueueStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e.into()),
         }
-        let data = match fs::read(&path) {
-            Ok(d) => d,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e.into()),
-        };
-        let replay = replay(&data, &path)?;
 
         let file = open_append(&path)?;
-        let mut log_len = data.len() as u64;
-        if replay.valid_len < log_len {
-            file.set_len(replay.valid_len)?;
-            file.sync_all()?;
-            log_len = replay.valid_len;
-        }
-        sync_dir(dir)?;
-
         let mut state = State {
             file,
             poisoned: None,
             entries: HashMap::new(),
             order: BTreeMap::new(),
             next_seq: 0,
-            log_len,
-            compacted_len: log_len,
+            log_len: 0,
+            compacted_len: 0,
             compact_min_bytes: COMPACT_MIN_BYTES,
         };
-        for (line_no, op) in replay.ops {
-            if let Err(id) = state.apply(op) {
-                tracing::warn!(
-                    path = %path.display(),
-                    line = line_no,
-                    id = %id,
-                    "queue log record for an id that was never enqueued; ignored"
-                );
-            }
+        let replay = state.replay(dir, &path)?;
+        let mut log_len = replay.file_len;
+        if replay.valid_len < log_len {
+            state.file.set_len(replay.valid_len)?;
+            state.file.sync_all()?;
+            log_len = replay.valid_len;
+        }
+        state.log_len = log_len;
+        state.compacted_len = log_len;
+        sync_dir(dir)?;
+        if replay.migrated {
+            sync_dir(&dir.join(BODIES_DIR))?;
         }
 
         let now = Utc::now();
@@ -431,7 +591,11 @@ impl QueueStore {
             .values()
             .filter(|e| is_expired(e, now, retention))
             .count();
-        if expired > 0 || replay.records != state.entries.len() + 1 {
+        if expired > 0
+            || replay.records != state.entries.len() + 1
+            || replay.migrated
+            || !replay.quarantined.is_empty()
+        {
             if let Err(e) = state.compact(dir, retention, now) {
                 if state.poisoned.is_some() {
                     return Err(e);
@@ -439,27 +603,57 @@ impl QueueStore {
                 tracing::warn!(path = %path.display(), error = %e, "queue log compaction failed; keeping the log as is");
             }
         }
+        state.sweep_bodies(dir);
 
         Ok(QueueStore {
             inner: Arc::new(Shared {
                 dir: dir.to_path_buf(),
                 retention,
                 state: Mutex::new(state),
+                quarantined: replay.quarantined,
             }),
         })
     }
 
+    /// Damaged log lines this open moved to `queue.log.quarantine`.
+    pub fn quarantined(&self) -> &[Quarantined] {
+        &self.inner.quarantined
+    }
+
     /// Queues a request; returns once it is on disk (fsync'd).
     /// [`QueueError::Full`] when the service already has `max_depth`
-    /// undelivered entries.
+    /// undelivered entries. No byte budget (tests); see
+    /// [`QueueStore::enqueue_bounded`].
     pub fn enqueue(&self, req: NewRequest, max_depth: u32) -> Result<QueuedEntry, QueueError> {
+        self.enqueue_bounded(req, max_depth, u64::MAX)
+    }
+
+    /// [`QueueStore::enqueue`], and [`QueueError::OverBudget`] when the
+    /// service's undelivered request bodies and this one would pass
+    /// `max_bytes`. The body is written to its own file (fsync'd) before
+    /// the log record.
+    pub fn enqueue_bounded(
+        &self,
+        req: NewRequest,
+        max_depth: u32,
+        max_bytes: u64,
+    ) -> Result<QueuedEntry, QueueError> {
         let mut st = self.lock();
         st.check_usable()?;
-        let depth = st.depth(&req.service);
+        let (depth, bytes) = st.depth_and_bytes(&req.service);
         if depth >= max_depth as usize {
             return Err(QueueError::Full {
                 service: req.service,
                 depth,
+            });
+        }
+        let len = req.body.len() as u64;
+        if bytes.saturating_add(len) > max_bytes {
+            return Err(QueueError::OverBudget {
+                service: req.service,
+                bytes,
+                len,
+                max: max_bytes,
             });
         }
         let now = Utc::now();
@@ -469,6 +663,10 @@ impl QueueStore {
                 break id;
             }
         };
+        let dir = &self.inner.dir;
+        if !req.body.is_empty() {
+            write_body(dir, &id, BodyKind::Request, &req.body)?;
+        }
         let entry = QueuedEntry {
             id,
             seq: st.next_seq,
@@ -476,7 +674,7 @@ impl QueueStore {
             method: req.method,
             path: req.path,
             headers: req.headers,
-            body: req.body,
+            body_len: len,
             enqueued_at: now,
             state: QueueState::Queued,
             attempts: 0,
@@ -484,15 +682,64 @@ impl QueueStore {
             result: None,
             finished_at: None,
         };
-        st.append(&Record::Enqueue(EntryRecord::from_entry(&entry, false)))?;
+        if let Err(e) = st.append(&Record::Enqueue(EntryRecord::from_entry(&entry, false))) {
+            remove_body(dir, &entry.id, BodyKind::Request);
+            return Err(e);
+        }
         // Infallible: a Put never refers to a missing id.
-        let _ = st.apply(Op::Put(Box::new(entry.clone())));
+        let _ = st.apply(
+            Op::Put(Box::new(Decoded {
+                entry: entry.clone(),
+                body: None,
+                result_body: None,
+            })),
+            None,
+        );
         self.after_write(&mut st);
         Ok(entry)
     }
 
+    /// The entry, with its result's body (if any) read from disk.
     pub fn get(&self, id: &str) -> Option<QueuedEntry> {
-        self.lock().entries.get(id).cloned()
+        let mut e = self.lock().entries.get(id).cloned()?;
+        if let Some(r) = e.result.as_mut() {
+            let path = body_path(&self.inner.dir, id, BodyKind::Result);
+            match fs::read(&path) {
+                Ok(b) => r.body = b,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                Err(err) => {
+                    tracing::warn!(path = %path.display(), error = %err, "cannot read a queued result body")
+                }
+            }
+        }
+        Some(e)
+    }
+
+    /// The file holding `entry`'s request body; `None` when it has none.
+    pub fn body_file(&self, entry: &QueuedEntry) -> Option<PathBuf> {
+        (entry.body_len > 0).then(|| body_path(&self.inner.dir, &entry.id, BodyKind::Request))
+    }
+
+    /// `entry`'s request body, read whole from its file (tests, tools;
+    /// delivery streams it). An error if the file is missing or its length
+    /// is not `body_len`.
+    pub fn body(&self, entry: &QueuedEntry) -> io::Result<Vec<u8>> {
+        let Some(path) = self.body_file(entry) else {
+            return Ok(Vec::new());
+        };
+        let b = fs::read(&path)?;
+        if b.len() as u64 != entry.body_len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{}: {} bytes, the log says {}",
+                    path.display(),
+                    b.len(),
+                    entry.body_len
+                ),
+            ));
+        }
+        Ok(b)
     }
 
     /// Undelivered (queued or delivering) entries of `service`, in enqueue
@@ -534,17 +781,39 @@ impl QueueStore {
         entry.ok_or_else(|| QueueError::NotFound(id.to_string()))
     }
 
-    /// Records the upstream's answer; the entry is finished.
+    /// Records the upstream's answer; the entry is finished. The answer's
+    /// body goes to its own file (fsync'd) before the record; the request
+    /// body's file is removed after it.
     pub fn mark_delivered(&self, id: &str, result: DeliveryResult) -> Result<(), QueueError> {
         let mut st = self.lock();
         st.require_pending(id)?;
+        let dir = &self.inner.dir;
+        if !result.body.is_empty() {
+            write_body(dir, id, BodyKind::Result, &result.body)?;
+        }
         let at = Utc::now();
-        st.append(&Record::Delivered {
+        if let Err(e) = st.append(&Record::Delivered {
             id: id.to_string(),
             at,
             result: ResultRecord::from_result(&result),
-        })?;
-        st.apply_known(Op::Delivered(id.to_string(), at, result))?;
+        }) {
+            remove_body(dir, id, BodyKind::Result);
+            return Err(e);
+        }
+        let DeliveryResult {
+            status,
+            headers,
+            upstream,
+            ..
+        } = result;
+        let meta = DeliveryResult {
+            status,
+            headers,
+            body: Vec::new(),
+            upstream,
+        };
+        st.apply_known(Op::Delivered(id.to_string(), at, meta, None))?;
+        remove_body(dir, id, BodyKind::Request);
         self.after_write(&mut st);
         Ok(())
     }
@@ -575,13 +844,20 @@ impl QueueStore {
             error: error.to_string(),
         })?;
         st.apply_known(Op::Failed(id.to_string(), at, error.to_string()))?;
+        remove_body(&self.inner.dir, id, BodyKind::Request);
         self.after_write(&mut st);
         Ok(())
     }
 
     /// Undelivered (queued or delivering) entries of `service`.
     pub fn depth(&self, service: &str) -> usize {
-        self.lock().depth(service)
+        self.lock().depth_and_bytes(service).0
+    }
+
+    /// Request-body bytes of the undelivered entries of `service` (what
+    /// `queue_max_bytes` bounds).
+    pub fn pending_bytes(&self, service: &str) -> u64 {
+        self.lock().depth_and_bytes(service).1
     }
 
     /// Age of the oldest undelivered entry of `service`.
@@ -648,6 +924,19 @@ impl QueueStore {
     }
 }
 
+/// What a replay found.
+struct Replay {
+    /// Records read and applied (non-blank, parseable lines).
+    records: usize,
+    /// Bytes up to and including the last complete line.
+    valid_len: u64,
+    /// Size of the file as found.
+    file_len: u64,
+    /// Inline bodies of an old log were written to files.
+    migrated: bool,
+    quarantined: Vec<Quarantined>,
+}
+
 impl State {
     fn check_usable(&self) -> Result<(), QueueError> {
         match &self.poisoned {
@@ -666,11 +955,12 @@ impl State {
         }
     }
 
-    fn depth(&self, service: &str) -> usize {
+    /// Undelivered entries of `service` and their request-body bytes.
+    fn depth_and_bytes(&self, service: &str) -> (usize, u64) {
         self.entries
             .values()
             .filter(|e| e.service == service && e.state.is_pending())
-            .count()
+            .fold((0, 0u64), |(n, b), e| (n + 1, b.saturating_add(e.body_len)))
     }
 
     /// Appends one record and fsyncs it. On failure the file is truncated
@@ -705,23 +995,33 @@ impl State {
 
     /// Applies an op whose id is known to exist (checked by the caller).
     fn apply_known(&mut self, op: Op) -> Result<(), QueueError> {
-        self.apply(op).map_err(QueueError::NotFound)
+        self.apply(op, None).map_err(QueueError::NotFound)
     }
 
-    /// `Err(id)` when the op refers to an id not in the store.
-    fn apply(&mut self, op: Op) -> Result<(), String> {
+    /// `Err(id)` when the op refers to an id not in the store. With `dir`
+    /// (replay), inline bodies of an old log are written to their files.
+    fn apply(&mut self, op: Op, dir: Option<&Path>) -> Result<(), String> {
         let id = match op {
             Op::Meta(n) => {
                 self.next_seq = self.next_seq.max(n);
                 return Ok(());
             }
-            Op::Put(e) => {
+            Op::Put(d) => {
+                let Decoded {
+                    entry: e,
+                    body,
+                    result_body,
+                } = *d;
+                if let Some(dir) = dir {
+                    migrate(dir, &e.id, BodyKind::Request, body);
+                    migrate(dir, &e.id, BodyKind::Result, result_body);
+                }
                 self.next_seq = self.next_seq.max(e.seq.saturating_add(1));
                 if let Some(old) = self.entries.get(&e.id) {
                     self.order.remove(&old.seq);
                 }
                 self.order.insert(e.seq, e.id.clone());
-                self.entries.insert(e.id.clone(), *e);
+                self.entries.insert(e.id.clone(), e);
                 return Ok(());
             }
             Op::Attempt(ref id)
@@ -738,7 +1038,10 @@ impl State {
                 e.state = QueueState::Delivering;
                 e.attempts = e.attempts.saturating_add(1);
             }
-            Op::Delivered(_, at, result) => {
+            Op::Delivered(_, at, result, inline) => {
+                if let Some(dir) = dir {
+                    migrate(dir, &id, BodyKind::Result, inline);
+                }
                 e.state = QueueState::Delivered;
                 e.result = Some(result);
                 e.finished_at = Some(at);
@@ -756,7 +1059,90 @@ impl State {
         Ok(())
     }
 
-    /// Rewrites the log with the live entries only (see module docs).
+    /// Reads the log line by line and applies it. A torn final record is
+    /// cut (warned, by byte offset); a complete line that does not parse is
+    /// quarantined (see the module docs).
+    fn replay(&mut self, dir: &Path, path: &Path) -> Result<Replay, QueueError> {
+        let mut out = Replay {
+            records: 0,
+            valid_len: 0,
+            file_len: 0,
+            migrated: false,
+            quarantined: Vec::new(),
+        };
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e.into()),
+        };
+        out.file_len = file.metadata()?.len();
+        let mut reader = BufReader::with_capacity(64 * 1024, file);
+        let mut buf = Vec::new();
+        let mut pos = 0u64;
+        let mut line_no = 0usize;
+        loop {
+            buf.clear();
+            let n = reader.read_until(b'\n', &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            line_no += 1;
+            let next = pos + n as u64;
+            let terminated = buf.last() == Some(&b'\n');
+            let line = if terminated { &buf[..n - 1] } else { &buf[..] };
+            if line.iter().all(u8::is_ascii_whitespace) {
+                if terminated {
+                    out.valid_len = next;
+                }
+                pos = next;
+                continue;
+            }
+            if !terminated {
+                // The newline is part of the same write: the write never
+                // completed, so the record was never acknowledged.
+                tracing::warn!(
+                    path = %path.display(),
+                    offset = pos,
+                    line = line_no,
+                    bytes = line.len(),
+                    "queue log: cutting off a torn last record (interrupted write) at byte offset {pos}"
+                );
+                break;
+            }
+            match Op::decode(line) {
+                Ok(op) => {
+                    out.migrated |= op_has_inline_body(&op);
+                    if let Err(id) = self.apply(op, Some(dir)) {
+                        tracing::warn!(
+                            path = %path.display(),
+                            line = line_no,
+                            id = %id,
+                            "queue log record for an id that was never enqueued; ignored"
+                        );
+                    }
+                    out.records += 1;
+                }
+                Err(e) => {
+                    let q = quarantine(dir, line, line_no, pos, &e)?;
+                    tracing::error!(
+                        path = %path.display(),
+                        line = line_no,
+                        offset = pos,
+                        error = %e,
+                        quarantine = %q.file.display(),
+                        "queue log: a damaged line was moved to the quarantine file; starting without it"
+                    );
+                    out.quarantined.push(q);
+                }
+            }
+            out.valid_len = next;
+            pos = next;
+        }
+        Ok(out)
+    }
+
+    /// Rewrites the log with the live entries only (see module docs),
+    /// entry by entry through a buffered writer.
     fn compact(
         &mut self,
         dir: &Path,
@@ -764,28 +1150,9 @@ impl State {
         now: DateTime<Utc>,
     ) -> Result<(), QueueError> {
         self.check_usable()?;
-        let keep: Vec<&QueuedEntry> = self
-            .order
-            .values()
-            .filter_map(|id| self.entries.get(id))
-            .filter(|e| !is_expired(e, now, retention))
-            .collect();
-        let mut buf = Vec::new();
-        let mut push = |rec: &Record| -> io::Result<()> {
-            serde_json::to_writer(&mut buf, rec).map_err(io::Error::other)?;
-            buf.push(b'\n');
-            Ok(())
-        };
-        push(&Record::Meta {
-            next_seq: self.next_seq,
-        })?;
-        for e in &keep {
-            push(&Record::Entry(EntryRecord::from_entry(e, true)))?;
-        }
-        let kept: Vec<String> = keep.iter().map(|e| e.id.clone()).collect();
-
         let tmp = dir.join(TMP_FILE);
         let path = dir.join(LOG_FILE);
+        let mut kept: HashSet<String> = HashSet::new();
         let written = {
             use std::os::unix::fs::OpenOptionsExt;
             OpenOptions::new()
@@ -795,14 +1162,35 @@ impl State {
                 .mode(0o600)
                 .open(&tmp)
         }
-        .and_then(|mut f| {
-            f.write_all(&buf)?;
-            f.sync_all()
+        .and_then(|f| {
+            let mut w = BufWriter::with_capacity(64 * 1024, f);
+            let mut push = |rec: &Record| -> io::Result<()> {
+                serde_json::to_writer(&mut w, rec).map_err(io::Error::other)?;
+                w.write_all(b"\n")
+            };
+            push(&Record::Meta {
+                next_seq: self.next_seq,
+            })?;
+            for e in self
+                .order
+                .values()
+                .filter_map(|id| self.entries.get(id))
+                .filter(|e| !is_expired(e, now, retention))
+            {
+                push(&Record::Entry(EntryRecord::from_entry(e, true)))?;
+                kept.insert(e.id.clone());
+            }
+            let f = w.into_inner().map_err(|e| e.into_error())?;
+            f.sync_all()?;
+            f.metadata().map(|m| m.len())
         });
-        if let Err(e) = written.and_then(|()| fs::rename(&tmp, &path)) {
-            let _ = fs::remove_file(&tmp);
-            return Err(e.into());
-        }
+        let len = match written.and_then(|len| fs::rename(&tmp, &path).map(|()| len)) {
+            Ok(len) => len,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(e.into());
+            }
+        };
         // Past the rename the old handle points at an unlinked file: either
         // we get a handle on the new log and the rename is durable, or no
         // more writes.
@@ -815,15 +1203,124 @@ impl State {
             }
         }
 
-        let dropped = self.entries.len().saturating_sub(kept.len());
-        let kept: std::collections::HashSet<String> = kept.into_iter().collect();
+        let dropped: Vec<String> = self
+            .entries
+            .keys()
+            .filter(|id| !kept.contains(*id))
+            .cloned()
+            .collect();
+        for id in &dropped {
+            remove_body(dir, id, BodyKind::Request);
+            remove_body(dir, id, BodyKind::Result);
+        }
         self.entries.retain(|id, _| kept.contains(id));
         self.order.retain(|_, id| kept.contains(id));
-        self.log_len = buf.len() as u64;
-        self.compacted_len = self.log_len;
-        tracing::debug!(path = %path.display(), kept = kept.len(), dropped, bytes = self.log_len, "queue log compacted");
+        self.log_len = len;
+        self.compacted_len = len;
+        tracing::debug!(path = %path.display(), kept = kept.len(), dropped = dropped.len(), bytes = len, "queue log compacted");
         Ok(())
     }
+
+    /// Removes body files no live entry refers to: the request bodies of
+    /// finished entries, the results of dropped ones, a body written just
+    /// before a crash that kept its record from the log.
+    fn sweep_bodies(&self, dir: &Path) {
+        let bodies = dir.join(BODIES_DIR);
+        let Ok(list) = fs::read_dir(&bodies) else {
+            return;
+        };
+        let mut removed = 0usize;
+        for item in list.flatten() {
+            let name = item.file_name();
+            let Some(name) = name.to_str() else {
+                continue;
+            };
+            let Some((id, ext)) = name.rsplit_once('.') else {
+                continue;
+            };
+            let live = match (ext, self.entries.get(id)) {
+                ("req", Some(e)) => e.state.is_pending() && e.body_len > 0,
+                ("res", Some(e)) => e.state == QueueState::Delivered,
+                ("req" | "res", None) => false,
+                _ => continue,
+            };
+            if !live && fs::remove_file(item.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            tracing::info!(dir = %bodies.display(), removed, "removed queue body files no entry refers to");
+        }
+    }
+}
+
+fn op_has_inline_body(op: &Op) -> bool {
+    match op {
+        Op::Put(d) => d.body.is_some() || d.result_body.is_some(),
+        Op::Delivered(_, _, _, inline) => inline.is_some(),
+        _ => false,
+    }
+}
+
+/// Writes an inline body of an old log to its file. A failure is logged:
+/// the entry then fails at delivery (missing body) or shows no result body,
+/// rather than the whole queue refusing to open.
+fn migrate(dir: &Path, id: &str, kind: BodyKind, body: Option<Vec<u8>>) {
+    let Some(body) = body.filter(|b| !b.is_empty()) else {
+        return;
+    };
+    let path = body_path(dir, id, kind);
+    let written = {
+        use std::os::unix::fs::OpenOptionsExt;
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+    }
+    .and_then(|mut f| {
+        f.write_all(&body)?;
+        f.sync_all()
+    });
+    if let Err(e) = written {
+        tracing::error!(path = %path.display(), error = %e, "cannot move an inline queue body to its file");
+    }
+}
+
+/// Appends a damaged log line to the quarantine file, durably.
+fn quarantine(
+    dir: &Path,
+    line: &[u8],
+    line_no: usize,
+    offset: u64,
+    error: &str,
+) -> Result<Quarantined, QueueError> {
+    let file = dir.join(QUARANTINE_FILE);
+    let mut rec = json!({
+        "quarantined_at": Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+        "line": line_no,
+        "byte_offset": offset,
+        "error": error,
+    });
+    if let Some(obj) = rec.as_object_mut() {
+        match std::str::from_utf8(line) {
+            Ok(s) => obj.insert("raw".into(), Value::String(s.to_string())),
+            Err(_) => obj.insert("raw_b64".into(), Value::String(B64.encode(line))),
+        };
+    }
+    let mut text = rec.to_string().into_bytes();
+    text.push(b'\n');
+    let mut f = open_append(&file)?;
+    f.write_all(&text)?;
+    f.sync_data()?;
+    Ok(Quarantined {
+        line: line_no,
+        byte_offset: offset,
+        bytes: line.len(),
+        error: error.to_string(),
+        file,
+    })
 }
 
 /// A finished entry whose retention has run out.
@@ -837,88 +1334,6 @@ fn is_expired(e: &QueuedEntry, now: DateTime<Utc>, retention: Duration) -> bool 
         // Finished "in the future" (clock stepped back): keep.
         Err(_) => false,
     }
-}
-
-struct Replay {
-    /// (line number, op) in log order.
-    ops: Vec<(usize, Op)>,
-    /// Records read (non-blank lines).
-    records: usize,
-    /// Bytes up to and including the last good line.
-    valid_len: u64,
-}
-
-/// Parses the log. A torn final record is cut (warned, by byte offset); a
-/// bad record followed by more data is an error naming the line.
-fn replay(data: &[u8], path: &Path) -> Result<Replay, QueueError> {
-    // One past the last non-whitespace byte: a line ending at or after it is
-    // the last record of the file.
-    let content_end = data
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(0, |i| i + 1);
-    let mut out = Replay {
-        ops: Vec::new(),
-        records: 0,
-        valid_len: 0,
-    };
-    let mut pos = 0usize;
-    let mut line_no = 0usize;
-    while pos < data.len() {
-        line_no += 1;
-        let (line, next, terminated) = match data[pos..].iter().position(|&b| b == b'\n') {
-            Some(i) => (&data[pos..pos + i], pos + i + 1, true),
-            None => (&data[pos..], data.len(), false),
-        };
-        if line.iter().all(u8::is_ascii_whitespace) {
-            if terminated {
-                out.valid_len = next as u64;
-            }
-            pos = next;
-            continue;
-        }
-        if !terminated {
-            // The newline is part of the same write: the write never
-            // completed, so the record was never acknowledged.
-            tracing::warn!(
-                path = %path.display(),
-                offset = pos,
-                line = line_no,
-                bytes = line.len(),
-                "queue log: cutting off a torn last record (interrupted write) at byte offset {pos}"
-            );
-            break;
-        }
-        match Op::decode(line) {
-            Ok(op) => {
-                out.ops.push((line_no, op));
-                out.records += 1;
-                out.valid_len = next as u64;
-            }
-            Err(e) if next >= content_end => {
-                tracing::warn!(
-                    path = %path.display(),
-                    offset = pos,
-                    line = line_no,
-                    error = %e,
-                    "queue log: cutting off a garbled last record at byte offset {pos}"
-                );
-                break;
-            }
-            Err(e) => {
-                return Err(QueueError::Io(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "{}: line {line_no} (byte offset {pos}) is garbled ({e}) and is not the last record; \
-                         refusing to open rather than drop queued requests: repair or move the file",
-                        path.display()
-                    ),
-                )));
-            }
-        }
-        pos = next;
-    }
-    Ok(out)
 }
 
 /// Queued requests keep their headers (an `Authorization` the upstream

@@ -54,7 +54,9 @@ fn enqueue_get_reopen() {
     assert_eq!(e.attempts, 0);
     let got = store.get(&e.id).unwrap();
     assert_eq!(got.path, "/v1/a?x=1");
-    assert_eq!(got.body, e.body);
+    let body = req("ndex", "/v1/a?x=1").body;
+    assert_eq!(got.body_len, body.len() as u64);
+    assert_eq!(store.body(&got).unwrap(), body);
     drop(store);
 
     let store = QueueStore::open(&dir).unwrap();
@@ -64,7 +66,7 @@ fn enqueue_get_reopen() {
     assert_eq!(got.method, "POST");
     assert_eq!(got.path, "/v1/a?x=1");
     assert_eq!(got.headers, e.headers);
-    assert_eq!(got.body, e.body);
+    assert_eq!(store.body(&got).unwrap(), body);
     assert_eq!(got.enqueued_at, e.enqueued_at);
     assert_eq!(got.state, QueueState::Queued);
     assert!(store.get("q0000000000000-00000000").is_none());
@@ -351,20 +353,17 @@ fn complete_but_unterminated_last_record_is_cut() {
 }
 
 #[test]
-fn garbage_in_the_middle_is_an_error_naming_the_line() {
+fn garbage_in_the_middle_is_quarantined_and_the_rest_opens() {
     let tmp = tempfile::tempdir().unwrap();
     let store = QueueStore::open(tmp.path()).unwrap();
-    store.enqueue(req("s", "/a"), 10).unwrap();
+    let a = store.enqueue(req("s", "/a"), 10).unwrap();
     drop(store);
     // After reopen+compaction: line 1 meta, line 2 the entry.
     drop(QueueStore::open(tmp.path()).unwrap());
-    append_raw(tmp.path(), b"this is not json\n");
     let store = QueueStore::open(tmp.path()).unwrap();
-    // The garbled last line was cut; now put garbage before a good record.
-    store.enqueue(req("s", "/b"), 10).unwrap();
+    let b = store.enqueue(req("s", "/b"), 10).unwrap();
     drop(store);
-    let before = std::fs::read(log_path(tmp.path())).unwrap();
-    let text = String::from_utf8(before.clone()).unwrap();
+    let text = std::fs::read_to_string(log_path(tmp.path())).unwrap();
     let mut lines: Vec<&str> = text.lines().collect();
     let n = lines.len();
     lines.insert(n - 1, "{\"op\":\"enqueue\",\"id\":");
@@ -372,23 +371,34 @@ fn garbage_in_the_middle_is_an_error_naming_the_line() {
     broken.push('\n');
     std::fs::write(log_path(tmp.path()), &broken).unwrap();
 
-    let err = QueueStore::open(tmp.path()).err().expect("open must fail");
-    let msg = err.to_string();
-    assert!(matches!(err, QueueError::Io(_)));
-    assert!(msg.contains(&format!("line {n}")), "{msg}");
-    assert!(msg.contains("queue.log"), "{msg}");
-    // Nothing was cut or rewritten.
+    let store = QueueStore::open(tmp.path()).expect("opens despite the damaged line");
+    assert_eq!(ids(&store.pending("s")), vec![a.id.clone(), b.id.clone()]);
+    let q = store.quarantined();
+    assert_eq!(q.len(), 1, "{q:?}");
+    assert_eq!(q[0].line, n);
+    let moved = std::fs::read_to_string(tmp.path().join(QUARANTINE_FILE)).unwrap();
+    let rec: Value = serde_json::from_str(moved.trim()).unwrap();
+    assert_eq!(rec["raw"], "{\"op\":\"enqueue\",\"id\":");
+    assert_eq!(rec["line"], n);
+    // The live log was rewritten without it: the next open is clean.
+    assert!(!std::fs::read_to_string(log_path(tmp.path()))
+        .unwrap()
+        .contains("\"id\":\n"));
+    drop(store);
+    let store = QueueStore::open(tmp.path()).unwrap();
+    assert!(store.quarantined().is_empty());
+    assert_eq!(store.depth("s"), 2);
     assert_eq!(
-        std::fs::read_to_string(log_path(tmp.path())).unwrap(),
-        broken
+        std::fs::read_to_string(tmp.path().join(QUARANTINE_FILE)).unwrap(),
+        moved
     );
 }
 
 #[test]
-fn bad_base64_in_the_middle_is_an_error() {
+fn bad_base64_in_the_middle_is_quarantined() {
     let tmp = tempfile::tempdir().unwrap();
     let store = QueueStore::open(tmp.path()).unwrap();
-    store.enqueue(req("s", "/a"), 10).unwrap();
+    let a = store.enqueue(req("s", "/a"), 10).unwrap();
     drop(store);
     let now = Utc::now().to_rfc3339();
     append_raw(
@@ -399,8 +409,30 @@ fn bad_base64_in_the_middle_is_an_error() {
         .as_bytes(),
     );
     append_raw(tmp.path(), b"{\"op\":\"meta\",\"next_seq\":1}\n");
-    let err = QueueStore::open(tmp.path()).err().expect("open must fail");
-    assert!(err.to_string().contains("body_b64"), "{err}");
+    let store = QueueStore::open(tmp.path()).unwrap();
+    assert_eq!(store.quarantined().len(), 1);
+    assert!(store.quarantined()[0].error.contains("body_b64"));
+    assert!(store.get("qx").is_none());
+    assert_eq!(ids(&store.pending("s")), vec![a.id]);
+}
+
+#[test]
+fn an_id_that_is_no_file_name_is_quarantined() {
+    let tmp = tempfile::tempdir().unwrap();
+    drop(QueueStore::open(tmp.path()).unwrap());
+    let now = Utc::now().to_rfc3339();
+    append_raw(
+        tmp.path(),
+        format!(
+            "{{\"op\":\"enqueue\",\"id\":\"../../etc/x\",\"seq\":1,\"service\":\"s\",\"method\":\"GET\",\"path\":\"/\",\"headers\":[],\"body_b64\":\"eA==\",\"enqueued_at\":\"{now}\"}}\n"
+        )
+        .as_bytes(),
+    );
+    append_raw(tmp.path(), b"{\"op\":\"meta\",\"next_seq\":1}\n");
+    let store = QueueStore::open(tmp.path()).unwrap();
+    assert_eq!(store.quarantined().len(), 1);
+    assert_eq!(store.depth("s"), 0);
+    assert!(!tmp.path().join("etc").exists());
 }
 
 #[test]
@@ -410,20 +442,26 @@ fn compaction_at_open_drops_expired_results_keeps_pending() {
     let old = now - chrono::Duration::hours(25);
     let recent = now - chrono::Duration::hours(23);
     // Hand-written log, with timestamps we control.
-    let mk = |id: &str, seq: u64, at: DateTime<Utc>| QueuedEntry {
+    // Records as logs before bodies moved to files wrote them: inline.
+    let mk = |id: &str, seq: u64, at: DateTime<Utc>| EntryRecord {
         id: id.to_string(),
         seq,
         service: "s".to_string(),
         method: "POST".to_string(),
         path: format!("/{id}"),
         headers: vec![],
-        body: id.as_bytes().to_vec(),
+        body_len: 0,
+        body_b64: Some(B64.encode(id.as_bytes())),
         enqueued_at: at,
-        state: QueueState::Queued,
+        state: None,
         attempts: 0,
         last_error: None,
         result: None,
         finished_at: None,
+    };
+    let inline = |status: u16, body: &[u8]| ResultRecord {
+        body_b64: Some(B64.encode(body)),
+        ..ResultRecord::from_result(&result(status, body))
     };
     let mut log = Vec::new();
     let mut push = |r: Record| {
@@ -436,9 +474,10 @@ fn compaction_at_open_drops_expired_results_keeps_pending() {
         ("recent-done", 3),
         ("old-pending", 4),
     ] {
-        push(Record::Enqueue(EntryRecord::from_entry(
-            &mk(id, seq, old - chrono::Duration::hours(1)),
-            false,
+        push(Record::Enqueue(mk(
+            id,
+            seq,
+            old - chrono::Duration::hours(1),
         )));
     }
     push(Record::Attempt {
@@ -448,7 +487,7 @@ fn compaction_at_open_drops_expired_results_keeps_pending() {
     push(Record::Delivered {
         id: "old-done".into(),
         at: old,
-        result: ResultRecord::from_result(&result(200, b"x")),
+        result: inline(200, b"x"),
     });
     push(Record::Failed {
         id: "old-failed".into(),
@@ -458,7 +497,7 @@ fn compaction_at_open_drops_expired_results_keeps_pending() {
     push(Record::Delivered {
         id: "recent-done".into(),
         at: recent,
-        result: ResultRecord::from_result(&result(200, b"y")),
+        result: inline(200, b"y"),
     });
     push(Record::Attempt {
         id: "old-pending".into(),
@@ -472,7 +511,7 @@ fn compaction_at_open_drops_expired_results_keeps_pending() {
     assert_eq!(store.get("recent-done").unwrap().result.unwrap().body, b"y");
     let p = store.get("old-pending").unwrap();
     assert_eq!((p.state, p.attempts), (QueueState::Delivering, 1));
-    assert_eq!(p.body, b"old-pending");
+    assert_eq!(store.body(&p).unwrap(), b"old-pending");
     // seq keeps counting past the dropped ones.
     assert_eq!(store.enqueue(req("s", "/n"), 10).unwrap().seq, 5);
     drop(store);
@@ -480,6 +519,20 @@ fn compaction_at_open_drops_expired_results_keeps_pending() {
     let text = std::fs::read_to_string(log_path(tmp.path())).unwrap();
     assert!(text.starts_with("{\"op\":\"meta\""), "{text}");
     assert!(!text.contains("old-done") && !text.contains("old-failed"));
+    // The inline bodies moved to files; the dropped entries' files are gone.
+    assert!(!text.contains("body_b64"), "{text}");
+    let mut files: Vec<String> = std::fs::read_dir(tmp.path().join(BODIES_DIR))
+        .unwrap()
+        .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    // old-pending's request, recent-done's result, and /n's request.
+    assert_eq!(files.len(), 3, "{files:?}");
+    assert!(files.contains(&"old-pending.req".to_string()), "{files:?}");
+    assert!(files.contains(&"recent-done.res".to_string()), "{files:?}");
+    assert!(!files
+        .iter()
+        .any(|f| f.starts_with("old-done") || f.starts_with("old-failed")));
     assert!(!tmp.path().join(TMP_FILE).exists());
 
     // Zero retention: every finished entry goes, pending ones stay.
