@@ -9,7 +9,9 @@
 
 use std::time::Duration;
 
-use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequestParts, Query};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -153,6 +155,35 @@ impl From<PathRejection> for ApiError {
     }
 }
 
+/// A query string that does not deserialise is SPEC 4's JSON 400, not
+/// axum's plain-text one. The serde detail (it can name Rust types) goes to
+/// the debug log only.
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> ApiError {
+        tracing::debug!(%rejection, "malformed query string");
+        ApiError::BadRequest("malformed query string".to_string())
+    }
+}
+
+/// `Query<T>` whose rejection is an [`ApiError`]: use it instead of axum's
+/// `Query` in every handler, so that no query string can get a plain-text
+/// answer.
+#[derive(Debug, Clone, Default)]
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Query(value) = Query::<T>::from_request_parts(parts, state).await?;
+        Ok(ApiQuery(value))
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -238,6 +269,53 @@ mod tests {
     async fn rate_limited_sets_retry_after() {
         let r = ApiError::RateLimited(Duration::from_millis(12_500)).into_response();
         assert_eq!(r.headers()[header::RETRY_AFTER], "12");
+    }
+
+    /// A typed query that does not parse: axum's `Query` answers plain
+    /// text, [`ApiQuery`] the JSON envelope.
+    #[tokio::test]
+    async fn api_query_rejects_with_the_json_envelope() {
+        use axum::extract::FromRequest;
+        #[derive(serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Q {
+            limit: Option<u32>,
+        }
+        let req = || {
+            axum::http::Request::builder()
+                .uri("/x?limit=abc")
+                .body(axum::body::Body::empty())
+                .expect("request")
+        };
+        let plain = match Query::<Q>::from_request(req(), &()).await {
+            Err(r) => r.into_response(),
+            Ok(_) => panic!("limit=abc parsed"),
+        };
+        assert_eq!(plain.status(), StatusCode::BAD_REQUEST);
+        assert_ne!(
+            plain
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .map(|v| v.as_bytes()),
+            Some(&b"application/json"[..])
+        );
+        let err = match ApiQuery::<Q>::from_request(req(), &()).await {
+            Err(e) => e,
+            Ok(_) => panic!("limit=abc parsed"),
+        };
+        let (s, v) = json_of(err).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert_eq!(v["error"]["code"], "bad_request");
+        assert_eq!(v["error"]["message"], "malformed query string");
+        let ok = ApiQuery::<Q>::from_request(
+            axum::http::Request::builder()
+                .uri("/x?limit=7")
+                .body(axum::body::Body::empty())
+                .expect("request"),
+            &(),
+        )
+        .await;
+        assert!(matches!(ok, Ok(ApiQuery(Q { limit: Some(7) }))));
     }
 
     #[test]

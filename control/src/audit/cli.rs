@@ -12,7 +12,8 @@ pub const EXIT_UNREADABLE: i32 = 2;
 
 /// Verifies the segments of `dir`, stopping at the first break. With a
 /// public key, every checkpoint signature is checked and the log must be
-/// covered by checkpoints (see [`verify`]). `Err` when the directory, a
+/// covered by checkpoints (see [`verify`]); an empty log, or one without
+/// any checkpoint, is then broken. `Err` when the directory, a
 /// segment or the key cannot be read.
 pub fn verify_dir(dir: &Path, public_key: Option<&Path>) -> Result<VerifyReport, AuditError> {
     let key = public_key.map(load_verifying_key).transpose()?;
@@ -69,6 +70,14 @@ pub fn verify_cli_output(dir: &Path, public_key: Option<&Path>) -> (i32, String)
             report.checkpoints,
             pk.display()
         );
+        if report.legacy_checkpoints > 0 {
+            let _ = writeln!(
+                out,
+                "note: {} of them are legacy v1 checkpoints (written before continuity signed seq, interval and key_id; the signature covers signed_hash only): their `interval` is not believed above {}",
+                report.legacy_checkpoints,
+                super::checkpoint::LEGACY_INTERVAL
+            );
+        }
     } else if report.checkpoints > 0 {
         let _ = writeln!(
             out,

@@ -9,7 +9,8 @@
 //!   each entry acknowledged only after the fsync that covers it);
 //! - [`verify`]: one streaming pass that names the first broken seq;
 //! - [`checkpoint`]: Ed25519 checkpoints and `audit keygen`;
-//! - [`index`]: counts, recent entries and manual interventions in memory.
+//! - [`index`]: counts, recent entries and manual interventions in memory;
+//! - `live`: what keeps `GET /api/ops/audit/verify` single-flight and cached.
 //!
 //! [`AuditLog`] is the engine's handle; [`verify_dir`], [`verify_cli`] and
 //! [`keygen_cli`] work offline on a directory.
@@ -18,6 +19,7 @@ pub mod checkpoint;
 mod cli;
 pub mod entry;
 pub mod index;
+mod live;
 pub mod mask;
 mod open;
 pub mod segment;
@@ -58,6 +60,7 @@ use writer::{Msg, Prepared, Writer};
 pub mod metric_names {
     pub const AUDIT_ENTRIES_TOTAL: &str = "continuity_audit_entries_total";
     pub const AUDIT_CHAIN_VERIFIED: &str = "continuity_audit_chain_verified";
+    pub const AUDIT_VERIFY_SCANS_TOTAL: &str = "continuity_audit_verify_scans_total";
 }
 
 /// What [`AuditLog::open`] found and did.
@@ -114,6 +117,9 @@ struct Inner {
     masker: Masker,
     metrics: AuditMetrics,
     settings: AuditSettings,
+    /// The last live verification and what it verified; its lock makes
+    /// callers of [`AuditLog::verify_cached`] wait for one scan.
+    verify_cache: tokio::sync::Mutex<Option<(live::Stamp, VerifyReport)>>,
 }
 
 /// The engine's handle on its audit log; cheap to clone.
@@ -193,6 +199,7 @@ impl AuditLog {
                 masker,
                 metrics,
                 settings,
+                verify_cache: tokio::sync::Mutex::new(None),
             }),
         };
         for q in &rec.quarantined {
@@ -240,6 +247,35 @@ impl AuditLog {
     pub async fn append(&self, entry: NewEntry) -> Result<Appended, AuditError> {
         let p = self.prepare(entry)?;
         self.request(|ack| Msg::Append(p, ack)).await
+    }
+
+    /// Like [`AuditLog::append`] for several entries: all are queued, in
+    /// order, before the first acknowledgement is awaited, so the writer
+    /// commits them together (one write and one fsync per batch, group
+    /// commit) instead of one fsync each. One result per entry, in order.
+    pub async fn append_many(&self, entries: Vec<NewEntry>) -> Vec<Result<Appended, AuditError>> {
+        let mut acks = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let queued = match self.prepare(entry) {
+                Ok(p) => {
+                    let (tx, rx) = oneshot::channel();
+                    match self.inner.tx.send(Msg::Append(p, tx)).await {
+                        Ok(()) => Ok(rx),
+                        Err(_) => Err(AuditError::Closed),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            acks.push(queued);
+        }
+        let mut out = Vec::with_capacity(acks.len());
+        for ack in acks {
+            out.push(match ack {
+                Ok(rx) => rx.await.unwrap_or(Err(AuditError::Closed)),
+                Err(e) => Err(e),
+            });
+        }
+        out
     }
 
     fn prepare(&self, e: NewEntry) -> Result<Prepared, AuditError> {
@@ -322,17 +358,12 @@ impl AuditLog {
                 expect_tail: tail,
                 ..verify::Options::default()
             };
+            self.inner.metrics.verify_scans.inc();
             match verify::run(&inputs, &opts, |_, _, _, _| {}) {
                 Ok(o) => break o.report,
                 // Retention may have removed a segment under our feet.
                 Err(_) if attempt == 0 => attempt += 1,
-                Err(e) => {
-                    break VerifyReport {
-                        reason: Some(format!("cannot read the audit log: {e}")),
-                        verified_at: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                        ..VerifyReport::default()
-                    }
-                }
+                Err(e) => break failed_report(format!("cannot read the audit log: {e}")),
             }
         };
         self.inner
@@ -341,6 +372,50 @@ impl AuditLog {
             .set(i64::from(report.chain_verified));
         self.index().verify = report.clone();
         report
+    }
+
+    /// `GET /api/ops/audit/verify`: [`AuditLog::verify_now`], single-flight
+    /// and cached. Callers that arrive during a scan wait for it and share
+    /// its result; a call with no new entry and no change to any segment
+    /// file since the last scan gets that scan's result (`verified_at` says
+    /// when it ran). The scan runs on the blocking pool, in a task of its
+    /// own, so a caller that goes away does not cancel it for the others.
+    pub async fn verify_cached(&self) -> VerifyReport {
+        let me = self.clone();
+        let task = tokio::spawn(async move {
+            let mut cache = me.inner.verify_cache.lock().await;
+            let kept = cache.clone();
+            let scanner = me.clone();
+            let done = tokio::task::spawn_blocking(move || {
+                let (seq, hash, paths) = {
+                    let idx = scanner.index();
+                    let paths = idx.segments.iter().map(|s| s.path.clone()).collect();
+                    (idx.last_seq, idx.last_hash.clone(), paths)
+                };
+                // Taken before the scan: whatever changes after it makes
+                // the next call scan again.
+                let stamp = live::Stamp::take(seq, hash, paths);
+                match kept {
+                    Some((s, report)) if s == stamp => (None, report),
+                    _ => {
+                        let report = scanner.verify_now();
+                        (Some(stamp), report)
+                    }
+                }
+            })
+            .await;
+            match done {
+                Ok((stamp, report)) => {
+                    if let Some(stamp) = stamp {
+                        *cache = Some((stamp, report.clone()));
+                    }
+                    report
+                }
+                Err(e) => failed_report(format!("the verification task failed: {e}")),
+            }
+        });
+        task.await
+            .unwrap_or_else(|e| failed_report(format!("the verification task failed: {e}")))
     }
 
     /// The compliance report (`GET /api/ops/audit/report`). Its
@@ -395,16 +470,61 @@ impl AuditLog {
     pub fn dir(&self) -> &Path {
         &self.inner.settings.dir
     }
+
+    /// The masker every entry goes through (built-in rules and
+    /// `mask_patterns`), for whatever else leaves the process.
+    pub fn masker(&self) -> &Masker {
+        &self.inner.masker
+    }
+}
+
+fn failed_report(reason: String) -> VerifyReport {
+    VerifyReport {
+        reason: Some(reason),
+        verified_at: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        ..VerifyReport::default()
+    }
+}
+
+/// Creates the audit directory, mode 0700 (its parents as usual); one that
+/// exists is left as it is, with a warning if others may read it.
+fn create_dir(dir: &Path) -> Result<(), AuditError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| AuditError::io(parent, e))?;
+    }
+    match std::fs::DirBuilder::new()
+        .mode(segment::DIR_MODE)
+        .create(dir)
+    {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {
+            if let Ok(m) = std::fs::metadata(dir) {
+                let mode = m.permissions().mode() & 0o777;
+                if mode & 0o007 != 0 {
+                    tracing::warn!(
+                        dir = %dir.display(),
+                        mode = format!("{mode:o}"),
+                        "the audit directory may be read by any local user; `chmod 700` it"
+                    );
+                }
+            }
+            Ok(())
+        }
+        Err(e) => Err(AuditError::io(dir, e)),
+    }
 }
 
 /// Takes the exclusive lock on `DIR/.lock` (creating the directory), or
 /// says which directory is in use. The OS releases it when the process
 /// dies, so a kill -9 never leaves a stale lock behind.
 fn lock_dir(dir: &std::path::Path) -> Result<std::fs::File, AuditError> {
-    std::fs::create_dir_all(dir).map_err(|e| AuditError::io(dir, e))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    create_dir(dir)?;
     let path = dir.join(".lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
+        .mode(segment::FILE_MODE)
         .truncate(false)
         .write(true)
         .open(&path)

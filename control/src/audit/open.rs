@@ -8,7 +8,7 @@ use std::path::Path;
 use chrono::NaiveDate;
 use serde::Deserialize;
 
-use super::checkpoint::CheckpointDetails;
+use super::checkpoint::{CheckpointDetails, CHECKPOINT_VERSION};
 use super::entry::{Action, GENESIS_HASH};
 use super::index::{parse_ts, Index, Recent};
 use super::segment::{
@@ -81,8 +81,12 @@ pub fn recover(dir: &Path) -> Result<Recovered, AuditError> {
                 index.checkpoints += 1;
                 index.last_checkpoint_seq = Some(s.seq);
                 since_checkpoint = 0;
+                // Only a checkpoint in the current format counts: on a log
+                // signed by an earlier version, the engine signs everything
+                // again with a v2 checkpoint at start.
                 last_checkpoint_interval = serde_json::from_slice::<CheckpointLine>(line)
                     .ok()
+                    .filter(|c| c.details.version == Some(CHECKPOINT_VERSION))
                     .and_then(|c| c.details.interval);
             }
             Action::ManualIntervention => {

@@ -9,6 +9,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -53,12 +54,20 @@ pub fn sync_dir(dir: &Path) -> Result<(), AuditError> {
         .map_err(|e| AuditError::io(dir, e))
 }
 
-/// Creates segment `n` (it must not exist) and syncs the directory.
+/// Mode of every file the audit log creates: entries name who did what
+/// and why, so only the engine's user may read them, whatever the umask.
+pub const FILE_MODE: u32 = 0o600;
+/// Mode of the directories it creates.
+pub const DIR_MODE: u32 = 0o700;
+
+/// Creates segment `n` (it must not exist), mode [`FILE_MODE`], and syncs
+/// the directory.
 pub fn create_segment(dir: &Path, n: u64) -> Result<File, AuditError> {
     let path = dir.join(segment_name(n));
     let f = OpenOptions::new()
         .append(true)
         .create_new(true)
+        .mode(FILE_MODE)
         .open(&path)
         .map_err(|e| AuditError::io(&path, e))?;
     sync_dir(dir)?;
@@ -175,7 +184,11 @@ pub fn quarantine_tail(dir: &Path, path: &Path, offset: u64) -> Result<Quarantin
         .map(|f| f.to_string_lossy().into_owned())
         .unwrap_or_default();
     let qdir = dir.join(QUARANTINE_DIR);
-    std::fs::create_dir_all(&qdir).map_err(|e| AuditError::io(&qdir, e))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(&qdir)
+        .map_err(|e| AuditError::io(&qdir, e))?;
     let mut name = format!("{file}.{offset}.torn");
     let mut i = 1;
     while qdir.join(&name).exists() {
@@ -186,6 +199,7 @@ pub fn quarantine_tail(dir: &Path, path: &Path, offset: u64) -> Result<Quarantin
     let mut q = OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(FILE_MODE)
         .open(&qpath)
         .map_err(|e| AuditError::io(&qpath, e))?;
     q.write_all(torn)

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use serde_json::Value;
 
 use super::entry::{Action, Severity};
@@ -113,6 +113,8 @@ impl NewEntry {
 pub struct AuditMetrics {
     pub entries_total: IntCounterVec,
     pub chain_verified: IntGauge,
+    /// Whole-log scans made by live verification (cached calls excluded).
+    pub verify_scans: IntCounter,
 }
 
 impl AuditMetrics {
@@ -131,14 +133,20 @@ impl AuditMetrics {
             metric_names::AUDIT_CHAIN_VERIFIED,
             "1 when the audit hash chain verified at the last check (start-up or GET /api/ops/audit/verify), else 0.",
         )?;
+        let verify_scans = IntCounter::new(
+            metric_names::AUDIT_VERIFY_SCANS_TOTAL,
+            "Whole-log scans made by GET /api/ops/audit/verify; a call with no new entry and no changed segment since the last scan is answered from it and not counted.",
+        )?;
         Ok(AuditMetrics {
             entries_total,
             chain_verified,
+            verify_scans,
         })
     }
 
     pub(super) fn register(&self, registry: &Registry) -> Result<(), prometheus::Error> {
         registry.register(Box::new(self.entries_total.clone()))?;
-        registry.register(Box::new(self.chain_verified.clone()))
+        registry.register(Box::new(self.chain_verified.clone()))?;
+        registry.register(Box::new(self.verify_scans.clone()))
     }
 }

@@ -7,8 +7,10 @@
 //! `prev_hash` is the previous entry's `hash` (64 zeros for seq 1); its
 //! `hash` is right. A `checkpoint` must sign the hash of the entry before
 //! it; with a public key its signature must verify, and the log must be
-//! covered: at least one checkpoint, and never more than the previous
-//! checkpoint's `interval` entries without the next one.
+//! covered: at least one entry, at least one checkpoint, and never more
+//! than the previous checkpoint's signed `interval` entries without the
+//! next one (for a legacy v1 checkpoint, whose `interval` is not signed,
+//! at most [`LEGACY_INTERVAL`]).
 //!
 //! Retention: when the oldest kept entry is not seq 1, its `prev_hash` is
 //! taken from the newest `audit_retention` record (written before any
@@ -22,7 +24,7 @@ use std::path::{Path, PathBuf};
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{verify_signature, CheckpointDetails};
+use super::checkpoint::{verify_signature, CheckpointDetails, LEGACY_INTERVAL};
 use super::entry::{scan, Action, Scanned, GENESIS_HASH};
 use super::AuditError;
 
@@ -47,6 +49,9 @@ pub struct VerifyReport {
     /// Set when verification starts after seq 1, saying why that is fine.
     pub starts_at_note: Option<String>,
     pub checkpoints: u64,
+    /// Of those, checkpoints in the legacy v1 format (signature over
+    /// `signed_hash` only; see `checkpoint`).
+    pub legacy_checkpoints: u64,
     /// True when checkpoint signatures were checked with a public key.
     pub signatures_checked: bool,
     pub verified_at: String,
@@ -98,13 +103,21 @@ struct CheckpointLine {
     details: CheckpointDetails,
 }
 
+#[derive(Clone, Copy)]
+struct Since {
+    seq: u64,
+    interval: u64,
+    entries: u64,
+    legacy: bool,
+}
+
 struct State<'a> {
     opts: &'a Options<'a>,
     report: VerifyReport,
     expected: Option<u64>,
     prev_hash: Option<String>,
-    /// (checkpoint seq, interval, entries since)
-    since_checkpoint: Option<(u64, u64, u64)>,
+    /// The last checkpoint: seq, interval, entries since.
+    since_checkpoint: Option<Since>,
     /// Newest retention record: (through seq, last hash, record seq).
     retention: Option<(u64, String, u64)>,
     first_prev_hash: Option<String>,
@@ -187,11 +200,21 @@ impl State<'_> {
     }
 
     fn count_since_checkpoint(&mut self, seq: u64) {
-        if let Some((cp, interval, n)) = &mut self.since_checkpoint {
-            *n += 1;
-            if *n > *interval && self.opts.key.is_some() {
-                let (cp, interval) = (*cp, *interval);
-                self.brk(seq, format!("missing checkpoint: more than {interval} entries after the checkpoint at seq {cp} (checkpoints removed?)"));
+        if let Some(since) = &mut self.since_checkpoint {
+            since.entries += 1;
+            if since.entries > since.interval && self.opts.key.is_some() {
+                let Since {
+                    seq: cp,
+                    interval,
+                    legacy,
+                    ..
+                } = *since;
+                let why = if legacy {
+                    " (a legacy v1 checkpoint: its `interval` is not signed, so no more than that is believed)"
+                } else {
+                    ""
+                };
+                self.brk(seq, format!("missing checkpoint: more than {interval} entries after the checkpoint at seq {cp}{why} (checkpoints removed?)"));
             }
         }
     }
@@ -208,12 +231,28 @@ impl State<'_> {
                 return;
             }
         };
-        let last = self.since_checkpoint.map(|(cp, _, _)| cp);
+        let legacy = details.version.is_none();
+        if legacy {
+            self.report.legacy_checkpoints += 1;
+        }
+        // What coverage is judged by: the signed interval once the
+        // signature verified; unchecked without a key (coverage is then
+        // not checked either).
+        let mut interval = match details.version {
+            None => details
+                .interval
+                .unwrap_or(LEGACY_INTERVAL)
+                .min(LEGACY_INTERVAL),
+            Some(_) => details.interval.unwrap_or(LEGACY_INTERVAL),
+        }
+        .max(1);
+        let last = self.since_checkpoint.map(|c| c.seq);
         let rewritten = match last {
             Some(cp) => format!(
                 "entries between the checkpoints at seq {cp} and seq {} were rewritten",
                 s.seq
             ),
+            None if s.seq == 1 => "the log was rebuilt from its start".to_string(),
             None => format!("entries before seq {} were rewritten", s.seq),
         };
         if details.signed_hash != s.prev_hash {
@@ -225,11 +264,20 @@ impl State<'_> {
                 ),
             );
         } else if let Some(key) = self.opts.key {
-            if let Err(why) = verify_signature(key, &details) {
-                self.brk(s.seq, format!("{why}: {rewritten}"));
+            match verify_signature(key, s.seq, &details) {
+                Ok(v) => interval = v.interval(),
+                Err(why) => self.brk(
+                    s.seq,
+                    format!("{why}: this checkpoint's details were changed, or {rewritten}"),
+                ),
             }
         }
-        self.since_checkpoint = Some((s.seq, details.interval.unwrap_or(1000).max(1), 0));
+        self.since_checkpoint = Some(Since {
+            seq: s.seq,
+            interval,
+            entries: 0,
+            legacy,
+        });
     }
 
     fn maybe_retention(&mut self, s: &Scanned<'_>, line: &[u8]) {
@@ -275,6 +323,12 @@ impl State<'_> {
                     None => self.brk(1, format!("missing segment: the log starts at seq {first} and no retention record accounts for seqs 1..{}", first - 1)),
                 }
             }
+        }
+        if self.opts.key.is_some() && !self.broken() && first.is_none() {
+            self.brk(
+                1,
+                "empty log: it holds no entry, so nothing in it is covered by a signature".into(),
+            );
         }
         if self.opts.key.is_some() && !self.broken() {
             if let (0, Some(first)) = (self.report.checkpoints, first) {

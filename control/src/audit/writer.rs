@@ -171,17 +171,24 @@ impl Writer {
         }
     }
 
+    /// A checkpoint to stage; its body is signed in [`Writer::stage`],
+    /// which alone knows the seq and `prev_hash` it gets.
     fn checkpoint_entry(&self) -> Prepared {
-        let details = match &self.signing {
-            Some((key, interval)) => checkpoint_details(key, &self.hash, *interval),
-            None => "{}".to_string(),
-        };
         Prepared {
             action: Action::Checkpoint,
             severity: Severity::Info,
             entry_id: super::entry::new_entry_id(),
-            body: format!("\"action\":\"checkpoint\",\"severity\":\"info\",\"actor\":\"system\",\"service\":null,\"details\":{details}"),
+            body: String::new(),
         }
+    }
+
+    /// The body of the checkpoint that becomes the next entry.
+    fn checkpoint_body(&self) -> String {
+        let details = match &self.signing {
+            Some((key, interval)) => checkpoint_details(key, self.seq + 1, &self.hash, *interval),
+            None => "{}".to_string(),
+        };
+        format!("\"action\":\"checkpoint\",\"severity\":\"info\",\"actor\":\"system\",\"service\":null,\"details\":{details}")
     }
 
     fn durable(&self) -> Durable {
@@ -271,6 +278,10 @@ impl Writer {
     ) -> Result<(), AuditError> {
         let ts: DateTime<Utc> = self.clock.now();
         let timestamp = ts.to_rfc3339_opts(SecondsFormat::Micros, true);
+        let mut p = p;
+        if p.action == Action::Checkpoint {
+            p.body = self.checkpoint_body();
+        }
         let (line, hash) = build_line(self.seq + 1, &p.entry_id, &timestamp, &p.body, &self.hash);
         let pending = self.seg_len + buf.len() as u64;
         let too_big = pending > 0 && pending + line.len() as u64 > self.max_bytes;

@@ -1,15 +1,17 @@
 //! Audit routes (SPEC 4): `GET /api/ops/audit/logs`, `/report`, `/status`
 //! and `/verify`. Verification reads every retained segment, so it runs on
-//! the blocking pool, never on the executor threads that serve traffic.
+//! the blocking pool, never on the executor threads that serve traffic; it
+//! is single-flight and cached until the log changes
+//! ([`AuditLog::verify_cached`]).
 
 use std::collections::HashMap;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::Json;
 use serde_json::{json, Value};
 
 use crate::audit::{AuditFilter, AuditLog};
-use crate::error::ApiError;
+use crate::error::{ApiError, ApiQuery};
 use crate::AppState;
 
 fn log(state: &AppState) -> Result<&AuditLog, ApiError> {
@@ -22,7 +24,7 @@ fn log(state: &AppState) -> Result<&AuditLog, ApiError> {
 /// `entries[]`, filtered by `action`, `severity`, `since` (RFC 3339), `limit`.
 pub async fn logs(
     State(state): State<AppState>,
-    Query(q): Query<HashMap<String, String>>,
+    ApiQuery(q): ApiQuery<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let audit = log(&state)?;
     let get = |k: &str| q.get(k).map(String::as_str);
@@ -44,11 +46,9 @@ pub async fn report(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
     Ok(Json(report))
 }
 
-/// Re-verifies the whole chain now.
+/// Re-verifies the whole chain, unless nothing changed since the last
+/// scan: concurrent callers share one scan.
 pub async fn verify(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let audit = log(&state)?.clone();
-    let report = tokio::task::spawn_blocking(move || audit.verify_now())
-        .await
-        .map_err(|_| ApiError::Internal)?;
-    Ok(Json(json!(report)))
+    Ok(Json(json!(audit.verify_cached().await)))
 }
