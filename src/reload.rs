@@ -67,7 +67,13 @@ impl Reloader {
         match outcome {
             Ok(report) => {
                 let report = serde_json::to_value(&report).unwrap_or(Value::Null);
-                tracing::info!(actor, reason, %report, "config reloaded");
+                let m = self.audit.masker();
+                tracing::info!(
+                    actor,
+                    reason = %m.mask_str(reason),
+                    report = %m.masked(&report).as_ref().unwrap_or(&report),
+                    "config reloaded"
+                );
                 let details = json!({
                     "event": "config_reloaded",
                     "file": file,
@@ -84,10 +90,11 @@ impl Reloader {
                 Ok(json!({ "applied": true, "file": file, "changes": report }))
             }
             Err(problems) => {
+                let m = self.audit.masker();
                 tracing::error!(
                     actor,
-                    reason,
-                    ?problems,
+                    reason = %m.mask_str(reason),
+                    problems = ?problems.iter().map(|p| m.mask_str(p)).collect::<Vec<_>>(),
                     "config reload refused; the running config is unchanged"
                 );
                 let details = json!({

@@ -125,6 +125,16 @@ impl AppState {
         self
     }
 
+    /// The audit log's masker (built-in rules and `mask_patterns`); the
+    /// built-in rules alone without an audit log. Whatever the audit file
+    /// masks is masked with it wherever it leaves the process otherwise
+    /// (WebSocket messages, operator reasons, queued requests).
+    pub fn masker(&self) -> &audit::mask::Masker {
+        self.audit
+            .as_ref()
+            .map_or(&audit::mask::BUILTIN, audit::AuditLog::masker)
+    }
+
     /// Appends an audit entry and waits for its fsync. Without an audit log
     /// (some tests) this is a no-op. A failed append refuses the operation:
     /// an operator action that cannot be recorded does not happen.

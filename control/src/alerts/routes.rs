@@ -20,7 +20,7 @@ use super::state::AckError;
 use crate::audit::{Action, NewEntry, Severity};
 use crate::auth::Actor;
 use crate::error::ApiError;
-use crate::routes::{read_reason, PathParam};
+use crate::routes::{operator_reason, PathParam};
 use crate::AppState;
 
 /// `?open=true` lists only open alerts; `?type=escalation|predictive`.
@@ -59,7 +59,8 @@ pub async fn list(
         .filter(|a| kind.as_deref().is_none_or(|k| a["type"] == k))
         .collect();
     let open = alerts.iter().filter(|a| a["open"] == true).count();
-    Ok(Json(json!({ "alerts": alerts, "open": open, "generated_at": Utc::now() })).into_response())
+    let body = json!({ "alerts": alerts, "open": open, "generated_at": Utc::now() });
+    Ok(Json(state.masker().masked(&body).unwrap_or(body)).into_response())
 }
 
 fn ack_error(id: &str, e: AckError) -> ApiError {
@@ -81,7 +82,7 @@ pub async fn ack(
     if let Err(AckError::NotFound) = checked {
         return Err(ack_error(&id, AckError::NotFound));
     }
-    let reason = read_reason(body, crate::BODY_LIMIT)?;
+    let reason = operator_reason(&state, body)?;
     checked.map_err(|e| ack_error(&id, e))?;
     let listed = state.alerts.all_alerts();
     let alert = listed.iter().find(|a| a["id"] == id.as_str());
@@ -115,7 +116,7 @@ pub async fn ack(
         service.as_deref(),
         json!({ "event": "alert_acknowledged", "alert": acked, "reason": reason }),
     );
-    Ok(Json(acked).into_response())
+    Ok(Json(state.masker().masked(&acked).unwrap_or(acked)).into_response())
 }
 
 /// An empty body counts as `{}`; anything else must be a JSON object.
@@ -145,7 +146,7 @@ pub async fn emergency(
             "\"enabled\" is required: true to declare an emergency, false to clear it".into(),
         ));
     };
-    let reason = read_reason(Ok(body), crate::BODY_LIMIT)?;
+    let reason = operator_reason(&state, Ok(body))?;
     let cmd = Command::Emergency {
         enabled,
         actor: actor.name,
@@ -171,13 +172,13 @@ pub async fn emergency(
     };
     let ids: Vec<String> = rerouted.iter().map(|a| a.id.clone()).collect();
     effects::run(&state, &state.alerts, vec![Effect::Rerouted(rerouted)]).await;
-    Ok(Json(json!({
+    let body = json!({
         "failover_state": snap.failover_state,
         "emergency_declared": snap.emergency_declared,
         "rerouted_alerts": ids,
         "open_alerts": state.alerts.open_alerts(),
-    }))
-    .into_response())
+    });
+    Ok(Json(state.masker().masked(&body).unwrap_or(body)).into_response())
 }
 
 fn report(body: &Bytes) -> Result<Report, ApiError> {

@@ -1,4 +1,6 @@
 //! `GET /api/ops/diagnostics/report`, `/events` and `/slow-queries`.
+//! Answers are masked with the audit log's masker: an event's message may
+//! quote an operator's reason or an upstream's error text.
 
 use std::collections::HashMap;
 
@@ -27,20 +29,28 @@ async fn report(State(state): State<AppState>) -> Json<Value> {
         .report(state.alerts.predictive_alerts_generated());
     body["alerts"] = Value::Array(state.alerts.open_alerts());
     body["generated_at"] = json!(Utc::now());
-    Json(body)
+    masked(&state, body)
+}
+
+fn masked(state: &AppState, body: Value) -> Json<Value> {
+    Json(state.masker().masked(&body).unwrap_or(body))
 }
 
 /// `events[]`, newest first; filters `category`, `severity`, `service`,
 /// `since` (RFC 3339), `limit` (default 100, at most 10000).
 async fn events(State(state): State<AppState>, q: Params) -> Result<Json<Value>, ApiError> {
     let f = filter(q)?;
-    Ok(Json(json!({ "events": state.diagnostics.events(&f) })))
+    Ok(masked(
+        &state,
+        json!({ "events": state.diagnostics.events(&f) }),
+    ))
 }
 
 /// `slow_queries[]`, newest first; filters `service`, `since`, `limit`.
 async fn slow_queries(State(state): State<AppState>, q: Params) -> Result<Json<Value>, ApiError> {
     let f = filter(q)?;
-    Ok(Json(
+    Ok(masked(
+        &state,
         json!({ "slow_queries": state.diagnostics.slow_queries(&f) }),
     ))
 }

@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::Value;
 
-use super::read_reason;
+use super::operator_reason;
 use crate::auth::Actor;
 use crate::error::ApiError;
 use crate::AppState;
@@ -33,17 +33,20 @@ pub async fn reload(
     actor: Actor,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let reason = read_reason(body, crate::BODY_LIMIT)?;
+    let reason = operator_reason(&state, body)?;
     let Some(hook) = state.reload.clone() else {
         return Err(ApiError::Conflict(
             "live reload is not available in this process".to_string(),
         ));
     };
+    // What changed and what is wrong may quote the file (an upstream URL
+    // with its password): masked like the audit entry of the reload.
+    let masker = state.masker();
     match hook(actor.name, reason).await {
-        Ok(report) => Ok(Json(report).into_response()),
+        Ok(report) => Ok(Json(masker.masked(&report).unwrap_or(report)).into_response()),
         Err(problems) => Err(ApiError::Conflict(format!(
             "config refused, the running config is unchanged: {}",
-            problems.join("; ")
+            masker.mask_str(&problems.join("; "))
         ))),
     }
 }

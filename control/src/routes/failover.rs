@@ -20,7 +20,7 @@ use continuity_proxy::{Command, CommandOutcome};
 use serde::Serialize;
 use serde_json::json;
 
-use super::{read_reason, PathParam};
+use super::{operator_reason, PathParam};
 use crate::audit::{Action, NewEntry, Severity};
 use crate::auth::Actor;
 use crate::error::ApiError;
@@ -121,7 +121,7 @@ async fn run(
         .resolve_service(&ty)
         .map(|s| s.name.clone())
         .ok_or_else(|| ApiError::service_not_found(&ty))?;
-    let reason = read_reason(body, crate::BODY_LIMIT)?;
+    let reason = operator_reason(&state, body)?;
     let actor = actor.name;
     let cmd = match op {
         Op::Trigger => Command::Trigger {

@@ -64,6 +64,18 @@ pub fn read_reason(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<
     }
 }
 
+/// [`read_reason`] with the audit log's masker applied as the reason comes
+/// in: the engine's events, the WebSocket messages, the diagnostics, the
+/// logs and the audit entry then only ever see `password=***`, never the
+/// secret an operator pasted into a reason.
+pub fn operator_reason(
+    state: &crate::AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<String, ApiError> {
+    let reason = read_reason(body, crate::BODY_LIMIT)?;
+    Ok(state.masker().mask_str(&reason).into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,7 @@ use continuity_proxy::snapshot::{EngineSnapshot, PoolState, UpstreamHealth, Upst
 use continuity_proxy::{Command, CommandOutcome};
 use serde::Serialize;
 
-use super::{read_reason, PathParam};
+use super::{operator_reason, PathParam};
 use crate::auth::Actor;
 use crate::error::ApiError;
 use crate::AppState;
@@ -167,7 +167,7 @@ async fn run(
             .map(|p| p.service.to_string())
             .ok_or_else(|| ApiError::pool_not_found(&pool_name))?
     };
-    let reason = read_reason(body, crate::BODY_LIMIT)?;
+    let reason = operator_reason(&state, body)?;
     let (cmd, operation) = match op {
         Op::Failover => (
             Command::Switchover {

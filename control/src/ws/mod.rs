@@ -16,14 +16,18 @@
 //! channel's current seq, read *after* subscribing to the bus, so every
 //! later message is delivered and every earlier one (seq at most the
 //! snapshot's) is skipped.
+//!
+//! Every message is sent masked with the audit log's masker
+//! ([`masked`]): a secret the audit file would not keep is not sent either.
 
 mod drops;
+mod masked;
 mod state;
 
 use std::time::Duration;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -38,6 +42,7 @@ use tokio::sync::oneshot;
 
 pub use state::{names, Disconnect, WsState, RECENT_DIAGNOSTICS};
 
+use crate::audit::mask::Masker;
 use crate::auth::Actor;
 use crate::bus::{Channel, OpsBus, OpsMessage};
 use crate::error::ApiError;
@@ -112,6 +117,8 @@ async fn client(socket: WebSocket, state: AppState, channel: Channel) {
         messages: state.ws.messages_counter(channel),
         lagged: state.ws.lagged_counter(channel),
         shutdown: state.ws.shutdown_signal(),
+        masker: state.masker().clone(),
+        texts: state.ws.masked_texts(),
     };
     let (stop_tx, stop_rx) = oneshot::channel();
     let mut send = tokio::spawn(out.run(first, stop_rx));
@@ -187,6 +194,8 @@ struct Outbound {
     messages: prometheus::IntCounter,
     lagged: prometheus::IntCounter,
     shutdown: tokio::sync::watch::Receiver<bool>,
+    masker: Masker,
+    texts: Arc<masked::MaskedTexts>,
 }
 
 impl Outbound {
@@ -205,7 +214,8 @@ impl Outbound {
     }
 
     async fn forward(&mut self, first: OpsMessage) -> Disconnect {
-        if let Err(end) = self.send(&first).await {
+        let text = masked::render(&self.masker, &first);
+        if let Err(end) = self.send(text, &first.kind).await {
             return end;
         }
         loop {
@@ -216,7 +226,8 @@ impl Outbound {
             match next {
                 Ok(m) if m.channel == self.channel && m.seq > self.last => {
                     self.last = m.seq;
-                    if let Err(end) = self.send(&m).await {
+                    let text = self.texts.text(&self.masker, &m);
+                    if let Err(end) = self.send(text, &m.kind).await {
                         return end;
                     }
                 }
@@ -259,18 +270,24 @@ impl Outbound {
             service: None,
             data: json!({ "missed": missed }),
         };
-        self.send(&notice).await
+        let text = masked::render(&self.masker, &notice);
+        self.send(text, &notice.kind).await
     }
 
-    async fn send(&mut self, msg: &OpsMessage) -> Result<(), Disconnect> {
-        let text = match serde_json::to_string(msg) {
+    /// Sends one message's (masked) text.
+    async fn send(
+        &mut self,
+        text: Result<Utf8Bytes, serde_json::Error>,
+        kind: &str,
+    ) -> Result<(), Disconnect> {
+        let text = match text {
             Ok(t) => t,
             Err(e) => {
-                tracing::error!(error = %e, kind = %msg.kind, "cannot serialise a WebSocket message; skipped");
+                tracing::error!(error = %e, kind, "cannot serialise a WebSocket message; skipped");
                 return Ok(());
             }
         };
-        match tokio::time::timeout(SEND_TIMEOUT, self.sink.send(Message::Text(text.into()))).await {
+        match tokio::time::timeout(SEND_TIMEOUT, self.sink.send(Message::Text(text))).await {
             Ok(Ok(())) => {
                 self.messages.inc();
                 Ok(())

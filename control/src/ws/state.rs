@@ -20,6 +20,7 @@ use tokio::sync::broadcast::{self, error::TryRecvError};
 use tokio::sync::watch;
 
 use super::drops::DropWindow;
+use super::masked::MaskedTexts;
 use crate::bus::{Channel, OpsBus, OpsMessage};
 
 /// Metric names of the WebSocket channels.
@@ -61,6 +62,8 @@ struct Inner {
     connected: AtomicUsize,
     drops: Mutex<DropWindow>,
     shutdown: watch::Sender<bool>,
+    /// The masked text of recent bus messages, shared by all clients.
+    texts: Arc<MaskedTexts>,
 }
 
 /// A state attached to no bus: metrics registered nowhere and an empty
@@ -117,6 +120,7 @@ impl WsState {
                 connected: AtomicUsize::new(0),
                 drops: Mutex::new(DropWindow::new()),
                 shutdown: watch::channel(false).0,
+                texts: Arc::new(MaskedTexts::default()),
             }),
         }
     }
@@ -177,6 +181,10 @@ impl WsState {
     /// calls this.
     pub fn shutdown(&self) {
         self.inner.shutdown.send_replace(true);
+    }
+
+    pub(crate) fn masked_texts(&self) -> Arc<MaskedTexts> {
+        self.inner.texts.clone()
     }
 
     pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
