@@ -476,12 +476,6 @@ impl AuditLog {
     pub fn masker(&self) -> &Masker {
         &self.inner.masker
     }
-
-    /// The masker every entry goes through (built-in rules and
-    /// `mask_patterns`), for whatever else leaves the process.
-    pub fn masker(&self) -> &Masker {
-        &self.inner.masker
-    }
 }
 
 fn failed_report(reason: String) -> VerifyReport {
