@@ -90,7 +90,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     for q in &report.quarantined {
         tracing::error!(?q, "torn audit line moved aside");
     }
-    let (engine, events) = Engine::start_subscribed(config.engine.clone(), &registry)
+    let (engine, events, audit_queue) = Engine::start_audited(config.engine.clone(), &registry)
         .await
         .map_err(|e| match e {
             ProxyError::Bind { .. } | ProxyError::Config { .. } => RunError::Bind(e.to_string()),
@@ -99,7 +99,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     audit_queue_quarantine(&engine, &audit).await;
     let bridge_events = events.resubscribe();
     let diagnostics_events = events.resubscribe();
-    let recorder = tokio::spawn(continuity_control::recorder::run(audit.clone(), events));
+    drop(events);
+    // The recorder reads its own queue of auditable events, never the
+    // broadcast (control/src/recorder.rs).
+    let recorder = continuity_control::recorder::spawn(audit.clone(), audit_queue, &registry);
     let services = &config.engine.services;
     let retention_hours = services
         .iter()
@@ -194,14 +197,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "control plane stopped with an error"),
         Ok(Err(e)) => tracing::warn!(error = %e, "control plane task failed"),
     }
-    // Let the recorder write what the drain caused, then flush and sign.
-    let _ = tokio::time::timeout(std::time::Duration::from_millis(200), async {
-        while !recorder.is_finished() {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    recorder.abort();
+    // The recorder writes what is still queued (what the drain caused) and
+    // the last hold-timeout summaries; then the log is flushed and signed.
+    recorder.finish(std::time::Duration::from_secs(10)).await;
     sampler.abort();
     alert_task.abort();
     ws_drops.abort();

@@ -114,7 +114,7 @@ pub(crate) struct Inner {
     pub metrics: ProxyMetrics,
     /// Serialises reloads.
     pub reload_lock: tokio::sync::Mutex<()>,
-    pub events: broadcast::Sender<Event>,
+    pub events: events::EventBus,
     pub counters: Arc<FailoverCounters>,
     pub emergency: AtomicBool,
     pub state: Mutex<FailoverState>,
@@ -140,13 +140,32 @@ impl Engine {
     }
 
     /// Like [`Engine::start`], with a subscription taken before any probe
-    /// runs, so a recorder (the audit log) misses no event.
+    /// runs, so a subscriber misses no event.
     pub async fn start_subscribed(
         config: EngineConfig,
         registry: &prometheus::Registry,
     ) -> Result<(Engine, broadcast::Receiver<Event>), ProxyError> {
+        Engine::start_on(events::bus(), config, registry).await
+    }
+
+    /// Like [`Engine::start_subscribed`], plus the audit recorder's own
+    /// queue of auditable events (proxy/src/events.rs), which fills from
+    /// before the first probe and never drops one.
+    pub async fn start_audited(
+        config: EngineConfig,
+        registry: &prometheus::Registry,
+    ) -> Result<(Engine, broadcast::Receiver<Event>, events::AuditQueue), ProxyError> {
+        let (bus, queue) = events::audited_bus();
+        let (engine, rx) = Engine::start_on(bus, config, registry).await?;
+        Ok((engine, rx, queue))
+    }
+
+    async fn start_on(
+        events: events::EventBus,
+        config: EngineConfig,
+        registry: &prometheus::Registry,
+    ) -> Result<(Engine, broadcast::Receiver<Event>), ProxyError> {
         let metrics = ProxyMetrics::new(registry);
-        let events = events::bus();
         let counters = Arc::new(FailoverCounters::default());
         let mut listeners = Vec::new();
         let mut listen_addrs = Vec::new();

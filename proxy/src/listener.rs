@@ -13,7 +13,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
-use crate::events::EventKind;
 use crate::health::{classify_io, FailureKind};
 use crate::protocol;
 use crate::protocol::observe::{Finding, Tap};
@@ -220,9 +219,13 @@ async fn handle(
                 .hold_timeouts
                 .with_label_values(&[svc.name()])
                 .inc();
-            svc.emit(EventKind::HoldTimedOut {
-                waited_ms: accepted.elapsed().as_millis() as u64,
-            });
+            // Summarised per service and interval for the audit log, with a
+            // sample of client addresses (proxy/src/events.rs).
+            svc.events.hold_timed_out(
+                svc.name(),
+                client.peer_addr().ok().map(|a| a.ip()),
+                accepted.elapsed().as_millis() as u64,
+            );
             refuse(&svc, client, &early).await;
             return Ok(());
         }

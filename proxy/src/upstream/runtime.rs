@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 use serde_json::json;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 
 use super::failover::{self, Counters, Decision, Thresholds, UpView, View};
 use super::latency::LatencyWindow;
@@ -151,7 +151,7 @@ pub struct ServiceRt {
     pub active_conns: AtomicU64,
     pub switch_lock: tokio::sync::Mutex<()>,
     pub state: Mutex<ServiceState>,
-    pub events: broadcast::Sender<Event>,
+    pub events: crate::events::EventBus,
     pub metrics: ProxyMetrics,
     pub counters: Arc<FailoverCounters>,
     pub drain_timeout: Duration,
@@ -184,7 +184,7 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl ServiceRt {
     pub fn new(
         cfg: ServiceConfig,
-        events: broadcast::Sender<Event>,
+        events: impl Into<crate::events::EventBus>,
         metrics: ProxyMetrics,
         counters: Arc<FailoverCounters>,
         drain_timeout: Duration,
@@ -230,7 +230,7 @@ impl ServiceRt {
                 uptime: Uptime::default(),
                 reported: None,
             }),
-            events,
+            events: events.into(),
             metrics,
             counters,
             drain_timeout,
