@@ -439,6 +439,11 @@ mod target_tests {
     }
 }
 
+/// `fallback_max_reply_bytes` of a redis service that does not set it: 8 MiB.
+pub const DEFAULT_FALLBACK_MAX_REPLY_BYTES: u64 = 8 * 1024 * 1024;
+/// `fallback_max_output_bytes` of a redis service that does not set it: 8 MiB.
+pub const DEFAULT_FALLBACK_MAX_OUTPUT_BYTES: u64 = 8 * 1024 * 1024;
+
 /// One `[[service]]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceConfig {
@@ -463,6 +468,13 @@ pub struct ServiceConfig {
     pub fallback_memory: bool,
     /// redis `fallback_max_bytes`: bound of the memory fallback.
     pub fallback_max_bytes: u64,
+    /// redis `fallback_max_reply_bytes`: largest reply the memory fallback
+    /// builds for one command (`-ERR` past it, unbuilt); default 8 MiB.
+    pub fallback_max_reply_bytes: u64,
+    /// redis `fallback_max_output_bytes`: replies one fallback connection
+    /// may have waiting to be written before it stops running and reading
+    /// its commands (back-pressure); default 8 MiB.
+    pub fallback_max_output_bytes: u64,
     /// `kind = "http"`: the gateway's settings (defaults for other kinds).
     pub http: HttpSettings,
 }
@@ -489,6 +501,8 @@ impl ServiceConfig {
             upstreams,
             fallback_memory: false,
             fallback_max_bytes: 64 * 1024 * 1024,
+            fallback_max_reply_bytes: DEFAULT_FALLBACK_MAX_REPLY_BYTES,
+            fallback_max_output_bytes: DEFAULT_FALLBACK_MAX_OUTPUT_BYTES,
             http: HttpSettings::default(),
         }
     }

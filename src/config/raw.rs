@@ -104,6 +104,8 @@ pub struct RawService {
     pub slow_query_ms: Option<u64>,
     pub fallback: Option<String>,
     pub fallback_max_bytes: Option<u64>,
+    pub fallback_max_reply_bytes: Option<u64>,
+    pub fallback_max_output_bytes: Option<u64>,
     pub max_connections: Option<u64>,
     pub max_body_bytes: Option<u64>,
     pub queue_max_depth: Option<u64>,

@@ -12,6 +12,9 @@ use continuity_proxy::config::{
     Category, Failback, FailoverMode, HealthSettings, HttpSettings, Kind, OnFailover, Redundancy,
     Role, ServiceConfig, UpstreamConfig,
 };
+use continuity_proxy::config::{
+    DEFAULT_FALLBACK_MAX_OUTPUT_BYTES, DEFAULT_FALLBACK_MAX_REPLY_BYTES,
+};
 
 use super::lines::KeyPath;
 use super::raw::{RawService, RawUpstream};
@@ -308,6 +311,19 @@ fn service(
         0,
         kind.default_slow_query(),
     );
+    // The memory fallback's reply bounds (docs/fallback.md).
+    let fallback_max_reply_bytes = u64::from(ctx.int(
+        &at.key("fallback_max_reply_bytes"),
+        raw.fallback_max_reply_bytes,
+        1,
+        DEFAULT_FALLBACK_MAX_REPLY_BYTES as u32,
+    ));
+    let fallback_max_output_bytes = u64::from(ctx.int(
+        &at.key("fallback_max_output_bytes"),
+        raw.fallback_max_output_bytes,
+        1,
+        DEFAULT_FALLBACK_MAX_OUTPUT_BYTES as u32,
+    ));
     let svc = ServiceConfig {
         name: name?,
         kind,
@@ -328,6 +344,8 @@ fn service(
         // The memory fallback runs in the data plane (proxy/src/fallback).
         fallback_memory: kind == Kind::Redis && extra.fallback == Some(Fallback::Memory),
         fallback_max_bytes: extra.fallback_max_bytes,
+        fallback_max_reply_bytes,
+        fallback_max_output_bytes,
         http: HttpSettings {
             on_outage: extra.on_outage,
             routes: extra.routes.clone(),
@@ -460,6 +478,18 @@ fn kind_specific_keys(ctx: &mut Ctx<'_>, at: &KeyPath, raw: &RawService, kind: K
     ];
     for (key, set, allowed) in keys {
         only_for(ctx, &at.key(key), set, kind, allowed);
+    }
+    for (key, set) in [
+        (
+            "fallback_max_reply_bytes",
+            raw.fallback_max_reply_bytes.is_some(),
+        ),
+        (
+            "fallback_max_output_bytes",
+            raw.fallback_max_output_bytes.is_some(),
+        ),
+    ] {
+        only_for(ctx, &at.key(key), set, kind, redis);
     }
 }
 

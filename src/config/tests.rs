@@ -143,6 +143,8 @@ fn the_reference_config_loads_with_the_documented_defaults() {
     assert_eq!(neo4j.kind, Kind::Neo4j);
     assert_eq!(neo4j.health.check_interval, Duration::from_secs(10));
     assert_eq!(c.engine.services[0].health, Default::default());
+    assert_eq!(c.engine.services[0].fallback_max_reply_bytes, 8 << 20);
+    assert_eq!(c.engine.services[0].fallback_max_output_bytes, 8 << 20);
     let pg = &c.engine.services[1];
     assert_eq!(pg.slow_query, Duration::from_millis(500));
     assert_eq!(pg.upstreams[1].user.as_deref(), Some("postgres"));
@@ -195,6 +197,8 @@ fn the_reference_config_documents_every_key() {
         "slow_query_ms",
         "fallback",
         "fallback_max_bytes",
+        "fallback_max_reply_bytes",
+        "fallback_max_output_bytes",
         "max_connections",
         "max_body_bytes",
         "queue_max_depth",

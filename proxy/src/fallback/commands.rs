@@ -126,7 +126,42 @@ fn incr(mem: &mut Memory, key: &[u8], delta: i64) -> Reply {
     }
 }
 
-pub fn data(mem: &mut Memory, name: &str, a: &[Vec<u8>]) -> Reply {
+/// Bytes counted per reply element besides its payload (RESP framing:
+/// type, length, CRLFs), when a reply's size is computed before it is built.
+pub const ELEMENT_OVERHEAD: usize = 16;
+
+/// The size of the reply a read command would build, from the lengths of
+/// what it would copy (nothing is copied): each element's payload plus
+/// [`ELEMENT_OVERHEAD`]. 0 for commands whose reply is small by nature.
+fn reply_size(mem: &mut Memory, name: &str, a: &[Vec<u8>]) -> usize {
+    let item = |len: Option<usize>| len.unwrap_or(0).saturating_add(ELEMENT_OVERHEAD);
+    match (name, a) {
+        ("PING", [m]) | ("ECHO", [m]) => item(Some(m.len())),
+        ("GET", [k]) => item(mem.store.str_len(k)),
+        ("MGET", keys) => keys.iter().fold(ELEMENT_OVERHEAD, |n, k| {
+            n.saturating_add(item(mem.store.str_len(k)))
+        }),
+        ("HGET", [k, f]) => item(mem.store.hget_len(k, f)),
+        ("HGETALL", [k]) => match mem.store.hash_len(k) {
+            Some((fields, bytes)) => bytes
+                .saturating_add(fields.saturating_mul(2 * ELEMENT_OVERHEAD))
+                .saturating_add(ELEMENT_OVERHEAD),
+            None => ELEMENT_OVERHEAD,
+        },
+        _ => 0,
+    }
+}
+
+/// Runs one data command; a read whose reply would pass `max_reply` bytes
+/// answers `-ERR` instead, without building the reply.
+pub fn data(mem: &mut Memory, name: &str, a: &[Vec<u8>], max_reply: usize) -> Reply {
+    let needed = reply_size(mem, name, a);
+    if needed > max_reply {
+        return Reply::err(format!(
+            "ERR continuity fallback: the reply to '{}' would be {needed} bytes, past fallback_max_reply_bytes ({max_reply})",
+            name.to_ascii_lowercase()
+        ));
+    }
     let size: usize = a.iter().map(|x| x.len() + 32).sum();
     match (name, a) {
         ("PING", []) => Reply::Simple("PONG".into()),
@@ -278,7 +313,7 @@ mod tests {
     fn run(mem: &mut Memory, line: &str) -> Reply {
         let args: Vec<Vec<u8>> = line.split(' ').map(|w| w.as_bytes().to_vec()).collect();
         let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
-        data(mem, &name, &args[1..])
+        data(mem, &name, &args[1..], usize::MAX)
     }
 
     fn fresh() -> Memory {
@@ -322,6 +357,49 @@ mod tests {
         assert!(matches!(run(&mut m, "SET a b EX 0"), Reply::Error(_)));
         // SET, INCR, INCRBY, DECR, MSET (2), HSET, HDEL, DEL, EXPIRE-as-DEL
         assert_eq!(m.journal.len(), 10);
+    }
+
+    #[test]
+    fn replies_past_the_bound_are_refused_unbuilt() {
+        let mut m = fresh();
+        let big = "x".repeat(1000);
+        assert_eq!(run(&mut m, &format!("SET big {big}")), Reply::ok());
+        assert_eq!(
+            run(&mut m, &format!("HSET h f {big} g {big}")),
+            Reply::Int(2)
+        );
+        let args =
+            |l: &str| -> Vec<Vec<u8>> { l.split(' ').map(|w| w.as_bytes().to_vec()).collect() };
+        let limited = |m: &mut Memory, l: &str, max: usize| {
+            let a = args(l);
+            data(
+                m,
+                &String::from_utf8_lossy(&a[0]).to_ascii_uppercase(),
+                &a[1..],
+                max,
+            )
+        };
+        let refused =
+            |r: Reply| matches!(r, Reply::Error(e) if e.contains("fallback_max_reply_bytes"));
+        // One value fits; three copies of it do not.
+        assert!(matches!(limited(&mut m, "GET big", 2100), Reply::Bulk(_)));
+        assert!(matches!(
+            limited(&mut m, "MGET big big", 2100),
+            Reply::Array(_)
+        ));
+        assert!(refused(limited(&mut m, "MGET big big big", 2100)));
+        assert!(refused(limited(&mut m, "GET big", 999)));
+        assert!(refused(limited(&mut m, "HGETALL h", 2000)));
+        assert!(matches!(limited(&mut m, "HGETALL h", 2100), Reply::Map(_)));
+        assert!(refused(limited(&mut m, "HGET h f", 1000)));
+        assert!(refused(limited(&mut m, &format!("ECHO {big}"), 1000)));
+        // Missing keys and writes are not refused; the store is unchanged.
+        assert!(matches!(
+            limited(&mut m, "MGET a b c", 100),
+            Reply::Array(_)
+        ));
+        assert_eq!(limited(&mut m, "SET c 1", 10), Reply::ok());
+        assert!(matches!(run(&mut m, "GET big"), Reply::Bulk(v) if v.len() == 1000));
     }
 
     #[test]

@@ -133,22 +133,34 @@ pub async fn serve(
         .iter()
         .filter_map(|u| u.password.clone().map(|p| (u.user.clone(), p)))
         .collect();
-    let mut session = Session {
-        proto: 2,
-        authed: false,
-        quit: false,
-    };
+    let max_reply = usize::try_from(svc.cfg.fallback_max_reply_bytes).unwrap_or(usize::MAX);
+    let max_output = usize::try_from(svc.cfg.fallback_max_output_bytes)
+        .unwrap_or(usize::MAX)
+        .max(1);
+    let mut session = Session::new(max_reply);
     let mut buf = early;
+    let mut out = Output::default();
+    // No more commands are run: write what is pending, then close.
+    let mut close = false;
+    // The client has shut down its side: run what it sent, then close.
+    let mut eof = false;
+    // After a failed AUTH: nothing is written or run until then.
+    let mut throttle: Option<tokio::time::Instant> = None;
+    let (mut rd, mut wr) = client.split();
     loop {
-        let mut out = Vec::new();
-        let mut close = false;
-        loop {
+        // Run the commands received, while the replies waiting to be
+        // written stay under the bound: past it, nothing more is run or
+        // read until the client has read enough (back-pressure).
+        while !close && throttle.is_none() && out.pending() < max_output {
             match resp::parse_command(&buf) {
                 Ok(Some((args, used))) => {
                     buf.advance(used.min(buf.len()));
                     if args.is_empty() {
                         continue;
                     }
+                    let failures = session.auth_failures;
+                    // The mutex is held to run the command only: the reply
+                    // is encoded and written without it.
                     let reply = {
                         let mut g = lock(&fb.inner);
                         if g.generation != generation {
@@ -157,42 +169,115 @@ pub async fn serve(
                         }
                         session::execute(&mut g.memory, &mut session, &creds, &args)
                     };
-                    reply.encode(session.proto, &mut out);
+                    out.push(&reply, session.proto);
+                    drop(reply);
                     if session.quit {
                         close = true;
-                        break;
+                    }
+                    if session.auth_failures > failures {
+                        throttle = Some(tokio::time::Instant::now() + session::AUTH_FAILURE_DELAY);
+                        if session.auth_failures >= session::AUTH_MAX_FAILURES {
+                            close = true;
+                        }
                     }
                 }
-                Ok(None) => break,
-                Err(e) => {
-                    Reply::err(format!("ERR Protocol error: {}", e.0))
-                        .encode(session.proto, &mut out);
-                    close = true;
+                Ok(None) => {
+                    close |= eof;
                     break;
                 }
+                Err(e) => {
+                    out.push(
+                        &Reply::err(format!("ERR Protocol error: {}", e.0)),
+                        session.proto,
+                    );
+                    close = true;
+                }
             }
         }
-        if !out.is_empty() {
-            client.write_all(&out).await?;
-        }
-        if close {
-            let _ = client.shutdown().await;
+        if close && out.is_empty() && throttle.is_none() {
+            let _ = wr.shutdown().await;
             return Ok(());
         }
+        let reading = !close && !eof && throttle.is_none() && out.pending() < max_output;
+        let writing = throttle.is_none() && !out.is_empty();
         tokio::select! {
-            n = client.read_buf(&mut buf) => {
+            n = rd.read_buf(&mut buf), if reading => {
                 if n? == 0 {
-                    return Ok(());
+                    eof = true;
                 }
             }
-            _ = ended.changed() => {
-                if lock(&fb.inner).generation != generation {
-                    let _ = client.shutdown().await;
-                    return Ok(());
+            n = wr.write(out.unsent()), if writing => {
+                match n? {
+                    0 => return Err(std::io::ErrorKind::WriteZero.into()),
+                    n => out.consume(n),
                 }
             }
-            _ = sig.shutdown.changed() => return Ok(()),
+            _ = tokio::time::sleep_until(throttle.unwrap_or_else(tokio::time::Instant::now)), if throttle.is_some() => {
+                throttle = None;
+            }
+            r = ended.changed(), if !close => {
+                if r.is_err() || lock(&fb.inner).generation != generation {
+                    close = true;
+                }
+            }
+            _ = sig.shutdown.changed(), if !close => close = true,
             _ = sig.force_close.changed() => return Ok(()),
+        }
+    }
+}
+
+/// Chunks of replies are filled up to this size, then a new one is begun.
+const OUTPUT_CHUNK: usize = 64 * 1024;
+
+/// The replies of one connection waiting to be written, in chunks, so that
+/// what has been written is freed as it goes and the memory held is about
+/// what is pending.
+#[derive(Debug, Default)]
+struct Output {
+    chunks: std::collections::VecDeque<Vec<u8>>,
+    /// Bytes of the first chunk already written.
+    head: usize,
+    pending: usize,
+}
+
+impl Output {
+    fn pending(&self) -> usize {
+        self.pending
+    }
+
+    fn is_empty(&self) -> bool {
+        self.pending == 0
+    }
+
+    fn push(&mut self, reply: &Reply, proto: u8) {
+        let len = reply.encoded_len(proto);
+        let fits = self
+            .chunks
+            .back()
+            .is_some_and(|c| c.len().saturating_add(len) <= OUTPUT_CHUNK.max(c.capacity()));
+        if !fits {
+            self.chunks.push_back(Vec::with_capacity(len.max(4096)));
+        }
+        if let Some(c) = self.chunks.back_mut() {
+            let before = c.len();
+            reply.encode(proto, c);
+            self.pending += c.len() - before;
+        }
+    }
+
+    fn unsent(&self) -> &[u8] {
+        self.chunks
+            .front()
+            .and_then(|c| c.get(self.head..))
+            .unwrap_or_default()
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pending = self.pending.saturating_sub(n);
+        self.head += n;
+        if self.chunks.front().is_some_and(|c| self.head >= c.len()) {
+            self.chunks.pop_front();
+            self.head = 0;
         }
     }
 }

@@ -145,6 +145,34 @@ impl Reply {
         Reply::Bulk(b.to_vec())
     }
 
+    /// How many bytes [`Reply::encode`] appends, to reserve them at once.
+    pub fn encoded_len(&self, proto: u8) -> usize {
+        fn digits(n: usize) -> usize {
+            n.checked_ilog10().map_or(1, |d| d as usize + 1)
+        }
+        match self {
+            Reply::Simple(s) | Reply::Error(s) => s.len() + 3,
+            Reply::Int(i) => i.to_string().len() + 3,
+            Reply::Bulk(b) => digits(b.len()) + b.len() + 5,
+            Reply::Null if proto >= 3 => 3,
+            Reply::Null => 5,
+            Reply::Array(items) => items.iter().fold(digits(items.len()) + 3, |n, i| {
+                n.saturating_add(i.encoded_len(proto))
+            }),
+            Reply::Map(pairs) => {
+                let head = if proto >= 3 {
+                    pairs.len()
+                } else {
+                    pairs.len().saturating_mul(2)
+                };
+                pairs.iter().fold(digits(head) + 3, |n, (k, v)| {
+                    n.saturating_add(k.encoded_len(proto))
+                        .saturating_add(v.encoded_len(proto))
+                })
+            }
+        }
+    }
+
     /// Appends the reply to `out`; `proto` is 2 or 3.
     pub fn encode(&self, proto: u8, out: &mut Vec<u8>) {
         match self {
@@ -242,6 +270,32 @@ mod tests {
         Reply::Null.encode(2, &mut n);
         Reply::err("A\r\nB").encode(2, &mut n);
         assert_eq!(n, b"_\r\n$-1\r\n-A  B\r\n");
+    }
+
+    #[test]
+    fn encoded_len_is_exact() {
+        let replies = [
+            Reply::ok(),
+            Reply::err("ERR x"),
+            Reply::Int(-1234),
+            Reply::Int(0),
+            Reply::bulk(b""),
+            Reply::bulk(&[7u8; 12345]),
+            Reply::Null,
+            Reply::Array(vec![Reply::Null; 10]),
+            Reply::Array(Vec::new()),
+            Reply::Map(vec![
+                (Reply::bulk(b"f"), Reply::Array(vec![Reply::Int(9)]));
+                5
+            ]),
+        ];
+        for r in replies {
+            for proto in [2, 3] {
+                let mut out = Vec::new();
+                r.encode(proto, &mut out);
+                assert_eq!(r.encoded_len(proto), out.len(), "{r:?} in RESP{proto}");
+            }
+        }
     }
 
     #[test]

@@ -1,8 +1,19 @@
 //! Per-connection protocol state of the memory fallback: `AUTH`, `HELLO`
 //! (RESP2 or RESP3), `QUIT`, then the data commands of `commands.rs`.
 
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use subtle::{Choice, ConstantTimeEq};
+
 use super::commands::{data, int_arg, wrong_args, Memory};
 use super::resp::Reply;
+
+/// How long a connection waits after a failed `AUTH` (or `HELLO ... AUTH`)
+/// before its reply is written and its next command is read.
+pub const AUTH_FAILURE_DELAY: Duration = Duration::from_secs(1);
+/// Failed `AUTH`s after which the connection is closed (after the reply).
+pub const AUTH_MAX_FAILURES: u32 = 5;
 
 /// Per-connection protocol state.
 #[derive(Debug)]
@@ -12,22 +23,47 @@ pub struct Session {
     pub authed: bool,
     /// `QUIT` was received: close after the reply.
     pub quit: bool,
+    /// Largest reply built for one command (`fallback_max_reply_bytes`).
+    pub max_reply: usize,
+    /// Failed `AUTH`s on this connection (the caller throttles them).
+    pub auth_failures: u32,
+}
+
+impl Session {
+    pub fn new(max_reply: usize) -> Session {
+        Session {
+            proto: 2,
+            authed: false,
+            quit: false,
+            max_reply,
+            auth_failures: 0,
+        }
+    }
 }
 
 /// Credentials a client must present: `(user, password)` of each upstream
 /// that has a password. Empty: no password is asked for.
 pub type Credentials = [(Option<String>, String)];
 
-/// Runs one command. `args` is not empty.
+/// Equality in constant time, whatever the lengths: the SHA-256 digests
+/// are compared with `subtle`.
+fn ct_same(a: &[u8], b: &[u8]) -> Choice {
+    Sha256::digest(a)
+        .as_slice()
+        .ct_eq(Sha256::digest(b).as_slice())
+}
+
+/// Whether `user` (default: any) and `pass` match one of `creds`. Every
+/// credential is compared, in constant time, so that the time taken says
+/// nothing about which part of a guess was right.
 fn check_auth(creds: &Credentials, user: Option<&[u8]>, pass: &[u8]) -> bool {
-    creds.iter().any(|(u, p)| {
-        let user_ok = match (user, u) {
-            (None, _) => true,
-            (Some(given), Some(want)) => given == want.as_bytes(),
-            (Some(given), None) => given == b"default",
-        };
-        user_ok && p.as_bytes() == pass
-    })
+    let mut ok = Choice::from(0);
+    for (u, p) in creds {
+        let want = u.as_deref().unwrap_or("default").as_bytes();
+        let user_ok = user.map_or(Choice::from(1), |given| ct_same(given, want));
+        ok |= user_ok & ct_same(p.as_bytes(), pass);
+    }
+    ok.into()
 }
 
 /// Runs one command. `args` is not empty.
@@ -50,6 +86,7 @@ pub fn execute(mem: &mut Memory, s: &mut Session, creds: &Credentials, args: &[V
                 s.authed = true;
                 Reply::ok()
             } else {
+                s.auth_failures = s.auth_failures.saturating_add(1);
                 Reply::err("WRONGPASS invalid username-password pair or user is disabled.")
             }
         }
@@ -59,7 +96,7 @@ pub fn execute(mem: &mut Memory, s: &mut Session, creds: &Credentials, args: &[V
             Reply::ok()
         }
         _ if needs_auth => Reply::err("NOAUTH Authentication required."),
-        _ => data(mem, &name, a),
+        _ => data(mem, &name, a, s.max_reply),
     }
 }
 
@@ -78,6 +115,7 @@ fn hello(s: &mut Session, creds: &Credentials, a: &[Vec<u8>]) -> Reply {
         match (opt.to_ascii_uppercase().as_slice(), more) {
             (b"AUTH", [u, p, tail @ ..]) => {
                 if !check_auth(creds, Some(u), p) {
+                    s.auth_failures = s.auth_failures.saturating_add(1);
                     return Reply::err(
                         "WRONGPASS invalid username-password pair or user is disabled.",
                     );
@@ -116,12 +154,7 @@ mod tests {
     }
 
     fn fresh() -> (Memory, Session) {
-        let s = Session {
-            proto: 2,
-            authed: false,
-            quit: false,
-        };
-        (Memory::default(), s)
+        (Memory::default(), Session::new(usize::MAX))
     }
 
     #[test]
@@ -154,6 +187,7 @@ mod tests {
             Reply::ok()
         );
         assert_eq!(execute(&mut m, &mut s, &creds, &args("GET a")), Reply::Null);
+        assert_eq!(s.auth_failures, 1, "the wrong AUTH is counted");
         let (_, mut s2) = fresh();
         assert!(matches!(
             execute(
@@ -167,5 +201,33 @@ mod tests {
         assert!(
             matches!(run(&mut m, &mut s2, "AUTH x"), Reply::Error(e) if e.contains("without any password"))
         );
+        assert_eq!(s2.auth_failures, 0, "no password asked: not a failure");
+    }
+
+    #[test]
+    fn auth_matches_user_and_password_of_any_upstream() {
+        let creds = vec![
+            (None, "one".to_string()),
+            (Some("app".to_string()), "two".to_string()),
+        ];
+        assert!(check_auth(&creds, None, b"one"));
+        assert!(check_auth(&creds, None, b"two"));
+        assert!(check_auth(&creds, Some(b"default"), b"one"));
+        assert!(check_auth(&creds, Some(b"app"), b"two"));
+        assert!(!check_auth(&creds, Some(b"app"), b"one"));
+        assert!(!check_auth(&creds, Some(b"default"), b"two"));
+        assert!(!check_auth(&creds, None, b"on"));
+        assert!(!check_auth(&creds, None, b"one "));
+        assert!(!check_auth(&creds, None, b""));
+        assert!(!check_auth(&[], None, b""));
+        let (mut m, mut s) = fresh();
+        let args: Vec<Vec<u8>> = ["HELLO", "3", "AUTH", "app", "one"]
+            .iter()
+            .map(|w| w.as_bytes().to_vec())
+            .collect();
+        assert!(
+            matches!(execute(&mut m, &mut s, &creds, &args), Reply::Error(e) if e.starts_with("WRONGPASS"))
+        );
+        assert_eq!(s.auth_failures, 1);
     }
 }

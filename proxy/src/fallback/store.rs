@@ -202,6 +202,37 @@ impl Store {
         }
     }
 
+    /// Length of a live string value, without copying it; `None` when the
+    /// key is missing or holds a hash (what `MGET` answers nil for).
+    pub fn str_len(&mut self, key: &[u8]) -> Option<usize> {
+        match self.live(key).map(|e| &e.value) {
+            Some(Value::Str(v)) => Some(v.len()),
+            _ => None,
+        }
+    }
+
+    /// Length of one field's value, without copying it.
+    pub fn hget_len(&mut self, key: &[u8], field: &[u8]) -> Option<usize> {
+        match self.live(key).map(|e| &e.value) {
+            Some(Value::Hash(h)) => h.get(field).map(Vec::len),
+            _ => None,
+        }
+    }
+
+    /// (fields, bytes of their names and values) of a live hash, without
+    /// copying it.
+    pub fn hash_len(&mut self, key: &[u8]) -> Option<(usize, usize)> {
+        match self.live(key).map(|e| &e.value) {
+            Some(Value::Hash(h)) => Some((
+                h.len(),
+                h.iter().fold(0usize, |n, (f, v)| {
+                    n.saturating_add(f.len()).saturating_add(v.len())
+                }),
+            )),
+            _ => None,
+        }
+    }
+
     pub fn hget(&mut self, key: &[u8], field: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.hash(key)?.and_then(|h| h.get(field).cloned()))
     }
@@ -343,6 +374,20 @@ mod tests {
         assert!(!s.exists(b"h"));
         s.del(b"str");
         assert_eq!(s.bytes(), 0);
+    }
+
+    #[test]
+    fn lengths_without_copies() {
+        let mut s = Store::default();
+        s.set(b"a", b"12345".to_vec(), None);
+        s.hset(b"h", &pairs(&[("f", "vv"), ("gg", "w")])).unwrap();
+        assert_eq!(s.str_len(b"a"), Some(5));
+        assert_eq!(s.str_len(b"h"), None);
+        assert_eq!(s.str_len(b"zz"), None);
+        assert_eq!(s.hget_len(b"h", b"f"), Some(2));
+        assert_eq!(s.hget_len(b"h", b"x"), None);
+        assert_eq!(s.hash_len(b"h"), Some((2, 6)));
+        assert_eq!(s.hash_len(b"a"), None);
     }
 
     #[test]
