@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// What a token may do (SPEC 4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +56,33 @@ pub struct ControlConfig {
     pub cors_origins: Vec<String>,
     pub auth_failures_per_minute: u32,
     pub tokens: Vec<TokenConfig>,
+    /// Connection limits and timeouts of the control listener.
+    pub limits: ConnLimits,
+}
+
+/// `[control] max_connections`, `header_read_timeout_ms`, `idle_timeout_ms`
+/// (docs/data-plane.md, "Connection limits").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// Most connections open at once (upgraded WebSockets included); past
+    /// it a new connection is closed at once and counted.
+    pub max_connections: u32,
+    /// A request head must be whole this long after its first byte (and,
+    /// on a keep-alive HTTP/1 connection, the next one must come within it).
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight and no byte either way for
+    /// this long is closed (not an upgraded WebSocket).
+    pub idle_timeout: Duration,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        ConnLimits {
+            max_connections: 1024,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
 }
 
 impl Default for ControlConfig {
@@ -67,6 +95,7 @@ impl Default for ControlConfig {
             cors_origins: Vec::new(),
             auth_failures_per_minute: 10,
             tokens: Vec::new(),
+            limits: ConnLimits::default(),
         }
     }
 }

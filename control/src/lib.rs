@@ -23,6 +23,7 @@ pub mod bus;
 pub mod config;
 pub mod diagnostics;
 pub mod error;
+pub mod limits;
 pub mod metrics;
 pub mod ratelimit;
 pub mod recorder;
@@ -34,7 +35,6 @@ pub mod tls;
 pub mod ws;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -290,12 +290,9 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
 /// Serves [`router`] on `listener` (bound by the caller, so that a bind
 /// failure is reported before anything starts) until `shutdown` resolves,
 /// then lets in-flight requests finish. Peer addresses reach the auth
-/// limiter through `ConnectInfo<SocketAddr>`.
-///
-/// TLS seam: when `tls_cert`/`tls_key` are set, a TLS variant will accept
-/// on the same listener, wrap each stream with rustls, and serve the same
-/// `router(state)` (via `hyper_util`), again with the peer address as
-/// `ConnectInfo`; nothing above this function changes.
+/// limiter through `ConnectInfo<SocketAddr>`. The connection cap and
+/// timeouts of `[control]` apply ([`limits`]); [`tls::serve_tls`] is the
+/// HTTPS twin.
 pub async fn serve<F>(
     listener: tokio::net::TcpListener,
     state: AppState,
@@ -304,8 +301,7 @@ pub async fn serve<F>(
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limits = state.config.limits;
+    let refused = state.engine.connections_refused("control");
+    limits::serve_limited(listener, router(state), limits, refused, shutdown).await
 }

@@ -4,7 +4,8 @@
 //! key into a rustls [`ServerConfig`] (ring provider only, TLS 1.2 and 1.3,
 //! ALPN `h2` and `http/1.1`), with errors that name the offending file.
 //! [`serve_tls`] serves the same [`router`] as [`crate::serve`] through
-//! [`TlsListener`], an [`axum::serve::Listener`] that hands axum only
+//! [`TlsListener`], an [`axum::serve::Listener`] that hands the accept loop
+//! ([`crate::limits`]) only
 //! finished handshakes, so `ConnectInfo<SocketAddr>` (the auth limiter's
 //! client address) and graceful shutdown work exactly as over plain HTTP.
 //!
@@ -22,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::{Listener, ListenerExt};
+use axum::serve::Listener;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
@@ -188,15 +189,13 @@ pub async fn serve_tls<F>(
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    // axum implements `Connected` (what `ConnectInfo<SocketAddr>` is built
-    // from) for `TcpListener` and for any `TapIo<L>` whose address is a
-    // `SocketAddr`; the orphan rule keeps us from implementing it for
-    // `TlsListener` directly, so the listener goes through a no-op tap.
-    let listener = TlsListener::new(listener, tls).tap_io(|_: &mut TlsStream<TcpStream>| {});
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    // The cap counts connections whose handshake is done; those still
+    // handshaking are bounded by `MAX_PENDING_HANDSHAKES` and
+    // `HANDSHAKE_TIMEOUT`.
+    let listener = TlsListener::new(listener, tls);
+    let limits = state.config.limits;
+    let refused = state.engine.connections_refused("control");
+    crate::limits::serve_limited(listener, router(state), limits, refused, shutdown).await
 }
 
 type Handshake = Option<(TlsStream<TcpStream>, SocketAddr)>;

@@ -275,6 +275,9 @@ pub struct HttpSettings {
     /// Longest wait an upstream's `Retry-After` can impose (longer ones are
     /// cut to it); default 1 h.
     pub max_retry_after: std::time::Duration,
+    /// Most client connections (sockets) open at once on the gateway's
+    /// listener; past it a new one gets 503 and is closed. Default 1024.
+    pub max_client_connections: u32,
     /// HTTPS listener certificate and key, both or neither.
     pub tls_cert: Option<std::path::PathBuf>,
     pub tls_key: Option<std::path::PathBuf>,
@@ -291,6 +294,7 @@ impl Default for HttpSettings {
             queue_max_depth: 1000,
             queue_max_bytes: DEFAULT_QUEUE_MAX_BYTES,
             max_retry_after: DEFAULT_MAX_RETRY_AFTER,
+            max_client_connections: 1024,
             tls_cert: None,
             tls_key: None,
             access_log: AccessLog::All,

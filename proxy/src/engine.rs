@@ -233,6 +233,15 @@ impl Engine {
         self.inner.queue.as_ref()
     }
 
+    /// `continuity_connections_refused_total{listener}`, for listeners
+    /// outside the data plane (the control plane's is `control`).
+    pub fn connections_refused(&self, listener: &str) -> prometheus::IntCounter {
+        self.inner
+            .metrics
+            .connections_refused
+            .with_label_values(&[listener])
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.inner.events.subscribe()
     }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
@@ -20,6 +20,15 @@ use crate::upstream::runtime::ServiceRt;
 
 /// Bytes of a held client kept before TCP backpressure pauses it (SPEC 3).
 const HOLD_BUFFER: usize = 64 * 1024;
+/// Bytes read from a held client at a time (`early` never grows past
+/// [`HOLD_BUFFER`]).
+const HOLD_CHUNK: usize = 8 * 1024;
+/// Clients past `max_connections` being told so at once (Redis, PostgreSQL);
+/// past this many, a refused client is closed without a word.
+const MAX_REFUSING: usize = 64;
+/// How long a refused PostgreSQL client may take to send its StartupMessage
+/// (the ErrorResponse follows it), and a refused client to read the reply.
+const REFUSE_WAIT: Duration = Duration::from_secs(2);
 /// Relay buffer per direction.
 const RELAY_BUFFER: usize = 16 * 1024;
 
@@ -58,24 +67,20 @@ impl Drop for OpenGuard {
     }
 }
 
+/// Accepts until shutdown. Past `max_connections` open client connections
+/// (default 1024 for L4 services) a new client is refused at once in its
+/// own protocol ([`protocol::refuse_full`]) and counted in
+/// `continuity_connections_refused_total{listener}`, rather than left
+/// waiting in the kernel's backlog.
 pub async fn accept_loop(svc: Arc<ServiceRt>, listener: TcpListener, mut sig: Signals) {
     let limit = svc
         .cfg
         .max_connections
         .map(|n| Arc::new(Semaphore::new(n.max(1) as usize)));
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
     // `hot`: keeps standby connections ready while this loop runs.
     let _pool_keeper = svc.spawn_pool_keeper(sig.shutdown.clone());
     loop {
-        let permit = match &limit {
-            Some(sem) => tokio::select! {
-                p = sem.clone().acquire_owned() => match p {
-                    Ok(p) => Some(p),
-                    Err(_) => return,
-                },
-                _ = sig.shutdown.changed() => return,
-            },
-            None => None,
-        };
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = sig.shutdown.changed() => return,
@@ -88,6 +93,16 @@ pub async fn accept_loop(svc: Arc<ServiceRt>, listener: TcpListener, mut sig: Si
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
+        };
+        let permit = match &limit {
+            Some(sem) => match sem.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    refuse_past_cap(&svc, stream, peer, &refusing);
+                    continue;
+                }
+            },
+            None => None,
         };
         svc.active_conns.fetch_add(1, Ordering::Relaxed);
         sig.open.fetch_add(1, Ordering::SeqCst);
@@ -109,6 +124,53 @@ pub async fn accept_loop(svc: Arc<ServiceRt>, listener: TcpListener, mut sig: Si
             }
         });
     }
+}
+
+/// Counts a client past `max_connections` and tells it so where its
+/// protocol can (in a task of its own, at most [`MAX_REFUSING`] at once),
+/// then closes it.
+fn refuse_past_cap(
+    svc: &Arc<ServiceRt>,
+    mut stream: TcpStream,
+    peer: std::net::SocketAddr,
+    refusing: &Arc<Semaphore>,
+) {
+    svc.metrics
+        .connections_refused
+        .with_label_values(&[svc.name()])
+        .inc();
+    tracing::debug!(
+        service = svc.name(),
+        %peer,
+        max_connections = svc.cfg.max_connections,
+        "connection refused (max_connections)"
+    );
+    let kind = svc.cfg.kind;
+    if !matches!(
+        kind,
+        crate::config::Kind::Redis | crate::config::Kind::Postgres
+    ) {
+        return;
+    }
+    let Ok(slot) = refusing.clone().try_acquire_owned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let _slot = slot;
+        protocol::refuse_full(kind, &mut stream, REFUSE_WAIT).await;
+        let _ = stream.shutdown().await;
+        // Read what the client still sends, so that the kernel does not
+        // answer it with a reset that could destroy the reply.
+        let mut sink = [0u8; 1024];
+        let _ = tokio::time::timeout(REFUSE_WAIT, async {
+            while let Ok(n) = stream.read(&mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+    });
 }
 
 /// Why waiting for an upstream ended without one.
@@ -192,13 +254,16 @@ async fn handle(
             svc.held.fetch_add(1, Ordering::Relaxed);
             svc.metrics.held.with_label_values(&[svc.name()]).inc();
         }
-        let room = early.len() < HOLD_BUFFER;
+        let room = HOLD_BUFFER.saturating_sub(early.len());
+        let mut limited = (&mut early).limit(room.min(HOLD_CHUNK));
         tokio::select! {
             r = changed.changed() => {
                 if r.is_err() { break Err(Gave::Up); }
             }
             _ = tokio::time::sleep_until(deadline) => break Err(Gave::Timeout),
-            n = client.read_buf(&mut early), if room => {
+            // At most HOLD_BUFFER bytes kept: a chunk at a time, never more
+            // than the room left.
+            n = client.read_buf(&mut limited), if room > 0 => {
                 match n {
                     Ok(0) | Err(_) => break Err(Gave::Up),
                     Ok(_) => {}

@@ -21,6 +21,8 @@ pub mod names {
     pub const HOLD_TIMEOUTS_TOTAL: &str = "continuity_hold_timeouts_total";
     pub const PASSIVE_FAILURES_TOTAL: &str = "continuity_passive_failures_total";
     pub const POOL_TAKES_TOTAL: &str = "continuity_pool_takes_total";
+    /// By `listener`: a service name, or `control` for the control plane.
+    pub const CONNECTIONS_REFUSED_TOTAL: &str = "continuity_connections_refused_total";
     pub const HTTP_REQUESTS_TOTAL: &str = "continuity_http_requests_total";
     pub const HTTP_REQUEST_SECONDS: &str = "continuity_http_request_duration_seconds";
     pub const HTTP_RETRIES_TOTAL: &str = "continuity_http_retries_total";
@@ -49,6 +51,9 @@ pub struct ProxyMetrics {
     pub hold_timeouts: IntCounterVec,
     pub passive_failures: IntCounterVec,
     pub pool_takes: IntCounterVec,
+    /// Connections refused past a listener's cap, by `listener` (a service
+    /// name, or `control`).
+    pub connections_refused: IntCounterVec,
     /// The HTTP gateway's own series (proxy/src/gateway).
     pub http: HttpMetrics,
 }
@@ -220,6 +225,12 @@ impl ProxyMetrics {
                 HOLD_TIMEOUTS_TOTAL,
                 "Held clients refused after buffer_timeout_ms.",
                 &["service"],
+            ),
+            connections_refused: counter(
+                reg,
+                CONNECTIONS_REFUSED_TOTAL,
+                "Connections refused because the listener was at its connection cap (max_connections), by listener (a service, or control).",
+                &["listener"],
             ),
             pool_takes: counter(
                 reg,

@@ -34,6 +34,9 @@ pub struct RawControl {
     pub metrics_public: Option<bool>,
     pub cors_origins: Option<Vec<String>>,
     pub auth_failures_per_minute: Option<u64>,
+    pub max_connections: Option<u64>,
+    pub header_read_timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
     pub token: Option<Vec<RawToken>>,
 }
 
@@ -107,6 +110,7 @@ pub struct RawService {
     pub fallback_max_reply_bytes: Option<u64>,
     pub fallback_max_output_bytes: Option<u64>,
     pub max_connections: Option<u64>,
+    pub max_client_connections: Option<u64>,
     pub max_body_bytes: Option<u64>,
     pub queue_max_depth: Option<u64>,
     pub queue_max_bytes: Option<u64>,

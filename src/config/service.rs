@@ -73,6 +73,11 @@ impl Default for ServiceExtras {
 }
 
 const HTTP_KINDS: &[Kind] = &[Kind::Http, Kind::Elasticsearch];
+/// `max_connections` of an L4 service (redis, postgres, neo4j, tcp,
+/// websocket) that does not set it.
+pub const DEFAULT_L4_MAX_CONNECTIONS: u32 = 1024;
+/// `max_client_connections` of an HTTP service that does not set it.
+pub const DEFAULT_HTTP_MAX_CLIENT_CONNECTIONS: u32 = 1024;
 const PATH_KINDS: &[Kind] = &[Kind::Http, Kind::Elasticsearch, Kind::Websocket];
 const CREDENTIAL_KINDS: &[Kind] = &[Kind::Redis, Kind::Postgres, Kind::Neo4j];
 const DATABASE_KINDS: &[Kind] = &[Kind::Postgres, Kind::Neo4j];
@@ -257,6 +262,17 @@ fn service(
     // Everything below depends on the kind.
     let kind = kind?;
     kind_specific_keys(ctx, at, &raw, kind);
+    // L4 listeners get a cap by default; for HTTP kinds `max_connections`
+    // bounds requests in flight (none by default) and
+    // `max_client_connections` the sockets.
+    let max_connections =
+        max_connections.or(kind.is_l4_proxied().then_some(DEFAULT_L4_MAX_CONNECTIONS));
+    let max_client_connections = ctx.int(
+        &at.key("max_client_connections"),
+        raw.max_client_connections,
+        1,
+        DEFAULT_HTTP_MAX_CLIENT_CONNECTIONS,
+    );
     let raw_upstreams = raw.upstreams.unwrap_or_default();
     if kind == Kind::Heartbeat {
         if stall_after.is_none() {
@@ -353,6 +369,7 @@ fn service(
             queue_max_depth: extra.queue_max_depth,
             queue_max_bytes: extra.queue_max_bytes,
             max_retry_after: extra.max_retry_after,
+            max_client_connections,
             tls_cert: extra.tls_cert.clone(),
             tls_key: extra.tls_key.clone(),
             access_log: extra.access_log,
@@ -449,7 +466,7 @@ fn extras(ctx: &mut Ctx<'_>, at: &KeyPath, raw: &RawService) -> ServiceExtras {
 fn kind_specific_keys(ctx: &mut Ctx<'_>, at: &KeyPath, raw: &RawService, kind: Kind) {
     let redis: &[Kind] = &[Kind::Redis];
     let heartbeat: &[Kind] = &[Kind::Heartbeat];
-    let keys: [(&str, bool, &[Kind]); 13] = [
+    let keys: [(&str, bool, &[Kind]); 14] = [
         ("fallback", raw.fallback.is_some(), redis),
         (
             "fallback_max_bytes",
@@ -457,6 +474,11 @@ fn kind_specific_keys(ctx: &mut Ctx<'_>, at: &KeyPath, raw: &RawService, kind: K
             redis,
         ),
         ("max_body_bytes", raw.max_body_bytes.is_some(), HTTP_KINDS),
+        (
+            "max_client_connections",
+            raw.max_client_connections.is_some(),
+            HTTP_KINDS,
+        ),
         ("queue_max_depth", raw.queue_max_depth.is_some(), HTTP_KINDS),
         ("queue_max_bytes", raw.queue_max_bytes.is_some(), HTTP_KINDS),
         (

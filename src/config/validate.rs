@@ -274,6 +274,24 @@ pub fn control(ctx: &mut Ctx<'_>, raw: RawControl) -> ControlConfig {
         1,
         c.auth_failures_per_minute,
     );
+    c.limits.max_connections = ctx.int(
+        &at.key("max_connections"),
+        raw.max_connections,
+        1,
+        c.limits.max_connections,
+    );
+    c.limits.header_read_timeout = ctx.millis(
+        &at.key("header_read_timeout_ms"),
+        raw.header_read_timeout_ms,
+        1,
+        c.limits.header_read_timeout,
+    );
+    c.limits.idle_timeout = ctx.millis(
+        &at.key("idle_timeout_ms"),
+        raw.idle_timeout_ms,
+        1,
+        c.limits.idle_timeout,
+    );
     for (i, t) in raw.token.unwrap_or_default().into_iter().enumerate() {
         let tp = at.key("token").index(i);
         let name = ctx.required(&tp.key("name"), t.name.as_deref());

@@ -183,12 +183,20 @@ impl Lean {
     }
 
     /// Accepts connections on `listener` until `stop`, and deals each to
-    /// a gateway thread (workers.rs).
+    /// a gateway thread (workers.rs). At most `max_client_connections`
+    /// client sockets are open at once (a socket keeps its slot when it is
+    /// handed to pingora); past that a new client gets a 503 and is closed
+    /// ([`super::ClientCap::refuse`]).
     pub async fn serve(self: Arc<Self>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+        let cap = super::ClientCap::new(&self.svc);
         loop {
             tokio::select! {
                 r = listener.accept() => match r {
                     Ok((client, peer)) => {
+                        let Some(slot) = cap.admit() else {
+                            cap.refuse(client, peer);
+                            continue;
+                        };
                         // Registered again with the chosen thread's reactor.
                         let client = match client.into_std() {
                             Ok(c) => c,
@@ -200,6 +208,7 @@ impl Lean {
                         let this = self.clone();
                         let stop = stop.clone();
                         self.workers.spawn(move || async move {
+                            let _slot = slot;
                             match TcpStream::from_std(client) {
                                 Ok(client) => this.connection(client, peer, stop).await,
                                 Err(e) => tracing::warn!(service = this.svc.name(), error = %e, "accepted socket unusable"),

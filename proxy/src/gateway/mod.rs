@@ -48,6 +48,78 @@ use queue::QueueStore;
 /// connections they serve for this long at most (idle ones close at once).
 const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Clients past `max_client_connections` being answered 503 at once; past
+/// this many, a refused client is closed without a word.
+const MAX_REFUSING: usize = 64;
+
+/// A plain-text gateway listener's cap on client sockets
+/// (`max_client_connections`, default 1024): a slot is held for the
+/// socket's whole life, on the lean path and after a hand-over to pingora.
+pub(crate) struct ClientCap {
+    svc: Arc<ServiceRt>,
+    slots: Arc<tokio::sync::Semaphore>,
+    refusing: Arc<tokio::sync::Semaphore>,
+}
+
+impl ClientCap {
+    pub(crate) fn new(svc: &Arc<ServiceRt>) -> ClientCap {
+        let n = svc.cfg.http.max_client_connections.max(1) as usize;
+        ClientCap {
+            svc: svc.clone(),
+            slots: Arc::new(tokio::sync::Semaphore::new(n)),
+            refusing: Arc::new(tokio::sync::Semaphore::new(MAX_REFUSING)),
+        }
+    }
+
+    /// A slot for a new client socket, if one is free.
+    pub(crate) fn admit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.slots.clone().try_acquire_owned().ok()
+    }
+
+    /// Counts a client past the cap in
+    /// `continuity_connections_refused_total{listener}` and answers it 503
+    /// (`Retry-After: 1`, `Connection: close`), or just closes it when
+    /// [`MAX_REFUSING`] others are being answered.
+    pub(crate) fn refuse(&self, mut client: tokio::net::TcpStream, peer: std::net::SocketAddr) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let name = self.svc.name().to_string();
+        self.svc
+            .metrics
+            .connections_refused
+            .with_label_values(&[&name])
+            .inc();
+        let max = self.svc.cfg.http.max_client_connections;
+        tracing::debug!(service = %name, %peer, max_client_connections = max, "connection refused (max_client_connections)");
+        let Ok(slot) = self.refusing.clone().try_acquire_owned() else {
+            return;
+        };
+        tokio::spawn(async move {
+            let _slot = slot;
+            let body = serde_json::json!({"error": {"code": "overloaded", "message":
+                format!("continuity: {name} has {max} client connections open (max_client_connections)")}})
+            .to_string();
+            let answer = format!(
+                "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let wait = std::time::Duration::from_secs(2);
+            let _ = tokio::time::timeout(wait, client.write_all(answer.as_bytes())).await;
+            let _ = client.shutdown().await;
+            // Read what the client still sends, so that the kernel does not
+            // answer it with a reset that could destroy the 503.
+            let mut sink = [0u8; 1024];
+            let _ = tokio::time::timeout(wait, async {
+                while let Ok(n) = client.read(&mut sink).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            })
+            .await;
+        });
+    }
+}
+
 /// What every request of one gateway shares.
 pub struct Shared {
     pub service: String,
@@ -211,6 +283,9 @@ pub fn start(p: GatewayParams<'_>) -> Result<Vec<JoinHandle<()>>, String> {
             let mut app = pingora::proxy::http_proxy(&conf, gateway);
             let mut opts = pingora::apps::HttpServerOptions::default();
             opts.h2c = h2c;
+            // An HTTP/2 connection with no stream open is closed after
+            // this (pingora's default is never).
+            opts.h2_idle_timeout = Some(h1::IDLE_TIMEOUT);
             app.server_options = Some(opts);
             app
         };
@@ -245,6 +320,7 @@ pub fn start(p: GatewayParams<'_>) -> Result<Vec<JoinHandle<()>>, String> {
         // HTTP/2 in clear text too (prior knowledge); with TLS, ALPN.
         let mut opts = pingora::apps::HttpServerOptions::default();
         opts.h2c = true;
+        opts.h2_idle_timeout = Some(h1::IDLE_TIMEOUT);
         app.server_options = Some(opts);
     }
     let local = p

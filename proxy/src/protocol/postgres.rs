@@ -49,6 +49,20 @@ pub async fn refuse_startup<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    refuse_startup_with(stream, early, "08006", message, wait).await
+}
+
+/// [`refuse_startup`] with another SQLSTATE (53300 too_many_connections
+/// for a client past the listener's `max_connections`).
+pub async fn refuse_startup_with<S>(
+    stream: &mut S,
+    early: &[u8],
+    sqlstate: &str,
+    message: &str,
+    wait: std::time::Duration,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = early.to_vec();
     let _ = tokio::time::timeout(wait, async {
@@ -71,7 +85,7 @@ pub async fn refuse_startup<S>(
         }
     })
     .await;
-    let _ = stream.write_all(&error_response("08006", message)).await;
+    let _ = stream.write_all(&error_response(sqlstate, message)).await;
 }
 
 #[cfg(test)]
