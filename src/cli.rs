@@ -75,7 +75,10 @@ pub enum AuditCmd {
     Verify {
         /// The audit directory (segment-*.jsonl).
         dir: PathBuf,
-        /// Ed25519 public key (SPKI PEM) to check signed checkpoints.
+        /// Ed25519 public key (SPKI PEM) to check signed checkpoints. With
+        /// it, the log must hold at least one entry and one checkpoint, and
+        /// no more than a checkpoint's signed `interval` entries may follow
+        /// it (at most 1000 after a legacy v1 checkpoint, see docs/audit.md).
         #[arg(long, value_name = "PATH")]
         public_key: Option<PathBuf>,
     },

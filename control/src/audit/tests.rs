@@ -400,3 +400,71 @@ async fn a_second_engine_cannot_open_the_same_directory() {
     let (again, _, _) = open_in(tmp.path(), |_| {}).await;
     again.shutdown().await;
 }
+
+#[tokio::test]
+async fn rotated_segments_are_0600_and_a_new_directory_0700() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a/audit");
+    let (log, _, _) = open_in(&dir, |s| s.segment_max_bytes = 600).await;
+    for i in 0..6 {
+        log.append(e(Action::HealthCheck, Severity::Info, i))
+            .await
+            .unwrap();
+    }
+    log.shutdown().await;
+    let segs = segment::list_segments(&dir).unwrap();
+    assert!(segs.len() >= 3, "{segs:?}");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    for (_, p) in &segs {
+        assert_eq!(mode(p), 0o600, "{}", p.display());
+    }
+    assert_eq!(mode(&dir.join(".lock")), 0o600);
+    assert_eq!(mode(&dir), 0o700);
+}
+
+fn scans(reg: &Registry) -> f64 {
+    reg.gather()
+        .into_iter()
+        .find(|m| m.name() == metric_names::AUDIT_VERIFY_SCANS_TOTAL)
+        .map(|m| m.get_metric()[0].get_counter().get_value())
+        .unwrap_or(-1.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_cached_shares_one_scan_until_the_log_changes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (log, _, reg) = open_in(tmp.path(), |_| {}).await;
+    for i in 0..3_000 {
+        log.append(e(Action::HealthCheck, Severity::Info, i))
+            .await
+            .unwrap();
+    }
+    assert_eq!(scans(&reg), 0.0);
+    let calls: Vec<_> = (0..16)
+        .map(|_| {
+            let log = log.clone();
+            tokio::spawn(async move { log.verify_cached().await })
+        })
+        .collect();
+    for c in calls {
+        let r = c.await.unwrap();
+        assert!(r.chain_verified, "{r:?}");
+        assert_eq!(r.entries, 3_000);
+    }
+    assert_eq!(scans(&reg), 1.0, "16 callers, one scan");
+    assert!(log.verify_cached().await.chain_verified);
+    assert_eq!(scans(&reg), 1.0, "nothing new: cached");
+    log.append(e(Action::HealthCheck, Severity::Info, 0))
+        .await
+        .unwrap();
+    assert_eq!(log.verify_cached().await.entries, 3_001);
+    assert_eq!(scans(&reg), 2.0, "a new entry: scanned again");
+    // An edit that keeps the length, with no new entry, is not hidden.
+    let seg = tmp.path().join(segment::segment_name(1));
+    let text = std::fs::read_to_string(&seg).unwrap();
+    std::fs::write(&seg, text.replacen("\"i\":7}", "\"i\":8}", 1)).unwrap();
+    let r = log.verify_cached().await;
+    assert_eq!(r.first_broken_seq, Some(8), "{r:?}");
+    assert_eq!(scans(&reg), 3.0);
+}
