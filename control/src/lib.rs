@@ -32,6 +32,7 @@ pub mod snapshots;
 #[cfg(test)]
 mod testutil;
 pub mod tls;
+pub mod ui;
 pub mod ws;
 
 use std::future::Future;
@@ -246,6 +247,8 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::snapshots::routes())
         .merge(crate::alerts::routes())
         .merge(crate::ws::routes())
+        .route("/api/ops/whoami", get(routes::whoami::whoami))
+        .merge(crate::ui::routes())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

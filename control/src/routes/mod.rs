@@ -10,6 +10,7 @@ pub mod health;
 pub mod metrics;
 pub mod queue;
 pub mod redundancy;
+pub mod whoami;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;

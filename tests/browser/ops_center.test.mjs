@@ -1,0 +1,333 @@
+// The operations center in a real browser (Debian's chromium driven by
+// playwright-core), against a real engine in front of a real Redis pair
+// and a real HTTP upstream. Run by tests/ops_center_browser.rs, which
+// starts those and passes:
+//   OC_URL             http://127.0.0.1:PORT (the engine's control plane)
+//   OC_OPERATOR_TOKEN  a token named "ops" with role operator
+//   OC_VIEWER_TOKEN    a token with role viewer
+//   OC_SCREENSHOTS     where to write the screenshots (docs/)
+//   OC_CHROMIUM        the browser (default /usr/bin/chromium)
+// Things only the Rust side can do (kill -9 the Redis primary, stop and
+// start the engine) are asked for with a line `@@CONTROL <what>` on
+// stdout; the Rust side answers `@@DONE <what>` on stdin.
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createInterface } from 'node:readline';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { tmpdir } from 'node:os';
+import { chromium } from 'playwright-core';
+
+const URL_BASE = process.env.OC_URL;
+const OPERATOR = process.env.OC_OPERATOR_TOKEN;
+const VIEWER = process.env.OC_VIEWER_TOKEN;
+const SHOTS = process.env.OC_SCREENSHOTS;
+const CHROMIUM = process.env.OC_CHROMIUM || '/usr/bin/chromium';
+assert.ok(URL_BASE && OPERATOR && VIEWER, 'OC_URL, OC_OPERATOR_TOKEN and OC_VIEWER_TOKEN are required');
+const PAGE = `${URL_BASE}/operations-center`;
+const origin = new URL(URL_BASE);
+const PANELS = ['HealthGrid', 'ServiceLatencyPanel', 'FailoverStatusCard', 'VendorIntegrationMap',
+  'DiagnosticsTimeline', 'UptimeAnalytics', 'OpsAlertsFeed'];
+
+// ------------------------------------------------------------ the Rust side
+
+const lines = createInterface({ input: process.stdin });
+const waiting = new Map();
+lines.on('line', (line) => {
+  const m = /^@@DONE (\S+)(?: (.*))?$/.exec(line.trim());
+  if (m && waiting.has(m[1])) {
+    const resolve = waiting.get(m[1]);
+    waiting.delete(m[1]);
+    resolve(m[2] || '');
+  }
+});
+
+function control(what) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`the test driver did not do '${what}' within 60 s`)), 60000);
+    waiting.set(what, (v) => { clearTimeout(timer); resolve(v); });
+    process.stdout.write(`@@CONTROL ${what}\n`);
+  });
+}
+
+// ------------------------------------------------------------ the browser
+
+let browser;
+const requests = [];
+const problems = [];
+
+before(async () => {
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      '--disable-dev-shm-usage'],
+  });
+});
+
+after(async () => {
+  lines.close();
+  if (browser) await browser.close();
+});
+
+async function newPage(viewport = { width: 1280, height: 800 }, colorScheme = 'light') {
+  const context = await browser.newContext({ viewport, colorScheme, serviceWorkers: 'block' });
+  const page = await context.newPage();
+  page.on('request', (r) => requests.push(r.url()));
+  page.on('websocket', (ws) => requests.push(ws.url()));
+  page.on('console', (m) => {
+    if (m.type() === 'error' && /Content Security Policy|Refused to/i.test(m.text())) problems.push(m.text());
+  });
+  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  return page;
+}
+
+async function signIn(page, token) {
+  await page.fill('#token', token);
+  await page.press('#token', 'Enter');
+}
+
+/** Waits until every panel is live (not grey); returns how long it took. */
+async function waitOnline(page, timeout = 10000) {
+  const t0 = Date.now();
+  await page.waitForFunction(() => {
+    const panels = [...document.querySelectorAll('[data-panel]')];
+    return panels.length === 7 && panels.every((p) => !p.classList.contains('offline'));
+  }, null, { timeout, polling: 50 });
+  return Date.now() - t0;
+}
+
+const panelText = (page, name) => page.locator(`[data-panel="${name}"]`).innerText();
+
+let page; // the operator's page, shared by the tests in order
+
+test('the page is public, has a strict CSP, and shows no data before a token', async () => {
+  page = await newPage();
+  const res = await page.goto(PAGE);
+  assert.equal(res.status(), 200);
+  const csp = res.headers()['content-security-policy'];
+  assert.match(csp, /default-src 'none'/);
+  assert.match(csp, /script-src 'self'/);
+  assert.doesNotMatch(csp, /unsafe-inline|unsafe-eval|\*/);
+  assert.ok(res.headers().etag, 'an ETag');
+  for (const name of PANELS) {
+    const panel = page.locator(`[data-panel="${name}"]`);
+    await panel.waitFor();
+    assert.ok(await panel.evaluate((el) => el.classList.contains('offline')), `${name} is grey`);
+    assert.match(await panel.innerText(), /not connected/i, `${name} says not connected`);
+    assert.equal(await panel.locator('[data-body] *').count(), 0, `${name} holds no data`);
+  }
+  assert.match(await page.locator('#link-text').innerText(), /not connected/);
+  await page.waitForTimeout(500);
+  assert.ok(!requests.some((u) => u.includes('/api/') || u.includes('/ws/')), 'no data call without a token');
+  assert.equal(await page.evaluate(() => sessionStorage.length + localStorage.length), 0);
+});
+
+test('an operator token: every panel shows real data, quickly', async () => {
+  const t0 = Date.now();
+  await signIn(page, OPERATOR);
+  const took = await waitOnline(page);
+  const firstData = Date.now() - t0;
+  console.log(`# first data on every panel ${firstData} ms after the token was entered`);
+  assert.ok(firstData < 5000, `first data after ${firstData} ms`);
+  assert.equal(await page.locator('#who-name').innerText(), 'ops');
+  assert.equal(await page.locator('#who-role').innerText(), 'operator');
+  assert.match(await page.locator('#link-text').innerText(), /live/);
+  // The token is in sessionStorage only.
+  const stored = await page.evaluate(() => ({
+    session: Object.values(sessionStorage), local: localStorage.length, cookie: document.cookie,
+  }));
+  assert.deepEqual(stored, { session: [OPERATOR], local: 0, cookie: '' });
+
+  const redis = page.locator('[data-panel="HealthGrid"] [data-service="redis"]');
+  await redis.waitFor();
+  await page.waitForFunction(() => document.querySelector('[data-panel="HealthGrid"] [data-service="redis"]')?.dataset.status === 'healthy', null, { timeout: 15000 });
+  const tile = await redis.innerText();
+  assert.match(tile, /healthy/);
+  assert.match(tile, /redis-primary/);
+  assert.match(tile, /epoch/);
+  assert.match(await panelText(page, 'HealthGrid'), /core[\s\S]*federal/i);
+  assert.ok(await page.locator('[data-panel="ServiceLatencyPanel"] figure[data-service="redis"] svg').count() === 1);
+  assert.match(await page.locator('#failover-state').innerText(), /normal/);
+  assert.match(await panelText(page, 'FailoverStatusCard'), /redis[\s\S]*redis-primary/);
+  assert.match(await page.locator('[data-panel="VendorIntegrationMap"] [data-service="ncic"]').innerText(), /ncic-a/);
+  assert.match(await page.locator('[data-panel="UptimeAnalytics"] [data-service="redis"]').innerText(), /%/);
+  assert.match(await panelText(page, 'UptimeAnalytics'), /99\.99 %/);
+  assert.match(await panelText(page, 'OpsAlertsFeed'), /Open alerts/);
+  assert.match(await panelText(page, 'DiagnosticsTimeline'), /Category[\s\S]*Severity/);
+  console.log(`# panels live ${took} ms after sign-in returned`);
+});
+
+test('kill -9 the Redis primary: the page shows it within 3 s', async () => {
+  await control('kill-primary');
+  const t0 = Date.now();
+  await page.waitForFunction(() => {
+    const tile = document.querySelector('[data-panel="HealthGrid"] [data-service="redis"]');
+    return tile && /failed over|degraded|down/.test(tile.innerText);
+  }, null, { timeout: 3000, polling: 50 });
+  await page.waitForFunction(() => {
+    const svc = document.querySelector('[data-panel="FailoverStatusCard"] [data-service="redis"]');
+    return svc && /failed over/.test(svc.innerText) && /on redis-replica/.test(svc.innerText);
+  }, null, { timeout: Math.max(100, 3000 - (Date.now() - t0)), polling: 50 });
+  console.log(`# HealthGrid and FailoverStatusCard showed the failover ${Date.now() - t0} ms after the kill`);
+  await page.waitForFunction(() => {
+    const tl = document.querySelector('[data-panel="DiagnosticsTimeline"] .events');
+    return tl && /redis/.test(tl.innerText);
+  }, null, { timeout: Math.max(100, 3000 - (Date.now() - t0)), polling: 50 });
+  await page.waitForFunction(() => {
+    const feed = document.querySelector('[data-panel="OpsAlertsFeed"]');
+    return /redis/.test(feed.innerText) && /failed over|service failure|degraded/.test(feed.innerText);
+  }, null, { timeout: Math.max(100, 3000 - (Date.now() - t0)), polling: 50 });
+  console.log(`# every panel showed it ${Date.now() - t0} ms after the kill`);
+  assert.match(await page.locator('#failover-state').innerText(), /failover|degraded|emergency/);
+  // The timeline's detail view opens from the keyboard.
+  const first = page.locator('[data-panel="DiagnosticsTimeline"] .events summary').first();
+  await first.focus();
+  await page.keyboard.press('Enter');
+  assert.match(await page.locator('[data-panel="DiagnosticsTimeline"] .events details[open] dl').first().innerText(), /class/);
+  // The filters work.
+  await page.selectOption('#f-sev', 'critical');
+  await page.waitForFunction(() => [...document.querySelectorAll('[data-panel="DiagnosticsTimeline"] .events li')]
+    .every((li) => li.dataset.severity === 'critical'));
+  await page.selectOption('#f-sev', '');
+});
+
+test('recover through the UI with a reason: audited with the token name and the reason', async () => {
+  await control('restart-primary');
+  // Wait until the engine sees the primary usable again.
+  await page.waitForFunction(() => {
+    const up = document.querySelector('[data-panel="HealthGrid"] [data-service="redis"] [data-upstream="redis-primary"]');
+    return up && up.dataset.health === 'up';
+  }, null, { timeout: 20000, polling: 100 });
+  const button = page.getByRole('button', { name: 'Recover redis to its primary' });
+  await button.focus();
+  await page.keyboard.press('Enter'); // keyboard-usable
+  const dialog = page.locator('#confirm');
+  await dialog.waitFor({ state: 'visible' });
+  assert.match(await dialog.innerText(), /Recover redis\?/);
+  // No reason: refused on the page, nothing sent.
+  await page.click('#confirm-ok');
+  assert.match(await page.locator('#confirm-result').innerText(), /reason is required/i);
+  const reason = `browser test: primary is back ${Date.now()}`;
+  await page.fill('#confirm-reason', reason);
+  await page.click('#confirm-ok');
+  await page.waitForFunction(() => /is now on|Refused|Not possible|could not/.test(document.querySelector('#confirm-result').innerText), null, { timeout: 35000 });
+  const result = await page.locator('#confirm-result').innerText();
+  console.log(`# recover result: ${result}`);
+  assert.match(result, /redis is now on redis-primary \(epoch \d+\)/);
+  await page.click('#confirm-cancel'); // now "Close"
+  await dialog.waitFor({ state: 'hidden' });
+  await page.waitForFunction(() => /on redis-primary/.test(document.querySelector('[data-panel="FailoverStatusCard"] [data-service="redis"]').innerText), null, { timeout: 5000 });
+
+  const res = await fetch(`${URL_BASE}/api/ops/audit/logs?action=manual_intervention&limit=50`, {
+    headers: { Authorization: `Bearer ${OPERATOR}` },
+  });
+  assert.equal(res.status, 200);
+  const entries = (await res.json()).entries;
+  const mine = entries.find((e) => e.details && e.details.reason === reason);
+  assert.ok(mine, `a manual_intervention with the reason, in ${JSON.stringify(entries).slice(0, 2000)}`);
+  assert.equal(mine.actor, 'ops');
+  assert.equal(mine.action, 'manual_intervention');
+});
+
+test('an action the engine refuses is explained in plain words', async () => {
+  // Trigger a failover of the federal endpoint, which has no other upstream: 409 conflict.
+  await page.getByRole('button', { name: 'Trigger failover of ncic' }).click();
+  await page.fill('#confirm-reason', 'browser test: no other upstream');
+  await page.click('#confirm-ok');
+  await page.waitForFunction(() => document.querySelector('#confirm-result').classList.contains('bad'), null, { timeout: 35000 });
+  const text = await page.locator('#confirm-result').innerText();
+  assert.match(text, /Not possible right now/);
+  assert.doesNotMatch(text, /[{}]/, 'no JSON');
+  await page.keyboard.press('Escape');
+  await page.locator('#confirm').waitFor({ state: 'hidden' });
+});
+
+test('screenshots at 1280x800 and 390 px, light and dark', async () => {
+  if (!SHOTS) return;
+  mkdirSync(SHOTS, { recursive: true });
+  // Let the latency charts pick up a snapshot after the recovery.
+  await page.waitForTimeout(1500);
+  const top = async (p) => p.evaluate(() => { document.activeElement?.blur(); window.scrollTo(0, 0); });
+  await top(page);
+  await page.screenshot({ path: join(SHOTS, 'ops-center-1280.png') });
+  await page.screenshot({ path: join(SHOTS, 'ops-center-1280-full.png'), fullPage: true });
+  const phone = await newPage({ width: 390, height: 844 });
+  await phone.goto(PAGE);
+  await signIn(phone, OPERATOR);
+  await waitOnline(phone);
+  await phone.waitForTimeout(800);
+  await top(phone);
+  await phone.screenshot({ path: join(SHOTS, 'ops-center-390.png') });
+  // The whole phone page, to look at (not committed: too tall for a README).
+  await phone.screenshot({ path: join(tmpdir(), 'ops-center-390-full.png'), fullPage: true });
+  // Nothing is wider than the phone's screen.
+  const overflow = await phone.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 1, `the page is ${overflow} px wider than a 390 px screen`);
+  await phone.context().close();
+  const dark = await newPage({ width: 1280, height: 800 }, 'dark');
+  await dark.goto(PAGE);
+  await signIn(dark, OPERATOR);
+  await waitOnline(dark);
+  await dark.waitForTimeout(800);
+  await top(dark);
+  await dark.screenshot({ path: join(SHOTS, 'ops-center-dark.png') });
+  await dark.context().close();
+});
+
+test('stop the engine: "connection lost" within 5 s; restart: the page comes back by itself', async () => {
+  await control('stop-engine');
+  const t0 = Date.now();
+  await page.waitForFunction(() => /connection lost/.test(document.querySelector('#link-text').innerText), null, { timeout: 5000, polling: 50 });
+  console.log(`# "connection lost" ${Date.now() - t0} ms after the engine stopped`);
+  for (const name of PANELS) {
+    const panel = page.locator(`[data-panel="${name}"]`);
+    assert.ok(await panel.evaluate((el) => el.classList.contains('offline')), `${name} is grey`);
+    assert.match(await panel.innerText(), /not connected/i);
+  }
+  assert.match(await page.locator('#engine-state').innerText(), /not connected/);
+  await control('start-engine');
+  const t1 = Date.now();
+  await waitOnline(page, 30000);
+  assert.match(await page.locator('#link-text').innerText(), /live/);
+  console.log(`# the page was live again ${Date.now() - t1} ms after the engine answered`);
+  assert.match(await page.locator('[data-panel="HealthGrid"] [data-service="redis"]').innerText(), /redis/);
+});
+
+test('a viewer token sees no acting control, and a forged POST with it gets 403', async () => {
+  const viewer = await newPage();
+  await viewer.goto(PAGE);
+  await signIn(viewer, VIEWER);
+  await waitOnline(viewer);
+  assert.equal(await viewer.locator('#who-role').innerText(), 'viewer');
+  await viewer.waitForSelector('[data-panel="FailoverStatusCard"] [data-service="redis"]');
+  const buttons = await viewer.locator('main button').allInnerTexts();
+  assert.deepEqual(buttons, [], `a viewer sees no button in the panels, saw ${buttons}`);
+  assert.equal(await viewer.locator('main').getByText(/Fail over…|Recover…|Switch|Acknowledge…|emergency…/).count(), 0);
+  const forged = await viewer.evaluate(async (token) => {
+    const r = await fetch('/api/ops/failover/trigger/redis', {
+      method: 'POST', headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ reason: 'forged' }),
+    });
+    return { status: r.status, body: await r.json() };
+  }, VIEWER);
+  assert.equal(forged.status, 403);
+  assert.equal(forged.body.error.code, 'forbidden');
+  // Sign out forgets the token.
+  await viewer.click('#signout');
+  assert.equal(await viewer.evaluate(() => sessionStorage.length), 0);
+  assert.ok(await viewer.locator('[data-panel="HealthGrid"]').evaluate((el) => el.classList.contains('offline')));
+  await viewer.context().close();
+});
+
+test('no request of the page went anywhere but the engine, and no CSP violation', () => {
+  assert.ok(requests.length > 10, `${requests.length} requests recorded`);
+  const foreign = requests.filter((u) => {
+    const x = new URL(u);
+    return x.host !== origin.host || !['http:', 'ws:'].includes(x.protocol);
+  });
+  assert.deepEqual(foreign, []);
+  assert.deepEqual(problems, []);
+  console.log(`# ${requests.length} requests, all to ${origin.host}`);
+});

@@ -1,0 +1,305 @@
+//! The operations center page (SPEC 8, issue 13) in a real browser:
+//! Debian's `chromium` driven by `playwright-core` from
+//! `tests/browser/ops_center.test.mjs`, against the real binary in front
+//! of a real Redis pair and a real HTTP upstream.
+//!
+//! This test starts the servers and the engine, runs the Node script, and
+//! does for it what a browser cannot: kill -9 the Redis primary, start it
+//! again, stop and start the engine on the same port. The script asks with
+//! a line `@@CONTROL <what>` on its stdout and is answered `@@DONE <what>`
+//! on its stdin. The script writes the screenshots to `docs/`.
+//!
+//! Without chromium, node or `tests/browser/node_modules` (run
+//! `scripts/install-deps`), the test says SKIPPED and passes, except in CI
+//! (`CI` set), where it fails.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use support::continuity::{Continuity, OPERATOR_TOKEN, VIEWER_TOKEN};
+use support::http_client;
+use support::http_upstream::HttpUpstream;
+use support::*;
+
+const HEALTH: &str = "check_interval_seconds = 0.2\nfailure_threshold = 2\nhold_down_seconds = 1\nconnect_timeout_ms = 300";
+
+/// The whole browser run may take this long (the page itself waits at
+/// most 35 s for any one step).
+const RUN_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
+}
+
+fn chromium() -> PathBuf {
+    std::env::var_os("OC_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"))
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false"))
+}
+
+/// What is missing to run the browser test, if anything.
+fn missing_tools() -> Vec<String> {
+    let mut missing = Vec::new();
+    if !chromium().is_file() {
+        missing.push(format!(
+            "{} (apt-get install chromium)",
+            chromium().display()
+        ));
+    }
+    let node = Command::new("node")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !node {
+        missing.push("node (apt-get install nodejs npm)".to_string());
+    }
+    if !browser_dir()
+        .join("node_modules/playwright-core/package.json")
+        .is_file()
+    {
+        missing.push(
+            "tests/browser/node_modules/playwright-core (npm ci in tests/browser)".to_string(),
+        );
+    }
+    missing
+}
+
+fn start_engine(redis: &RedisPair, ncic: &HttpUpstream) -> Continuity {
+    let redis_listen = loopback(free_port());
+    let ncic_listen = loopback(free_port());
+    let engine = Continuity::builder()
+        .health(HEALTH)
+        .service(&format!(
+            r#"name = "redis"
+kind = "redis"
+listen = "{redis_listen}"
+on_failover = "route"
+upstreams = [
+  {{ name = "redis-primary", address = "{p}", role = "primary" }},
+  {{ name = "redis-replica", address = "{r}", role = "secondary" }},
+]"#,
+            p = redis.primary.addr(),
+            r = redis.replica.addr()
+        ))
+        .service(&format!(
+            r#"name = "ncic"
+kind = "http"
+category = "federal"
+listen = "{ncic_listen}"
+health_path = "/health"
+on_outage = "queue"
+upstreams = [ {{ name = "ncic-a", url = "{}", role = "primary" }} ]"#,
+            ncic.url()
+        ))
+        .start();
+    let healthy = wait_until(Duration::from_secs(20), || {
+        engine.get("/api/ops/health").1["status"] == "healthy"
+    });
+    assert!(
+        healthy,
+        "the engine did not become healthy:\n{}",
+        engine.log_text()
+    );
+    engine
+}
+
+/// Without a browser: the page is public with its CSP and ETag, its
+/// assets are served, and `/api/ops/whoami` answers for the bearer.
+#[test]
+fn page_assets_and_whoami_over_http() {
+    let redis = RedisPair::start();
+    let ncic = HttpUpstream::start("ncic-a", None, None, false);
+    let engine = start_engine(&redis, &ncic);
+
+    let (status, who) = engine.request("GET", "/api/ops/whoami", None, Some(OPERATOR_TOKEN));
+    assert_eq!(status, 200);
+    assert_eq!(who, serde_json::json!({"name": "ops", "role": "operator"}));
+    let (status, who) = engine.request("GET", "/api/ops/whoami", None, Some(VIEWER_TOKEN));
+    assert_eq!(status, 200);
+    assert_eq!(who, serde_json::json!({"name": "viewer", "role": "viewer"}));
+    let (status, body) = engine.request("GET", "/api/ops/whoami", None, None);
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"]["code"], "unauthorized");
+
+    let page = http_client::get(&engine.control, "/operations-center").expect("GET the page");
+    assert_eq!(page.status, 200);
+    assert_eq!(
+        page.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    let csp = page.header("content-security-policy").unwrap_or_default();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    let etag = page.header("etag").expect("an ETag").to_string();
+    let again = http_client::request(
+        &engine.control,
+        "GET",
+        "/operations-center",
+        &[("If-None-Match", etag.as_str())],
+        "",
+    )
+    .expect("revalidate");
+    assert_eq!(again.status, 304);
+
+    // Every asset the page names is served, and the whole weighs at most 250 KB.
+    let html = page.body.clone();
+    let mut total = page.body.len();
+    for asset in [
+        "app.css",
+        "favicon.svg",
+        "js/app.js",
+        "js/api.js",
+        "js/live.js",
+        "js/dom.js",
+        "js/panels.js",
+        "js/actions.js",
+    ] {
+        let r = http_client::get(
+            &engine.control,
+            &format!("/operations-center/assets/{asset}"),
+        )
+        .expect("GET an asset");
+        assert_eq!(r.status, 200, "{asset}");
+        assert!(r.header("content-security-policy").is_some(), "{asset}");
+        total += r.body.len();
+    }
+    assert!(html.contains("/operations-center/assets/js/app.js"));
+    assert!(total <= 250 * 1024, "page and assets weigh {total} bytes");
+    let missing = http_client::get(&engine.control, "/operations-center/assets/nope.js")
+        .expect("GET a missing asset");
+    assert_eq!(missing.status, 404);
+}
+
+#[test]
+fn operations_center_in_a_real_browser() {
+    let missing = missing_tools();
+    if !missing.is_empty() {
+        assert!(
+            !in_ci(),
+            "the browser test cannot run, and CI must not skip it; missing: {} (run scripts/install-deps)",
+            missing.join(", ")
+        );
+        eprintln!(
+            "SKIPPED operations_center_in_a_real_browser: missing {} (run scripts/install-deps)",
+            missing.join(", ")
+        );
+        return;
+    }
+
+    let mut redis = RedisPair::start();
+    redis.replica.wait_for_link_up();
+    let ncic = HttpUpstream::start("ncic-a", None, None, false);
+    let mut engine = start_engine(&redis, &ncic);
+
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+    // Run as a plain script (not `node --test`, which would run it in a
+    // child process without our stdin); node:test still reports and sets
+    // the exit status.
+    let mut node = Command::new("node")
+        .arg("--test-reporter=spec")
+        .arg("ops_center.test.mjs")
+        .current_dir(browser_dir())
+        .env("OC_URL", format!("http://{}", engine.control))
+        .env("OC_OPERATOR_TOKEN", OPERATOR_TOKEN)
+        .env("OC_VIEWER_TOKEN", VIEWER_TOKEN)
+        .env("OC_SCREENSHOTS", &docs)
+        .env("OC_CHROMIUM", chromium())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn node");
+    let mut stdin = node.stdin.take().expect("piped stdin");
+    let stdout = node.stdout.take().expect("piped stdout");
+
+    // Lines from the script; the reader ends when the script does.
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+
+    let started = Instant::now();
+    let mut transcript = String::new();
+    let mut done = Vec::new();
+    loop {
+        let left = RUN_TIMEOUT.saturating_sub(started.elapsed());
+        let line = match rx.recv_timeout(left.max(Duration::from_millis(1))) {
+            Ok(line) => line,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let _ = node.kill();
+                panic!(
+                    "the browser test did not finish within {RUN_TIMEOUT:?}:\n{transcript}\nengine log:\n{}",
+                    engine.log_text()
+                );
+            }
+        };
+        eprintln!("{line}");
+        transcript.push_str(&line);
+        transcript.push('\n');
+        let Some(what) = line.strip_prefix("@@CONTROL ") else {
+            continue;
+        };
+        match what.trim() {
+            "kill-primary" => redis.primary.kill(),
+            "restart-primary" => redis.primary.restart(),
+            "stop-engine" => {
+                engine.terminate(Duration::from_secs(15));
+                engine.kill();
+            }
+            "start-engine" => engine.restart(),
+            other => panic!("the browser test asked for '{other}', which this driver does not do"),
+        }
+        done.push(what.trim().to_string());
+        writeln!(stdin, "@@DONE {}", what.trim()).expect("answer the browser test");
+        stdin.flush().expect("flush");
+    }
+    drop(stdin);
+    let status = node.wait().expect("wait for node");
+    assert!(
+        status.success(),
+        "the browser test failed ({status}):\n{transcript}\nengine log (tail):\n{}",
+        tail_of(&engine.log_text(), 60)
+    );
+    assert_eq!(
+        done,
+        [
+            "kill-primary",
+            "restart-primary",
+            "stop-engine",
+            "start-engine"
+        ],
+        "the browser test ran every step"
+    );
+    for shot in [
+        "ops-center-1280.png",
+        "ops-center-390.png",
+        "ops-center-dark.png",
+    ] {
+        let len = std::fs::metadata(docs.join(shot)).map_or(0, |m| m.len());
+        assert!(len > 10_000, "docs/{shot} was written ({len} bytes)");
+    }
+}
+
+fn tail_of(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
