@@ -100,10 +100,16 @@ impl Ctx<'_> {
         }
     }
 
-    /// Seconds as a number > 0, fractions allowed.
+    /// Seconds as a number > 0, fractions allowed, at most a year (tokio
+    /// adds an interval to an `Instant` without a check: 1e19 s panics).
     pub fn seconds(&mut self, at: &KeyPath, v: Option<f64>, default: Duration) -> Duration {
+        const MAX: f64 = 365.0 * 24.0 * 3600.0;
         match v {
             None => default,
+            Some(s) if s.is_finite() && s > MAX => {
+                self.problem(at, format!("must be at most {MAX} (a year), got {s}"));
+                default
+            }
             Some(s) if s.is_finite() && s > 0.0 => {
                 Duration::try_from_secs_f64(s).unwrap_or_else(|_| {
                     self.problem(at, format!("`{s}` is too large"));
