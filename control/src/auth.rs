@@ -3,8 +3,11 @@
 //! One middleware ([`require`]) runs before routing decides anything, so
 //! the check order is 401 (no or unknown token, or 429 once a client has
 //! failed too often), then 403 (role), and only then the handlers' 404,
-//! 400, 422 and 409. The presented token is hashed with SHA-256 and the
-//! digest compared against *every* configured digest in constant time;
+//! 400, 422 and 409. A valid token is checked first and always gets in:
+//! only failures are counted and only failures are refused with 429
+//! ([`crate::ratelimit`]), so one bad neighbour behind a shared NAT or
+//! reverse proxy cannot lock the operators out. The presented token is
+//! hashed with SHA-256 and the digest compared against *every* configured digest in constant time;
 //! tokens themselves are never stored or logged. The matched token becomes
 //! the request's [`Actor`], whose `name` is the `actor` of audit entries.
 
@@ -83,9 +86,17 @@ impl Auth {
         found
     }
 
+    /// A failed authentication: 401 while the address has failures left
+    /// in its budget, 429 past it (not counted, not logged: an attacker
+    /// cannot flood the log either).
     fn fail(&self, ip: IpAddr, reason: &'static str, err: ApiError) -> Response {
+        if let Some(wait) = self.limiter.failure(ip) {
+            self.failures
+                .with_label_values(&[auth_reason::RATE_LIMITED])
+                .inc();
+            return ApiError::RateLimited(wait).into_response();
+        }
         self.failures.with_label_values(&[reason]).inc();
-        self.limiter.record_failure(ip);
         tracing::warn!(client = %ip, reason, "control-plane authentication failed");
         err.into_response()
     }
@@ -171,19 +182,14 @@ fn client_ip(req: &Request) -> IpAddr {
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
 }
 
-/// The middleware: 429 / 401 / 403, an early 413 on a declared oversize
-/// body, then the request goes on with its [`Actor`].
+/// The middleware: 401 (or 429 past the failure budget) / 403, an early
+/// 413 on a declared oversize body, then the request goes on with its
+/// [`Actor`]. A valid token is never refused with 429.
 pub async fn require(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) -> Response {
     if is_public(req.method(), req.uri().path(), auth.metrics_public) {
         return next.run(req).await;
     }
     let ip = client_ip(&req);
-    if let Some(wait) = auth.limiter.blocked(ip) {
-        auth.failures
-            .with_label_values(&[auth_reason::RATE_LIMITED])
-            .inc();
-        return ApiError::RateLimited(wait).into_response();
-    }
     let presented = match bearer(req.headers()) {
         Some(found) => Some(
             found

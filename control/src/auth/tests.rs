@@ -235,12 +235,34 @@ async fn rate_limited_after_n_failures_per_client() {
         .await;
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(code_of(&b), "rate_limited");
-    // Even a good token is refused while limited (no brute force past it)...
+    // A missing token is a failure too.
     let (s, _) = h
-        .send_from(a, "GET", "/api/ops/failover/status", Some(VIEWER))
+        .send_from(a, "GET", "/api/ops/failover/status", None)
         .await;
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
-    // ...but public routes and other clients are unaffected.
+    // A good token from the same address still gets in (a bad neighbour
+    // behind the same NAT must not lock the operators out), and its
+    // successes are not counted: the address stays limited for failures.
+    for _ in 0..5 {
+        let (s, b) = h
+            .send_from(a, "GET", "/api/ops/failover/status", Some(VIEWER))
+            .await;
+        assert_eq!((s, b.as_str()), (StatusCode::OK, "dash"));
+        let (s, b) = h
+            .send_from(a, "POST", "/api/ops/failover/trigger/x", Some(OPERATOR))
+            .await;
+        assert_eq!((s, b.as_str()), (StatusCode::OK, "ops-console"));
+    }
+    // A good token with the wrong role is 403 (not 429, not a failure).
+    let (s, _) = h
+        .send_from(a, "POST", "/api/ops/failover/trigger/x", Some(VIEWER))
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = h
+        .send_from(a, "GET", "/api/ops/failover/status", Some("guess"))
+        .await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+    // Public routes and other clients are unaffected.
     let (s, _) = h.send_from(a, "GET", "/api/ops/health", None).await;
     assert_eq!(s, StatusCode::OK);
     let (s, _) = h
@@ -252,8 +274,9 @@ async fn rate_limited_after_n_failures_per_client() {
         )
         .await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(h.failures(auth_reason::RATE_LIMITED), 2);
+    assert_eq!(h.failures(auth_reason::RATE_LIMITED), 3);
     assert_eq!(h.failures(auth_reason::INVALID_TOKEN), 3);
+    assert_eq!(h.failures(auth_reason::MISSING_TOKEN), 0);
 }
 
 #[tokio::test]
