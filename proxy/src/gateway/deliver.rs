@@ -424,7 +424,9 @@ async fn attempt(
 
 /// The upstream request for a queued entry.
 fn request(entry: &QueuedEntry, tpl: &super::peers::PeerTemplate) -> Result<RequestHeader, String> {
-    let path = tpl.upstream_path(&entry.path);
+    let path = tpl
+        .upstream_path(&entry.path)
+        .map_err(|e| format!("stored request: {e}"))?;
     let mut req = RequestHeader::build(entry.method.as_bytes(), path.as_bytes(), None)
         .map_err(|e| format!("stored request: {e}"))?;
     let mut has_key = false;

@@ -406,6 +406,16 @@ impl Lean {
         if !path.starts_with('/') || method == "CONNECT" {
             return Parsed::HandOver;
         }
+        // A way out of the upstream's base path (issue 12): refused here.
+        if let Err(why) = super::path::check(path) {
+            let query_at = path.find('?').unwrap_or(path.len());
+            return Parsed::Bad(Refused {
+                why,
+                method: span(&c.buf, method),
+                path: span(&c.buf, path),
+                route: self.svc.cfg.http.route_index(&path[..query_at]),
+            });
+        }
         let Some(idx) = self.target() else {
             return Parsed::Outage;
         };

@@ -12,12 +12,14 @@
 //! - `queue.rs`: the durable store-and-forward queue under `data_dir`.
 //! - `deliver.rs`: delivers queued requests in order once an upstream is back.
 //! - `peers.rs`: upstream addresses and TLS (CA, SNI, mTLS).
+//! - `path.rs`: the upstream path (base path + client path; dot segments refused).
 //! - `access.rs`: the access log and request metrics.
 
 pub mod access;
 mod chunked;
 mod deliver;
 mod h1;
+mod path;
 pub mod peers;
 pub mod proxy;
 pub mod queue;

@@ -126,9 +126,10 @@ impl PeerTemplate {
         peer
     }
 
-    /// The upstream path for a client's path and query.
-    pub fn upstream_path(&self, path_and_query: &str) -> String {
-        format!("{}{}", self.target.base_path, path_and_query)
+    /// The upstream path for a client's path and query; `Err` when it has
+    /// a dot segment, a way out of the base path ([`super::path`]).
+    pub fn upstream_path(&self, path_and_query: &str) -> Result<String, &'static str> {
+        super::path::join(&self.target.base_path, path_and_query)
     }
 }
 
@@ -194,11 +195,12 @@ mod tests {
         let (svc, up) = upstream("https://ndex.example:8443/api/", None);
         let t = PeerTemplate::new(&svc, &up).unwrap();
         assert_eq!(t.authority, "ndex.example:8443");
-        assert_eq!(t.upstream_path("/q?x=1"), "/api/q?x=1");
+        assert_eq!(t.upstream_path("/q?x=1").as_deref(), Ok("/api/q?x=1"));
+        assert!(t.upstream_path("/../admin").is_err());
         let (svc, up) = upstream("http://127.0.0.1", None);
         let t = PeerTemplate::new(&svc, &up).unwrap();
         assert_eq!(t.authority, "127.0.0.1");
-        assert_eq!(t.upstream_path("/q"), "/q");
+        assert_eq!(t.upstream_path("/q").as_deref(), Ok("/q"));
     }
 
     #[test]

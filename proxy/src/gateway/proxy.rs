@@ -347,6 +347,24 @@ async fn too_large(session: &mut Session, max: u64) {
     respond(session, 413, &[("connection", "close".to_string())], &body).await;
 }
 
+/// Reads and drops a small request body (64 KiB, 1 s at most) before a
+/// refusal, so that the client reads the answer instead of a reset (an
+/// HTTP/2 stream or a socket closed with unread data); a larger or slower
+/// body is left, and the connection ends after the answer.
+async fn discard_small_body(session: &mut Session) {
+    const MAX: usize = 64 * 1024;
+    let drain = async {
+        let mut seen = 0;
+        while seen <= MAX && !session.as_mut().is_body_done() {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => seen += chunk.len(),
+                _ => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+}
+
 fn path_and_query(req: &RequestHeader) -> String {
     req.uri
         .path_and_query()
@@ -445,6 +463,16 @@ impl ProxyHttp for Gateway {
             let body = serde_json::json!({"error": {"code": "bad_request",
                 "message": "both Content-Length and Transfer-Encoding: refused (request smuggling)"}});
             respond(session, 400, &[("connection", "close".to_string())], &body).await;
+            return Ok(true);
+        }
+        // A way out of the upstream's base path (issue 12): refused before
+        // it is proxied or queued.
+        if let Err(why) = super::path::check(&path_and_query(req)) {
+            ctx.outcome = Outcome::Rejected;
+            ctx.status = 400;
+            discard_small_body(session).await;
+            let body = serde_json::json!({"error": {"code": "bad_request", "message": why}});
+            respond(session, 400, &[], &body).await;
             return Ok(true);
         }
         if let Some(limit) = self.svc.cfg.max_connections {
@@ -626,7 +654,10 @@ impl ProxyHttp for Gateway {
             return Ok(());
         };
         if !tpl.target.base_path.is_empty() {
-            let path = tpl.upstream_path(&path_and_query(upstream_request));
+            // request_filter refused a dot segment already; never join one.
+            let path = tpl
+                .upstream_path(&path_and_query(upstream_request))
+                .map_err(|e| Error::explain(ErrorType::InvalidHTTPHeader, e))?;
             let uri = path
                 .parse::<http::Uri>()
                 .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "upstream path", e))?;
