@@ -32,6 +32,12 @@ pub const HOLD_SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
 /// Most events taken from the queue (and appended together) at once.
 pub const MAX_BATCH: usize = 1024;
 
+/// The audit entry for one event, or `None` for events the recorder does
+/// not write one for: service status changes (derived from upstream
+/// changes), an operator's emergency (written by the POST itself),
+/// request-path observations, and held clients refused (summarised:
+/// [`hold_entry`]). `Some` exactly for the events the engine queues for the
+/// recorder ([`EventKind::audit_route`]).
 pub fn entry_for(event: &Event) -> Option<NewEntry> {
     let service = event.service.clone();
     let entry = match &event.kind {
