@@ -241,5 +241,6 @@ pub async fn heartbeat(
     {
         tracing::debug!(pipeline = %name, error = %e, "heartbeat status not reported");
     }
-    Ok(Json(status).into_response())
+    // The checkpoint is the pipeline's own text: masked like its audit entry.
+    Ok(Json(state.masker().masked(&status).unwrap_or(status)).into_response())
 }
