@@ -77,7 +77,7 @@ function serviceTile(svc, st) {
       h('span', {}, 'epoch ', h('b', {}, fo.epoch ?? svc.epoch ?? '—')),
       h('span', {}, 'latency ', h('b', {}, ms(svc.latency_ms))),
       svc.consecutive_failures ? h('span', {}, 'failures ', h('b', {}, svc.consecutive_failures)) : null,
-      h('span', {}, '1 h ', h('b', {}, pct(svc.uptime_percent_1h, 2)))),
+      svc.held_connections ? h('span', {}, 'held ', h('b', {}, svc.held_connections)) : null),
     h('div', { class: 'ups' }, ups));
 }
 
