@@ -178,6 +178,16 @@ fn queued_bodies_stay_on_disk_and_past_the_byte_budget_the_client_gets_503() {
         before >> 20,
         after >> 20
     );
+    // What is waiting, in bytes: the metric and the queue summary.
+    let waiting = 99 * 1024 * 1024;
+    let (_, summary) = engine.get("/api/ops/queue");
+    assert_eq!(
+        summary["services"][0]["pending_bytes"], waiting,
+        "{summary}"
+    );
+    eventually("queue bytes metric", Duration::from_secs(10), || {
+        engine.metric("continuity_http_queue_bytes{service=\"rms\"}") == Some(waiting as f64)
+    });
     // Past the byte budget: 503 with Retry-After, code queue_full.
     let r = http_client::request(&listen, "POST", "/submissions/over", &[], &one_mib)
         .expect("POST over budget");

@@ -28,6 +28,7 @@ pub mod names {
     pub const HTTP_RETRIES_TOTAL: &str = "continuity_http_retries_total";
     pub const HTTP_QUEUE_DEPTH: &str = "continuity_http_queue_depth";
     pub const HTTP_QUEUE_OLDEST_SECONDS: &str = "continuity_http_queue_oldest_age_seconds";
+    pub const HTTP_QUEUE_BYTES: &str = "continuity_http_queue_bytes";
     pub const HTTP_QUEUE_DELIVERIES_TOTAL: &str = "continuity_http_queue_deliveries_total";
 }
 
@@ -70,6 +71,9 @@ pub struct HttpMetrics {
     pub retries: IntCounterVec,
     pub queue_depth: IntGaugeVec,
     pub queue_oldest: prometheus::GaugeVec,
+    /// Request-body bytes of the queued requests not yet delivered (what
+    /// `queue_max_bytes` bounds).
+    pub queue_bytes: IntGaugeVec,
     /// Queued requests finished, by result (delivered, failed, retried).
     pub queue_deliveries: IntCounterVec,
 }
@@ -123,6 +127,12 @@ impl HttpMetrics {
                 &["service"],
             ),
             queue_oldest: oldest,
+            queue_bytes: gauge_vec(
+                reg,
+                HTTP_QUEUE_BYTES,
+                "Request-body bytes of the queued HTTP requests not yet delivered.",
+                &["service"],
+            ),
             queue_deliveries: counter(
                 reg,
                 HTTP_QUEUE_DELIVERIES_TOTAL,

@@ -79,6 +79,7 @@ pub async fn summary(State(state): State<AppState>) -> Response {
                 json!({
                     "service": s,
                     "depth": q.depth(&s),
+                    "pending_bytes": q.pending_bytes(&s),
                     "oldest_age_seconds": q.oldest_age(&s).map_or(0.0, |d| d.as_secs_f64()),
                 })
             })

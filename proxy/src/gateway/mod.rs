@@ -185,6 +185,7 @@ impl Shared {
             return;
         };
         let depth = q.depth(&self.service);
+        let bytes = q.pending_bytes(&self.service);
         let age = q.oldest_age(&self.service).map_or(0.0, |d| d.as_secs_f64());
         self.metrics
             .queue_depth
@@ -194,6 +195,10 @@ impl Shared {
             .queue_oldest
             .with_label_values(&[&self.service])
             .set(age);
+        self.metrics
+            .queue_bytes
+            .with_label_values(&[&self.service])
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 }
 
