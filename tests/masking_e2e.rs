@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use support::continuity::{Continuity, VIEWER_TOKEN};
 use support::http_client;
+use support::http_upstream::HttpUpstream;
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -104,6 +105,8 @@ fn service_status(engine: &Continuity, name: &str) -> String {
 #[test]
 fn operator_reasons_are_masked_in_ws_events_stderr_and_api_answers() {
     let pair = RedisPair::start();
+    // The alert webhook: the stall's alert is posted there.
+    let hook = HttpUpstream::start("hook", None, None, false);
     let listen = loopback(free_port());
     let e = DebugEngine::start(
         Continuity::builder()
@@ -120,6 +123,10 @@ upstreams = [
                 pair.replica.addr()
             ))
             .service("name = \"etl\"\nkind = \"heartbeat\"\nstall_after_seconds = 1")
+            .tail(&format!(
+                "[alerts]\nwebhook_url = \"{}/hooks/ops\"",
+                hook.url()
+            ))
             .prepare(),
     );
     let engine = &e.engine;
@@ -207,6 +214,21 @@ upstreams = [
         let text = v.to_string();
         if !leaked(&text).is_empty() {
             leaks.push(format!("GET {path}: {text}"));
+        }
+    }
+    // The alert webhook.
+    assert!(
+        wait_until(Duration::from_secs(15), || hook
+            .records()
+            .iter()
+            .any(|r| r["body"].as_str().is_some_and(|b| b.contains("batch-7")))),
+        "the stall's alert never reached the webhook: {:?}",
+        hook.records()
+    );
+    for r in hook.records() {
+        let body = r["body"].as_str().unwrap_or_default().to_string();
+        if !leaked(&body).is_empty() {
+            leaks.push(format!("webhook: {body}"));
         }
     }
     // stderr, at debug.

@@ -46,8 +46,11 @@ fn entry(action: Action, severity: Severity, service: Option<&str>, details: Val
     }
 }
 
-/// Queues `payload` for the webhook, and for the liaison when routed there.
-pub fn send(alerts: &Alerts, routes: &[Route], payload: Value) {
+/// Queues `payload` for the webhook, and for the liaison when routed there,
+/// masked with the audit log's masker: an alert's evidence may quote a
+/// pipeline's checkpoint or an upstream's error text.
+pub fn send(state: &AppState, alerts: &Alerts, routes: &[Route], payload: Value) {
+    let payload = state.masker().masked(&payload).unwrap_or(payload);
     if routes.contains(&Route::FederalLiaison) {
         if let Some(l) = &alerts.inner.liaison {
             l.enqueue(payload.clone());
@@ -89,7 +92,7 @@ async fn one(state: &AppState, alerts: &Alerts, e: Effect) {
             audit(state, entry(Action::Escalation, sev, svc, details)).await;
             let data = alert_event("alert_opened", &a);
             publish("diagnostic_event", svc, &data);
-            send(alerts, &a.routes, data);
+            send(state, alerts, &a.routes, data);
         }
         Effect::Resolved(a) => {
             tracing::info!(alert = %a.id, rule = %a.rule, "alert resolved");
@@ -104,7 +107,7 @@ async fn one(state: &AppState, alerts: &Alerts, e: Effect) {
             .await;
             let data = alert_event("alert_resolved", &a);
             publish("diagnostic_event", svc, &data);
-            send(alerts, &a.routes, data);
+            send(state, alerts, &a.routes, data);
         }
         Effect::Rerouted(list) => {
             if list.is_empty() {
@@ -123,7 +126,7 @@ async fn one(state: &AppState, alerts: &Alerts, e: Effect) {
             for a in &list {
                 let data = alert_event("alert_rerouted", a);
                 publish("diagnostic_event", a.service.as_deref(), &data);
-                send(alerts, &a.routes, data);
+                send(state, alerts, &a.routes, data);
             }
         }
         Effect::Stalled(v) | Effect::Resumed(v) => {
@@ -174,6 +177,7 @@ async fn one(state: &AppState, alerts: &Alerts, e: Effect) {
             let data = serde_json::to_value(&p).unwrap_or_default();
             publish("predictive_alert", svc, &data);
             send(
+                state,
                 alerts,
                 &p.routes,
                 json!({ "event": "predictive_alert", "alert": data }),
@@ -182,7 +186,7 @@ async fn one(state: &AppState, alerts: &Alerts, e: Effect) {
         Effect::PredictionResolved(p) => {
             let data = json!({ "event": "predictive_alert_resolved", "alert": p });
             publish("diagnostic_event", Some(&p.service), &data);
-            send(alerts, &p.routes, data);
+            send(state, alerts, &p.routes, data);
         }
     }
 }
