@@ -5,7 +5,7 @@
 //   OC_URL             http://127.0.0.1:PORT (the engine's control plane)
 //   OC_OPERATOR_TOKEN  a token named "ops" with role operator
 //   OC_VIEWER_TOKEN    a token with role viewer
-//   OC_SCREENSHOTS     where to write the screenshots (docs/)
+//   OC_SCREENSHOTS     where to write the screenshots (docs/ to update the committed ones)
 //   OC_CHROMIUM        the browser (default /usr/bin/chromium)
 // Things only the Rust side can do (kill -9 the Redis primary, stop and
 // start the engine) are asked for with a line `@@CONTROL <what>` on
@@ -293,6 +293,10 @@ test('stop the engine: "connection lost" within 5 s; restart: the page comes bac
   assert.match(await page.locator('#link-text').innerText(), /live/);
   console.log(`# the page was live again ${Date.now() - t1} ms after the engine answered`);
   assert.match(await page.locator('[data-panel="HealthGrid"] [data-service="redis"]').innerText(), /redis/);
+  // A reload keeps the tab's token: no new sign-in.
+  await page.reload();
+  await waitOnline(page);
+  assert.equal(await page.locator('#who-name').innerText(), 'ops');
 });
 
 test('a viewer token sees no acting control, and a forged POST with it gets 403', async () => {
