@@ -1,9 +1,12 @@
 //! Secrets never leave the process unmasked (issue #12, item 9): what the
-//! audit file masks is masked too in the WebSocket events, on stderr, in
-//! the API answers that echo an operator's reason, and in the queued
+//! audit file masks is masked too in the WebSocket events, on stderr (at
+//! debug), in the API answers that echo an operator's reason or a
+//! pipeline's checkpoint, in alert webhook payloads, and in the queued
 //! requests `GET /api/ops/queue/{id}` shows (query values of secret keys,
 //! secret request and upstream answer headers such as `Set-Cookie`).
-//! Against the real binary, a real Redis pair and a real HTTP upstream.
+//! Against the real binary, a real Redis pair, a real webhook receiver
+//! (scripts/http_upstream.py) and a real HTTP upstream (a socket server in
+//! this process that sets a session cookie).
 
 mod support;
 
