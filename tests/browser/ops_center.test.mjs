@@ -100,6 +100,33 @@ async function waitOnline(page, timeout = 10000) {
 
 const panelText = (page, name) => page.locator(`[data-panel="${name}"]`).innerText();
 
+/** Text/background pairs under WCAG AA (4.5:1): status chips, muted and body text. */
+async function contrastFailures(p) {
+  return p.evaluate(() => {
+    const rgb = (c) => (c.match(/[\d.]+/g) || []).map(Number);
+    const lum = ([r, g, b]) => {
+      const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+      return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+    };
+    const ratio = (a, b) => { const [x, y] = [lum(a), lum(b)].sort((m, n) => n - m); return (x + 0.05) / (y + 0.05); };
+    const bgOf = (el) => {
+      for (let e = el; e; e = e.parentElement) {
+        const c = rgb(getComputedStyle(e).backgroundColor);
+        if (c.length === 3 || (c.length === 4 && c[3] === 1)) return c.slice(0, 3);
+      }
+      return [255, 255, 255];
+    };
+    const bad = [];
+    const els = document.querySelectorAll('main .chip, header .chip, main .muted, main .kv b, main h2, main td, #link-text');
+    for (const el of els) {
+      if (!el.textContent.trim() || el.closest('.offline')) continue;
+      const r = ratio(rgb(getComputedStyle(el).color).slice(0, 3), bgOf(el));
+      if (r < 4.5) bad.push(`${el.className || el.tagName} "${el.textContent.trim().slice(0, 30)}" ${r.toFixed(2)}:1`);
+    }
+    return [...new Set(bad)];
+  });
+}
+
 let page; // the operator's page, shared by the tests in order
 
 test('the page is public, has a strict CSP, and shows no data before a token', async () => {
@@ -244,14 +271,15 @@ test('an action the engine refuses is explained in plain words', async () => {
   await page.locator('#confirm').waitFor({ state: 'hidden' });
 });
 
-test('screenshots at 1280x800 and 390 px, light and dark', async () => {
-  if (!SHOTS) return;
+test('screenshots at 1280x800 and 390 px, light and dark; AA contrast in both', async () => {
+  assert.ok(SHOTS, 'OC_SCREENSHOTS is required');
   mkdirSync(SHOTS, { recursive: true });
   // Let the latency charts pick up a snapshot after the recovery.
   await page.waitForTimeout(1500);
   const top = async (p) => p.evaluate(() => { document.activeElement?.blur(); window.scrollTo(0, 0); });
   await top(page);
   await page.screenshot({ path: join(SHOTS, 'ops-center-1280.png') });
+  assert.deepEqual(await contrastFailures(page), [], 'light scheme contrast');
   await page.screenshot({ path: join(tmpdir(), 'ops-center-1280-full.png'), fullPage: true });
   const phone = await newPage({ width: 390, height: 844 });
   await phone.goto(PAGE);
@@ -273,6 +301,7 @@ test('screenshots at 1280x800 and 390 px, light and dark', async () => {
   await dark.waitForTimeout(800);
   await top(dark);
   await dark.screenshot({ path: join(SHOTS, 'ops-center-dark.png') });
+  assert.deepEqual(await contrastFailures(dark), [], 'dark scheme contrast');
   await dark.context().close();
 });
 

@@ -321,7 +321,7 @@ export function renderTimeline(body, st, ctx) {
       ontoggle: (ev) => { if (ev.target.open) st.openEvents.add(e.id); else st.openEvents.delete(e.id); } },
       h('summary', { 'aria-label': `${e.severity} ${e.category} event${e.service ? ` on ${e.service}` : ''}: ${e.message || e.class}` },
         time(e.at),
-        chip(e.severity, tone(e.severity)),
+        chip(e.severity, e.severity === 'info' ? 'info' : tone(e.severity)),
         h('span', { class: 'cat muted' }, e.category),
         h('span', { class: 'msg' }, e.service ? `${e.service}: ` : '', e.message || e.class)),
       h('dl', {},
