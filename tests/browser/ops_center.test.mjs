@@ -271,6 +271,24 @@ test('an action the engine refuses is explained in plain words', async () => {
   await page.locator('#confirm').waitFor({ state: 'hidden' });
 });
 
+test('declare and clear an emergency from the alerts feed', async () => {
+  await page.getByRole('button', { name: 'Declare emergency…' }).click();
+  await page.fill('#confirm-reason', 'browser test: drill');
+  await page.click('#confirm-ok');
+  await page.waitForFunction(() => /emergency/.test(document.querySelector('#confirm-result').innerText), null, { timeout: 35000 });
+  assert.match(await page.locator('#confirm-result').innerText(), /Engine state is now emergency/);
+  await page.keyboard.press('Escape');
+  await page.waitForFunction(() => /engine emergency/.test(document.querySelector('#engine-state').innerText), null, { timeout: 5000 });
+  assert.match(await panelText(page, 'OpsAlertsFeed'), /EMERGENCY declared/);
+  await page.getByRole('button', { name: 'Clear emergency…' }).click();
+  await page.fill('#confirm-reason', 'browser test: drill over');
+  await page.click('#confirm-ok');
+  await page.waitForFunction(() => document.querySelector('#confirm-result').classList.contains('ok'), null, { timeout: 35000 });
+  await page.keyboard.press('Escape');
+  await page.waitForFunction(() => !/emergency/.test(document.querySelector('#engine-state').innerText), null, { timeout: 5000 });
+  assert.match(await panelText(page, 'OpsAlertsFeed'), /No emergency/);
+});
+
 test('screenshots at 1280x800 and 390 px, light and dark; AA contrast in both', async () => {
   assert.ok(SHOTS, 'OC_SCREENSHOTS is required');
   mkdirSync(SHOTS, { recursive: true });
