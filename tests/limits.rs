@@ -358,3 +358,64 @@ upstreams = [ {{ name = "api-a", url = "{}", role = "primary" }} ]"#,
     assert_eq!(status, 200);
     drop(held);
 }
+
+/// An HTTPS gateway (pingora serves it) caps its client sockets too:
+/// `max_client_connections = 20` sockets stay open (silent, mid-handshake),
+/// the 21st and later are closed at once and counted, and once those are
+/// gone (TLS handshake timeout, 10 s) a real HTTPS request is served again.
+#[test]
+fn an_https_gateway_caps_its_client_sockets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = support::http_upstream::TestPki::new(dir.path());
+    let api = support::http_upstream::HttpUpstream::start("tls-api-a", None, None, false);
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let engine = Continuity::builder()
+        .health("check_interval_seconds = 0.5")
+        .service(&format!(
+            r#"name = "tls-api"
+kind = "http"
+listen = "{listen}"
+health_path = "/health"
+max_client_connections = 20
+tls_cert = "{}"
+tls_key = "{}"
+upstreams = [ {{ name = "tls-api-a", url = "{}", role = "primary" }} ]"#,
+            pki.server_cert.display(),
+            pki.server_key.display(),
+            api.url()
+        ))
+        .start();
+    let mut silent = connect_many(&listen, 20);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut closed = 0;
+    for mut s in connect_many(&listen, 10) {
+        if read_until_closed(&mut s, Duration::from_secs(3)).is_some() {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 10, "sockets past max_client_connections are closed");
+    assert!(
+        refused(&engine, "tls-api") >= 10.0,
+        "refusals counted: {}",
+        engine.metrics()
+    );
+    // The silent ones never finish a handshake: closed after its timeout.
+    let gone = silent
+        .iter_mut()
+        .filter_map(|s| read_until_closed(s, Duration::from_secs(40)))
+        .count();
+    assert_eq!(
+        gone, 20,
+        "silent TLS sockets closed by the handshake timeout"
+    );
+    let served = wait_until(Duration::from_secs(20), || {
+        std::process::Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(&pki.ca)
+            .arg(format!("https://localhost:{port}/x"))
+            .output()
+            .is_ok_and(|o| o.stdout == b"200")
+    });
+    assert!(served, "an HTTPS request is served once the cap has room");
+}

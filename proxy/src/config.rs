@@ -276,7 +276,8 @@ pub struct HttpSettings {
     /// cut to it); default 1 h.
     pub max_retry_after: std::time::Duration,
     /// Most client connections (sockets) open at once on the gateway's
-    /// listener; past it a new one gets 503 and is closed. Default 1024.
+    /// listener; past it a new one gets 503 (plain text) and is closed.
+    /// Default 1024.
     pub max_client_connections: u32,
     /// HTTPS listener certificate and key, both or neither.
     pub tls_cert: Option<std::path::PathBuf>,

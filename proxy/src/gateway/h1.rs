@@ -194,7 +194,7 @@ impl Lean {
                 r = listener.accept() => match r {
                     Ok((client, peer)) => {
                         let Some(slot) = cap.admit() else {
-                            cap.refuse(client, peer);
+                            cap.refuse(client, peer, true);
                             continue;
                         };
                         // Registered again with the chosen thread's reactor.

@@ -25,15 +25,12 @@ pub mod proxy;
 pub mod queue;
 mod workers;
 
-use std::os::fd::IntoRawFd;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::ServerConf;
-use pingora::server::Fds;
-use pingora::services::Service as _;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
@@ -54,7 +51,7 @@ const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 /// this many, a refused client is closed without a word.
 const MAX_REFUSING: usize = 64;
 
-/// A plain-text gateway listener's cap on client sockets
+/// A gateway listener's cap on client sockets
 /// (`max_client_connections`, default 1024): a slot is held for the
 /// socket's whole life, on the lean path and after a hand-over to pingora.
 pub(crate) struct ClientCap {
@@ -79,10 +76,16 @@ impl ClientCap {
     }
 
     /// Counts a client past the cap in
-    /// `continuity_connections_refused_total{listener}` and answers it 503
-    /// (`Retry-After: 1`, `Connection: close`), or just closes it when
-    /// [`MAX_REFUSING`] others are being answered.
-    pub(crate) fn refuse(&self, mut client: tokio::net::TcpStream, peer: std::net::SocketAddr) {
+    /// `continuity_connections_refused_total{listener}` and, with `answer`,
+    /// answers it 503 (`Retry-After: 1`, `Connection: close`); it is just
+    /// closed without `answer` (a TLS listener) or when [`MAX_REFUSING`]
+    /// others are being answered.
+    pub(crate) fn refuse(
+        &self,
+        mut client: tokio::net::TcpStream,
+        peer: std::net::SocketAddr,
+        answer: bool,
+    ) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let name = self.svc.name().to_string();
         self.svc
@@ -92,6 +95,9 @@ impl ClientCap {
             .inc();
         let max = self.svc.cfg.http.max_client_connections;
         tracing::debug!(service = %name, %peer, max_client_connections = max, "connection refused (max_client_connections)");
+        if !answer {
+            return;
+        }
         let Ok(slot) = self.refusing.clone().try_acquire_owned() else {
             return;
         };
@@ -318,43 +324,109 @@ pub fn start(p: GatewayParams<'_>) -> Result<Vec<JoinHandle<()>>, String> {
         tasks.push(tokio::spawn(lean.serve(listener, p.stop)));
         return Ok(tasks);
     }
-    let mut service = pingora::proxy::http_proxy_service_with_name(
-        &conf,
-        gateway,
-        &format!("continuity-http-{}", svc.name()),
-    );
-    if let Some(app) = service.app_logic_mut() {
-        // HTTP/2 in clear text too (prior knowledge); with TLS, ALPN.
-        let mut opts = pingora::apps::HttpServerOptions::default();
-        opts.h2c = true;
-        opts.h2_idle_timeout = Some(h1::IDLE_TIMEOUT);
-        app.server_options = Some(opts);
-    }
-    let local = p
-        .listener
-        .local_addr()
-        .map_err(|e| format!("listener: {e}"))?;
-    let addr = local.to_string();
-    match tls {
-        Some(resolver) => service.add_tls_with_settings(&addr, None, tls_settings(resolver)?),
-        None => service.add_tcp(&addr),
-    }
-    let fd = p
+    // pingora serves every request here; the accept loop is ours, so that
+    // `max_client_connections` applies (pingora's own has no cap).
+    let mut app = pingora::proxy::http_proxy(&conf, gateway);
+    // HTTP/2 in clear text too (prior knowledge); with TLS, ALPN.
+    let mut opts = pingora::apps::HttpServerOptions::default();
+    opts.h2c = true;
+    opts.h2_idle_timeout = Some(h1::IDLE_TIMEOUT);
+    app.server_options = Some(opts);
+    let acceptor = match tls {
+        Some(resolver) => Some(Arc::new(tls_settings(resolver)?.build())),
+        None => None,
+    };
+    let listener = p
         .listener
         .try_clone()
-        .map_err(|e| format!("listener: {e}"))?
-        .into_raw_fd();
-    let mut fds = Fds::new();
-    fds.add(addr, fd);
-    let fds = Arc::new(parking_lot::Mutex::new(fds));
-    let stop = p.stop;
-    tasks.push(tokio::spawn(async move {
-        service.start_service(Some(fds), stop, 1).await;
-    }));
+        .and_then(tokio::net::TcpListener::from_std)
+        .map_err(|e| format!("listener: {e}"))?;
+    tasks.push(tokio::spawn(serve_pingora(
+        svc.clone(),
+        Arc::new(app),
+        acceptor,
+        listener,
+        p.stop,
+    )));
     if shared.queue.is_some() {
         tasks.push(tokio::spawn(deliver::run(svc, shared)));
     }
     Ok(tasks)
+}
+
+/// A TLS handshake must be done within this, or the socket is closed.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The accept loop of a gateway with TLS on either side: each client socket
+/// (under `max_client_connections`), after its TLS handshake when the
+/// listener has a certificate, is served by pingora's HTTP app, as
+/// pingora's own listening service would.
+async fn serve_pingora(
+    svc: Arc<ServiceRt>,
+    app: Arc<pingora::proxy::HttpProxy<proxy::Gateway>>,
+    acceptor: Option<Arc<pingora::listeners::tls::Acceptor>>,
+    listener: tokio::net::TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
+    use pingora::apps::ServerApp;
+    use pingora::protocols::l4::stream::Stream as L4Stream;
+    use pingora::protocols::{GetSocketDigest, SocketDigest};
+    use std::os::fd::AsRawFd;
+    let cap = ClientCap::new(&svc);
+    loop {
+        let (client, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors and the like: wait, do not spin.
+                    tracing::warn!(service = svc.name(), error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            r = stop.changed() => {
+                if r.is_err() || *stop.borrow() {
+                    return;
+                }
+                continue;
+            }
+        };
+        let Some(slot) = cap.admit() else {
+            // A plain-text 503 means nothing to a TLS client: just close.
+            cap.refuse(client, peer, acceptor.is_none());
+            continue;
+        };
+        let app = app.clone();
+        let acceptor = acceptor.clone();
+        let stop = stop.clone();
+        let name = svc.name().to_string();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let _ = client.set_nodelay(true);
+            let mut l4 = L4Stream::from(client);
+            l4.set_socket_digest(SocketDigest::from_raw_fd(l4.as_raw_fd()));
+            let stream: pingora::protocols::Stream = match acceptor {
+                None => Box::new(l4),
+                Some(a) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, a.tls_handshake(l4)).await {
+                        Ok(Ok(tls)) => Box::new(tls),
+                        Ok(Err(e)) => {
+                            tracing::debug!(service = %name, %peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(service = %name, %peer, "TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            let mut next = Some(stream);
+            while let Some(s) = next {
+                next = app.process_new(s, &stop).await;
+            }
+        });
+    }
 }
 
 /// The HTTPS listener's certificate, parsed and checked against its key
