@@ -78,9 +78,11 @@ async function signIn(candidate) {
     who = await new Api(candidate).get('/api/ops/whoami');
   } catch (err) {
     if (err instanceof ApiError) {
-      $('signin-error').textContent = err.status === 401 || err.status === 403
+      $('signin-error').textContent = err.status === 401
         ? 'This token is not accepted by the engine.'
-        : plainError(err);
+        : err.status === 403
+          ? 'This token may not read the operations data (a reporter token only sends heartbeats).'
+          : plainError(err);
       return false;
     }
     $('signin-error').textContent = 'The engine cannot be reached.';
@@ -95,13 +97,9 @@ async function signIn(candidate) {
 function start(who) {
   generation += 1;
   st = freshState();
-  st.name = who.name;
-  st.role = who.role;
+  showWho(who);
   $('signin').hidden = true;
   $('identity').hidden = false;
-  $('who-name').textContent = who.name;
-  $('who-role').textContent = who.role;
-  $('who-role').title = who.role === 'operator' ? 'may act: failovers, switchovers, acknowledgements, emergencies' : 'read only';
   showNotice('');
   const hooks = { onMessage, onState: linkChanged, onResync: () => refresh(ALL) };
   channels = ['/ws/ops/health', '/ws/ops/failover', '/ws/ops/diagnostics']
@@ -119,11 +117,12 @@ function start(who) {
 
 function signOut(message) {
   generation += 1;
-  channels.forEach((c) => c.stop());
+  token = null;
+  const old = channels;
   channels = [];
+  old.forEach((c) => c.stop());
   timers.forEach(clearInterval);
   timers = [];
-  token = null;
   sessionStorage.removeItem(KEY);
   st = freshState();
   everUp = false;
@@ -142,12 +141,28 @@ function signOut(message) {
 
 // ------------------------------------------------------------ link state
 
+function showWho(who) {
+  st.name = who.name;
+  st.role = who.role;
+  $('who-name').textContent = who.name;
+  $('who-role').textContent = who.role;
+  $('who-role').title = who.role === 'operator'
+    ? 'may act: failovers, switchovers, acknowledgements, emergencies'
+    : 'read only';
+}
+
 function linkChanged() {
+  if (!token) return;
   const up = channels.length > 0 && channels.every((c) => c.state === 'open');
   if (up && !linkUp) {
     linkUp = true;
     everUp = true;
     refresh(ALL); // whatever happened while we were away
+    // The token's role may have changed with a config reload.
+    const gen = generation;
+    api().get('/api/ops/whoami').then((who) => {
+      if (gen === generation) { showWho(who); queueRender(); }
+    }).catch(() => {});
   } else if (!up && linkUp) {
     linkUp = false;
     // Is the token still good, or is the engine gone?
@@ -387,14 +402,10 @@ if (saved) {
       sessionStorage.removeItem(KEY);
       showNotice('The saved token is no longer accepted. Sign in again.', true);
     } else {
-      // The engine is down: keep the token and keep trying.
+      // The engine is down: keep the token and keep trying. Until the
+      // engine says who this is, the page offers no action.
       token = saved;
-      start({ name: '…', role: 'viewer' });
-      setTimeout(() => new Api(saved).get('/api/ops/whoami').then((who) => {
-        st.name = who.name; st.role = who.role;
-        $('who-name').textContent = who.name; $('who-role').textContent = who.role;
-        queueRender();
-      }).catch(() => {}), 3000);
+      start({ name: '…', role: 'unknown' });
     }
   });
 }
