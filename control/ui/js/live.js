@@ -1,7 +1,7 @@
 // One WebSocket channel (SPEC 5): the snapshot first, then events, each
 // `{type, seq, timestamp, service, data}`. Reconnects with exponential
-// backoff and full jitter; a `lagged` notice or a gap in `seq` asks the
-// owner to refetch the snapshot.
+// backoff and jitter; a `lagged` notice or a gap in `seq` asks the owner
+// to refetch the snapshot.
 
 const BASE_MS = 500;
 const MAX_MS = 8000;
@@ -82,7 +82,11 @@ export class Channel {
         return;
       }
       const first = this.lastSeq === null;
-      if (!first && typeof msg.seq === 'number' && msg.seq <= this.lastSeq) return;
+      if (!first && typeof msg.seq === 'number') {
+        if (msg.seq <= this.lastSeq) return; // already covered
+        // seq is contiguous per channel (SPEC 5): a gap is a loss.
+        if (msg.seq > this.lastSeq + 1) this.hooks.onResync(this, `gap before seq ${msg.seq}`);
+      }
       this.lastSeq = msg.seq;
       this.hooks.onMessage(this, msg, first);
     };
