@@ -30,6 +30,15 @@ use support::*;
 
 const HEALTH: &str = "check_interval_seconds = 0.2\nfailure_threshold = 2\nhold_down_seconds = 1\nconnect_timeout_ms = 300";
 
+/// redis's `latency_threshold_ms`: not the 1000 ms default, so that the
+/// page can be seen to draw the configured value.
+const REDIS_THRESHOLD_MS: u64 = 1500;
+
+/// A heartbeat service that never reports: its `etl_stall` alert is open
+/// soon after start, for the browser test to acknowledge.
+const ETL: &str = "etl-nightly";
+const STALL_SECONDS: u64 = 1;
+
 /// The whole browser run may take this long (the page itself waits at
 /// most 35 s for any one step).
 const RUN_TIMEOUT: Duration = Duration::from_secs(300);
@@ -87,6 +96,7 @@ fn start_engine(redis: &RedisPair, ncic: &HttpUpstream) -> Continuity {
 kind = "redis"
 listen = "{redis_listen}"
 on_failover = "route"
+latency_threshold_ms = {REDIS_THRESHOLD_MS}
 upstreams = [
   {{ name = "redis-primary", address = "{p}", role = "primary" }},
   {{ name = "redis-replica", address = "{r}", role = "secondary" }},
@@ -103,6 +113,11 @@ health_path = "/health"
 on_outage = "queue"
 upstreams = [ {{ name = "ncic-a", url = "{}", role = "primary" }} ]"#,
             ncic.url()
+        ))
+        // Never reports: stalls STALL_SECONDS after start, which opens an
+        // `etl_stall` alert for the page to acknowledge.
+        .service(&format!(
+            "name = \"{ETL}\"\nkind = \"heartbeat\"\nstall_after_seconds = {STALL_SECONDS}"
         ))
         .start();
     let healthy = wait_until(Duration::from_secs(20), || {
@@ -184,6 +199,75 @@ fn page_assets_and_whoami_over_http() {
     let missing = http_client::get(&engine.control, "/operations-center/assets/nope.js")
         .expect("GET a missing asset");
     assert_eq!(missing.status, 404);
+}
+
+fn service_of<'a>(deep: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    deep["services"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == name))
+        .unwrap_or_else(|| panic!("no service {name} in {deep}"))
+}
+
+/// What the page draws from `/api/ops/health/deep` besides SPEC 4's
+/// members: each service's `latency_threshold_ms`, and each upstream's
+/// 429 quota window (`quota_limited`, `quota_until`,
+/// `quota_wait_seconds`) once the HTTP upstream answers 429 with a
+/// `Retry-After`.
+#[test]
+fn deep_health_has_latency_threshold_and_quota_window() {
+    let redis = RedisPair::start();
+    let ncic = HttpUpstream::start("ncic-a", None, None, false);
+    let engine = start_engine(&redis, &ncic);
+
+    let (status, deep) = engine.get("/api/ops/health/deep");
+    assert_eq!(status, 200, "{deep}");
+    assert_eq!(
+        service_of(&deep, "redis")["latency_threshold_ms"],
+        REDIS_THRESHOLD_MS as f64,
+        "the configured threshold"
+    );
+    assert_eq!(
+        service_of(&deep, "ncic")["latency_threshold_ms"],
+        1000.0,
+        "the default threshold"
+    );
+    let ncic_a = &service_of(&deep, "ncic")["upstreams"][0];
+    assert_eq!(ncic_a["name"], "ncic-a");
+    assert_eq!(ncic_a["quota_limited"], false, "{ncic_a}");
+    assert!(ncic_a["quota_until"].is_null(), "{ncic_a}");
+    assert!(ncic_a["quota_wait_seconds"].is_null(), "{ncic_a}");
+    // SPEC 4's /api/ops/health keeps exactly its members.
+    let (_, health) = engine.get("/api/ops/health");
+    assert!(health["services"][0].get("latency_threshold_ms").is_none());
+
+    // The upstream answers 429 with Retry-After: 600; the client gets the
+    // 429 (600 s is past the hold budget), and the gateway keeps the window.
+    let listen = service_of(&deep, "ncic")["listen"]
+        .as_str()
+        .expect("ncic listens")
+        .to_string();
+    let r = http_client::get(&listen, "/retryafter/1/ops-center?ra=600").expect("GET through ncic");
+    assert_eq!(r.status, 429, "{}", r.body);
+    let (_, deep) = engine.get("/api/ops/health/deep");
+    let ncic_a = &service_of(&deep, "ncic")["upstreams"][0];
+    assert_eq!(ncic_a["quota_limited"], true, "{ncic_a}");
+    let wait = ncic_a["quota_wait_seconds"].as_f64().unwrap_or(-1.0);
+    assert!((400.0..=600.0).contains(&wait), "quota_wait_seconds {wait}");
+    // A UTC time later than the answer's own.
+    let until = ncic_a["quota_until"].as_str().unwrap_or_default();
+    let generated = deep["generated_at"].as_str().unwrap_or_default();
+    assert!(
+        until.ends_with('Z') && until.get(..16) > generated.get(..16),
+        "quota_until {until} after generated_at {generated}"
+    );
+    // The service is healthy all the same: a quota is not ill health.
+    assert_eq!(service_of(&deep, "ncic")["status"], "healthy");
+    for u in service_of(&deep, "redis")["upstreams"]
+        .as_array()
+        .expect("redis upstreams")
+    {
+        assert_eq!(u["quota_limited"], false, "{u}");
+    }
 }
 
 #[test]

@@ -38,6 +38,9 @@ pub fn upstream(service: &str, name: &str, role: Role, active: bool) -> Upstream
         active_connections: 4,
         total_connections: 9,
         history: Vec::new(),
+        quota_limited: false,
+        quota_until: None,
+        quota_wait_seconds: None,
     }
 }
 
@@ -62,6 +65,7 @@ pub fn service(name: &str, kind: Kind, status: ServiceStatus) -> ServiceSnapshot
         fenced: Vec::new(),
         consecutive_failures: 0,
         latency_ms: Some(1.5),
+        latency_threshold_ms: 1000.0,
         uptime_percent_1h: 100.0,
         uptime_percent_24h: 99.5,
         total_checks: 20,

@@ -658,6 +658,10 @@ pub(crate) fn service_snapshot(s: &ServiceRt) -> ServiceSnapshot {
         .map(|(i, u)| {
             // Takes the health lock itself: before ours.
             let pool_state = s.pool_state(i, &route);
+            // The gateway's 429 window (HTTP), while it is open.
+            let quota_wait = (*lock(&u.quota))
+                .and_then(|until| until.checked_duration_since(Instant::now()))
+                .filter(|w| !w.is_zero());
             let h = lock(&u.health);
             let active = route.active == i;
             let fenced = route.fenced.get(i).copied().unwrap_or(false);
@@ -691,6 +695,11 @@ pub(crate) fn service_snapshot(s: &ServiceRt) -> ServiceSnapshot {
                 active_connections: u.active_conns.load(Ordering::Relaxed),
                 total_connections: u.total_conns.load(Ordering::Relaxed),
                 history: h.history.iter().cloned().collect(),
+                quota_limited: quota_wait.is_some(),
+                quota_until: quota_wait
+                    .and_then(|w| chrono::Duration::from_std(w).ok())
+                    .and_then(|w| now.checked_add_signed(w)),
+                quota_wait_seconds: quota_wait.map(|w| w.as_secs_f64()),
             }
         })
         .collect();
@@ -723,6 +732,7 @@ pub(crate) fn service_snapshot(s: &ServiceRt) -> ServiceSnapshot {
             .collect(),
         consecutive_failures: active.map(|u| u.consecutive_failures).unwrap_or(0),
         latency_ms,
+        latency_threshold_ms: s.cfg.health.latency_threshold.as_secs_f64() * 1000.0,
         uptime_percent_1h: st.uptime.percent(now, 60),
         uptime_percent_24h: st.uptime.percent(now, 24 * 60),
         total_checks: upstreams.iter().map(|u| u.total_checks).sum(),

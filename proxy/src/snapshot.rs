@@ -127,6 +127,14 @@ pub struct UpstreamSnapshot {
     pub active_connections: u64,
     pub total_connections: u64,
     pub history: Vec<ProbeRecord>,
+    /// HTTP: the gateway sends this upstream nothing until `quota_until`,
+    /// the end of the `Retry-After` of its last 429 (capped at
+    /// `max_retry_after_seconds`). Always false for other kinds.
+    pub quota_limited: bool,
+    /// When the 429 window ends, while one is open.
+    pub quota_until: Option<DateTime<Utc>>,
+    /// Seconds left of the 429 window, while one is open.
+    pub quota_wait_seconds: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -152,6 +160,9 @@ pub struct ServiceSnapshot {
     pub consecutive_failures: u32,
     /// p50 of inline latency over the last minute, else the last probe's.
     pub latency_ms: Option<f64>,
+    /// The service's `latency_threshold_ms`: a probe slower than this
+    /// marks the upstream slow.
+    pub latency_threshold_ms: f64,
     pub uptime_percent_1h: f64,
     pub uptime_percent_24h: f64,
     pub total_checks: u64,

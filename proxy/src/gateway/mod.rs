@@ -133,7 +133,9 @@ pub struct Shared {
     pub service: String,
     pub peers: Vec<PeerTemplate>,
     /// Per upstream: no request before this instant (a 429's Retry-After).
-    pub quota: Vec<Mutex<Option<Instant>>>,
+    /// The cells are the upstreams' own (`UpstreamRt::quota`), so that the
+    /// engine's snapshot shows the window.
+    pub quota: Vec<Arc<Mutex<Option<Instant>>>>,
     pub queue: Option<QueueStore>,
     /// Wakes the delivery task (a request was queued).
     pub wake: Arc<Notify>,
@@ -247,7 +249,7 @@ pub fn start(p: GatewayParams<'_>) -> Result<Vec<JoinHandle<()>>, String> {
     };
     let shared = Arc::new(Shared {
         service: svc.name().to_string(),
-        quota: peers.iter().map(|_| Mutex::new(None)).collect(),
+        quota: svc.upstreams.iter().map(|u| u.quota.clone()).collect(),
         peers,
         queue: p.queue,
         wake: Arc::new(Notify::new()),

@@ -68,6 +68,9 @@ pub struct UpstreamRt {
     pub metrics: UpstreamMetrics,
     /// Pre-connected idle connections (`redundancy = "hot"`, upstream/pool.rs).
     pub pool: WarmPool,
+    /// HTTP: no request before this instant (a 429's Retry-After). The
+    /// gateway's `Shared::quota` holds the same cell; snapshots read it.
+    pub quota: Arc<Mutex<Option<Instant>>>,
 }
 
 /// Per-minute (rounds, up rounds) for uptime over 1 h and 24 h.
@@ -201,6 +204,7 @@ impl ServiceRt {
                     total_conns: AtomicU64::new(0),
                     inline: LatencyWindow::new(),
                     pool: WarmPool::new(),
+                    quota: Arc::new(Mutex::new(None)),
                 })
             })
             .collect::<Vec<_>>();
