@@ -46,6 +46,8 @@ pub struct RawToken {
     pub name: Option<String>,
     pub role: Option<String>,
     pub sha256: Option<String>,
+    /// Names an environment variable holding the digest (instead of `sha256`).
+    pub sha256_env: Option<String>,
 }
 
 /// `[health]`, and the same flat keys repeated in a `[[service]]`.

@@ -385,3 +385,42 @@ upstreams = [{ name = "r1", address = "127.0.0.1:6379", role = "primary", databa
         "{e}"
     );
 }
+
+const TOKEN_FROM_ENV: &str = r#"
+[[control.token]]
+name = "ops"
+role = "operator"
+sha256_env = "OPS_TOKEN_SHA256"
+"#;
+
+#[test]
+fn token_digest_from_the_environment() {
+    let digest = "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8";
+    let c = ok(TOKEN_FROM_ENV, &with(&[("OPS_TOKEN_SHA256", digest)]));
+    assert_eq!(c.control.tokens.len(), 1);
+    assert_eq!(hex::encode(c.control.tokens[0].sha256), digest);
+    assert_eq!(c.control.tokens[0].name, "ops");
+
+    // Unset (or empty, as compose's ${VAR:-} passes it): a problem at the key
+    // that names the variable.
+    for env in [with(&[]), with(&[("OPS_TOKEN_SHA256", " ")])] {
+        let e = err(TOKEN_FROM_ENV, &env);
+        assert_eq!(e.problems.len(), 1, "{e}");
+        assert_eq!(e.problems[0].path, "control.token[0].sha256_env");
+        assert_eq!(e.problems[0].line, Some(5));
+        assert!(e.problems[0].message.contains("OPS_TOKEN_SHA256"), "{e}");
+    }
+
+    // Not a digest: the same message as for `sha256`, at sha256_env.
+    let e = err(TOKEN_FROM_ENV, &with(&[("OPS_TOKEN_SHA256", "not-hex")]));
+    assert_eq!(e.problems[0].path, "control.token[0].sha256_env");
+    assert!(e.problems[0].message.contains("64 hex"), "{e}");
+
+    // Exactly one of the two.
+    let both = format!("{TOKEN_FROM_ENV}sha256 = \"{digest}\"\n");
+    let e = err(&both, &with(&[("OPS_TOKEN_SHA256", digest)]));
+    assert!(e.problems[0].message.contains("not both"), "{e}");
+    let neither = "[[control.token]]\nname = \"ops\"\nrole = \"viewer\"\n";
+    let e = err(neither, &with(&[]));
+    assert_eq!(e.problems[0].path, "control.token[0].sha256", "{e}");
+}

@@ -11,7 +11,7 @@ use continuity_control::config::{ControlConfig, TokenConfig, TokenRole};
 use continuity_proxy::config::HealthSettings;
 
 use super::lines::KeyPath;
-use super::raw::{RawAlerts, RawAudit, RawCluster, RawControl, RawHealth};
+use super::raw::{RawAlerts, RawAudit, RawCluster, RawControl, RawHealth, RawToken};
 use super::{AlertsConfig, AuditConfig, ClusterConfig, Found};
 
 /// The default `[audit] mask_patterns`: US social security numbers.
@@ -309,22 +309,19 @@ pub fn control(ctx: &mut Ctx<'_>, raw: RawControl) -> ControlConfig {
             }),
             None => None,
         };
-        let sha = match ctx.required(&tp.key("sha256"), t.sha256.as_deref()) {
-            Some(h) => sha256_hex(h).or_else(|| {
+        let (sha_at, digest) = token_digest(ctx, &tp, &t);
+        let sha = digest.and_then(|h| {
+            sha256_hex(&h).or_else(|| {
                 ctx.problem(
-                    &tp.key("sha256"),
+                    &sha_at,
                     "must be 64 hex characters, the SHA-256 of the token (see `continuity token new`)",
                 );
                 None
-            }),
-            None => None,
-        };
+            })
+        });
         if let Some(sha) = sha {
             if let Some(j) = c.tokens.iter().position(|t| t.sha256 == sha) {
-                ctx.problem(
-                    &tp.key("sha256"),
-                    format!("the same token as control.token[{j}]"),
-                );
+                ctx.problem(&sha_at, format!("the same token as control.token[{j}]"));
             }
         }
         if let (Some(name), Some(role), Some(sha256)) = (name, role, sha) {
@@ -336,6 +333,38 @@ pub fn control(ctx: &mut Ctx<'_>, raw: RawControl) -> ControlConfig {
         }
     }
     c
+}
+
+/// A token's digest text: `sha256`, or the environment variable that
+/// `sha256_env` names (exactly one of the two), with the key to blame.
+fn token_digest(ctx: &mut Ctx<'_>, tp: &KeyPath, t: &RawToken) -> (KeyPath, Option<String>) {
+    match (t.sha256.as_deref(), t.sha256_env.as_deref()) {
+        (Some(_), Some(_)) => {
+            ctx.problem(
+                &tp.key("sha256_env"),
+                "set `sha256` or `sha256_env`, not both",
+            );
+            (tp.key("sha256"), None)
+        }
+        (None, Some(var)) => {
+            let at = tp.key("sha256_env");
+            let value = ctx.required(&at, Some(var)).and_then(|var| {
+                let value = (ctx.env)(var)
+                    .map(|v| v.trim().to_string())
+                    .filter(|v| !v.is_empty());
+                if value.is_none() {
+                    ctx.problem(&at, format!("environment variable `{var}` is not set"));
+                }
+                value
+            });
+            (at, value)
+        }
+        (sha, None) => {
+            let at = tp.key("sha256");
+            let value = ctx.required(&at, sha).map(str::to_string);
+            (at, value)
+        }
+    }
 }
 
 fn sha256_hex(h: &str) -> Option<[u8; 32]> {
