@@ -23,6 +23,9 @@ pub mod names {
     pub const UPSTREAM_UP: &str = "continuity_upstream_up";
     pub const HELD_CONNECTIONS: &str = "continuity_held_connections";
     pub const SERVICE_EPOCH: &str = "continuity_service_epoch";
+    /// Always 1; carries the service's `kind` and SLA `category` as labels.
+    pub const SERVICE_INFO: &str = "continuity_service_info";
+    pub const SERVICE_IN_FAILOVER: &str = "continuity_service_in_failover";
 }
 
 /// Label values of `continuity_auth_failures_total{reason}`.
@@ -44,6 +47,8 @@ pub struct ControlMetrics {
     upstream_up: IntGaugeVec,
     held_connections: IntGaugeVec,
     service_epoch: IntGaugeVec,
+    service_info: IntGaugeVec,
+    service_in_failover: IntGaugeVec,
     /// Serialises reset+refresh+gather so that concurrent scrapes never
     /// see each other's half-refreshed gauges.
     scrape: Mutex<()>,
@@ -101,6 +106,20 @@ impl ControlMetrics {
                 ),
                 &["service"],
             )?,
+            service_info: IntGaugeVec::new(
+                Opts::new(
+                    names::SERVICE_INFO,
+                    "Always 1: the service's kind and SLA category, for alert rules and dashboards to join on.",
+                ),
+                &["service", "kind", "category"],
+            )?,
+            service_in_failover: IntGaugeVec::new(
+                Opts::new(
+                    names::SERVICE_IN_FAILOVER,
+                    "1 while the service is served by an upstream other than its configured primary, else 0.",
+                ),
+                &["service"],
+            )?,
             scrape: Mutex::new(()),
         };
         registry.register(Box::new(m.auth_failures.clone()))?;
@@ -110,6 +129,8 @@ impl ControlMetrics {
         registry.register(Box::new(m.upstream_up.clone()))?;
         registry.register(Box::new(m.held_connections.clone()))?;
         registry.register(Box::new(m.service_epoch.clone()))?;
+        registry.register(Box::new(m.service_info.clone()))?;
+        registry.register(Box::new(m.service_in_failover.clone()))?;
         Ok(m)
     }
 
@@ -121,6 +142,8 @@ impl ControlMetrics {
         self.upstream_up.reset();
         self.held_connections.reset();
         self.service_epoch.reset();
+        self.service_info.reset();
+        self.service_in_failover.reset();
         self.failover_state.set(snap.failover_state.as_gauge());
         for s in &snap.services {
             let svc = [s.name.as_str()];
@@ -135,6 +158,12 @@ impl ControlMetrics {
             self.service_epoch
                 .with_label_values(&svc)
                 .set(saturating_i64(s.epoch));
+            self.service_info
+                .with_label_values(&[s.name.as_str(), s.kind.as_str(), s.category.as_str()])
+                .set(1);
+            self.service_in_failover
+                .with_label_values(&svc)
+                .set(i64::from(s.in_failover));
             for u in &s.upstreams {
                 let up = u.health == UpstreamHealth::Up;
                 self.upstream_up
@@ -223,6 +252,8 @@ mod tests {
         snap.services[0].epoch = 3;
         snap.services[0].held_connections = 2;
         snap.services[1].upstreams[0].health = UpstreamHealth::Down;
+        snap.services[1].category = continuity_proxy::config::Category::Federal;
+        snap.services[1].in_failover = true;
         let text = m.render(&snap, &registry).expect("render");
         for name in [
             names::AUTH_FAILURES_TOTAL,
@@ -232,6 +263,8 @@ mod tests {
             names::UPSTREAM_UP,
             names::HELD_CONNECTIONS,
             names::SERVICE_EPOCH,
+            names::SERVICE_INFO,
+            names::SERVICE_IN_FAILOVER,
         ] {
             assert!(text.contains(&format!("# HELP {name} ")), "HELP for {name}");
             assert!(text.contains(&format!("# TYPE {name} ")), "TYPE for {name}");
@@ -243,6 +276,15 @@ mod tests {
         assert!(text.contains("continuity_service_epoch{service=\"redis\"} 3\n"));
         assert!(text.contains("continuity_held_connections{service=\"redis\"} 2\n"));
         assert!(text.contains("continuity_upstream_up{service=\"pg\",upstream=\"pg-primary\"} 0\n"));
+        // The SLA class and kind, for alert rules and dashboards to join on.
+        assert!(text.contains(
+            "continuity_service_info{category=\"core\",kind=\"redis\",service=\"redis\"} 1\n"
+        ));
+        assert!(text.contains(
+            "continuity_service_info{category=\"federal\",kind=\"postgres\",service=\"pg\"} 1\n"
+        ));
+        assert!(text.contains("continuity_service_in_failover{service=\"redis\"} 0\n"));
+        assert!(text.contains("continuity_service_in_failover{service=\"pg\"} 1\n"));
         promtool_check(&text);
 
         // A service removed (config reload) leaves no stale series.
