@@ -8,6 +8,7 @@ set -euo pipefail
 
 : "${PGDATA:=/var/lib/postgresql/data}"
 : "${PRIMARY_HOST:=postgres}"
+: "${PRIMARY_PORT:=5432}"
 : "${REPLICATION_PASSWORD:?REPLICATION_PASSWORD is required}"
 
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
@@ -15,10 +16,10 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
     # The image's data directory is mode 1777; pg_basebackup needs it empty.
     find "$PGDATA" -mindepth 1 -delete
     PGPASSWORD="$REPLICATION_PASSWORD" pg_basebackup \
-        --host="$PRIMARY_HOST" --username=replicator \
+        --host="$PRIMARY_HOST" --port="$PRIMARY_PORT" --username=replicator \
         --pgdata="$PGDATA" --write-recovery-conf --wal-method=stream \
         --checkpoint=fast --progress
     chmod 0700 "$PGDATA"
 fi
 
-exec postgres -c hot_standby=on
+exec postgres -c hot_standby=on "$@"
