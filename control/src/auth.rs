@@ -105,7 +105,7 @@ impl Auth {
 /// Routes that need no token: the probes Docker and load balancers use,
 /// the operations page (its data needs a token), and `/metrics` when
 /// `metrics_public`. Only reads are public.
-fn is_public(method: &Method, path: &str, metrics_public: bool) -> bool {
+pub(crate) fn is_public(method: &Method, path: &str, metrics_public: bool) -> bool {
     if method != Method::GET && method != Method::HEAD {
         return false;
     }
@@ -117,7 +117,7 @@ fn is_public(method: &Method, path: &str, metrics_public: bool) -> bool {
 
 /// SPEC 4 roles: reads for viewers and operators, heartbeats for
 /// reporters and operators, every other write for operators only.
-fn role_check(role: TokenRole, method: &Method, path: &str) -> Result<(), ApiError> {
+pub(crate) fn role_check(role: TokenRole, method: &Method, path: &str) -> Result<(), ApiError> {
     let read = method == Method::GET || method == Method::HEAD || method == Method::OPTIONS;
     let heartbeat = method == Method::POST && path.starts_with("/api/ops/heartbeat/");
     let ok = match role {

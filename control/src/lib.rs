@@ -25,6 +25,7 @@ pub mod diagnostics;
 pub mod error;
 pub mod limits;
 pub mod metrics;
+pub mod openapi;
 pub mod ratelimit;
 pub mod recorder;
 pub mod routes;
@@ -41,7 +42,6 @@ use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderValue, Method};
-use axum::routing::{get, post};
 use axum::Router;
 use continuity_proxy::{Command, CommandOutcome, Engine};
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -208,47 +208,11 @@ impl AppState {
 
 /// The whole HTTP surface of the control plane.
 pub fn router(state: AppState) -> Router {
-    use routes::{audit, config, failover, health, metrics, queue, redundancy};
     let cors = cors_layer(&state.config.cors_origins);
-    let app = Router::new()
-        .route("/api/ops/health", get(health::health))
-        .route("/api/ops/ready", get(health::ready))
-        .route("/api/ops/health/deep", get(health::deep))
-        .route("/api/ops/health/service/{type}", get(health::service))
-        .route("/api/ops/config/reload", post(config::reload))
-        .route("/api/ops/failover/status", get(failover::status))
-        .route("/api/ops/failover/trigger/{type}", post(failover::trigger))
-        .route("/api/ops/failover/recover/{type}", post(failover::recover))
-        .route("/api/ops/audit/logs", get(audit::logs))
-        .route("/api/ops/audit/report", get(audit::report))
-        .route("/api/ops/audit/status", get(audit::status))
-        .route("/api/ops/audit/verify", get(audit::verify))
-        .route("/api/ops/redundancy/status", get(redundancy::status))
-        .route(
-            "/api/ops/redundancy/failover/{pool}",
-            post(redundancy::failover),
-        )
-        .route(
-            "/api/ops/redundancy/failback/{pool}",
-            post(redundancy::failback),
-        )
-        .route(
-            "/api/ops/redundancy/resync/{pool}",
-            post(redundancy::resync),
-        )
-        .route(
-            "/api/ops/redundancy/pool/{name}",
-            get(redundancy::pool_by_name),
-        )
-        .route("/api/ops/queue", get(queue::summary))
-        .route("/api/ops/queue/{id}", get(queue::entry))
-        .route("/metrics", get(metrics::metrics))
-        .merge(crate::diagnostics::routes())
-        .merge(crate::snapshots::routes())
-        .merge(crate::alerts::routes())
-        .merge(crate::ws::routes())
-        .route("/api/ops/whoami", get(routes::whoami::whoami))
-        .merge(crate::ui::routes())
+    // Every route comes from `openapi::api_router`, which documents each
+    // one from the same call that routes it (GET /api/ops/openapi.json).
+    let (routes, _) = openapi::api_router().split_for_parts();
+    let app = routes
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

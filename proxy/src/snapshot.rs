@@ -10,7 +10,7 @@ use crate::config::{Category, FailoverMode, Kind, OnFailover, Redundancy, Role};
 use crate::health::ObservedRole;
 
 /// SPEC 3 service status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ServiceStatus {
     Unknown,
@@ -31,7 +31,7 @@ impl ServiceStatus {
 }
 
 /// SPEC 3 engine state, `failover_state` everywhere.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum FailoverState {
     Normal,
@@ -57,7 +57,7 @@ impl FailoverState {
 }
 
 /// Health of one upstream as the thresholds judge it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum UpstreamHealth {
     Unknown,
@@ -66,7 +66,7 @@ pub enum UpstreamHealth {
 }
 
 /// Connection-pool state of an upstream (the design's redundancy manager).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PoolState {
     Disconnected,
@@ -77,7 +77,7 @@ pub enum PoolState {
 }
 
 /// One probe, as kept in an upstream's recent history.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ProbeRecord {
     pub at: DateTime<Utc>,
     pub ok: bool,
@@ -87,7 +87,7 @@ pub struct ProbeRecord {
 }
 
 /// Latency percentiles in milliseconds; `None` when there is no sample.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, utoipa::ToSchema)]
 pub struct Percentiles {
     pub p50: Option<f64>,
     pub p95: Option<f64>,
@@ -95,7 +95,7 @@ pub struct Percentiles {
     pub samples: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct UpstreamSnapshot {
     pub name: String,
     pub service: String,
@@ -137,7 +137,7 @@ pub struct UpstreamSnapshot {
     pub quota_wait_seconds: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ServiceSnapshot {
     pub name: String,
     pub kind: Kind,
@@ -170,7 +170,7 @@ pub struct ServiceSnapshot {
     pub upstreams: Vec<UpstreamSnapshot>,
 }
 
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, utoipa::ToSchema)]
 pub struct FailoverMetrics {
     pub total_failovers: u64,
     pub auto_failovers: u64,

@@ -31,8 +31,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use axum::routing::{get, post};
-use axum::Router;
 use chrono::Utc;
 use continuity_proxy::config::{Kind, ServiceConfig};
 use continuity_proxy::events::{Event, EventKind};
@@ -40,6 +38,7 @@ use prometheus::{IntCounterVec, Opts, Registry};
 use serde_json::Value;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
+use utoipa_axum::router::OpenApiRouter;
 
 pub use model::{Alert, PredictiveAlert};
 pub use predict::{PredictSettings, ServiceLimits};
@@ -345,10 +344,10 @@ pub fn spawn(state: AppState) -> JoinHandle<()> {
 
 /// `GET /api/ops/diagnostics/alerts`, `POST /api/ops/alerts/{id}/ack`,
 /// `POST /api/ops/emergency`, `POST /api/ops/heartbeat/{name}`.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/ops/diagnostics/alerts", get(routes::list))
-        .route("/api/ops/alerts/{id}/ack", post(routes::ack))
-        .route("/api/ops/emergency", post(routes::emergency))
-        .route("/api/ops/heartbeat/{name}", post(routes::heartbeat))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(utoipa_axum::routes!(routes::list))
+        .routes(utoipa_axum::routes!(routes::ack))
+        .routes(utoipa_axum::routes!(routes::emergency))
+        .routes(utoipa_axum::routes!(routes::heartbeat))
 }

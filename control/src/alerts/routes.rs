@@ -24,6 +24,18 @@ use crate::routes::{operator_reason, PathParam};
 use crate::AppState;
 
 /// `?open=true` lists only open alerts; `?type=escalation|predictive`.
+#[utoipa::path(
+    get, path = "/api/ops/diagnostics/alerts", tag = "diagnostics",
+    summary = "Escalations and predictive alerts (masked)",
+    params(
+        ("open" = Option<bool>, Query, description = "`true`: open alerts only"),
+        ("type" = Option<String>, Query, description = "`escalation` or `predictive`"),
+    ),
+    responses(
+        (status = 200, description = "Alerts, newest first", body = crate::openapi::AlertList),
+        (status = 400, description = "`bad_request`: a bad query parameter", body = crate::openapi::ErrorEnvelope),
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     RawQuery(q): RawQuery,
@@ -72,6 +84,19 @@ fn ack_error(id: &str, e: AckError) -> ApiError {
     }
 }
 
+#[utoipa::path(
+    post, path = "/api/ops/alerts/{id}/ack", tag = "alerts",
+    summary = "Acknowledge an alert",
+    params(("id" = String, Path, description = "The alert id")),
+    request_body(content = crate::openapi::ReasonBody, description = "Why (masked, audited); an empty body counts as `{}`"),
+    responses(
+        (status = 200, description = "The acknowledged alert", body = crate::openapi::AlertView),
+        (status = 404, description = "`not_found`: no such alert", body = crate::openapi::ErrorEnvelope),
+        (status = 400, description = "`bad_request`: the body is not a JSON object, or `reason` is not a string", body = crate::openapi::ErrorEnvelope),
+        (status = 422, description = "`reason_required`: `reason` missing or blank", body = crate::openapi::ErrorEnvelope),
+        (status = 409, description = "`conflict`: already acknowledged", body = crate::openapi::ErrorEnvelope),
+    ),
+)]
 pub async fn ack(
     State(state): State<AppState>,
     actor: Actor,
@@ -135,6 +160,19 @@ fn object(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
+#[utoipa::path(
+    post, path = "/api/ops/emergency", tag = "alerts",
+    summary = "Declare or clear an emergency",
+    description = "State `emergency`, an `emergency_state` event, every open alert routed to every dashboard.",
+    request_body(content = crate::openapi::EmergencyRequest),
+    responses(
+        (status = 200, description = "The engine state after it", body = crate::openapi::EmergencyAnswer),
+        (status = 400, description = "`bad_request`: `enabled` missing or not a boolean, or the body is not a JSON object", body = crate::openapi::ErrorEnvelope),
+        (status = 422, description = "`reason_required`: `reason` missing or blank", body = crate::openapi::ErrorEnvelope),
+        (status = 409, description = "`conflict`: the engine refused", body = crate::openapi::ErrorEnvelope),
+        (status = 504, description = "`timeout`: the switch did not complete within 30 s", body = crate::openapi::ErrorEnvelope),
+    ),
+)]
 pub async fn emergency(
     State(state): State<AppState>,
     actor: Actor,
@@ -204,6 +242,18 @@ fn report(body: &Bytes) -> Result<Report, ApiError> {
     })
 }
 
+#[utoipa::path(
+    post, path = "/api/ops/heartbeat/{name}", tag = "alerts",
+    summary = "A heartbeat service (an ETL pipeline) reports progress",
+    description = "No reason needed; silence past `stall_after_seconds` raises `etl_stall`. Only stall and resume are audited.",
+    params(("name" = String, Path, description = "A `heartbeat` service name")),
+    request_body(content = crate::openapi::HeartbeatRequest, description = "Optional; an empty body is a beat"),
+    responses(
+        (status = 200, description = "The pipeline's status (checkpoint masked)", body = crate::openapi::HeartbeatStatus),
+        (status = 404, description = "`not_found`: no such heartbeat service", body = crate::openapi::ErrorEnvelope),
+        (status = 400, description = "`bad_request`: `processed` or `checkpoint` of the wrong type, or the body is not a JSON object", body = crate::openapi::ErrorEnvelope),
+    ),
+)]
 pub async fn heartbeat(
     State(state): State<AppState>,
     _actor: Actor,

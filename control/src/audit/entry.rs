@@ -31,7 +31,7 @@ const PREV_SUFFIX_LEN: usize = 14 + 64 + 1;
 macro_rules! names {
     ($(#[$m:meta])* $ty:ident { $($v:ident => $s:literal),* $(,)? }) => {
         $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
         #[serde(rename_all = "snake_case")]
         pub enum $ty { $($v),* }
 

@@ -43,7 +43,7 @@ pub struct Index {
 }
 
 /// `GET /api/ops/audit/status` (SPEC 4 names, then extras).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct AuditStatus {
     pub total_entries: u64,
     pub entries_by_action: BTreeMap<&'static str, u64>,

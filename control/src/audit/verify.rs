@@ -34,7 +34,7 @@ pub const RETENTION_EVENT: &str = "audit_retention";
 pub const TORN_EVENT: &str = "audit_torn_line";
 
 /// The result of a verification (also the body of `GET /api/ops/audit/verify`).
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct VerifyReport {
     pub chain_verified: bool,
     /// Entries that verified (up to the first break).

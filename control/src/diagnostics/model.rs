@@ -7,7 +7,7 @@ use serde::Serialize;
 macro_rules! names {
     ($(#[$m:meta])* $name:ident { $($variant:ident => $s:literal),+ $(,)? }) => {
         $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
         #[serde(rename_all = "lowercase")]
         pub enum $name { $($variant),+ }
 
@@ -61,7 +61,7 @@ pub struct Diagnosis {
 }
 
 /// One diagnostic event as the API and the bus show it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct DiagnosticEvent {
     pub id: u64,
     pub at: DateTime<Utc>,
@@ -74,7 +74,7 @@ pub struct DiagnosticEvent {
 }
 
 /// One slow statement (SPEC 4 `slow_queries[]`).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct SlowQuery {
     pub service: String,
     pub upstream: String,

@@ -6,10 +6,11 @@ use std::collections::HashMap;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::Utc;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::model::Filter;
 use crate::error::ApiError;
@@ -23,6 +24,11 @@ fn filter(q: Params) -> Result<Filter, ApiError> {
 }
 
 /// `metrics`, the open `alerts[]` of the alert engine, `top_error_classes[]`.
+#[utoipa::path(
+    get, path = "/api/ops/diagnostics/report", operation_id = "diagnostics_report", tag = "diagnostics",
+    summary = "Event counts, open alerts and top error classes (masked)",
+    responses((status = 200, description = "Report", body = crate::openapi::DiagnosticsReport)),
+)]
 async fn report(State(state): State<AppState>) -> Json<Value> {
     let mut body = state
         .diagnostics
@@ -38,6 +44,21 @@ fn masked(state: &AppState, body: Value) -> Json<Value> {
 
 /// `events[]`, newest first; filters `category`, `severity`, `service`,
 /// `since` (RFC 3339), `limit` (default 100, at most 10000).
+#[utoipa::path(
+    get, path = "/api/ops/diagnostics/events", tag = "diagnostics",
+    summary = "Diagnostic events, newest first (masked)",
+    params(
+        ("category" = Option<String>, Query, description = "`network`, `database`, `federal`, `vendor` or `internal`"),
+        ("severity" = Option<String>, Query, description = "At least this severity: `info`, `warning`, `error`, `critical`"),
+        ("service" = Option<String>, Query, description = "Only this service"),
+        ("since" = Option<String>, Query, description = "At or after this RFC 3339 instant"),
+        ("limit" = Option<u32>, Query, description = "At most this many (default 100, at most 10000)"),
+    ),
+    responses(
+        (status = 200, description = "Events", body = crate::openapi::EventList),
+        (status = 400, description = "`bad_request`: a bad query parameter", body = crate::openapi::ErrorEnvelope),
+    ),
+)]
 async fn events(State(state): State<AppState>, q: Params) -> Result<Json<Value>, ApiError> {
     let f = filter(q)?;
     Ok(masked(
@@ -47,6 +68,19 @@ async fn events(State(state): State<AppState>, q: Params) -> Result<Json<Value>,
 }
 
 /// `slow_queries[]`, newest first; filters `service`, `since`, `limit`.
+#[utoipa::path(
+    get, path = "/api/ops/diagnostics/slow-queries", tag = "diagnostics",
+    summary = "Slow statements, newest first (masked)",
+    params(
+        ("service" = Option<String>, Query, description = "Only this service"),
+        ("since" = Option<String>, Query, description = "At or after this RFC 3339 instant"),
+        ("limit" = Option<u32>, Query, description = "At most this many (default 100, at most 10000)"),
+    ),
+    responses(
+        (status = 200, description = "Slow queries", body = crate::openapi::SlowQueryList),
+        (status = 400, description = "`bad_request`: a bad query parameter", body = crate::openapi::ErrorEnvelope),
+    ),
+)]
 async fn slow_queries(State(state): State<AppState>, q: Params) -> Result<Json<Value>, ApiError> {
     let f = filter(q)?;
     Ok(masked(
@@ -56,9 +90,9 @@ async fn slow_queries(State(state): State<AppState>, q: Params) -> Result<Json<V
 }
 
 /// `/api/ops/diagnostics/*` routes (the alert engine serves `/alerts`).
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/ops/diagnostics/report", get(report))
-        .route("/api/ops/diagnostics/events", get(events))
-        .route("/api/ops/diagnostics/slow-queries", get(slow_queries))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(report))
+        .routes(routes!(events))
+        .routes(routes!(slow_queries))
 }

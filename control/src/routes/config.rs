@@ -28,6 +28,18 @@ pub type ReloadFuture = Pin<Box<dyn Future<Output = Result<Value, Vec<String>>> 
 /// `(actor, reason) -> reload`, installed by the binary.
 pub type ReloadHook = Arc<dyn Fn(String, String) -> ReloadFuture + Send + Sync>;
 
+#[utoipa::path(
+    post, path = "/api/ops/config/reload", tag = "config",
+    summary = "Reload the config file",
+    description = "Validates, applies and audits the config file like SIGHUP; the running config is unchanged when it is refused.",
+    request_body(content = crate::openapi::ReasonBody, description = "Why (masked, audited); an empty body counts as `{}`"),
+    responses(
+        (status = 200, description = "What changed (masked)", body = Object),
+        (status = 400, description = "`bad_request`: the body is not a JSON object, or `reason` is not a string", body = crate::openapi::ErrorEnvelope),
+        (status = 422, description = "`reason_required`: `reason` missing or blank", body = crate::openapi::ErrorEnvelope),
+        (status = 409, description = "`conflict`: the new config is refused (the problems are listed), or live reload is not available", body = crate::openapi::ErrorEnvelope),
+    ),
+)]
 pub async fn reload(
     State(state): State<AppState>,
     actor: Actor,

@@ -26,7 +26,7 @@ use crate::auth::Actor;
 use crate::error::ApiError;
 use crate::AppState;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct StatusBody<'a> {
     pub failover_state: FailoverState,
     pub services: Vec<FailoverService<'a>>,
@@ -35,7 +35,7 @@ pub struct StatusBody<'a> {
 
 /// A service as `failover/status` lists it; a command's answer adds
 /// `status`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FailoverService<'a> {
     pub name: &'a str,
     pub active_upstream: Option<&'a str>,
@@ -78,6 +78,11 @@ pub fn status_body(snap: &EngineSnapshot) -> StatusBody<'_> {
     }
 }
 
+#[utoipa::path(
+    get, path = "/api/ops/failover/status", operation_id = "failover_status", tag = "failover",
+    summary = "Failover state, per-service active upstream and failover metrics",
+    responses((status = 200, description = "Failover status", body = StatusBody)),
+)]
 pub async fn status(State(state): State<AppState>) -> Response {
     let snap = state.engine.snapshot();
     Json(status_body(&snap)).into_response()
@@ -89,6 +94,21 @@ enum Op {
     Recover,
 }
 
+#[utoipa::path(
+    post, path = "/api/ops/failover/trigger/{type}", tag = "failover",
+    summary = "Switch the service to its best usable other upstream (a cold one is probed once first)",
+    description = "Audited (fsynced) before the engine acts; answers once the switch is complete. A switch to the upstream already active is a 200 no-op, still audited.",
+    params(("type" = String, Path, description = "A service name, else the kind of the only service of that kind (`redis`, `postgres`, `neo4j`, ...)")),
+    request_body(content = crate::openapi::ReasonBody, description = "Why (masked, audited); an empty body counts as `{}`"),
+    responses(
+        (status = 200, description = "The service after the switch", body = FailoverService),
+        (status = 404, description = "`not_found`: no such service", body = crate::openapi::ErrorEnvelope),
+        (status = 400, description = "`bad_request`: the body is not a JSON object, or `reason` is not a string", body = crate::openapi::ErrorEnvelope),
+        (status = 422, description = "`reason_required`: `reason` missing or blank", body = crate::openapi::ErrorEnvelope),
+        (status = 409, description = "`conflict`: no usable other upstream", body = crate::openapi::ErrorEnvelope),
+        (status = 504, description = "`timeout`: the switch did not complete within 30 s", body = crate::openapi::ErrorEnvelope),
+    ),
+)]
 pub async fn trigger(
     State(state): State<AppState>,
     actor: Actor,
@@ -98,6 +118,21 @@ pub async fn trigger(
     run(state, Op::Trigger, actor, ty, body).await
 }
 
+#[utoipa::path(
+    post, path = "/api/ops/failover/recover/{type}", tag = "failover",
+    summary = "Switch back to the configured primary",
+    description = "Audited (fsynced) before the engine acts; answers once the switch is complete. A switch to the upstream already active is a 200 no-op, still audited.",
+    params(("type" = String, Path, description = "A service name, else the kind of the only service of that kind (`redis`, `postgres`, `neo4j`, ...)")),
+    request_body(content = crate::openapi::ReasonBody, description = "Why (masked, audited); an empty body counts as `{}`"),
+    responses(
+        (status = 200, description = "The service after the switch", body = FailoverService),
+        (status = 404, description = "`not_found`: no such service", body = crate::openapi::ErrorEnvelope),
+        (status = 400, description = "`bad_request`: the body is not a JSON object, or `reason` is not a string", body = crate::openapi::ErrorEnvelope),
+        (status = 422, description = "`reason_required`: `reason` missing or blank", body = crate::openapi::ErrorEnvelope),
+        (status = 409, description = "`conflict`: the primary is not usable; `not_resynced`: a promote made it diverge and it has not been resynchronized", body = crate::openapi::ErrorEnvelope),
+        (status = 504, description = "`timeout`: the switch did not complete within 30 s", body = crate::openapi::ErrorEnvelope),
+    ),
+)]
 pub async fn recover(
     State(state): State<AppState>,
     actor: Actor,

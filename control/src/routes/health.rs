@@ -24,7 +24,7 @@ pub fn overall_status(state: FailoverState) -> &'static str {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct HealthBody<'a> {
     pub status: &'static str,
     pub failover_state: FailoverState,
@@ -34,7 +34,7 @@ pub struct HealthBody<'a> {
 }
 
 /// Exactly the members SPEC 4 lists for `/api/ops/health` `services[]`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct HealthService<'a> {
     pub name: &'a str,
     pub kind: Kind,
@@ -47,7 +47,7 @@ pub struct HealthService<'a> {
     pub consecutive_failures: u32,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct HealthMetrics {
     pub total_checks: u64,
     pub failed_checks: u64,
@@ -117,7 +117,7 @@ pub fn is_ready(snap: &EngineSnapshot) -> bool {
 /// snapshot types serialise them (last probe and error, probe and inline
 /// latency percentiles, consecutive failures/successes, pool state,
 /// fenced, recent probe `history[]`).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeepBody<'a> {
     pub status: &'static str,
     pub failover_state: FailoverState,
@@ -126,12 +126,27 @@ pub struct DeepBody<'a> {
 }
 
 /// Always 200 while the engine runs (SPEC 4).
+#[utoipa::path(
+    get, path = "/api/ops/health", tag = "health",
+    summary = "Overall health of the engine and its services",
+    description = "Always 200 while the engine runs (SPEC 4).",
+    responses((status = 200, description = "Health", body = HealthBody)),
+)]
 pub async fn health(State(state): State<AppState>) -> Response {
     let snap = state.engine.snapshot();
     Json(health_body(&snap)).into_response()
 }
 
 /// 200 or 503, with the health body either way.
+#[utoipa::path(
+    get, path = "/api/ops/ready", tag = "health",
+    summary = "Readiness for load balancers",
+    description = "200 when every `core` service has a usable upstream, else 503 (also before the first probe results); the health body either way.",
+    responses(
+        (status = 200, description = "Ready", body = HealthBody),
+        (status = 503, description = "Not ready", body = HealthBody),
+    ),
+)]
 pub async fn ready(State(state): State<AppState>) -> Response {
     let snap = state.engine.snapshot();
     let status = if is_ready(&snap) {
@@ -142,6 +157,11 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     (status, Json(health_body(&snap))).into_response()
 }
 
+#[utoipa::path(
+    get, path = "/api/ops/health/deep", tag = "health",
+    summary = "Every service with its upstreams, probes and latencies",
+    responses((status = 200, description = "Deep health", body = DeepBody)),
+)]
 pub async fn deep(State(state): State<AppState>) -> Response {
     let snap = state.engine.snapshot();
     Json(DeepBody {
@@ -155,6 +175,15 @@ pub async fn deep(State(state): State<AppState>) -> Response {
 
 /// One service as in `deep`; `{type}` is a name, else the unique service
 /// of that kind.
+#[utoipa::path(
+    get, path = "/api/ops/health/service/{type}", tag = "health",
+    summary = "One service, as in deep",
+    params(("type" = String, Path, description = "A service name, else the kind of the only service of that kind (`redis`, `postgres`, `neo4j`, ...)")),
+    responses(
+        (status = 200, description = "The service", body = continuity_proxy::snapshot::ServiceSnapshot),
+        (status = 404, description = "`not_found`: no such service", body = crate::openapi::ErrorEnvelope),
+    ),
+)]
 pub async fn service(
     State(state): State<AppState>,
     PathParam(ty): PathParam,

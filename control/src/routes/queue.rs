@@ -22,6 +22,16 @@ use crate::audit::mask::Masker;
 use crate::error::ApiError;
 use crate::AppState;
 
+#[utoipa::path(
+    get, path = "/api/ops/queue/{id}", tag = "queue",
+    summary = "A queued HTTP request: state and, once delivered, the upstream's answer",
+    description = "Masked like an audit entry, except the answer's body.",
+    params(("id" = String, Path, description = "The id the gateway answered 202 with")),
+    responses(
+        (status = 200, description = "The request", body = crate::openapi::QueueEntry),
+        (status = 404, description = "`not_found`: no such request, or no queue", body = crate::openapi::ErrorEnvelope),
+    ),
+)]
 pub async fn entry(
     State(state): State<AppState>,
     PathParam(id): PathParam,
@@ -70,6 +80,11 @@ fn mask_headers(m: &Masker, headers: Option<&mut Value>) {
     }
 }
 
+#[utoipa::path(
+    get, path = "/api/ops/queue", tag = "queue",
+    summary = "Depth, pending bytes and oldest age per service",
+    responses((status = 200, description = "Queues (empty without an HTTP gateway queue)", body = crate::openapi::QueueSummary)),
+)]
 pub async fn summary(State(state): State<AppState>) -> Response {
     let services: Vec<_> = match state.engine.queue() {
         Some(q) => q

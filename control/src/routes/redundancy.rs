@@ -20,7 +20,7 @@ use crate::error::ApiError;
 use crate::AppState;
 
 /// One upstream seen as the design's connection pool.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Pool<'a> {
     pub name: &'a str,
     pub service: &'a str,
@@ -65,7 +65,7 @@ impl<'a> Pool<'a> {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PoolsBody<'a> {
     pub pools: Vec<Pool<'a>>,
 }
@@ -86,6 +86,11 @@ pub fn pool<'a>(snap: &'a EngineSnapshot, name: &str) -> Option<Pool<'a>> {
     })
 }
 
+#[utoipa::path(
+    get, path = "/api/ops/redundancy/status", operation_id = "redundancy_status", tag = "redundancy",
+    summary = "One pool per upstream",
+    responses((status = 200, description = "Pools", body = PoolsBody)),
+)]
 pub async fn status(State(state): State<AppState>) -> Response {
     let snap = state.engine.snapshot();
     Json(PoolsBody {
@@ -94,6 +99,15 @@ pub async fn status(State(state): State<AppState>) -> Response {
     .into_response()
 }
 
+#[utoipa::path(
+    get, path = "/api/ops/redundancy/pool/{name}", tag = "redundancy",
+    summary = "One pool",
+    params(("name" = String, Path, description = "An upstream (pool) name")),
+    responses(
+        (status = 200, description = "The pool", body = Pool),
+        (status = 404, description = "`not_found`: no such pool", body = crate::openapi::ErrorEnvelope),
+    ),
+)]
 pub async fn pool_by_name(
     State(state): State<AppState>,
     PathParam(name): PathParam,
@@ -105,7 +119,7 @@ pub async fn pool_by_name(
 
 /// A planned switchover's answer: the pool named in the path, the service's
 /// active upstream and epoch after it, and the pause clients saw.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SwitchBody<'a> {
     #[serde(flatten)]
     pub pool: Pool<'a>,
@@ -122,6 +136,21 @@ enum Op {
     Resync,
 }
 
+#[utoipa::path(
+    post, path = "/api/ops/redundancy/failover/{pool}", operation_id = "redundancy_failover", tag = "redundancy",
+    summary = "Planned switchover away from `{pool}` (which must be active), without losing acknowledged writes",
+    description = "Audited before the engine acts (docs/switchover.md).",
+    params(("pool" = String, Path, description = "An upstream (pool) name")),
+    request_body(content = crate::openapi::ReasonBody, description = "Why (masked, audited); an empty body counts as `{}`"),
+    responses(
+        (status = 200, description = "The pool after the switch, with the pause clients saw", body = SwitchBody),
+        (status = 404, description = "`not_found`: no such pool", body = crate::openapi::ErrorEnvelope),
+        (status = 400, description = "`bad_request`: the body is not a JSON object, or `reason` is not a string", body = crate::openapi::ErrorEnvelope),
+        (status = 422, description = "`reason_required`: `reason` missing or blank", body = crate::openapi::ErrorEnvelope),
+        (status = 409, description = "`conflict`: `{pool}` is not active or there is nothing to switch to; `not_resynced`: the target is not caught up", body = crate::openapi::ErrorEnvelope),
+        (status = 504, description = "`timeout`: the switch did not complete within 30 s", body = crate::openapi::ErrorEnvelope),
+    ),
+)]
 pub async fn failover(
     State(state): State<AppState>,
     actor: Actor,
@@ -131,6 +160,21 @@ pub async fn failover(
     run(state, Op::Failover, actor, pool, body).await
 }
 
+#[utoipa::path(
+    post, path = "/api/ops/redundancy/failback/{pool}", tag = "redundancy",
+    summary = "Planned switch back to `{pool}`",
+    description = "Audited before the engine acts (docs/switchover.md).",
+    params(("pool" = String, Path, description = "An upstream (pool) name")),
+    request_body(content = crate::openapi::ReasonBody, description = "Why (masked, audited); an empty body counts as `{}`"),
+    responses(
+        (status = 200, description = "The pool after the switch, with the pause clients saw", body = SwitchBody),
+        (status = 404, description = "`not_found`: no such pool", body = crate::openapi::ErrorEnvelope),
+        (status = 400, description = "`bad_request`: the body is not a JSON object, or `reason` is not a string", body = crate::openapi::ErrorEnvelope),
+        (status = 422, description = "`reason_required`: `reason` missing or blank", body = crate::openapi::ErrorEnvelope),
+        (status = 409, description = "`conflict`: `{pool}` is not usable; `not_resynced`: it diverged and was not resynchronized", body = crate::openapi::ErrorEnvelope),
+        (status = 504, description = "`timeout`: the switch did not complete within 30 s", body = crate::openapi::ErrorEnvelope),
+    ),
+)]
 pub async fn failback(
     State(state): State<AppState>,
     actor: Actor,
@@ -143,6 +187,21 @@ pub async fn failback(
 /// `POST /api/ops/redundancy/resync/{pool}` (beyond SPEC 4): makes the
 /// diverged old primaries of `{pool}`'s service replicas of the active one
 /// (redis `REPLICAOF`); postgres answers 409 with the rebuild it needs.
+#[utoipa::path(
+    post, path = "/api/ops/redundancy/resync/{pool}", tag = "redundancy",
+    summary = "Make the diverged old primaries of the service replicas of the active one (redis `REPLICAOF`)",
+    description = "Audited before the engine acts (docs/switchover.md).",
+    params(("pool" = String, Path, description = "An upstream (pool) name")),
+    request_body(content = crate::openapi::ReasonBody, description = "Why (masked, audited); an empty body counts as `{}`"),
+    responses(
+        (status = 200, description = "The pool after the switch, with the pause clients saw", body = SwitchBody),
+        (status = 404, description = "`not_found`: no such pool", body = crate::openapi::ErrorEnvelope),
+        (status = 400, description = "`bad_request`: the body is not a JSON object, or `reason` is not a string", body = crate::openapi::ErrorEnvelope),
+        (status = 422, description = "`reason_required`: `reason` missing or blank", body = crate::openapi::ErrorEnvelope),
+        (status = 409, description = "`conflict`: nothing to resync, or a postgres upstream that needs a rebuild (the answer says which)", body = crate::openapi::ErrorEnvelope),
+        (status = 504, description = "`timeout`: the switch did not complete within 30 s", body = crate::openapi::ErrorEnvelope),
+    ),
+)]
 pub async fn resync(
     State(state): State<AppState>,
     actor: Actor,

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::auth::Actor;
 
-#[derive(Debug, Serialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct WhoAmI {
     /// The token's configured `name` (the `actor` of its audit entries).
     pub name: String,
@@ -16,6 +16,11 @@ pub struct WhoAmI {
     pub role: &'static str,
 }
 
+#[utoipa::path(
+    get, path = "/api/ops/whoami", tag = "meta",
+    summary = "Who the presented token is",
+    responses((status = 200, description = "The token's name and role", body = WhoAmI)),
+)]
 pub async fn whoami(actor: Actor) -> Json<WhoAmI> {
     Json(WhoAmI {
         name: actor.name,

@@ -10,7 +10,19 @@ pub const HOUR: i64 = 3600;
 
 /// A bucket's `status`: the worst status seen in it. Ordered by severity;
 /// `unknown` is the least severe (it only shows when nothing else was seen).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum BucketStatus {
     #[default]

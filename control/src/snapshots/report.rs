@@ -91,14 +91,14 @@ impl Month {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct WindowReport {
     pub window: &'static str,
     pub generated_at: DateTime<Utc>,
     pub services: Vec<ServiceWindow>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ServiceWindow {
     pub name: String,
     pub category: Option<Category>,
@@ -110,7 +110,7 @@ pub struct ServiceWindow {
     pub buckets: Vec<BucketView>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BucketView {
     pub start: DateTime<Utc>,
     pub checks: u64,
@@ -124,7 +124,7 @@ pub struct BucketView {
     pub down_seconds: f64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SlaReport {
     pub month: String,
     pub from: DateTime<Utc>,
@@ -137,7 +137,7 @@ pub struct SlaReport {
 
 /// One category or one service. `achieved_percent` counts only
 /// client-visible downtime; `uptime_percent` counts all of it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SlaEntry {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,

@@ -20,9 +20,9 @@ use std::sync::OnceLock;
 use axum::extract::Path;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use sha2::{Digest, Sha256};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::error::ApiError;
 use crate::AppState;
@@ -83,17 +83,51 @@ fn etags() -> &'static [String] {
     })
 }
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/operations-center", get(page))
-        .route("/operations-center/", get(page))
-        .route("/operations-center/assets/{*path}", get(asset))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(page))
+        .routes(routes!(page_slash))
+        .routes(routes!(asset))
 }
 
+#[utoipa::path(
+    get, path = "/operations-center", tag = "meta",
+    summary = "The operations center page (SPEC 8)",
+    description = "Holds no data; it asks for a token and then calls the API with it. Strict CSP; strong ETag with `Cache-Control: no-cache`.",
+    responses(
+        (status = 200, description = "The page", body = String, content_type = "text/html; charset=utf-8"),
+        (status = 304, description = "Not modified (`If-None-Match`)"),
+    ),
+)]
 async fn page(headers: HeaderMap) -> Response {
     serve(0, &headers)
 }
 
+/// The page at `/operations-center/` too (its own handler so that the
+/// OpenAPI document lists both paths).
+#[utoipa::path(
+    get, path = "/operations-center/", tag = "meta",
+    summary = "The operations center page (SPEC 8)",
+    description = "Holds no data; it asks for a token and then calls the API with it. Strict CSP; strong ETag with `Cache-Control: no-cache`.",
+    responses(
+        (status = 200, description = "The page", body = String, content_type = "text/html; charset=utf-8"),
+        (status = 304, description = "Not modified (`If-None-Match`)"),
+    ),
+)]
+async fn page_slash(headers: HeaderMap) -> Response {
+    serve(0, &headers)
+}
+
+#[utoipa::path(
+    get, path = "/operations-center/assets/{*path}", tag = "meta",
+    summary = "A static asset of the operations center",
+    params(("path" = String, Path, description = "`app.css`, `favicon.svg`, `js/app.js`, ...")),
+    responses(
+        (status = 200, description = "The asset (text/css, text/javascript, image/svg+xml)", body = String, content_type = "text/plain"),
+        (status = 304, description = "Not modified (`If-None-Match`)"),
+        (status = 404, description = "`not_found`: no such asset", body = crate::openapi::ErrorEnvelope),
+    ),
+)]
 async fn asset(Path(path): Path<String>, headers: HeaderMap) -> Response {
     match ASSETS
         .iter()

@@ -30,8 +30,6 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use chrono::Utc;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -39,6 +37,8 @@ use serde_json::json;
 use std::sync::Arc;
 use tokio::sync::broadcast::{error::RecvError, Receiver};
 use tokio::sync::oneshot;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use state::{names, Disconnect, WsState, RECENT_DIAGNOSTICS};
 
@@ -59,23 +59,50 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Clients only send control frames; anything bigger is a protocol error.
 pub const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/ws/ops/health", get(health))
-        .route("/ws/ops/failover", get(failover))
-        .route("/ws/ops/diagnostics", get(diagnostics))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(failover))
+        .routes(routes!(diagnostics))
 }
 
 type Upgrade = Result<WebSocketUpgrade, WebSocketUpgradeRejection>;
 
+#[utoipa::path(
+    get, path = "/ws/ops/health", operation_id = "ws_health", tag = "websocket",
+    summary = "WebSocket channel `health` (SPEC 5)",
+    description = "Upgrade with `Connection: Upgrade`, `Upgrade: websocket`. Every text frame is one JSON message (`WsMessage`): first a `health_update` snapshot, then `service_status_change`, `service_degraded`, `service_failure`; `lagged` (`data.missed`) when the client fell behind. Clients send only control frames (64 KiB at most). Without a valid token the upgrade is refused with 401 and no 101.",
+    responses(
+        (status = 101, description = "Switching Protocols: the channel's messages follow as text frames", body = crate::openapi::WsMessage),
+        (status = 400, description = "`bad_request`: not a WebSocket upgrade request", body = crate::openapi::ErrorEnvelope),
+    ),
+)]
 async fn health(State(state): State<AppState>, actor: Actor, ws: Upgrade) -> Response {
     upgrade(state, Channel::Health, actor, ws)
 }
 
+#[utoipa::path(
+    get, path = "/ws/ops/failover", operation_id = "ws_failover", tag = "websocket",
+    summary = "WebSocket channel `failover` (SPEC 5)",
+    description = "Upgrade with `Connection: Upgrade`, `Upgrade: websocket`. Every text frame is one JSON message (`WsMessage`): first a `failover_event` snapshot, then `failover_activated`, `recovery_completed`, `emergency_state`; `lagged` (`data.missed`) when the client fell behind. Clients send only control frames (64 KiB at most). Without a valid token the upgrade is refused with 401 and no 101.",
+    responses(
+        (status = 101, description = "Switching Protocols: the channel's messages follow as text frames", body = crate::openapi::WsMessage),
+        (status = 400, description = "`bad_request`: not a WebSocket upgrade request", body = crate::openapi::ErrorEnvelope),
+    ),
+)]
 async fn failover(State(state): State<AppState>, actor: Actor, ws: Upgrade) -> Response {
     upgrade(state, Channel::Failover, actor, ws)
 }
 
+#[utoipa::path(
+    get, path = "/ws/ops/diagnostics", operation_id = "ws_diagnostics", tag = "websocket",
+    summary = "WebSocket channel `diagnostics` (SPEC 5)",
+    description = "Upgrade with `Connection: Upgrade`, `Upgrade: websocket`. Every text frame is one JSON message (`WsMessage`): first a `diagnostic_event` snapshot, then `slow_query`, `predictive_alert`, `vendor_unavailable`, `federal_interruption`, `etl_stall`; `lagged` (`data.missed`) when the client fell behind. Clients send only control frames (64 KiB at most). Without a valid token the upgrade is refused with 401 and no 101.",
+    responses(
+        (status = 101, description = "Switching Protocols: the channel's messages follow as text frames", body = crate::openapi::WsMessage),
+        (status = 400, description = "`bad_request`: not a WebSocket upgrade request", body = crate::openapi::ErrorEnvelope),
+    ),
+)]
 async fn diagnostics(State(state): State<AppState>, actor: Actor, ws: Upgrade) -> Response {
     upgrade(state, Channel::Diagnostics, actor, ws)
 }

@@ -27,7 +27,7 @@ pub mod tls;
 pub mod websocket;
 
 /// The replication role a probe saw.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ObservedRole {
     /// Accepts writes (redis `master`, postgres not in recovery).
