@@ -4,8 +4,10 @@
 //! of a real Redis pair and a real HTTP upstream.
 //!
 //! This test starts the servers and the engine, runs the Node script, and
-//! does for it what a browser cannot: kill -9 the Redis primary, start it
-//! again, stop and start the engine on the same port. The script asks with
+//! does for it what a browser cannot: send a request through the HTTP
+//! gateway that the upstream answers 429 (a quota window), kill -9 the
+//! Redis primary, start it again, stop and start the engine on the same
+//! port. The script asks with
 //! a line `@@CONTROL <what>` on its stdout and is answered `@@DONE <what>`
 //! on its stdin. The script takes the screenshots: into
 //! `target/tmp/ops-center/`, or into `docs/` (the committed ones) with
@@ -117,7 +119,7 @@ upstreams = [ {{ name = "ncic-a", url = "{}", role = "primary" }} ]"#,
         // Never reports: stalls STALL_SECONDS after start, which opens an
         // `etl_stall` alert for the page to acknowledge.
         .service(&format!(
-            "name = \"{ETL}\"\nkind = \"heartbeat\"\nstall_after_seconds = {STALL_SECONDS}"
+            "name = \"{ETL}\"\nkind = \"heartbeat\"\ncategory = \"internal\"\nstall_after_seconds = {STALL_SECONDS}"
         ))
         .start();
     let healthy = wait_until(Duration::from_secs(20), || {
@@ -310,6 +312,8 @@ fn operations_center_in_a_real_browser() {
         .env("OC_VIEWER_TOKEN", VIEWER_TOKEN)
         .env("OC_SCREENSHOTS", &docs)
         .env("OC_CHROMIUM", chromium())
+        .env("OC_REDIS_THRESHOLD_MS", REDIS_THRESHOLD_MS.to_string())
+        .env("OC_ETL", ETL)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -351,6 +355,19 @@ fn operations_center_in_a_real_browser() {
             continue;
         };
         match what.trim() {
+            "quota-429" => {
+                // Through the gateway: the upstream answers 429 with
+                // Retry-After: 600, past the hold budget, so the client
+                // gets the 429 and the gateway keeps the window.
+                let (_, deep) = engine.get("/api/ops/health/deep");
+                let listen = service_of(&deep, "ncic")["listen"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                let r = http_client::get(&listen, "/retryafter/1/ops-center-page?ra=600")
+                    .expect("GET through ncic");
+                assert_eq!(r.status, 429, "{}", r.body);
+            }
             "kill-primary" => redis.primary.kill(),
             "restart-primary" => redis.primary.restart(),
             "stop-engine" => {
@@ -374,6 +391,7 @@ fn operations_center_in_a_real_browser() {
     assert_eq!(
         done,
         [
+            "quota-429",
             "kill-primary",
             "restart-primary",
             "stop-engine",

@@ -7,6 +7,8 @@
 //   OC_VIEWER_TOKEN    a token with role viewer
 //   OC_SCREENSHOTS     where to write the screenshots (docs/ to update the committed ones)
 //   OC_CHROMIUM        the browser (default /usr/bin/chromium)
+//   OC_REDIS_THRESHOLD_MS  redis's configured latency_threshold_ms (not the 1000 default)
+//   OC_ETL             a heartbeat service that never reports: its etl_stall alert is open
 // Things only the Rust side can do (kill -9 the Redis primary, stop and
 // start the engine) are asked for with a line `@@CONTROL <what>` on
 // stdout; the Rust side answers `@@DONE <what>` on stdin.
@@ -24,6 +26,9 @@ const OPERATOR = process.env.OC_OPERATOR_TOKEN;
 const VIEWER = process.env.OC_VIEWER_TOKEN;
 const SHOTS = process.env.OC_SCREENSHOTS;
 const CHROMIUM = process.env.OC_CHROMIUM || '/usr/bin/chromium';
+const REDIS_THRESHOLD_MS = Number(process.env.OC_REDIS_THRESHOLD_MS);
+const ETL = process.env.OC_ETL;
+assert.ok(REDIS_THRESHOLD_MS > 0 && REDIS_THRESHOLD_MS !== 1000 && ETL, 'OC_REDIS_THRESHOLD_MS (not 1000) and OC_ETL are required');
 assert.ok(URL_BASE && OPERATOR && VIEWER, 'OC_URL, OC_OPERATOR_TOKEN and OC_VIEWER_TOKEN are required');
 const PAGE = `${URL_BASE}/operations-center`;
 const origin = new URL(URL_BASE);
@@ -176,14 +181,96 @@ test('an operator token: every panel shows real data, quickly', async () => {
   assert.match(tile, /epoch/);
   assert.match(await panelText(page, 'HealthGrid'), /core[\s\S]*federal/i);
   assert.ok(await page.locator('[data-panel="ServiceLatencyPanel"] figure[data-service="redis"] svg').count() === 1);
+  // The threshold line is drawn at, and labelled with, each service's
+  // configured latency_threshold_ms: redis's is not the default.
+  const redisChart = page.locator('[data-panel="ServiceLatencyPanel"] figure[data-service="redis"]');
+  assert.equal(await redisChart.getAttribute('data-threshold-ms'), String(REDIS_THRESHOLD_MS));
+  assert.equal(await redisChart.locator('svg text.th-label').textContent(), `threshold ${(REDIS_THRESHOLD_MS / 1000).toFixed(1)} s`);
+  assert.match(await redisChart.locator('svg').getAttribute('aria-label'), new RegExp(`threshold ${(REDIS_THRESHOLD_MS / 1000).toFixed(1)} s`));
+  assert.equal(await page.locator('[data-panel="ServiceLatencyPanel"] figure[data-service="ncic"] svg text.th-label').textContent(), 'threshold 1.0 s');
   assert.match(await page.locator('#failover-state').innerText(), /normal/);
   assert.match(await panelText(page, 'FailoverStatusCard'), /redis[\s\S]*redis-primary/);
   assert.match(await page.locator('[data-panel="VendorIntegrationMap"] [data-service="ncic"]').innerText(), /ncic-a/);
+  assert.equal(await page.locator('[data-panel="VendorIntegrationMap"] [data-service="ncic"] td.quota').getAttribute('data-quota'), 'open');
   assert.match(await page.locator('[data-panel="UptimeAnalytics"] [data-service="redis"]').innerText(), /%/);
   assert.match(await panelText(page, 'UptimeAnalytics'), /99\.99 %/);
   assert.match(await panelText(page, 'OpsAlertsFeed'), /Open alerts/);
   assert.match(await panelText(page, 'DiagnosticsTimeline'), /Category[\s\S]*Severity/);
   console.log(`# panels live ${took} ms after sign-in returned`);
+});
+
+test('the HTTP upstream answers 429 with Retry-After: the vendor map shows the quota window and the wait', async () => {
+  const row = '[data-panel="VendorIntegrationMap"] [data-service="ncic"]';
+  assert.match(await page.locator(`${row} td.quota`).innerText(), /no 429 window/);
+  // The Rust side sends a request through the ncic gateway; the upstream
+  // answers 429 with Retry-After: 600.
+  await control('quota-429');
+  // The page refetches the deep health every 10 s (and on health events).
+  await page.waitForFunction((sel) => document.querySelector(`${sel} td.quota`)?.dataset.quota === 'limited',
+    row, { timeout: 30000, polling: 100 });
+  const text = await page.locator(`${row} td.quota`).innerText();
+  console.log(`# vendor map quota: ${text.replace(/\s+/g, ' ')}`);
+  assert.match(text, /429 quota/);
+  assert.match(text, /wait (\d+ min|\d+ s)/);
+  const minutes = Number((/wait (\d+) min/.exec(text) || [])[1]);
+  assert.ok(minutes >= 5 && minutes <= 10, `a wait of about 10 min, saw "${text}"`);
+  assert.match(text, /until/);
+  // The local time has the UTC time on hover.
+  assert.match(await page.locator(`${row} td.quota time`).getAttribute('title'), /UTC$/);
+  // The upstream tile says so too; the service stays healthy (a quota is not ill health).
+  const up = page.locator('[data-panel="HealthGrid"] [data-service="ncic"] [data-upstream="ncic-a"]');
+  assert.match(await up.innerText(), /429 quota/);
+  assert.equal(await page.locator('[data-panel="HealthGrid"] [data-service="ncic"]').getAttribute('data-status'), 'healthy');
+});
+
+test('acknowledge an open alert with a reason: shown acknowledged, audited with actor and reason', async () => {
+  // The heartbeat service never reports: its etl_stall alert opens a
+  // second after the engine starts (alerts are refetched every 10 s).
+  const item = page.locator('[data-panel="OpsAlertsFeed"] li.alert[data-alert]', { hasText: ETL });
+  await item.first().waitFor({ timeout: 30000 });
+  assert.equal(await item.count(), 1, 'one open alert for the stalled pipeline');
+  assert.equal(await item.getAttribute('data-acknowledged'), 'false');
+  const alertId = await item.getAttribute('data-alert');
+  assert.match(alertId, /\S/);
+  const button = item.getByRole('button', { name: /^Acknowledge alert / });
+  assert.match(await button.getAttribute('aria-label'), new RegExp(`Acknowledge alert .*${ETL}`));
+  await button.focus();
+  await page.keyboard.press('Enter'); // keyboard-usable
+  const dialog = page.locator('#confirm');
+  await dialog.waitFor({ state: 'visible' });
+  assert.match(await dialog.innerText(), /Acknowledge this alert\?/);
+  assert.match(await page.locator('#confirm-what').innerText(), new RegExp(ETL));
+  // No reason: refused on the page.
+  await page.click('#confirm-ok');
+  assert.match(await page.locator('#confirm-result').innerText(), /reason is required/i);
+  const reason = `browser test: the nightly ETL is paused on purpose ${Date.now()}`;
+  await page.fill('#confirm-reason', reason);
+  await page.click('#confirm-ok');
+  await page.waitForFunction(() => /Acknowledged|Refused|Not possible|could not/.test(document.querySelector('#confirm-result').innerText), null, { timeout: 35000 });
+  assert.equal(await page.locator('#confirm-result').innerText(), 'Acknowledged by ops.');
+  await page.keyboard.press('Escape');
+  await dialog.waitFor({ state: 'hidden' });
+  // The feed shows it acknowledged, by whom, and offers no second acknowledge.
+  const acked = page.locator(`[data-panel="OpsAlertsFeed"] li.alert[data-alert="${alertId}"]`);
+  await page.waitForFunction((id) => document.querySelector(`[data-panel="OpsAlertsFeed"] li.alert[data-alert="${id}"]`)?.dataset.acknowledged === 'true',
+    alertId, { timeout: 15000, polling: 100 });
+  const text = await acked.innerText();
+  assert.match(text, /acknowledged by ops/);
+  assert.equal(await acked.getByRole('button').count(), 0);
+  // The engine has it acknowledged, and the audit log has the ack with the token's name and the reason.
+  const alerts = await (await fetch(`${URL_BASE}/api/ops/diagnostics/alerts`, { headers: { Authorization: `Bearer ${OPERATOR}` } })).json();
+  const mine = alerts.alerts.find((a) => a.id === alertId);
+  assert.equal(mine && mine.acknowledged_by, 'ops');
+  const res = await fetch(`${URL_BASE}/api/ops/audit/logs?action=manual_intervention&limit=50`, {
+    headers: { Authorization: `Bearer ${OPERATOR}` },
+  });
+  assert.equal(res.status, 200);
+  const entries = (await res.json()).entries;
+  const entry = entries.find((e) => e.details && e.details.operation === 'alert_ack' && e.details.alert_id === alertId);
+  assert.ok(entry, `an alert_ack entry for ${alertId} in ${JSON.stringify(entries).slice(0, 2000)}`);
+  assert.equal(entry.actor, 'ops');
+  assert.equal(entry.action, 'manual_intervention');
+  assert.equal(entry.details.reason, reason);
 });
 
 test('kill -9 the Redis primary: the page shows it within 3 s', async () => {
@@ -310,7 +397,12 @@ test('screenshots at 1280x800 and 390 px, light and dark; AA contrast in both', 
   await phone.screenshot({ path: join(tmpdir(), 'ops-center-390-full.png'), fullPage: true });
   // Nothing is wider than the phone's screen.
   const overflow = await phone.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
-  assert.ok(overflow <= 1, `the page is ${overflow} px wider than a 390 px screen`);
+  // Which elements stick out first (their parent does not).
+  const wide = overflow <= 1 ? [] : await phone.evaluate(() => [...document.querySelectorAll('body *')]
+    .filter((el) => el.getBoundingClientRect().right > window.innerWidth + 1
+      && el.parentElement.getBoundingClientRect().right <= window.innerWidth + 1)
+    .slice(0, 8).map((el) => `${el.tagName.toLowerCase()}.${el.className} "${el.textContent.trim().slice(0, 40)}"`));
+  assert.ok(overflow <= 1, `the page is ${overflow} px wider than a 390 px screen: ${wide.join('; ')}`);
   await phone.context().close();
   const dark = await newPage({ width: 1280, height: 800 }, 'dark');
   await dark.goto(PAGE);

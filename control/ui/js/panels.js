@@ -46,14 +46,14 @@ function failoverOf(st, name) {
 function upstreamTone(u) {
   if (u.fenced) return 'grey';
   if (u.health === 'down' || u.pool_state === 'failed') return 'bad';
-  if (u.health === 'up') return u.slow || u.diverged ? 'warn' : 'ok';
+  if (u.health === 'up') return u.slow || u.diverged || u.quota_limited ? 'warn' : 'ok';
   return 'grey';
 }
 
 function upstreamLabel(u) {
   if (u.fenced) return u.health === 'down' ? 'down, fenced' : 'fenced';
   if (u.health === 'down') return 'down';
-  if (u.health === 'up') return u.diverged ? 'diverged' : u.slow ? 'slow' : 'up';
+  if (u.health === 'up') return u.diverged ? 'diverged' : u.slow ? 'slow' : u.quota_limited ? 'up, 429 quota' : 'up';
   return 'unknown';
 }
 
@@ -148,14 +148,19 @@ function latencyChart(name, buckets, threshold, live) {
   const p50 = last.find((p) => Number.isFinite(p.p50));
   const p99 = last.find((p) => Number.isFinite(p.p99));
   const over = p99 && p99.p99 > threshold;
-  return h('figure', { class: 'chart', dataset: { service: name } },
+  // The threshold's value on its line, at the right; below the line when
+  // the line runs along the top.
+  const thY = y(threshold);
+  const thLabel = s('text', { class: 'th-label', x: W - R - 2, y: (thY < T + 12 ? thY + 10 : thY - 3).toFixed(1), 'text-anchor': 'end' },
+    `threshold ${ms(threshold)}`);
+  return h('figure', { class: 'chart', dataset: { service: name, thresholdMs: String(threshold) } },
     h('div', { class: 'head' },
       h('strong', {}, name),
       h('span', { class: over ? 'error' : 'muted' }, `p50 ${ms(p50 && p50.p50)} · p99 ${ms(p99 && p99.p99)}${over ? ' · over threshold' : ''}`)),
     s('svg', { viewBox: `0 0 ${W} ${H}`, role: 'img',
       'aria-label': `${name}: latency p50 ${ms(p50 && p50.p50)}, p99 ${ms(p99 && p99.p99)}, threshold ${ms(threshold)}, over the last hour` },
       grid, downs,
-      s('line', { class: 'l-th', x1: L, x2: W - R, y1: y(threshold).toFixed(1), y2: y(threshold).toFixed(1) }),
+      s('line', { class: 'l-th', x1: L, x2: W - R, y1: thY.toFixed(1), y2: thY.toFixed(1) }), thLabel,
       s('path', { class: 'l-p99', d: path('p99') }),
       s('path', { class: 'l-p50', d: path('p50') }),
       dotsFor('p99', 'd-p99'), dotsFor('p50', 'd-p50'),
@@ -167,7 +172,8 @@ export function renderLatency(body, st) {
   const list = services(st).filter((x) => x.kind !== 'heartbeat');
   const charts = list.map((svc) => {
     const w = win.find((x) => x.name === svc.name);
-    const threshold = svc.latency_threshold_ms || DEFAULT_THRESHOLD_MS;
+    const threshold = Number.isFinite(svc.latency_threshold_ms) && svc.latency_threshold_ms > 0
+      ? svc.latency_threshold_ms : DEFAULT_THRESHOLD_MS;
     const live = st.liveLatency[svc.name];
     return latencyChart(svc.name, (w && w.buckets) || [], threshold, live);
   });
@@ -176,7 +182,9 @@ export function renderLatency(body, st) {
       h('span', {}, h('span', { class: 'sw p50' }), 'p50'),
       h('span', {}, h('span', { class: 'sw p99' }), 'p99'),
       h('span', {}, h('span', { class: 'sw th' }),
-        list.some((x) => x.latency_threshold_ms) ? 'latency threshold' : `latency threshold (${ms(DEFAULT_THRESHOLD_MS)}, the default)`),
+        list.every((x) => Number.isFinite(x.latency_threshold_ms))
+          ? 'latency threshold (each service\'s latency_threshold_ms)'
+          : `latency threshold (${ms(DEFAULT_THRESHOLD_MS)}, the default, where the engine does not say)`),
       h('span', {}, 'per-minute buckets, log scale; shaded: down')),
     charts.length ? h('div', { class: 'charts' }, charts) : h('p', { class: 'muted' }, 'No services.'));
   return st.snap1h ? h('span', {}, 'updated ', time(st.snap1h.generated_at)) : '';
@@ -244,23 +252,30 @@ function stat(v, label) {
 export function renderVendor(body, st) {
   const list = services(st).filter((x) => x.category === 'federal' || x.category === 'vendor');
   const queue = (st.queue && st.queue.services) || [];
-  const recent = st.events || [];
   if (!list.length) {
     fill(body, h('p', { class: 'muted' }, 'No federal or vendor services are configured.'));
     return '';
   }
   const rows = list.map((svc) => {
     const q = queue.find((x) => x.service === svc.name);
-    const quota = recent.find((e) => e.service === svc.name && /429|quota/i.test(`${e.class} ${e.message}`));
+    const limited = (svc.upstreams || []).filter((u) => u.quota_limited);
+    const known = (svc.upstreams || []).some((u) => typeof u.quota_limited === 'boolean');
     const ups = (svc.upstreams || []).map((u) => h('div', {},
       h('span', { class: `dot ${upstreamTone(u)}`, 'aria-hidden': 'true' }), ' ', u.name, ' ',
-      h('span', { class: 'muted' }, upstreamLabel(u)),
+      h('span', { class: 'muted' }, upstreamLabel({ ...u, quota_limited: false })), // the Quota column says it
       u.last_error && u.health !== 'up' ? h('div', { class: 'muted' }, u.last_error) : null));
     return h('tr', { dataset: { service: svc.name } },
       h('td', {}, h('strong', {}, svc.name), h('div', { class: 'muted' }, svc.category)),
       h('td', {}, statusChip(svc.status)),
       h('td', {}, ups),
-      h('td', {}, quota ? h('span', {}, chip('429 seen', 'warn'), ' ', age(quota.at)) : h('span', { class: 'muted' }, 'no 429')),
+      h('td', { class: 'quota', dataset: { quota: limited.length ? 'limited' : known ? 'open' : 'unknown' } },
+        limited.length
+          ? limited.map((u) => h('div', { dataset: { upstream: u.name } },
+              chip('429', 'warn', { title: 'the upstream answered 429: the gateway waits out its Retry-After' }), ' quota',
+              (svc.upstreams || []).length > 1 ? ` · ${u.name}` : '',
+              h('div', {}, `wait ${duration(u.quota_wait_seconds)}`),
+              h('div', { class: 'muted' }, 'until ', time(u.quota_until))))
+          : h('span', { class: 'muted' }, known ? 'no 429 window' : '—')),
       h('td', { class: 'num' }, q ? String(q.depth) : '0'),
       h('td', { class: 'num' }, q && q.depth ? duration(q.oldest_age_seconds) : '—'));
   });
@@ -417,11 +432,12 @@ export function renderAlerts(body, st, ctx) {
   const items = open.map((a) => {
     const tier = a.tier || (a.prediction_type ? 4 : 4);
     const title = a.message || a.rule || a.prediction_type || a.id;
-    return h('li', { class: `alert t${tier}`, dataset: { alert: a.id || '' } },
+    return h('li', { class: `alert t${tier}`, dataset: { alert: a.id || '', acknowledged: String(Boolean(a.acknowledged_by)) } },
       h('div', { class: 'head' },
         chip(TIER_LABEL[tier] || `tier ${tier}`, tier <= 2 ? 'bad' : tier === 3 ? 'warn' : 'grey'),
         a.severity ? h('span', { class: 'muted' }, a.severity) : null,
         a.prediction_type ? chip('predicted', 'grey') : null,
+        a.acknowledged_by ? chip('acknowledged', 'info') : null,
         h('span', { class: 'muted' }, age(a.opened_at || a.at || a.generated_at))),
       h('div', { class: 'title' }, a.service ? `${a.service}: ` : '', title),
       a.prediction_type ? h('div', { class: 'kv' },
@@ -429,7 +445,8 @@ export function renderAlerts(body, st, ctx) {
         a.predicted_failure_time ? h('span', {}, 'by ', h('b', {}, time(a.predicted_failure_time))) : null) : null,
       a.routes ? h('div', { class: 'kv' }, h('span', {}, 'routes ', h('b', {}, a.routes.join(', ')))) : null,
       a.acknowledged_by
-        ? h('div', { class: 'kv' }, h('span', {}, 'acknowledged by ', h('b', {}, a.acknowledged_by)))
+        ? h('div', { class: 'kv ack' }, h('span', {}, 'acknowledged by ', h('b', {}, a.acknowledged_by),
+            a.acknowledged_at ? [' ', age(a.acknowledged_at)] : null))
         : ctx.canAct && a.id
           ? h('div', { class: 'actions' }, h('button', { type: 'button', class: 'small',
               'aria-label': `Acknowledge alert ${title}`, onclick: () => ctx.act({ kind: 'ack', alert: a.id, title }) }, 'Acknowledge…'))
