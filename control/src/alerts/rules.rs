@@ -202,8 +202,9 @@ pub fn default_rules() -> Vec<Rule> {
     ]
 }
 
-/// The keys a condition takes besides the common ones.
-fn condition_keys(c: Condition) -> &'static [&'static str] {
+/// The keys a condition takes besides [`COMMON_KEYS`]. Public so that the
+/// reference-completeness test reads the accepted keys from here.
+pub fn condition_keys(c: Condition) -> &'static [&'static str] {
     match c {
         Condition::ServiceUnresponsive | Condition::FederalOffline => &["threshold_seconds"],
         Condition::DependenciesFailed => &["count"],
@@ -213,7 +214,8 @@ fn condition_keys(c: Condition) -> &'static [&'static str] {
     }
 }
 
-const COMMON_KEYS: [&str; 6] = [
+/// The keys every `[[alerts.rule]]` takes.
+pub const COMMON_KEYS: [&str; 6] = [
     "name",
     "condition",
     "severity",
