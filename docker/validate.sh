@@ -15,8 +15,9 @@
 #   5. continuity check of config/docker.toml and config/docker-redundancy.toml
 #      with their environment set;
 #   6. the runtime stage's ENTRYPOINT + CMD run for real against the locally
-#      built binary (CONTINUITY_BIN, else target/release, else target/debug)
-#      on a local variant of config/docker.toml (127.0.0.1, free ports), then
+#      built binary (CONTINUITY_BIN, else the newer of target/release and
+#      target/debug) on a local variant of config/docker.toml (127.0.0.1,
+#      free ports), then
 #      the exact HEALTHCHECK command (its URL's port moved to the free one)
 #      must exit 0; the engine is stopped by its PID, and the healthcheck must
 #      then exit 1.
@@ -287,10 +288,11 @@ PY
 # --- 5 and 6. the engine ---------------------------------------------------------
 BIN="${CONTINUITY_BIN:-}"
 if [ -z "$BIN" ]; then
+    # The newer of the release and debug builds (a stale one may predate
+    # the config this directory needs).
     for b in target/release/continuity target/debug/continuity; do
-        if [ -x "$b" ]; then
+        if [ -x "$b" ] && { [ -z "$BIN" ] || [ "$b" -nt "$BIN" ]; }; then
             BIN="$ROOT/$b"
-            break
         fi
     done
 fi
