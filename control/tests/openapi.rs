@@ -264,3 +264,232 @@ async fn the_document_is_served_to_viewers_and_is_valid_openapi() {
         }
     }
 }
+
+/// Strict-mode JSON Schema validation of real answers against the
+/// documented schemas: an object may carry no member its schema does not
+/// list (`unevaluatedProperties: false` on every object schema), so a
+/// member added to an answer and not to its schema fails here, as does a
+/// wrong type or a missing required member.
+const VALIDATE_ANSWERS: &str = r#"
+import json, sys
+from openapi_schema_validator import OAS31Validator
+data = json.load(open(sys.argv[1]))
+components = data["components"]
+in_allof = set()
+def mark(node):
+    if isinstance(node, dict):
+        for part in node.get("allOf", []):
+            ref = part.get("$ref", "") if isinstance(part, dict) else ""
+            if ref:
+                in_allof.add(ref.rsplit("/", 1)[-1])
+        for v in node.values():
+            mark(v)
+    elif isinstance(node, list):
+        for v in node:
+            mark(v)
+mark(components)
+def strict(node, allof_member=False, name=None):
+    if isinstance(node, dict):
+        if "allOf" in node:
+            node.setdefault("unevaluatedProperties", False)
+            for part in node["allOf"]:
+                strict(part, True)
+        elif "properties" in node and not allof_member and name not in in_allof:
+            node.setdefault("unevaluatedProperties", False)
+        for k, v in node.items():
+            if k != "allOf":
+                strict(v)
+    elif isinstance(node, list):
+        for v in node:
+            strict(v)
+for n, s in components["schemas"].items():
+    strict(s, name=n)
+failures = []
+for case in data["cases"]:
+    root = dict(case["schema"])
+    strict(root)
+    root["components"] = components
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in OAS31Validator(root).iter_errors(case["instance"])]
+    if errors:
+        failures.append(case["name"] + ":\n  " + "\n  ".join(errors[:5]))
+print("\n".join(failures) if failures else f"ok {len(data['cases'])}")
+sys.exit(1 if failures else 0)
+"#;
+
+#[tokio::test]
+async fn real_answers_match_their_documented_schemas() {
+    use continuity_control::alerts::{AlertSettings, Alerts};
+    use continuity_control::audit::{AuditLog, AuditSettings};
+    use continuity_proxy::config::{Kind, ServiceConfig};
+    use continuity_proxy::snapshot::ServiceStatus;
+
+    let (a, b) = (tcp_server().await, tcp_server().await);
+    let mut etl = ServiceConfig::new("etl", Kind::Heartbeat, vec![]);
+    etl.stall_after = Some(std::time::Duration::from_secs(600));
+    let cache = tcp_service(
+        "cache",
+        vec![
+            upstream("cache-primary", &a, Role::Primary),
+            upstream("cache-secondary", &b, Role::Secondary),
+        ],
+    );
+    let settings = AlertSettings::default().with_services(std::slice::from_ref(&etl));
+    let mut api = Api::start(vec![cache, etl], control_config()).await;
+    api.state.alerts = Alerts::new(settings, &api.state.registry).expect("alerts");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let audit = AuditSettings {
+        dir: dir.path().to_path_buf(),
+        ..AuditSettings::default()
+    };
+    let (log, _) = AuditLog::open(audit, &api.state.registry)
+        .await
+        .expect("audit log");
+    api.state = api.state.clone().with_audit(log);
+    api.wait_status("cache", ServiceStatus::Healthy).await;
+
+    let reason = Some(r#"{"reason":"openapi drill"}"#);
+    let (v, o, none) = (Some(VIEWER), Some(OPERATOR), None);
+    // ("METHOD path", token, body): every route, and its errors where they are cheap to get.
+    let calls: Vec<(&str, Option<&str>, Option<&str>)> = vec![
+        ("GET /api/ops/health", none, None),
+        ("GET /api/ops/ready", none, None),
+        ("GET /api/ops/health/deep", v, None),
+        ("GET /api/ops/health/service/cache", v, None),
+        ("GET /api/ops/health/service/nope", v, None),
+        ("GET /api/ops/health/snapshots?window=1h", v, None),
+        ("GET /api/ops/health/snapshots?window=2h", v, None),
+        ("GET /api/ops/sla", v, None),
+        ("GET /api/ops/failover/status", none, None),
+        ("GET /api/ops/failover/status", v, None),
+        ("POST /api/ops/failover/trigger/cache", v, reason),
+        ("POST /api/ops/failover/trigger/cache", o, None),
+        ("POST /api/ops/failover/trigger/cache", o, Some("[]")),
+        ("POST /api/ops/failover/trigger/cache", o, reason),
+        ("GET /api/ops/failover/status", v, None),
+        ("POST /api/ops/failover/recover/cache", o, reason),
+        ("GET /api/ops/redundancy/status", v, None),
+        ("GET /api/ops/redundancy/pool/cache-primary", v, None),
+        ("POST /api/ops/redundancy/failover/cache-primary", o, reason),
+        ("POST /api/ops/redundancy/failback/cache-primary", o, reason),
+        ("POST /api/ops/redundancy/resync/cache-primary", o, reason),
+        (
+            "POST /api/ops/emergency",
+            o,
+            Some(r#"{"enabled":true,"reason":"openapi drill"}"#),
+        ),
+        ("GET /api/ops/diagnostics/alerts", v, None),
+        ("GET /api/ops/diagnostics/alerts?open=maybe", v, None),
+        (
+            "POST /api/ops/emergency",
+            o,
+            Some(r#"{"enabled":false,"reason":"openapi drill"}"#),
+        ),
+        ("POST /api/ops/emergency", o, reason),
+        ("POST /api/ops/alerts/nope/ack", o, reason),
+        (
+            "POST /api/ops/heartbeat/etl",
+            Some(REPORTER),
+            Some(r#"{"processed":5,"checkpoint":"batch 7"}"#),
+        ),
+        (
+            "POST /api/ops/heartbeat/etl",
+            Some(REPORTER),
+            Some(r#"{"processed":-1}"#),
+        ),
+        ("GET /api/ops/diagnostics/report", v, None),
+        ("GET /api/ops/diagnostics/events", v, None),
+        ("GET /api/ops/diagnostics/events?severity=loud", v, None),
+        ("GET /api/ops/diagnostics/slow-queries", v, None),
+        ("GET /api/ops/audit/logs", v, None),
+        ("GET /api/ops/audit/logs?limit=x", v, None),
+        ("GET /api/ops/audit/status", v, None),
+        ("GET /api/ops/audit/verify", v, None),
+        ("GET /api/ops/audit/report", v, None),
+        ("GET /api/ops/queue", v, None),
+        ("GET /api/ops/queue/nope", v, None),
+        ("POST /api/ops/config/reload", o, reason),
+        ("GET /api/ops/whoami", v, None),
+        ("GET /ws/ops/health", v, None),
+        ("GET /operations-center/assets/nope.js", none, None),
+    ];
+    let doc = serde_json::to_value(document()).expect("document");
+    let mut cases = Vec::new();
+    let mut undocumented = Vec::new();
+    // Literal paths first, so that a template never shadows one.
+    let mut templates: Vec<(regex::Regex, String)> = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .keys()
+        .map(|p| {
+            let segments: Vec<String> = p
+                .split('/')
+                .map(|seg| match seg.starts_with('{') {
+                    true => "[^/]+".to_string(),
+                    false => regex::escape(seg),
+                })
+                .collect();
+            let re = regex::Regex::new(&format!("^{}$", segments.join("/"))).expect("template");
+            (re, p.clone())
+        })
+        .collect();
+    templates.sort_by_key(|(_, p)| p.contains('{'));
+    for (call, token, body) in calls {
+        let (method, sent) = call.split_once(' ').expect("METHOD path");
+        let bare = sent.split('?').next().unwrap_or_default();
+        let path = templates
+            .iter()
+            .find(|(re, _)| re.is_match(bare))
+            .map(|(_, p)| p.as_str())
+            .unwrap_or_else(|| panic!("{sent} matches no documented path"));
+        let r = api.call(method, sent, token, body).await;
+        let op = &doc["paths"][path][method.to_ascii_lowercase()];
+        assert!(op.is_object(), "{method} {path} is not documented");
+        let answer = &op["responses"][r.status.as_str()];
+        if !answer.is_object() {
+            undocumented.push(format!("{method} {sent}: {} {}", r.status, r.text));
+            continue;
+        }
+        if let Some(schema) = answer["content"]["application/json"].get("schema") {
+            cases.push(serde_json::json!({
+                "name": format!("{method} {sent} -> {}", r.status),
+                "schema": schema,
+                "instance": r.json(),
+            }));
+        }
+    }
+    assert!(
+        undocumented.is_empty(),
+        "status codes not documented: {undocumented:#?}"
+    );
+    assert!(cases.len() > 30, "{} answers checked", cases.len());
+
+    let file = dir.path().join("answers.json");
+    let data = serde_json::json!({ "components": doc["components"], "cases": cases });
+    std::fs::write(&file, data.to_string()).expect("write");
+    match std::process::Command::new("python3")
+        .args(["-c", VALIDATE_ANSWERS])
+        .arg(&file)
+        .output()
+    {
+        Ok(o) if o.status.success() => {
+            let out = String::from_utf8_lossy(&o.stdout);
+            assert!(out.starts_with("ok "), "{out}");
+        }
+        Ok(o) if String::from_utf8_lossy(&o.stderr).contains("No module named") => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "openapi-schema-validator is not installed (pip install openapi-spec-validator)"
+            );
+            eprintln!("skipped: openapi-schema-validator is not installed");
+        }
+        Ok(o) => panic!(
+            "answers that do not match their documented schemas:\n{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => {
+            assert!(std::env::var_os("CI").is_none(), "python3: {e}");
+            eprintln!("skipped: no python3 ({e})");
+        }
+    }
+}

@@ -49,7 +49,7 @@ fn masked(state: &AppState, body: Value) -> Json<Value> {
     summary = "Diagnostic events, newest first (masked)",
     params(
         ("category" = Option<String>, Query, description = "`network`, `database`, `federal`, `vendor` or `internal`"),
-        ("severity" = Option<String>, Query, description = "At least this severity: `info`, `warning`, `error`, `critical`"),
+        ("severity" = Option<String>, Query, description = "Only this severity: `info`, `warning`, `error` or `critical`"),
         ("service" = Option<String>, Query, description = "Only this service"),
         ("since" = Option<String>, Query, description = "At or after this RFC 3339 instant"),
         ("limit" = Option<u32>, Query, description = "At most this many (default 100, at most 10000)"),
