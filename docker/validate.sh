@@ -219,17 +219,33 @@ for line in open("docker/Dockerfile"):
 if missing:
     sys.exit(f"  COPY sources missing from the context: {missing}")
 PY
-# Every target the manifests name must be in the context (cargo refuses a
-# manifest whose explicit [[bench]] is missing, even for --bin).
-(cd "$WORK/context" && cargo metadata --no-deps --offline --format-version 1) >"$WORK/metadata.json" ||
-    fail "cargo metadata in the build context"
-"$PYTHON" - "$WORK/metadata.json" <<'PY' || fail "build context: a Cargo target is missing"
-import json, os, sys
-meta = json.load(open(sys.argv[1]))
-missing = [t["src_path"] for p in meta["packages"] for t in p["targets"]
-           if t["kind"] != ["test"] and not os.path.exists(t["src_path"])]
-if missing:
-    sys.exit(f"  missing: {missing}")
+# Every target the manifests name explicitly must be in the context: cargo
+# refuses a manifest whose [[bench]] file is missing, even for --bin (and
+# `cargo metadata` silently drops such a target, so read the manifests).
+"$PYTHON" - "$WORK/context" <<'PY' || fail "build context: a Cargo target is missing"
+import glob, os, sys, tomllib
+ctx = sys.argv[1]
+dirs = {"bin": "src/bin", "bench": "benches", "example": "examples", "test": "tests"}
+missing = []
+for manifest in ["Cargo.toml"] + sorted(glob.glob("*/Cargo.toml", root_dir=ctx)):
+    base = os.path.dirname(manifest)
+    m = tomllib.load(open(os.path.join(ctx, manifest), "rb"))
+    for kind, d in dirs.items():
+        for t in m.get(kind, []):
+            if "path" in t:
+                candidates = [t["path"]]
+            elif kind == "bin" and t.get("name") == m.get("package", {}).get("name"):
+                candidates = ["src/main.rs", f"{d}/{t['name']}.rs", f"{d}/{t['name']}/main.rs"]
+            else:
+                candidates = [f"{d}/{t['name']}.rs", f"{d}/{t['name']}/main.rs"]
+            if not any(os.path.exists(os.path.join(ctx, base, c)) for c in candidates):
+                missing.append(f"{manifest}: [[{kind}]] {t.get('name')} ({' or '.join(candidates)})")
+    if "package" in m and not os.path.exists(os.path.join(ctx, base, m.get("lib", {}).get("path", "src/lib.rs"))) \
+            and not os.path.exists(os.path.join(ctx, base, "src/main.rs")):
+        missing.append(f"{manifest}: no src/lib.rs or src/main.rs")
+for x in missing:
+    print(f"  missing from the context: {x}", file=sys.stderr)
+sys.exit(1 if missing else 0)
 PY
 host="$(rustc -vV | sed -n 's/^host: //p')"
 (cd "$WORK/context" && cargo tree --locked --offline -e normal,build --target "$host" -p continuity >/dev/null) ||
