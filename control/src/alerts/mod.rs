@@ -204,6 +204,14 @@ impl Alerts {
         if let Some(r) = registry {
             metrics.register(r)?;
         }
+        // Every rule's series at 0 from the start: Prometheus' increase()
+        // does not count the event that creates a series.
+        for rule in &s.rules {
+            let tier = rule.tier.to_string();
+            metrics
+                .alerts
+                .with_label_values(&[rule.name.as_str(), tier.as_str()]);
+        }
         let now = Instant::now();
         let core = Core::new(
             s.rules,
@@ -350,4 +358,46 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(utoipa_axum::routes!(routes::ack))
         .routes(utoipa_axum::routes!(routes::emergency))
         .routes(utoipa_axum::routes!(routes::heartbeat))
+}
+
+#[cfg(test)]
+mod metrics_tests {
+    use super::*;
+
+    /// Prometheus' `increase()` does not count the event that creates a
+    /// series, so every configured rule's `continuity_alerts_total` series
+    /// exists at 0 from the start: an alert rule on it (the Neo4j write
+    /// failure in docker/prometheus/alerts.yml) then sees the first alert.
+    #[test]
+    fn every_rule_has_its_alerts_series_at_zero_from_the_start() {
+        let registry = Registry::new();
+        let _alerts = Alerts::new(AlertSettings::default(), &registry).expect("alerts");
+        let families = registry.gather();
+        let family = families
+            .iter()
+            .find(|f| f.name() == ALERTS_TOTAL)
+            .expect("continuity_alerts_total is exported before any alert");
+        let mut series: Vec<(String, String, f64)> = family
+            .get_metric()
+            .iter()
+            .map(|m| {
+                let label = |n: &str| {
+                    m.get_label()
+                        .iter()
+                        .find(|l| l.name() == n)
+                        .map(|l| l.value().to_string())
+                        .unwrap_or_default()
+                };
+                (label("rule"), label("tier"), m.get_counter().get_value())
+            })
+            .collect();
+        series.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut want: Vec<(String, String, f64)> = default_rules()
+            .iter()
+            .map(|r| (r.name.clone(), r.tier.to_string(), 0.0))
+            .collect();
+        want.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(series, want);
+        assert!(series.contains(&("neo4j_write_failure".into(), "1".into(), 0.0)));
+    }
 }
