@@ -200,7 +200,8 @@ export function renderFailover(body, st, ctx) {
   const rows = (f.services || []).map((svc) => {
     const deep = services(st).find((x) => x.name === svc.name) || {};
     const mine = pools.filter((p) => p.service === svc.name);
-    const acts = ctx.canAct
+    // A heartbeat (ETL pipeline) has no upstream to fail over to or from.
+    const acts = ctx.canAct && deep.kind !== 'heartbeat'
       ? h('div', { class: 'actions' },
           h('button', { type: 'button', class: 'small', 'aria-label': `Trigger failover of ${svc.name}`,
             onclick: () => ctx.act({ kind: 'trigger', service: svc.name }) }, 'Fail over…'),
