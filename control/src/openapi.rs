@@ -273,6 +273,10 @@ fn apply_auth(method: &Method, path: &str, op: &mut Operation) {
     );
     if *method == Method::POST {
         add("413", "`payload_too_large`: a body over 64 KiB.");
+        add(
+            "500",
+            "`internal`: a fault on our side, e.g. the action's audit entry could not be written, so the action was refused; the detail is in the log.",
+        );
     }
 }
 
