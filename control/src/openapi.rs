@@ -340,6 +340,37 @@ pub enum ErrorCode {
     Internal,
 }
 
+/// The overall `status` of the health answers (SPEC 3): `healthy` for
+/// `normal`, `degraded` for `degraded` and `failover`, `unhealthy` for
+/// `emergency`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OverallStatus {
+    Healthy,
+    Degraded,
+    Unhealthy,
+}
+
+/// A token's role.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RoleName {
+    Viewer,
+    Operator,
+    Reporter,
+}
+
+/// A snapshot window.
+#[derive(Debug, Serialize, ToSchema)]
+pub enum WindowName {
+    #[serde(rename = "1h")]
+    H1,
+    #[serde(rename = "24h")]
+    H24,
+    #[serde(rename = "30d")]
+    D30,
+}
+
 /// An operator POST's body. An empty body counts as `{}` (then 422);
 /// other members are ignored.
 #[derive(Debug, Serialize, ToSchema)]

@@ -26,6 +26,7 @@ pub fn overall_status(state: FailoverState) -> &'static str {
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct HealthBody<'a> {
+    #[schema(value_type = crate::openapi::OverallStatus)]
     pub status: &'static str,
     pub failover_state: FailoverState,
     pub services: Vec<HealthService<'a>>,
@@ -119,6 +120,7 @@ pub fn is_ready(snap: &EngineSnapshot) -> bool {
 /// fenced, recent probe `history[]`).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeepBody<'a> {
+    #[schema(value_type = crate::openapi::OverallStatus)]
     pub status: &'static str,
     pub failover_state: FailoverState,
     pub services: &'a [ServiceSnapshot],

@@ -13,6 +13,7 @@ pub struct WhoAmI {
     /// The token's configured `name` (the `actor` of its audit entries).
     pub name: String,
     /// `viewer`, `operator` or `reporter`.
+    #[schema(value_type = crate::openapi::RoleName)]
     pub role: &'static str,
 }
 

@@ -93,6 +93,7 @@ impl Month {
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct WindowReport {
+    #[schema(value_type = crate::openapi::WindowName)]
     pub window: &'static str,
     pub generated_at: DateTime<Utc>,
     pub services: Vec<ServiceWindow>,
