@@ -537,8 +537,8 @@ pub struct AlertView {
     pub severity: String,
     pub tier: u8,
     pub color: String,
-    #[schema(value_type = Vec<Object>)]
-    pub routes: Vec<Value>,
+    /// The dashboards it is routed to (`ops_center`, `command_center`, ...).
+    pub routes: Vec<String>,
     pub service: Option<String>,
     pub opened_at: DateTime<Utc>,
     pub acknowledged_by: Option<String>,
@@ -549,8 +549,8 @@ pub struct AlertView {
     pub message: String,
     /// Escalations: the rule's name.
     pub rule: Option<String>,
-    #[schema(value_type = Option<Object>)]
-    pub condition: Option<Value>,
+    /// Escalations: the rule's condition (`service_unresponsive`, ...).
+    pub condition: Option<String>,
     #[schema(value_type = Option<Object>)]
     pub details: Option<Value>,
     /// Predictive alerts.

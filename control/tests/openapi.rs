@@ -349,6 +349,16 @@ async fn real_answers_match_their_documented_schemas() {
 
     let reason = Some(r#"{"reason":"openapi drill"}"#);
     let (v, o, none) = (Some(VIEWER), Some(OPERATOR), None);
+    // An open escalation, so that alert answers carry a real alert.
+    api.state
+        .alerts
+        .neo4j_write_failure("cache", "write refused");
+    api.state.alerts.evaluate(&api.state).await;
+    let alert = api.state.alerts.open_alerts()[0]["id"]
+        .as_str()
+        .expect("alert id")
+        .to_string();
+    let ack = format!("POST /api/ops/alerts/{alert}/ack");
     // ("METHOD path", token, body): every route, and its errors where they are cheap to get.
     let calls: Vec<(&str, Option<&str>, Option<&str>)> = vec![
         ("GET /api/ops/health", none, None),
@@ -386,6 +396,10 @@ async fn real_answers_match_their_documented_schemas() {
         ),
         ("POST /api/ops/emergency", o, reason),
         ("POST /api/ops/alerts/nope/ack", o, reason),
+        ("GET /api/ops/diagnostics/alerts?open=true", v, None),
+        ("GET /api/ops/diagnostics/report", v, None),
+        (&ack, o, reason),
+        (&ack, o, reason),
         (
             "POST /api/ops/heartbeat/etl",
             Some(REPORTER),
