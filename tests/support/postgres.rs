@@ -227,6 +227,30 @@ impl PgServer {
         self.pg_ctl_start();
     }
 
+    /// Rebuilds this server, on the same port, as a streaming standby of
+    /// `primary`, as docs/runbook.md does: stop, remove the data dir,
+    /// `pg_basebackup -R -X stream`, start. Returns once it is in recovery.
+    pub fn rebuild_as_standby_of(&mut self, primary: &PgServer) {
+        self.kill();
+        let data = self.data_dir();
+        fs::remove_dir_all(&data).unwrap_or_else(|e| panic!("remove {}: {e}", data.display()));
+        run(
+            "pg_basebackup (rebuild)",
+            pg_command("pg_basebackup", self.dir.path())
+                .args(["-h", "127.0.0.1", "-p", &primary.port.to_string()])
+                .args(["-U", "postgres", "-D"])
+                .arg(&data)
+                .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"]),
+        );
+        self.pg_ctl_start();
+        assert!(
+            wait_until(START_TIMEOUT, || self.is_in_recovery()),
+            "rebuilt standby on port {} is not in recovery\n{}",
+            self.port,
+            tail(&self.log_path(), 20)
+        );
+    }
+
     /// `SELECT pg_promote()`: a standby becomes a primary (waits up to 30 s).
     pub fn promote(&self) {
         let done = self.psql("SELECT pg_promote(true, 30)");

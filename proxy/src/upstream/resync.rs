@@ -306,42 +306,65 @@ pub async fn resync(svc: &ServiceRt, idx: usize) -> Result<(), String> {
 /// `Command::Resync`: resynchronises every diverged upstream of `svc`
 /// from the active one and waits (up to 10 s) until each is a caught-up
 /// replica; it is then unfenced, the service's new secondary.
+///
+/// A fenced upstream that is no longer `diverged` (a probe already saw it
+/// as a caught-up replica: a PostgreSQL old primary rebuilt with
+/// `pg_basebackup`/`pg_rewind`, a redis one given `REPLICAOF` by hand) is
+/// checked the same way, without being touched, and unfenced too; without
+/// this it stayed fenced until an engine restart and could never take a
+/// failover again. Only redis and postgres upstreams, whose replication
+/// `verify` can see, are unfenced this way.
 pub(crate) async fn resync_service(svc: &ServiceRt) -> Result<Vec<String>, CommandError> {
     let _guard = svc.switch_lock.lock().await;
-    let active = svc.route.load().active;
-    let diverged: Vec<usize> = (0..svc.upstreams.len())
-        .filter(|&i| {
-            i != active
-                && svc
-                    .upstreams
-                    .get(i)
-                    .is_some_and(|u| lock(&u.health).diverged)
+    let route = svc.route.load_full();
+    let active = route.active;
+    let replicated = matches!(svc.cfg.kind, Kind::Redis | Kind::Postgres);
+    // (index, diverged) of every upstream to resync or to check.
+    let targets: Vec<(usize, bool)> = (0..svc.upstreams.len())
+        .filter(|&i| i != active)
+        .filter_map(|i| {
+            let diverged = lock(&svc.upstreams.get(i)?.health).diverged;
+            let fenced = route.fenced.get(i).copied().unwrap_or(false);
+            (diverged || (fenced && replicated)).then_some((i, diverged))
         })
         .collect();
     let mut done = Vec::new();
-    for idx in diverged {
+    for (idx, diverged) in targets {
         let name = svc.upstream_name(idx).unwrap_or("?").to_string();
-        resync(svc, idx).await.map_err(CommandError::NotResynced)?;
+        if diverged {
+            resync(svc, idx).await.map_err(CommandError::NotResynced)?;
+        }
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             match verify(svc, idx).await {
                 ResyncState::Resynced => break,
                 ResyncState::NeedsRebuild(m) | ResyncState::Pending(m) => {
                     if std::time::Instant::now() >= deadline {
-                        return Err(CommandError::NotResynced(format!(
-                            "{name} did not catch up within 10 s: {m}"
-                        )));
+                        let what = if diverged {
+                            "did not catch up within 10 s"
+                        } else {
+                            "is fenced and not a caught-up replica of the active upstream (checked for 10 s)"
+                        };
+                        return Err(CommandError::NotResynced(format!("{name} {what}: {m}")));
                     }
                 }
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let mut route = (*svc.route.load_full()).clone();
+        let was_fenced = route.fenced.get(idx).copied().unwrap_or(false);
         if let Some(f) = route.fenced.get_mut(idx) {
             *f = false;
         }
         svc.route.store(std::sync::Arc::new(route));
         svc.notify_route();
+        if was_fenced {
+            tracing::warn!(
+                service = svc.name(),
+                upstream = %name,
+                "resync: unfenced, a caught-up replica of the active upstream"
+            );
+        }
         done.push(name);
     }
     svc.refresh_status();
