@@ -631,9 +631,9 @@ fn rules_and_dashboard_name_only_what_the_engine_exports() {
     let redis_listen = loopback(free_port());
     let api_listen = loopback(free_port());
     let dead_listen = loopback(free_port());
-    // Nothing listens there: the `dead` service is down from the start, so
-    // the engine's own escalation opens an alert and continuity_alerts_total
-    // gets its first series.
+    // Nothing listens there: the `dead` service is down from the start,
+    // so its held clients time out and the engine's own escalation opens
+    // an alert.
     let nowhere = loopback(free_port());
     let engine = Continuity::builder()
         .control("metrics_public = true")
@@ -677,7 +677,7 @@ fn rules_and_dashboard_name_only_what_the_engine_exports() {
     });
     assert!(
         ready,
-        "the engine never exported its first alert and HTTP request:\n{text}\n{}",
+        "the engine never exported its alerts and HTTP request series:\n{text}\n{}",
         engine.log_text()
     );
     let e = parse_exposition(&text);
