@@ -33,6 +33,8 @@ pub mod auth_reason {
     pub const MISSING_TOKEN: &str = "missing_token";
     pub const INVALID_TOKEN: &str = "invalid_token";
     pub const RATE_LIMITED: &str = "rate_limited";
+    /// Every reason; each has its series at 0 from the start.
+    pub const ALL: [&str; 3] = [MISSING_TOKEN, INVALID_TOKEN, RATE_LIMITED];
 }
 
 /// The exposition content type (Prometheus text format 0.0.4).
@@ -122,6 +124,11 @@ impl ControlMetrics {
             )?,
             scrape: Mutex::new(()),
         };
+        // Every reason's series at 0 from the start: Prometheus' increase()
+        // does not count the event that creates a series.
+        for reason in auth_reason::ALL {
+            m.auth_failures.with_label_values(&[reason]);
+        }
         registry.register(Box::new(m.auth_failures.clone()))?;
         registry.register(Box::new(m.service_up.clone()))?;
         registry.register(Box::new(m.uptime_ratio.clone()))?;
@@ -270,6 +277,10 @@ mod tests {
             assert!(text.contains(&format!("# TYPE {name} ")), "TYPE for {name}");
         }
         assert!(text.contains("continuity_failover_state 3\n"));
+        // Every reason from the start, at 0 until its first failure.
+        assert!(text.contains("continuity_auth_failures_total{reason=\"invalid_token\"} 1\n"));
+        assert!(text.contains("continuity_auth_failures_total{reason=\"missing_token\"} 0\n"));
+        assert!(text.contains("continuity_auth_failures_total{reason=\"rate_limited\"} 0\n"));
         assert!(text.contains("continuity_service_up{service=\"redis\"} 1\n"));
         assert!(text.contains("continuity_service_up{service=\"pg\"} 0\n"));
         assert!(text.contains("continuity_uptime_ratio{service=\"redis\"} 0.995\n"));

@@ -32,6 +32,13 @@ pub mod names {
     pub const HTTP_QUEUE_DELIVERIES_TOTAL: &str = "continuity_http_queue_deliveries_total";
 }
 
+/// `continuity_http_retries_total{reason}`: every reason the gateway
+/// counts (proxy/src/gateway/proxy.rs and h1.rs).
+pub const HTTP_RETRY_REASONS: [&str; 4] = ["connect", "http_5xx", "upstream_error", "rate_limited"];
+
+/// `continuity_http_queue_deliveries_total{result}` (proxy/src/gateway/deliver.rs).
+pub const HTTP_QUEUE_DELIVERY_RESULTS: [&str; 3] = ["delivered", "failed", "retried"];
+
 /// Latency buckets in seconds, from 50 us to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -280,6 +287,24 @@ impl ProxyMetrics {
             self.probe_latency.with_label_values(&[service, up]);
             for result in ["hit", "miss"] {
                 self.pool_takes.with_label_values(&[service, up, result]);
+            }
+        }
+    }
+
+    /// The same for an HTTP gateway service: its retries per upstream and
+    /// reason, and, when `queues` (some route has `on_outage = "queue"`),
+    /// its queue deliveries per result.
+    pub fn touch_http_service(&self, service: &str, upstreams: &[&str], queues: bool) {
+        for up in upstreams {
+            for reason in HTTP_RETRY_REASONS {
+                self.http.retries.with_label_values(&[service, up, reason]);
+            }
+        }
+        if queues {
+            for result in HTTP_QUEUE_DELIVERY_RESULTS {
+                self.http
+                    .queue_deliveries
+                    .with_label_values(&[service, result]);
             }
         }
     }

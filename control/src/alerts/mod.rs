@@ -48,7 +48,7 @@ pub use webhook::DeliverySettings;
 
 use crate::AppState;
 use heartbeat::Heartbeats;
-use predict::Predictor;
+use predict::{PredictionType, Predictor};
 use state::Core;
 use webhook::Webhook;
 
@@ -204,13 +204,17 @@ impl Alerts {
         if let Some(r) = registry {
             metrics.register(r)?;
         }
-        // Every rule's series at 0 from the start: Prometheus' increase()
-        // does not count the event that creates a series.
+        // Every rule's and every prediction type's series at 0 from the
+        // start: Prometheus' increase() does not count the event that
+        // creates a series.
         for rule in &s.rules {
             let tier = rule.tier.to_string();
             metrics
                 .alerts
                 .with_label_values(&[rule.name.as_str(), tier.as_str()]);
+        }
+        for kind in PredictionType::ALL {
+            metrics.predictive.with_label_values(&[kind.as_str()]);
         }
         let now = Instant::now();
         let core = Core::new(

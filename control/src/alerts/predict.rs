@@ -138,6 +138,14 @@ pub enum PredictionType {
 }
 
 impl PredictionType {
+    /// Every type; each has its `continuity_predictive_alerts_total`
+    /// series at 0 from the start.
+    pub const ALL: [PredictionType; 3] = [
+        PredictionType::LatencyDegradation,
+        PredictionType::ErrorRateIncrease,
+        PredictionType::ConnectionExhaustion,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             PredictionType::LatencyDegradation => "latency_degradation",

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use continuity_proxy::config::Kind;
 use continuity_proxy::events::{Event, EventKind};
 use continuity_proxy::snapshot::EngineSnapshot;
 use prometheus::{IntCounterVec, Opts, Registry};
@@ -133,8 +134,18 @@ impl Diagnostics {
         Ok(())
     }
 
-    /// Learns each service's kind and category (for the rule table).
+    /// Learns each service's kind and category (for the rule table), and
+    /// creates `continuity_slow_queries_total` at 0 for each service whose
+    /// kind has statements (what `protocol::observe::Tap` parses): Prometheus'
+    /// increase() does not count the event that creates a series.
     pub fn learn_services(&self, snap: &EngineSnapshot) {
+        if let Some(m) = self.inner.metrics.get() {
+            for s in &snap.services {
+                if matches!(s.kind, Kind::Postgres | Kind::Redis | Kind::Neo4j) {
+                    m.slow.with_label_values(&[s.name.as_str()]);
+                }
+            }
+        }
         let mut st = self.store();
         for s in &snap.services {
             let info = ServiceInfo {
@@ -368,9 +379,10 @@ pub fn spawn(state: &AppState, mut events: broadcast::Receiver<Event>) -> JoinHa
     if let Err(e) = diag.register_metrics(&state.registry) {
         tracing::warn!(error = %e, "diagnostics metrics not registered");
     }
+    // Before the control plane serves: the first scrape has the series.
+    diag.learn_services(&state.engine.snapshot());
     let state = state.clone();
     tokio::spawn(async move {
-        diag.learn_services(&state.engine.snapshot());
         let mut tick = tokio::time::interval(POLL_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -396,7 +408,12 @@ pub fn spawn(state: &AppState, mut events: broadcast::Receiver<Event>) -> JoinHa
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
-                _ = tick.tick() => diag.poll_probes(&state.bus, &state.engine.snapshot()),
+                _ = tick.tick() => {
+                    // Services a reload added get their series too.
+                    let snap = state.engine.snapshot();
+                    diag.learn_services(&snap);
+                    diag.poll_probes(&state.bus, &snap);
+                }
             }
         }
     })

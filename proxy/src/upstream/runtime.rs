@@ -210,6 +210,15 @@ impl ServiceRt {
             .collect::<Vec<_>>();
         let names: Vec<&str> = cfg.upstreams.iter().map(|u| u.name.as_str()).collect();
         metrics.touch_service(&cfg.name, &names);
+        if cfg.kind.is_http_proxied() {
+            let queues = cfg.http.on_outage == crate::config::OnOutage::Queue
+                || cfg
+                    .http
+                    .routes
+                    .iter()
+                    .any(|r| r.on_outage == crate::config::OnOutage::Queue);
+            metrics.touch_http_service(&cfg.name, &names, queues);
+        }
         let route = Route {
             active: cfg.configured_primary(),
             epoch: 0,
