@@ -210,3 +210,52 @@ fn counter_series_exist_at_zero_before_the_first_event() {
         engine.metrics()
     );
 }
+
+/// Services a reload adds get their series at 0 too, before any traffic.
+#[test]
+fn a_reload_creates_the_added_services_series_at_zero() {
+    let redis = RedisServer::start();
+    let api = HttpUpstream::start("late-a", None, None, false);
+    let engine = Continuity::builder()
+        .service(&format!(
+            "name = \"cache\"\nkind = \"redis\"\nlisten = \"{}\"\n\
+             upstreams = [ {{ name = \"r\", address = \"{}\", role = \"primary\" }} ]",
+            loopback(free_port()),
+            redis.addr()
+        ))
+        .start();
+    let added = format!(
+        "\n[[service]]\nname = \"late-cache\"\nkind = \"redis\"\nlisten = \"{}\"\n\
+         upstreams = [ {{ name = \"lr\", address = \"{}\", role = \"primary\" }} ]\n\
+         \n[[service]]\nname = \"late-api\"\nkind = \"http\"\nlisten = \"{}\"\nhealth_path = \"/health\"\n\
+         on_outage = \"queue\"\n\
+         upstreams = [ {{ name = \"late-a\", url = \"{}\", role = \"primary\" }} ]\n",
+        loopback(free_port()),
+        redis.addr(),
+        loopback(free_port()),
+        api.url()
+    );
+    let path = engine.config_path().to_path_buf();
+    let text = std::fs::read_to_string(&path).expect("read config");
+    std::fs::write(&path, format!("{text}{added}")).expect("write config");
+    let (code, body) = engine.post("/api/ops/config/reload", r#"{"reason":"add late"}"#);
+    assert_eq!(code, 200, "{body}");
+
+    let want = [
+        "continuity_slow_queries_total{service=\"late-cache\"} 0",
+        "continuity_http_retries_total{reason=\"connect\",service=\"late-api\",upstream=\"late-a\"} 0",
+        "continuity_http_retries_total{reason=\"rate_limited\",service=\"late-api\",upstream=\"late-a\"} 0",
+        "continuity_http_queue_deliveries_total{result=\"delivered\",service=\"late-api\"} 0",
+        "continuity_http_queue_deliveries_total{result=\"retried\",service=\"late-api\"} 0",
+    ];
+    let mut text = String::new();
+    let all = wait_until(Duration::from_secs(20), || {
+        text = engine.metrics();
+        want.iter().all(|w| text.lines().any(|l| l == *w))
+    });
+    let missing: Vec<&&str> = want
+        .iter()
+        .filter(|w| !text.lines().any(|l| l == **w))
+        .collect();
+    assert!(all, "after the reload, missing: {missing:?}\n---\n{text}");
+}
