@@ -1269,21 +1269,8 @@ fn migrate(dir: &Path, id: &str, kind: BodyKind, body: Option<Vec<u8>>) {
     let Some(body) = body.filter(|b| !b.is_empty()) else {
         return;
     };
-    let path = body_path(dir, id, kind);
-    let written = {
-        use std::os::unix::fs::OpenOptionsExt;
-        OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)
-    }
-    .and_then(|mut f| {
-        f.write_all(&body)?;
-        f.sync_all()
-    });
-    if let Err(e) = written {
+    if let Err(e) = write_body(dir, id, kind, &body) {
+        let path = body_path(dir, id, kind);
         tracing::error!(path = %path.display(), error = %e, "cannot move an inline queue body to its file");
     }
 }
