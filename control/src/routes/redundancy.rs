@@ -189,8 +189,8 @@ pub async fn failback(
 /// (redis `REPLICAOF`); postgres answers 409 with the rebuild it needs.
 #[utoipa::path(
     post, path = "/api/ops/redundancy/resync/{pool}", tag = "redundancy",
-    summary = "Make the diverged old primaries of the service replicas of the active one (redis `REPLICAOF`)",
-    description = "Audited before the engine acts (docs/switchover.md).",
+    summary = "Make the diverged old primaries of the service replicas of the active one (redis `REPLICAOF`), and unfence every fenced upstream that is a caught-up replica",
+    description = "Audited before the engine acts (docs/switchover.md). A fenced upstream already rebuilt as a replica of the active one (postgres `pg_basebackup`/`pg_rewind`, a redis `REPLICAOF` by hand) is checked for up to 10 s and unfenced. With nothing to resync the answer is 200.",
     params(("pool" = String, Path, description = "An upstream (pool) name")),
     request_body(content = crate::openapi::ReasonBody, description = "Why (masked, audited); an empty body counts as `{}`"),
     responses(
@@ -198,7 +198,7 @@ pub async fn failback(
         (status = 404, description = "`not_found`: no such pool", body = crate::openapi::ErrorEnvelope),
         (status = 400, description = "`bad_request`: the body is not a JSON object, or `reason` is not a string", body = crate::openapi::ErrorEnvelope),
         (status = 422, description = "`reason_required`: `reason` missing or blank", body = crate::openapi::ErrorEnvelope),
-        (status = 409, description = "`conflict`: nothing to resync, or a postgres upstream that needs a rebuild (the answer says which)", body = crate::openapi::ErrorEnvelope),
+        (status = 409, description = "`not_resynced`: an upstream did not become a caught-up replica within 10 s, or a postgres one needs a rebuild (the answer says which)", body = crate::openapi::ErrorEnvelope),
         (status = 504, description = "`timeout`: the switch did not complete within 30 s", body = crate::openapi::ErrorEnvelope),
     ),
 )]
