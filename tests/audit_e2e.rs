@@ -195,7 +195,10 @@ fn kill_9_while_appending_fast_leaves_a_log_that_verifies() {
     let before = all_lines(&dir).lines().count();
     assert!(before > 20, "only {before} entries written");
     let (code, out) = verify_offline(&dir);
-    assert!(code == Some(0) || out.contains("torn"), "{out}");
+    // Each batch is one write(2) of whole lines, and SIGKILL cannot stop a
+    // write to a regular file half way: the log verifies, torn line or not
+    // is not a question here (the torn case is made on purpose below).
+    assert_eq!(code, Some(0), "{out}");
 
     // Tear the last line on purpose, as a crash mid-write would.
     let last = last_segment(&dir);
