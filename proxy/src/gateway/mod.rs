@@ -4,10 +4,10 @@
 //! `start_service()` on a socket the engine bound (so a bind failure is
 //! reported at start, exit 64, like every other listener).
 //!
-//! - `h1.rs`: the lean HTTP/1.1 path of plain-text gateways (a client-pinned
-//!   upstream connection); it hands pingora what it does not take.
-//! - `chunked.rs`: where a chunked body ends, for `h1.rs`.
-//! - `workers.rs`: the per-core threads `h1.rs` serves connections on.
+//! - `h1/`: the lean HTTP/1.1 path of plain-text gateways (a client-pinned
+//!   upstream connection); it hands pingora what it does not take. Heads
+//!   and chunked bodies are read with the HTTP/1 codec (`protocol::http1`).
+//! - `workers.rs`: the per-core threads `h1/` serves connections on.
 //! - `proxy.rs`: the request path (failover, retries, hold/queue/fail).
 //! - `queue.rs`: the durable store-and-forward queue under `data_dir`.
 //! - `deliver.rs`: delivers queued requests in order once an upstream is back.
@@ -16,7 +16,6 @@
 //! - `access.rs`: the access log and request metrics.
 
 pub mod access;
-mod chunked;
 mod deliver;
 mod h1;
 mod path;

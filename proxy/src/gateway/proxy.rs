@@ -384,18 +384,10 @@ fn header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
     req.headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Seconds from a `Retry-After` (delta-seconds or an HTTP date). Not
+/// Seconds from a `Retry-After`: the HTTP/1 codec's reading of it. Not
 /// capped: every user caps it at the service's `max_retry_after_seconds`
 /// before adding it to an `Instant`.
-pub fn parse_retry_after(v: &str) -> Option<Duration> {
-    let v = v.trim();
-    if let Ok(s) = v.parse::<u64>() {
-        return Some(Duration::from_secs(s));
-    }
-    let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
-    let secs = (at.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_seconds();
-    Some(Duration::from_secs(secs.max(0) as u64))
-}
+pub use crate::protocol::http1::retry_after as parse_retry_after;
 
 pub(super) fn retryable(status: u16) -> bool {
     matches!(status, 502..=504)

@@ -14,18 +14,29 @@ pub const MAX_LINE: u32 = 8 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Hex digits of the next chunk's size.
-    Size { value: u64, digits: u32 },
+    Size {
+        value: u64,
+        digits: u32,
+    },
     /// `;ext` after the size, up to the end of the line.
-    Ext { value: u64, len: u32 },
+    Ext {
+        value: u64,
+        len: u32,
+    },
     /// The size line's `\r`, waiting for `\n`.
-    SizeLf { value: u64 },
+    SizeLf {
+        value: u64,
+    },
     /// Chunk data still to come.
     Data(u64),
     /// The CRLF after a chunk's data.
     DataCr,
     DataLf,
     /// Trailer fields after the last chunk; `start`: at a line's start.
-    Trailer { start: bool, len: u32 },
+    Trailer {
+        start: bool,
+        len: u32,
+    },
     /// The `\r` of the empty line that ends the trailer.
     EndLf,
     Done,
