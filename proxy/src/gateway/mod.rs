@@ -8,7 +8,7 @@
 //!   upstream connection); it hands pingora what it does not take. Heads
 //!   and chunked bodies are read with the HTTP/1 codec (`protocol::http1`).
 //! - `workers.rs`: the per-core threads `h1/` serves connections on.
-//! - `proxy.rs`: the request path (failover, retries, hold/queue/fail).
+//! - `proxy/`: the request path (failover, retries, hold/queue/fail).
 //! - `queue.rs`: the durable store-and-forward queue under `data_dir`.
 //! - `deliver.rs`: delivers queued requests in order once an upstream is back.
 //! - `peers.rs`: upstream addresses and TLS (CA, SNI, mTLS).
@@ -151,7 +151,7 @@ pub struct Shared {
     /// `continuity_proxy_active_connections{service}`: requests in flight.
     pub active: prometheus::IntGauge,
     /// Client connections the lean path handed to pingora after a failed
-    /// attempt, by client address (h1.rs), until pingora's first request.
+    /// attempt, by client address (h1/), until pingora's first request.
     pub handed: Mutex<std::collections::HashMap<std::net::SocketAddr, proxy::Prior>>,
     /// Client connections the lean path handed to pingora for a passing
     /// reason (no usable upstream, a 429 window, a failed attempt,
@@ -291,7 +291,7 @@ pub fn start(p: GatewayParams<'_>) -> Result<Vec<JoinHandle<()>>, String> {
     };
     let mut tasks = Vec::new();
     // Plain text on both sides: the lean HTTP/1.1 path, handing pingora
-    // what it does not take (h1.rs). With TLS on either side: pingora only.
+    // what it does not take (h1/). With TLS on either side: pingora only.
     if tls.is_none() && shared.peers.iter().all(|p| !p.target.tls) {
         let proxy_app = |h2c: bool, gateway: proxy::Gateway| {
             let mut app = pingora::proxy::http_proxy(&conf, gateway);

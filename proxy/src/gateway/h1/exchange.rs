@@ -143,7 +143,7 @@ impl Lean {
         up.inline.record(waited);
         log.status = head.status;
         if head.status == 429 {
-            // Quota, not ill health (proxy.rs does the same).
+            // Quota, not ill health (proxy/ does the same).
             // Capped: an upstream's 2^64-1 seconds overflows an Instant.
             let wait = head
                 .retry_after

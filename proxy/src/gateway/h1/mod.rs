@@ -11,7 +11,7 @@
 //! It only takes the common case: an HTTP/1.1 request with no body or a
 //! `Content-Length` body of at most [`MAX_BODY`], to the route's active
 //! upstream, while that upstream is usable and not under a 429 quota.
-//! Everything else is handed to pingora's `ProxyHttp` (`proxy.rs`) with the
+//! Everything else is handed to pingora's `ProxyHttp` (`proxy/`) with the
 //! bytes read so far put back, and pingora serves the connection from then
 //! on: h2c, chunked or large request bodies, `Expect`, upgrades, HTTP/1.0,
 //! malformed requests, outages (hold / queue / fail), `max_connections`,
@@ -21,7 +21,7 @@
 //! comes back here (`Shared::recycle`). A request handed over after it reached an upstream is
 //! one pingora may repeat by the gateway's rules (an idempotent method or
 //! an `Idempotency-Key`); one that may not be repeated is answered 502 here
-//! instead, exactly as `proxy.rs` would.
+//! instead, exactly as `proxy/` would.
 //!
 //! The parts: `plan.rs` reads a request head and writes the upstream's
 //! version of it; `exchange.rs` sends it and relays the answer, with
