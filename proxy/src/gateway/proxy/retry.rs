@@ -32,18 +32,6 @@ pub(in crate::gateway) fn retryable(status: u16) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gateway::proxy::parse_retry_after;
-
-    #[test]
-    fn retry_after_forms() {
-        assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
-        assert_eq!(parse_retry_after(" 0 "), Some(Duration::ZERO));
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("soon"), None);
-    }
 
     #[test]
     fn backoff_is_bounded_and_grows() {

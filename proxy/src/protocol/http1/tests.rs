@@ -146,6 +146,7 @@ fn request_heads_parse() {
 }
 
 #[test]
+// Moved here from gateway/proxy.rs with `parse_retry_after` (now this codec's `retry_after`).
 fn retry_after_forms() {
     use std::time::Duration;
     assert_eq!(retry_after("3"), Some(Duration::from_secs(3)));
