@@ -91,6 +91,8 @@ impl<'a> Request<'a> {
 pub const TARGET: &str = "continuity::access";
 
 /// Where formatted access lines go, when the binary installs one.
+/// `write_line` runs on the gateway's threads, inside the request path:
+/// it must be quick and must not itself record an access line.
 pub trait AccessSink: Send + Sync {
     fn write_line(&self, line: &[u8]);
 }
@@ -100,8 +102,24 @@ struct Sink {
     json: bool,
 }
 
+/// The process's access-line sink, a global on purpose (like tracing's
+/// global subscriber, whose output it stands in for). Safe because:
+/// - it is written once, by the binary at start ([`install_sink`]; a
+///   second call is ignored), before any gateway serves, and only read
+///   afterwards (`OnceLock`: no lock on the request path);
+/// - it holds no per-service or per-generation state, only where lines go
+///   and in which format, so every gateway of every generation (and every
+///   engine of a process, as in tests) may share it;
+/// - unset (unit tests, embedders), lines go through `tracing::info!`.
 static SINK: OnceLock<Sink> = OnceLock::new();
 
+// Per-thread scratch buffers, so that formatting a line allocates nothing.
+// Safe because each is borrowed only inside one synchronous call of
+// `record` (no `.await` while borrowed, so no other task on the thread can
+// reach it), and nothing called while `LINE` is borrowed records an access
+// line: the sink's `write_line` must not log to `continuity::access` itself
+// (it would find `LINE` borrowed and panic). They carry nothing from one
+// line to the next but capacity and the cached second.
 thread_local! {
     static LINE: RefCell<String> = RefCell::new(String::with_capacity(512));
     /// The current second, formatted (`2026-11-28T05:06:29`).

@@ -14,7 +14,7 @@
 //! The query is not looked at; neither is anything after a `#`, which an
 //! upstream would drop.
 //!
-//! Used by the lean HTTP/1 path (`h1.rs`), the pingora path (`proxy.rs`,
+//! Used by the lean HTTP/1 path (`h1/`), the pingora path (`proxy/`,
 //! also before a request is queued) and queued deliveries (`peers.rs`
 //! `upstream_path`).
 

@@ -127,7 +127,7 @@ impl PeerTemplate {
     }
 
     /// The upstream path for a client's path and query; `Err` when it has
-    /// a dot segment, a way out of the base path ([`super::path`]).
+    /// a dot segment, a way out of the base path (`gateway/path.rs`).
     pub fn upstream_path(&self, path_and_query: &str) -> Result<String, &'static str> {
         super::path::join(&self.target.base_path, path_and_query)
     }

@@ -2,6 +2,7 @@
 //! held client whose `buffer_timeout_ms` ran out (SPEC 3), and the
 //! read-only observers that time statements in the relay ([`observe`]).
 
+pub mod http1;
 pub mod observe;
 pub mod postgres;
 pub mod redis;

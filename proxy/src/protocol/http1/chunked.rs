@@ -1,11 +1,15 @@
-//! Finds where a `Transfer-Encoding: chunked` body ends, so that the lean
-//! HTTP/1.1 path (`h1.rs`) can relay it byte for byte without decoding it
-//! and still know when the response is over (RFC 9112 7.1).
+//! The chunked transfer coding (RFC 9112 7.1): an incremental scanner that
+//! finds where a chunked body ends, so that a proxy can relay it byte for
+//! byte without decoding it ([`ChunkScanner::feed`]), and the same state
+//! machine decoding the payload ([`ChunkScanner::decode`], [`parse`]).
+//! Its state is a few words whatever the input: memory is bounded.
+
+use super::Error;
 
 /// Hex digits of a chunk size, at most (16 = 64 bits).
-const MAX_SIZE_DIGITS: u32 = 16;
+pub const MAX_SIZE_DIGITS: u32 = 16;
 /// Bytes of one trailer line or chunk extension, at most.
-const MAX_LINE: u32 = 8 * 1024;
+pub const MAX_LINE: u32 = 8 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -38,10 +42,7 @@ enum State {
     Done,
 }
 
-/// A malformed chunked body (the upstream's fault).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Malformed;
-
+/// Where a chunked body ends, fed its bytes as they arrive.
 #[derive(Debug, Clone)]
 pub struct ChunkScanner {
     state: State,
@@ -60,12 +61,31 @@ impl Default for ChunkScanner {
 
 impl ChunkScanner {
     /// Reads `bytes`, the next bytes of the body. `Ok(Some(n))`: the body
-    /// ends after `bytes[..n]`; `Ok(None)`: more is needed.
-    pub fn feed(&mut self, bytes: &[u8]) -> Result<Option<usize>, Malformed> {
+    /// ends after `bytes[..n]`; `Ok(None)`: more is needed. Never returns
+    /// [`Error::Incomplete`].
+    #[inline]
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Option<usize>, Error> {
+        self.run(bytes, |_| {})
+    }
+
+    /// As [`feed`](Self::feed), and hands each piece of chunk data in
+    /// `bytes` to `data`, in order.
+    pub fn decode(
+        &mut self,
+        bytes: &[u8],
+        data: impl FnMut(&[u8]),
+    ) -> Result<Option<usize>, Error> {
+        self.run(bytes, data)
+    }
+
+    #[inline]
+    fn run(&mut self, bytes: &[u8], mut data: impl FnMut(&[u8])) -> Result<Option<usize>, Error> {
+        const BAD: Error = Error::Invalid("malformed chunked body");
         let mut i = 0;
         while i < bytes.len() {
             if let State::Data(rem) = self.state {
                 let take = rem.min((bytes.len() - i) as u64);
+                data(&bytes[i..i + take as usize]);
                 i += take as usize;
                 self.state = if rem == take {
                     State::DataCr
@@ -80,7 +100,7 @@ impl ChunkScanner {
                 State::Size { value, digits } => match b {
                     b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
                         if digits >= MAX_SIZE_DIGITS {
-                            return Err(Malformed);
+                            return Err(Error::LineTooLong);
                         }
                         let d = u64::from(hex(b));
                         State::Size {
@@ -88,16 +108,16 @@ impl ChunkScanner {
                             digits: digits + 1,
                         }
                     }
-                    _ if digits == 0 => return Err(Malformed),
+                    _ if digits == 0 => return Err(BAD),
                     b';' | b' ' | b'\t' => State::Ext { value, len: 0 },
                     b'\r' => State::SizeLf { value },
                     b'\n' => size_line_end(value),
-                    _ => return Err(Malformed),
+                    _ => return Err(BAD),
                 },
                 State::Ext { value, len } => match b {
                     b'\r' => State::SizeLf { value },
                     b'\n' => size_line_end(value),
-                    _ if len >= MAX_LINE => return Err(Malformed),
+                    _ if len >= MAX_LINE => return Err(Error::LineTooLong),
                     _ => State::Ext {
                         value,
                         len: len + 1,
@@ -105,7 +125,7 @@ impl ChunkScanner {
                 },
                 State::SizeLf { value } => match b {
                     b'\n' => size_line_end(value),
-                    _ => return Err(Malformed),
+                    _ => return Err(BAD),
                 },
                 State::DataCr => match b {
                     b'\r' => State::DataLf,
@@ -113,14 +133,14 @@ impl ChunkScanner {
                         value: 0,
                         digits: 0,
                     },
-                    _ => return Err(Malformed),
+                    _ => return Err(BAD),
                 },
                 State::DataLf => match b {
                     b'\n' => State::Size {
                         value: 0,
                         digits: 0,
                     },
-                    _ => return Err(Malformed),
+                    _ => return Err(BAD),
                 },
                 State::Trailer { start, len } => match b {
                     b'\r' if start => State::EndLf,
@@ -129,7 +149,7 @@ impl ChunkScanner {
                         start: true,
                         len: 0,
                     },
-                    _ if len >= MAX_LINE => return Err(Malformed),
+                    _ if len >= MAX_LINE => return Err(Error::LineTooLong),
                     _ => State::Trailer {
                         start: false,
                         len: len + 1,
@@ -137,9 +157,9 @@ impl ChunkScanner {
                 },
                 State::EndLf => match b {
                     b'\n' => State::Done,
-                    _ => return Err(Malformed),
+                    _ => return Err(BAD),
                 },
-                State::Data(_) | State::Done => return Err(Malformed),
+                State::Data(_) | State::Done => return Err(BAD),
             };
             if self.state == State::Done {
                 return Ok(Some(i));
@@ -147,6 +167,19 @@ impl ChunkScanner {
         }
         Ok(None)
     }
+}
+
+/// The length of the whole chunked body at the start of `buf`.
+pub fn check(buf: &[u8]) -> Result<usize, Error> {
+    ChunkScanner::default().feed(buf)?.ok_or(Error::Incomplete)
+}
+
+/// The payload of the whole chunked body at the start of `buf`, and the
+/// body's length in `buf`. The payload is never longer than `buf`.
+pub fn parse(buf: &[u8]) -> Result<(Vec<u8>, usize), Error> {
+    let mut payload = Vec::new();
+    let end = ChunkScanner::default().decode(buf, |d| payload.extend_from_slice(d))?;
+    Ok((payload, end.ok_or(Error::Incomplete)?))
 }
 
 fn size_line_end(value: u64) -> State {
@@ -165,58 +198,5 @@ fn hex(b: u8) -> u8 {
         b'0'..=b'9' => b - b'0',
         b'a'..=b'f' => b - b'a' + 10,
         _ => b - b'A' + 10,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn whole(body: &[u8]) -> Result<Option<usize>, Malformed> {
-        ChunkScanner::default().feed(body)
-    }
-
-    #[test]
-    fn finds_the_end_of_a_body() {
-        let body = b"5\r\nhello\r\n1A;name=v\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\n\r\nNEXT";
-        assert_eq!(whole(body), Ok(Some(body.len() - 4)));
-        let trailer = b"3\r\nabc\r\n0\r\nX-Sum: 1\r\nX-B: 2\r\n\r\n";
-        assert_eq!(whole(trailer), Ok(Some(trailer.len())));
-        // Bare LF line ends are tolerated.
-        assert_eq!(whole(b"2\nab\n0\n\n"), Ok(Some(8)));
-    }
-
-    #[test]
-    fn the_same_end_one_byte_at_a_time() {
-        let body = b"10\r\n0123456789abcdef\r\n0\r\nT: v\r\n\r\n";
-        let mut s = ChunkScanner::default();
-        for (i, b) in body.iter().enumerate() {
-            let r = s.feed(std::slice::from_ref(b));
-            if i + 1 == body.len() {
-                assert_eq!(r, Ok(Some(1)));
-            } else {
-                assert_eq!(r, Ok(None), "byte {i}");
-            }
-        }
-    }
-
-    #[test]
-    fn incomplete_bodies_need_more() {
-        assert_eq!(whole(b"5\r\nhel"), Ok(None));
-        assert_eq!(whole(b"5\r\nhello\r\n0\r\n"), Ok(None));
-        assert_eq!(whole(b""), Ok(None));
-    }
-
-    #[test]
-    fn malformed_bodies_are_refused() {
-        assert_eq!(whole(b"x\r\n"), Err(Malformed));
-        assert_eq!(whole(b"\r\n"), Err(Malformed));
-        assert_eq!(whole(b"5\r\nhelloX"), Err(Malformed));
-        assert_eq!(whole(b"11111111111111111\r\n"), Err(Malformed));
-        assert_eq!(whole(b"5\rX"), Err(Malformed));
-        let long = [b'a'; 9000];
-        let mut s = ChunkScanner::default();
-        assert_eq!(s.feed(b"1;"), Ok(None));
-        assert_eq!(s.feed(&long), Err(Malformed));
     }
 }
