@@ -1,4 +1,4 @@
-//! The gateway's lean HTTP/1.1 path (proxy/src/gateway/h1.rs) against the
+//! The gateway's lean HTTP/1.1 path (proxy/src/gateway/h1/) against the
 //! real binary and a real upstream (scripts/http_upstream.py): the upstream
 //! connection pinned to the client's, every response framing relayed
 //! (Content-Length, chunked with a trailer, until close, 1xx interim),
