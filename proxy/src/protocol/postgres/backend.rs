@@ -135,9 +135,7 @@ impl Backend {
                 0 => Auth::Ok,
                 3 => Auth::Cleartext,
                 5 => match c.take(4)? {
-                    &[a, b, d, e] => Auth::Md5 {
-                        salt: [a, b, d, e],
-                    },
+                    &[a, b, d, e] => Auth::Md5 { salt: [a, b, d, e] },
                     _ => return Err(Error::Invalid("short md5 salt")),
                 },
                 10 => {

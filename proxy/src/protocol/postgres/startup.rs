@@ -29,7 +29,10 @@ pub enum Startup {
     GssEncRequest,
     /// `CancelRequest` for the backend `pid`; the secret key is 4 bytes in
     /// protocol 3.0, longer in 3.2.
-    Cancel { pid: i32, secret: Vec<u8> },
+    Cancel {
+        pid: i32,
+        secret: Vec<u8>,
+    },
 }
 
 /// The code of an untyped message whose header is at the front of `buf`.

@@ -81,14 +81,19 @@ fn startup_message_bytes() {
 
 #[test]
 fn query_bytes() {
-    assert_eq!(frontend::query("SELECT 1").unwrap(), b"Q\0\0\0\x0dSELECT 1\0");
+    assert_eq!(
+        frontend::query("SELECT 1").unwrap(),
+        b"Q\0\0\0\x0dSELECT 1\0"
+    );
 }
 
 #[test]
 fn encryption_requests() {
     let ssl = [0u8, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
     assert!(starts_with_encryption_request(&ssl));
-    assert!(starts_with_encryption_request(&[&ssl[..], b"more"].concat()));
+    assert!(starts_with_encryption_request(
+        &[&ssl[..], b"more"].concat()
+    ));
     assert!(!starts_with_encryption_request(&ssl[..7]));
     let mut gss = ssl;
     gss[7] = 0x30;
@@ -116,7 +121,9 @@ fn error_fields_are_lenient() {
 
 #[test]
 fn data_row_and_auth() {
-    let row = [b'D', 0, 0, 0, 15, 0, 2, 0, 0, 0, 1, b't', 0xff, 0xff, 0xff, 0xff];
+    let row = [
+        b'D', 0, 0, 0, 15, 0, 2, 0, 0, 0, 1, b't', 0xff, 0xff, 0xff, 0xff,
+    ];
     assert_eq!(
         Backend::parse(&row),
         Ok((Backend::DataRow(vec![Some(b"t".to_vec()), None]), 16))
@@ -127,7 +134,10 @@ fn data_row_and_auth() {
     let md5 = [b'R', 0, 0, 0, 12, 0, 0, 0, 5, 1, 2, 3, 4];
     assert_eq!(
         Backend::parse(&md5),
-        Ok((Backend::Authentication(Auth::Md5 { salt: [1, 2, 3, 4] }), 13))
+        Ok((
+            Backend::Authentication(Auth::Md5 { salt: [1, 2, 3, 4] }),
+            13
+        ))
     );
     let sasl = b"R\0\0\0\x17\0\0\0\x0aSCRAM-SHA-256\0\0";
     assert_eq!(
@@ -149,8 +159,14 @@ fn length_bombs_are_refused_from_the_header() {
         [b'D', 0, 0, 0, 3],             // shorter than itself
         [b'D', 0, 0, 0, 0],
     ] {
-        assert!(matches!(Backend::check(&head), Err(Error::Length(_))), "{head:?}");
-        assert!(matches!(Frontend::parse(&head), Err(Error::Length(_))), "{head:?}");
+        assert!(
+            matches!(Backend::check(&head), Err(Error::Length(_))),
+            "{head:?}"
+        );
+        assert!(
+            matches!(Frontend::parse(&head), Err(Error::Length(_))),
+            "{head:?}"
+        );
     }
     assert_eq!(
         Backend::check(&[b'D', 0x40, 0, 0, 0]),
@@ -167,7 +183,10 @@ fn length_bombs_are_refused_from_the_header() {
         [0, 0, 0, 7],
         [0, 0, 0x27, 0x11], // 10_001
     ] {
-        assert!(matches!(Startup::check(&head), Err(Error::Length(_))), "{head:?}");
+        assert!(
+            matches!(Startup::check(&head), Err(Error::Length(_))),
+            "{head:?}"
+        );
     }
     // A column count far beyond the body is an error, not a reservation.
     let bomb = [b'D', 0, 0, 0, 6, 0x7f, 0xff];
@@ -179,7 +198,10 @@ fn length_bombs_are_refused_from_the_header() {
 fn header_scan() {
     let h = Header::typed(b"Z\0\0\0\x05I", MESSAGE_MAX).unwrap();
     assert_eq!((h.tag, h.len, h.total(), h.body_len()), (b'Z', 5, 6, 1));
-    assert_eq!(Header::typed(b"Z\0\0\0", MESSAGE_MAX), Err(Error::Incomplete));
+    assert_eq!(
+        Header::typed(b"Z\0\0\0", MESSAGE_MAX),
+        Err(Error::Incomplete)
+    );
     let h = Header::untyped(&[0, 0, 0, 8]).unwrap();
     assert_eq!((h.tag, h.total(), h.body_len()), (0, 8, 4));
     assert_eq!(check_typed(b"Z\0\0\0\x05"), Err(Error::Incomplete));
@@ -221,13 +243,16 @@ fn frontend() -> impl Strategy<Value = Frontend> {
     let value = proptest::option::of(bytes(16));
     prop_oneof![
         text(40).prop_map(Frontend::Query),
-        (text(8), text(40), proptest::collection::vec(any::<i32>(), 0..4)).prop_map(
-            |(name, query, param_types)| Frontend::Parse {
+        (
+            text(8),
+            text(40),
+            proptest::collection::vec(any::<i32>(), 0..4)
+        )
+            .prop_map(|(name, query, param_types)| Frontend::Parse {
                 name,
                 query,
                 param_types
-            }
-        ),
+            }),
         (
             text(8),
             text(8),
@@ -235,21 +260,21 @@ fn frontend() -> impl Strategy<Value = Frontend> {
             proptest::collection::vec(value, 0..4),
             proptest::collection::vec(any::<i16>(), 0..3),
         )
-            .prop_map(|(portal, statement, param_formats, params, result_formats)| {
-                Frontend::Bind {
-                    portal,
-                    statement,
-                    param_formats,
-                    params,
-                    result_formats,
+            .prop_map(
+                |(portal, statement, param_formats, params, result_formats)| {
+                    Frontend::Bind {
+                        portal,
+                        statement,
+                        param_formats,
+                        params,
+                        result_formats,
+                    }
                 }
-            }),
+            ),
         (any::<u8>(), text(8)).prop_map(|(kind, name)| Frontend::Describe { kind, name }),
         (any::<u8>(), text(8)).prop_map(|(kind, name)| Frontend::Close { kind, name }),
-        (text(8), any::<i32>()).prop_map(|(portal, max_rows)| Frontend::Execute {
-            portal,
-            max_rows
-        }),
+        (text(8), any::<i32>())
+            .prop_map(|(portal, max_rows)| Frontend::Execute { portal, max_rows }),
         Just(Frontend::Sync),
         Just(Frontend::Flush),
         Just(Frontend::Terminate),
@@ -312,8 +337,7 @@ fn backend() -> impl Strategy<Value = Backend> {
         (any::<i32>(), bytes(33)).prop_map(|(pid, secret)| Backend::BackendKeyData { pid, secret }),
         any::<u8>().prop_map(Backend::ReadyForQuery),
         proptest::collection::vec(field(), 0..4).prop_map(Backend::RowDescription),
-        proptest::collection::vec(proptest::option::of(bytes(16)), 0..5)
-            .prop_map(Backend::DataRow),
+        proptest::collection::vec(proptest::option::of(bytes(16)), 0..5).prop_map(Backend::DataRow),
         text(16).prop_map(Backend::CommandComplete),
         fields().prop_map(Backend::ErrorResponse),
         fields().prop_map(Backend::NoticeResponse),
@@ -449,7 +473,15 @@ proptest! {
 
     /// Any declared length is judged from the 5-byte header alone.
     #[test]
-    fn declared_lengths(tag in any::<u8>(), len in any::<u32>()) {
+    fn declared_lengths(
+        tag in any::<u8>(),
+        len in prop_oneof![
+            any::<u32>(),
+            0u32..16,
+            (MESSAGE_MAX as u32 - 2)..=(MESSAGE_MAX as u32 + 2),
+            (i32::MAX as u32 - 2)..=(i32::MAX as u32 + 2),
+        ],
+    ) {
         let mut head = vec![tag];
         head.extend_from_slice(&len.to_be_bytes());
         let got = Backend::check(&head);
