@@ -16,7 +16,7 @@ use std::time::Instant;
 use super::normalize::{self, Dialect};
 use super::{capture, Out, Pending, Stop, TEXT_CAP};
 use crate::protocol::postgres::startup::{CANCEL_REQUEST, GSSENC_REQUEST, SSL_REQUEST};
-use crate::protocol::postgres::{parse_error_fields, Header};
+use crate::protocol::postgres::{backend, frontend, parse_error_fields, Header};
 
 /// Statements awaiting their ReadyForQuery.
 const MAX_PENDING: usize = 256;
@@ -245,7 +245,8 @@ impl Pg {
                 };
                 self.pending().push(unit, text)?;
             }
-            b'd' | b'c' | b'f' | b'p' | b'X' => {}
+            // CopyData/Done/Fail, password and SASL, Terminate.
+            t if frontend::is_tag(t) => {}
             _ => return Err(Stop::Confused("postgres: unknown frontend message")),
         }
         Ok(())
@@ -321,8 +322,7 @@ impl Pg {
             }
             // CopyBothResponse: streaming replication, not statements.
             b'W' => return Err(Stop::Quiet),
-            b'R' | b'S' | b'K' | b'N' | b'A' | b'T' | b'D' | b'C' | b'I' | b'1' | b'2' | b'3'
-            | b'n' | b's' | b't' | b'G' | b'H' | b'd' | b'c' | b'v' | b'V' => {}
+            t if backend::is_tag(t) => {}
             _ => return Err(Stop::Confused("postgres: unknown backend message")),
         }
         Ok(())

@@ -90,6 +90,38 @@ pub enum Backend {
 /// Tags kept as [`Backend::Other`].
 pub const OTHER_TAGS: &[u8] = b"GHWVv";
 
+/// Whether `tag` starts a backend message this codec knows (the ones
+/// [`Backend::parse`] reads); anything else is not PostgreSQL 3.0.
+#[inline]
+pub const fn is_tag(tag: u8) -> bool {
+    matches!(
+        tag,
+        b'R' | b'S'
+            | b'K'
+            | b'Z'
+            | b'T'
+            | b'D'
+            | b'C'
+            | b'E'
+            | b'N'
+            | b'I'
+            | b'1'
+            | b'2'
+            | b'3'
+            | b'n'
+            | b's'
+            | b't'
+            | b'A'
+            | b'd'
+            | b'c'
+            | b'G'
+            | b'H'
+            | b'W'
+            | b'V'
+            | b'v'
+    )
+}
+
 fn fields(c: &mut Cursor<'_>) -> Result<Vec<(u8, Vec<u8>)>, Error> {
     let mut v = Vec::new();
     loop {

@@ -50,6 +50,28 @@ pub enum Frontend {
     CopyFail(Vec<u8>),
 }
 
+/// Whether `tag` starts a frontend message this codec knows (the ones
+/// [`Frontend::parse`] reads); anything else is not PostgreSQL 3.0.
+#[inline]
+pub const fn is_tag(tag: u8) -> bool {
+    matches!(
+        tag,
+        b'Q' | b'P'
+            | b'B'
+            | b'D'
+            | b'E'
+            | b'C'
+            | b'S'
+            | b'H'
+            | b'X'
+            | b'p'
+            | b'F'
+            | b'd'
+            | b'c'
+            | b'f'
+    )
+}
+
 /// Capacity for `n` items of at least `per` bytes each in `left` bytes:
 /// a declared count never allocates more than the message could hold.
 pub(crate) fn room(n: usize, left: usize, per: usize) -> usize {

@@ -208,6 +208,25 @@ fn header_scan() {
     assert_eq!(check_typed(b"Z\0\0\0\x05Ixx"), Ok(6));
 }
 
+#[test]
+fn known_tags_are_the_parsed_ones() {
+    for tag in 0..=u8::MAX {
+        let msg = [tag, 0, 0, 0, 4];
+        let unknown =
+            |e: Option<Error>| matches!(e, Some(Error::Invalid(m)) if m.starts_with("unknown"));
+        assert_eq!(
+            frontend::is_tag(tag),
+            !unknown(Frontend::parse(&msg).err()),
+            "{tag}"
+        );
+        assert_eq!(
+            backend::is_tag(tag),
+            !unknown(Backend::parse(&msg).err()),
+            "{tag}"
+        );
+    }
+}
+
 // ---- properties ----
 
 fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
