@@ -63,9 +63,13 @@ pub enum Error {
 /// counts itself, not the tag). Read without copying or allocating.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
+    /// The tag; 0 for an untyped (startup-phase) message.
     pub tag: u8,
     /// Declared length, the 4 length bytes included.
     pub len: usize,
+    /// A typed message (its tag byte comes before the length), even if
+    /// that byte is 0.
+    typed: bool,
 }
 
 impl Header {
@@ -80,6 +84,7 @@ impl Header {
             [tag, a, b, c, d, ..] => Ok(Header {
                 tag: *tag,
                 len: length([*a, *b, *c, *d], 4, max)?,
+                typed: true,
             }),
             _ => Err(Error::Incomplete),
         }
@@ -93,6 +98,7 @@ impl Header {
             [a, b, c, d, ..] => Ok(Header {
                 tag: 0,
                 len: length([*a, *b, *c, *d], 8, STARTUP_MAX)?,
+                typed: false,
             }),
             _ => Err(Error::Incomplete),
         }
@@ -101,10 +107,10 @@ impl Header {
     /// Bytes of the whole message on the wire (tag included if typed).
     #[inline]
     pub fn total(&self) -> usize {
-        if self.tag == 0 {
-            self.len
-        } else {
+        if self.typed {
             self.len + 1
+        } else {
+            self.len
         }
     }
 

@@ -205,6 +205,8 @@ fn header_scan() {
     let h = Header::untyped(&[0, 0, 0, 8]).unwrap();
     assert_eq!((h.tag, h.total(), h.body_len()), (0, 8, 4));
     assert_eq!(check_typed(b"Z\0\0\0\x05"), Err(Error::Incomplete));
+    // A typed message is typed even with tag 0 (not PostgreSQL, but framed).
+    assert_eq!(check_typed(&[0, 0, 0, 0, 5, 1]), Ok(6));
     assert_eq!(check_typed(b"Z\0\0\0\x05Ixx"), Ok(6));
 }
 
@@ -410,6 +412,10 @@ macro_rules! arbitrary {
     ($ty:ty, $buf:expr, $declared:expr, $max:expr) => {{
         let buf: &[u8] = $buf;
         let checked = <$ty>::check(buf);
+        // A whole message is as long as its header says.
+        if let (Ok(n), Some(total)) = (checked, $declared(buf)) {
+            prop_assert_eq!(n, total);
+        }
         match <$ty>::parse(buf) {
             Ok((msg, n)) => {
                 prop_assert_eq!(checked, Ok(n));
