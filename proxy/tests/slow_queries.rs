@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use continuity_proxy::config::{EngineConfig, Kind, Role, ServiceConfig, UpstreamConfig};
 use continuity_proxy::events::{Event, EventKind};
-use continuity_proxy::health::postgres::startup_message;
+use continuity_proxy::protocol::postgres::startup_message;
 use continuity_proxy::Engine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

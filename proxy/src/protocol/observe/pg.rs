@@ -6,14 +6,17 @@
 //! pipelined or not. The startup phase (untyped messages, SSL/GSS
 //! negotiation, authentication up to the first `ReadyForQuery`) is
 //! skipped; TLS, cancel requests and replication (`CopyBoth`) turn the
-//! observer off quietly.
+//! observer off quietly. Framing (tag, length and its bounds) and the
+//! ErrorResponse fields come from the codec, [`crate::protocol::postgres`];
+//! this module streams bodies through without buffering whole messages.
 
 use std::collections::VecDeque;
 use std::time::Instant;
 
 use super::normalize::{self, Dialect};
 use super::{capture, Out, Pending, Stop, TEXT_CAP};
-use crate::health::postgres::parse_error_fields;
+use crate::protocol::postgres::startup::{CANCEL_REQUEST, GSSENC_REQUEST, SSL_REQUEST};
+use crate::protocol::postgres::{backend, frontend, parse_error_fields, Header};
 
 /// Statements awaiting their ReadyForQuery.
 const MAX_PENDING: usize = 256;
@@ -21,14 +24,8 @@ const MAX_PENDING: usize = 256;
 const MAX_NAMED: usize = 64;
 /// Longest identifier PostgreSQL keeps (NAMEDATALEN - 1) plus its NUL.
 const NAME_CAP: usize = 64;
-/// PostgreSQL refuses startup packets above this length.
-const STARTUP_MAX: usize = 10_000;
 /// PostgreSQL's own ceiling for one message (1 GiB).
-const MESSAGE_MAX: usize = 1 << 30;
-
-const SSL_REQUEST: u32 = 80_877_103;
-const GSSENC_REQUEST: u32 = 80_877_104;
-const CANCEL_REQUEST: u32 = 80_877_102;
+const MESSAGE_MAX: usize = crate::protocol::postgres::MESSAGE_MAX;
 
 /// A complete frame or header, as the framer walks a stream.
 enum Step {
@@ -66,26 +63,21 @@ impl Framer {
                 return Ok(None);
             }
             self.got = 0;
-            let [a, b, c, d, e] = self.header;
-            let (tag, len) = if self.typed {
-                (a, u32::from_be_bytes([b, c, d, e]) as usize)
+            // The codec's header scan: no copy, no allocation.
+            let head = if self.typed {
+                Header::typed(&self.header, MESSAGE_MAX)
             } else {
-                (0, u32::from_be_bytes([a, b, c, d]) as usize)
+                Header::untyped(&self.header)
             };
-            let ok = if self.typed {
-                (4..=MESSAGE_MAX).contains(&len)
-            } else {
-                (8..=STARTUP_MAX).contains(&len)
-            };
-            if !ok {
+            let Ok(head) = head else {
                 return Err(Stop::Confused("postgres: implausible message length"));
-            }
-            self.tag = tag;
-            self.rem = len - 4;
+            };
+            self.tag = head.tag;
+            self.rem = head.body_len();
             self.in_body = true;
             self.cap = 0;
             self.body.clear();
-            return Ok(Some(Step::Header(tag)));
+            return Ok(Some(Step::Header(head.tag)));
         }
         if self.rem > 0 {
             if data.is_empty() {
@@ -253,7 +245,8 @@ impl Pg {
                 };
                 self.pending().push(unit, text)?;
             }
-            b'd' | b'c' | b'f' | b'p' | b'X' => {}
+            // CopyData/Done/Fail, password and SASL, Terminate.
+            t if frontend::is_tag(t) => {}
             _ => return Err(Stop::Confused("postgres: unknown frontend message")),
         }
         Ok(())
@@ -329,8 +322,7 @@ impl Pg {
             }
             // CopyBothResponse: streaming replication, not statements.
             b'W' => return Err(Stop::Quiet),
-            b'R' | b'S' | b'K' | b'N' | b'A' | b'T' | b'D' | b'C' | b'I' | b'1' | b'2' | b'3'
-            | b'n' | b's' | b't' | b'G' | b'H' | b'd' | b'c' | b'v' | b'V' => {}
+            t if backend::is_tag(t) => {}
             _ => return Err(Stop::Confused("postgres: unknown backend message")),
         }
         Ok(())
