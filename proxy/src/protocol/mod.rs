@@ -5,6 +5,7 @@
 pub mod observe;
 pub mod postgres;
 pub mod redis;
+pub mod resp;
 
 use crate::config::Kind;
 

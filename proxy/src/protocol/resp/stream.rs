@@ -1,18 +1,35 @@
-//! The RESP reply scanner: counts complete top-level replies in a byte
-//! stream, nested aggregates included (RESP2 and RESP3), without keeping
-//! more than the first bytes of a top-level error line. RESP3 push and
-//! attribute frames (out-of-band data) stop it quietly.
+//! Scanning replies in a stream that arrives in chunks, for the relay's
+//! observer: [`Replies`] counts complete top-level replies, nested
+//! aggregates included (RESP2 and RESP3), keeping nothing but the first
+//! bytes of a top-level error line. A reply wholly inside the chunk is
+//! taken in one [`check`](super::check) (the usual case); one split across
+//! chunks is followed byte by byte, which reaches the same result. Push
+//! and attribute frames are [`Error::OutOfBand`].
 
-use super::{capture, Stop};
+use super::{check, Error, Kind, Limits};
 
 /// Longest status or error line followed.
-pub(super) const LINE_MAX: usize = 64 * 1024;
+pub const LINE_MAX: usize = 64 * 1024;
 /// Deepest reply nesting followed.
-pub(super) const MAX_DEPTH: usize = 32;
+pub const MAX_DEPTH: usize = 32;
+/// Bytes kept of a top-level error line.
+const ERROR_KEPT: usize = 256;
+
+/// The fast path's limits: what the byte-wise scanner accepts, and never
+/// more (a frame it would refuse is left to it, which then refuses it).
+const FAST: Limits = Limits {
+    max_depth: MAX_DEPTH,
+    max_line: LINE_MAX,
+    max_bulk: usize::MAX,
+    max_elements: usize::MAX,
+    max_digits: 18,
+    resp3: true,
+    out_of_band: false,
+};
 
 /// A CRLF-terminated decimal, possibly split across chunks.
 #[derive(Default)]
-pub(super) struct Num {
+pub struct Num {
     value: i64,
     neg: bool,
     digits: u8,
@@ -20,8 +37,9 @@ pub(super) struct Num {
 }
 
 impl Num {
-    pub fn feed(&mut self, data: &mut &[u8]) -> Result<Option<i64>, Stop> {
-        const BAD: Stop = Stop::Confused("resp: bad length");
+    /// Reads digits from `data`: the value once its CRLF is in.
+    pub fn feed(&mut self, data: &mut &[u8]) -> Result<Option<i64>, Error> {
+        const BAD: Error = Error::Invalid("resp: bad length");
         while let Some((&b, rest)) = data.split_first() {
             *data = rest;
             match b {
@@ -52,7 +70,8 @@ enum State {
     Bulk { rem: u64 },
 }
 
-pub(super) struct Replies {
+/// The reply scanner of one connection.
+pub struct Replies {
     state: State,
     num: Num,
     /// Elements still expected at each open aggregate level.
@@ -78,7 +97,26 @@ impl Replies {
     /// Advances to the end of the next complete top-level reply:
     /// `Some(Some(line))` for an error reply (its line without CRLF),
     /// `Some(None)` for any other; `None` when `data` ran out first.
-    pub fn next(&mut self, data: &mut &[u8]) -> Result<Option<Option<&[u8]>>, Stop> {
+    pub fn next(&mut self, data: &mut &[u8]) -> Result<Option<Option<&[u8]>>, Error> {
+        if matches!(self.state, State::Type) && self.depth == 0 {
+            if let Ok(scan) = check(data, &FAST) {
+                let (frame, rest) = data.split_at(scan.len.min(data.len()));
+                *data = rest;
+                self.error.clear();
+                if scan.kind == Kind::Error {
+                    let line = frame.get(1..frame.len().saturating_sub(2));
+                    let line = line.unwrap_or_default();
+                    let line = line.get(..ERROR_KEPT).unwrap_or(line);
+                    self.error.extend_from_slice(line);
+                    return Ok(Some(Some(&self.error)));
+                }
+                return Ok(Some(None));
+            }
+        }
+        self.bytewise(data)
+    }
+
+    fn bytewise(&mut self, data: &mut &[u8]) -> Result<Option<Option<&[u8]>>, Error> {
         while !data.is_empty() {
             let complete = match &mut self.state {
                 State::Type => {
@@ -101,8 +139,8 @@ impl Replies {
                         b'$' | b'=' | b'!' => State::BulkLen,
                         b'*' | b'~' => State::AggLen { per: 1 },
                         b'%' => State::AggLen { per: 2 },
-                        b'>' | b'|' => return Err(Stop::Quiet),
-                        _ => return Err(Stop::Confused("resp: unknown reply type")),
+                        b'>' | b'|' => return Err(Error::OutOfBand),
+                        _ => return Err(Error::UnknownType(t)),
                     };
                     false
                 }
@@ -111,10 +149,12 @@ impl Replies {
                     let line = data.get(..end.unwrap_or(data.len())).unwrap_or_default();
                     *seen += line.len();
                     if *seen > LINE_MAX {
-                        return Err(Stop::Confused("resp: reply line too long"));
+                        return Err(Error::Invalid("resp: reply line too long"));
                     }
                     if *error {
-                        capture(&mut self.error, line, 256);
+                        let room = ERROR_KEPT.saturating_sub(self.error.len());
+                        let kept = line.get(..room.min(line.len())).unwrap_or_default();
+                        self.error.extend_from_slice(kept);
                     }
                     match end {
                         Some(p) => {
@@ -129,7 +169,7 @@ impl Replies {
                 }
                 State::BulkLen => match self.num.feed(data)? {
                     Some(-1) => true,
-                    Some(n) if n < 0 => return Err(Stop::Confused("resp: bad bulk length")),
+                    Some(n) if n < 0 => return Err(Error::Invalid("resp: bad bulk length")),
                     Some(n) => {
                         self.state = State::Bulk {
                             rem: n.unsigned_abs() + 2,
@@ -143,13 +183,10 @@ impl Replies {
                     match self.num.feed(data)? {
                         Some(-1 | 0) => true,
                         Some(n) if n < 0 => {
-                            return Err(Stop::Confused("resp: bad aggregate length"))
+                            return Err(Error::Invalid("resp: bad aggregate length"))
                         }
                         Some(n) => {
-                            let slot = self
-                                .stack
-                                .get_mut(self.depth)
-                                .ok_or(Stop::Confused("resp: reply nested too deep"))?;
+                            let slot = self.stack.get_mut(self.depth).ok_or(Error::TooDeep)?;
                             *slot = n.saturating_mul(per);
                             self.depth += 1;
                             self.state = State::Type;
