@@ -11,8 +11,8 @@ use std::time::Instant;
 
 use super::normalize::{has_subcommand, redis_command};
 use super::{Out, Pending, Stop};
+use crate::protocol::resp;
 use crate::protocol::resp::stream::{Num, Replies, LINE_MAX};
-use crate::protocol::resp::{self, Limits};
 
 /// Commands awaiting their reply.
 const MAX_PENDING: usize = 1024;
@@ -20,19 +20,6 @@ const MAX_PENDING: usize = 1024;
 const NAME: usize = 24;
 /// Redis refuses multibulk lengths above this.
 const MAX_ARGS: i64 = i32::MAX as i64;
-/// What the fast path reads in one go: a command of at most 1024
-/// arguments whose length lines are plain (at most 18 digits); anything
-/// else is left to the byte-wise state machine.
-const WHOLE: Limits = Limits {
-    max_depth: 0,
-    max_line: 20,
-    max_bulk: usize::MAX,
-    max_elements: 1024,
-    max_digits: 18,
-    resp3: false,
-    out_of_band: false,
-};
-
 const QUIET: &[&[u8]] = &[
     b"SUBSCRIBE",
     b"PSUBSCRIBE",
@@ -327,24 +314,20 @@ impl Resp {
     /// unusual or malformed) to the byte-wise state machine, which reaches
     /// the same result.
     fn whole_command(&mut self, data: &[u8]) -> Option<usize> {
-        let mut args = resp::multibulk(data, &WHOLE).ok()??;
-        let n = args.declared();
-        for i in 0..n {
-            let payload = args.next()?.ok()?;
+        let cmd = &mut self.cmd;
+        let (n, used) = resp::whole_multibulk(data, 1024, |i, payload| {
             match i {
-                0 => keep(&mut self.cmd.name, &mut self.cmd.name_len, 0, payload),
-                1 if has_subcommand(self.cmd.name()) => {
-                    keep(&mut self.cmd.sub, &mut self.cmd.sub_len, 0, payload)
-                }
+                0 => keep(&mut cmd.name, &mut cmd.name_len, 0, payload),
+                1 if has_subcommand(cmd.name()) => keep(&mut cmd.sub, &mut cmd.sub_len, 0, payload),
                 _ => {}
             }
             if i > 0 && payload.len() == 5 && payload.eq_ignore_ascii_case(b"BLOCK") {
-                let name = self.cmd.name();
-                self.cmd.blocking |= name == b"XREAD" || name == b"XREADGROUP";
+                let name = cmd.name();
+                cmd.blocking |= name == b"XREAD" || name == b"XREADGROUP";
             }
-        }
+        })?;
         self.cmd.args = u32::try_from(n).ok()?;
-        Some(args.consumed())
+        Some(used)
     }
 
     fn end_arg(&mut self, len: u64) {

@@ -74,6 +74,7 @@ impl<'a> Args<'a> {
         self.r.pos
     }
 
+    #[inline]
     fn arg(&mut self) -> Result<&'a [u8], Error> {
         match self.r.byte()? {
             b'$' => {}
@@ -84,10 +85,18 @@ impl<'a> Args<'a> {
                 })
             }
         }
-        let n = self
-            .r
-            .len(self.max_end, "bulk length")?
-            .ok_or(Error::Invalid("invalid bulk length"))?;
+        // The usual plain length first, in one pass (the observer's hot
+        // path); anything else through the general reader.
+        let at = self.r.pos;
+        let n = match self.r.plain_int().map(usize::try_from) {
+            Some(Ok(n)) if n <= self.max_end => n,
+            _ => {
+                self.r.pos = at;
+                self.r
+                    .len(self.max_end, "bulk length")?
+                    .ok_or(Error::Invalid("invalid bulk length"))?
+            }
+        };
         if self.r.pos.saturating_add(n) > self.max_end {
             return Err(Error::TooLarge {
                 what: "command",
@@ -101,6 +110,7 @@ impl<'a> Args<'a> {
 impl<'a> Iterator for Args<'a> {
     type Item = Result<&'a [u8], Error>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.left == 0 {
             return None;
@@ -181,4 +191,56 @@ fn parse_inline(buf: &[u8], limits: &CommandLimits) -> Result<(Command, usize), 
         });
     }
     Ok((words.map(<[u8]>::to_vec).collect(), end + 1))
+}
+
+/// The relay observer's fast path: a multibulk command of at most
+/// `max_args` arguments wholly inside `buf`, with plain lengths (at most
+/// 18 digits), walked in one pass without copying: `each(index, arg)` for
+/// every argument, then the argument count and the command's length.
+/// `None` for anything else (incomplete, unusual or malformed), which the
+/// caller reads some other way. Same bytes as [`multibulk`], tighter loop.
+#[inline]
+pub fn whole_multibulk(
+    buf: &[u8],
+    max_args: usize,
+    mut each: impl FnMut(usize, &[u8]),
+) -> Option<(usize, usize)> {
+    if buf.first() != Some(&b'*') {
+        return None;
+    }
+    let (n, mut pos) = plain_len(buf, 1)?;
+    if n == 0 || n > max_args {
+        return None;
+    }
+    for i in 0..n {
+        if buf.get(pos) != Some(&b'$') {
+            return None;
+        }
+        let (len, at) = plain_len(buf, pos + 1)?;
+        let end = at.checked_add(len)?;
+        let arg = buf.get(at..end)?;
+        if buf.get(end..end.checked_add(2)?)? != b"\r\n" {
+            return None;
+        }
+        each(i, arg);
+        pos = end + 2;
+    }
+    Some((n, pos))
+}
+
+/// A non-negative decimal of 1 to 18 digits at `at`, ended by CRLF: its
+/// value and the index after the CRLF.
+#[inline]
+fn plain_len(buf: &[u8], at: usize) -> Option<(usize, usize)> {
+    let mut value: usize = 0;
+    let mut i = at;
+    while let Some(&b) = buf.get(i) {
+        match b {
+            b'0'..=b'9' if i - at < 18 => value = value * 10 + usize::from(b - b'0'),
+            b'\r' if i > at && buf.get(i + 1) == Some(&b'\n') => return Some((value, i + 2)),
+            _ => return None,
+        }
+        i += 1;
+    }
+    None
 }

@@ -1,12 +1,13 @@
 //! Scanning replies in a stream that arrives in chunks, for the relay's
 //! observer: [`Replies`] counts complete top-level replies, nested
 //! aggregates included (RESP2 and RESP3), keeping nothing but the first
-//! bytes of a top-level error line. A reply wholly inside the chunk is
-//! taken in one [`check`](super::check) (the usual case); one split across
-//! chunks is followed byte by byte, which reaches the same result. Push
-//! and attribute frames are [`Error::OutOfBand`].
+//! bytes of a top-level error line, byte by byte so that a reply split
+//! anywhere across chunks costs nothing more. (Taking whole replies with
+//! [`check`](super::check) first was measured slower on the relay's
+//! workload, so it is not done.) Push and attribute frames are
+//! [`Error::OutOfBand`].
 
-use super::{check, Error, Kind, Limits};
+use super::Error;
 
 /// Longest status or error line followed.
 pub const LINE_MAX: usize = 64 * 1024;
@@ -14,18 +15,6 @@ pub const LINE_MAX: usize = 64 * 1024;
 pub const MAX_DEPTH: usize = 32;
 /// Bytes kept of a top-level error line.
 const ERROR_KEPT: usize = 256;
-
-/// The fast path's limits: what the byte-wise scanner accepts, and never
-/// more (a frame it would refuse is left to it, which then refuses it).
-const FAST: Limits = Limits {
-    max_depth: MAX_DEPTH,
-    max_line: LINE_MAX,
-    max_bulk: usize::MAX,
-    max_elements: usize::MAX,
-    max_digits: 18,
-    resp3: true,
-    out_of_band: false,
-};
 
 /// A CRLF-terminated decimal, possibly split across chunks.
 #[derive(Default)]
@@ -38,6 +27,7 @@ pub struct Num {
 
 impl Num {
     /// Reads digits from `data`: the value once its CRLF is in.
+    #[inline]
     pub fn feed(&mut self, data: &mut &[u8]) -> Result<Option<i64>, Error> {
         const BAD: Error = Error::Invalid("resp: bad length");
         while let Some((&b, rest)) = data.split_first() {
@@ -97,25 +87,12 @@ impl Replies {
     /// Advances to the end of the next complete top-level reply:
     /// `Some(Some(line))` for an error reply (its line without CRLF),
     /// `Some(None)` for any other; `None` when `data` ran out first.
+    #[inline]
     pub fn next(&mut self, data: &mut &[u8]) -> Result<Option<Option<&[u8]>>, Error> {
-        if matches!(self.state, State::Type) && self.depth == 0 {
-            if let Ok(scan) = check(data, &FAST) {
-                let (frame, rest) = data.split_at(scan.len.min(data.len()));
-                *data = rest;
-                self.error.clear();
-                if scan.kind == Kind::Error {
-                    let line = frame.get(1..frame.len().saturating_sub(2));
-                    let line = line.unwrap_or_default();
-                    let line = line.get(..ERROR_KEPT).unwrap_or(line);
-                    self.error.extend_from_slice(line);
-                    return Ok(Some(Some(&self.error)));
-                }
-                return Ok(Some(None));
-            }
-        }
         self.bytewise(data)
     }
 
+    #[inline]
     fn bytewise(&mut self, data: &mut &[u8]) -> Result<Option<Option<&[u8]>>, Error> {
         while !data.is_empty() {
             let complete = match &mut self.state {
@@ -215,6 +192,7 @@ impl Replies {
 
     /// One element is complete: closes the aggregates it completes, and
     /// says whether it completed a top-level reply.
+    #[inline]
     fn element_closes_reply(&mut self) -> bool {
         while let Some(left) = self
             .depth

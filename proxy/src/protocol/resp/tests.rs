@@ -322,6 +322,11 @@ proptest! {
                 Err(e) => prop_assert_eq!(checked.map(|s| s.len), Err(e)),
             }
         }
+        if let Some((n, used)) = whole_multibulk(&bytes, 1024, |_, _| {}) {
+            let mut args = multibulk(&bytes, &Limits::RESP3).unwrap().unwrap();
+            prop_assert_eq!(args.by_ref().filter(Result::is_ok).count(), n);
+            prop_assert_eq!(args.consumed(), used);
+        }
         let limits = CommandLimits { max_command: 64, max_args: 8 };
         if let Ok(Some((args, used))) = parse_command(&bytes, &limits) {
             prop_assert!(used > 0 && used <= bytes.len());
@@ -438,6 +443,10 @@ proptest! {
         let read: Vec<&[u8]> = it.by_ref().map(Result::unwrap).collect();
         prop_assert_eq!(read, args.iter().map(Vec::as_slice).collect::<Vec<_>>());
         prop_assert_eq!(it.consumed(), bytes.len());
+        let mut seen = Vec::new();
+        let whole = whole_multibulk(&bytes, 1024, |i, a| seen.push((i, a.to_vec())));
+        prop_assert_eq!(whole, Some((args.len(), bytes.len())));
+        prop_assert_eq!(seen, args.iter().cloned().enumerate().collect::<Vec<_>>());
         for cut in 0..bytes.len() {
             prop_assert_eq!(parse_command(&bytes[..cut], &limits), Ok(None), "cut {}", cut);
         }
