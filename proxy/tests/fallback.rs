@@ -8,7 +8,7 @@ use continuity_proxy::config::{
     EngineConfig, FailoverMode, Kind, Role, ServiceConfig, UpstreamConfig,
 };
 use continuity_proxy::events::EventKind;
-use continuity_proxy::health::redis::{parse_reply, Reply};
+use continuity_proxy::protocol::resp::{parse_reply, Reply};
 use continuity_proxy::snapshot::ServiceStatus;
 use continuity_proxy::Engine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

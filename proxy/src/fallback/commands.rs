@@ -120,7 +120,7 @@ fn incr(mem: &mut Memory, key: &[u8], delta: i64) -> Reply {
                 value: n.to_string().into_bytes(),
                 expires: mem.store.expires(key),
             });
-            Reply::Int(n)
+            Reply::Integer(n)
         }
         Err(e) => store_err(e),
     }
@@ -201,10 +201,10 @@ pub fn data(mem: &mut Memory, name: &str, a: &[Vec<u8>], max_reply: usize) -> Re
             mem.journal.push(Op::Del {
                 keys: keys.to_vec(),
             });
-            Reply::Int(n as i64)
+            Reply::Integer(n as i64)
         }
         ("EXISTS", keys) if !keys.is_empty() => {
-            Reply::Int(keys.iter().filter(|k| mem.store.exists(k)).count() as i64)
+            Reply::Integer(keys.iter().filter(|k| mem.store.exists(k)).count() as i64)
         }
         ("EXPIRE", [k, secs]) => {
             let Some(secs) = int_arg(secs) else {
@@ -214,14 +214,14 @@ pub fn data(mem: &mut Memory, name: &str, a: &[Vec<u8>], max_reply: usize) -> Re
                 return Reply::err(OOM);
             }
             if !mem.store.exists(k) {
-                return Reply::Int(0);
+                return Reply::Integer(0);
             }
             if secs <= 0 {
                 mem.store.del(k);
                 mem.journal.push(Op::Del {
                     keys: vec![k.clone()],
                 });
-                return Reply::Int(1);
+                return Reply::Integer(1);
             }
             let at =
                 Instant::now().checked_add(Duration::from_secs((secs as u64).min(u64::MAX / 1000)));
@@ -230,9 +230,9 @@ pub fn data(mem: &mut Memory, name: &str, a: &[Vec<u8>], max_reply: usize) -> Re
             };
             mem.store.expire(k, Some(at));
             mem.journal.push(Op::Expire { key: k.clone(), at });
-            Reply::Int(1)
+            Reply::Integer(1)
         }
-        ("TTL", [k]) => Reply::Int(mem.store.ttl(k)),
+        ("TTL", [k]) => Reply::Integer(mem.store.ttl(k)),
         ("INCR", [k]) => incr(mem, k, 1),
         ("DECR", [k]) => incr(mem, k, -1),
         ("INCRBY", [k, d]) | ("DECRBY", [k, d]) => match int_arg(d) {
@@ -271,7 +271,7 @@ pub fn data(mem: &mut Memory, name: &str, a: &[Vec<u8>], max_reply: usize) -> Re
                         pairs,
                         expires,
                     });
-                    Reply::Int(n)
+                    Reply::Integer(n)
                 }
                 Err(e) => store_err(e),
             }
@@ -286,7 +286,7 @@ pub fn data(mem: &mut Memory, name: &str, a: &[Vec<u8>], max_reply: usize) -> Re
                         key: k.clone(),
                         fields: fields.to_vec(),
                     });
-                    Reply::Int(n)
+                    Reply::Integer(n)
                 }
                 Err(e) => store_err(e),
             }
@@ -330,26 +330,26 @@ mod tests {
         assert_eq!(run(&mut m, "SET a 1 EX 100"), Reply::ok());
         assert_eq!(run(&mut m, "SET a 2 NX"), Reply::Null);
         assert_eq!(run(&mut m, "SET b 2 XX"), Reply::Null);
-        assert_eq!(run(&mut m, "INCR a"), Reply::Int(2));
-        assert_eq!(run(&mut m, "TTL a"), Reply::Int(100));
-        assert_eq!(run(&mut m, "INCRBY a 10"), Reply::Int(12));
-        assert_eq!(run(&mut m, "DECR a"), Reply::Int(11));
+        assert_eq!(run(&mut m, "INCR a"), Reply::Integer(2));
+        assert_eq!(run(&mut m, "TTL a"), Reply::Integer(100));
+        assert_eq!(run(&mut m, "INCRBY a 10"), Reply::Integer(12));
+        assert_eq!(run(&mut m, "DECR a"), Reply::Integer(11));
         assert_eq!(run(&mut m, "MSET x 1 y 2"), Reply::ok());
         assert_eq!(
             run(&mut m, "MGET x nope y"),
             Reply::Array(vec![Reply::bulk(b"1"), Reply::Null, Reply::bulk(b"2")])
         );
-        assert_eq!(run(&mut m, "HSET h f v g w"), Reply::Int(2));
+        assert_eq!(run(&mut m, "HSET h f v g w"), Reply::Integer(2));
         assert_eq!(run(&mut m, "HGET h g"), Reply::bulk(b"w"));
-        assert_eq!(run(&mut m, "HDEL h g"), Reply::Int(1));
+        assert_eq!(run(&mut m, "HDEL h g"), Reply::Integer(1));
         assert_eq!(
             run(&mut m, "GET h"),
             Reply::err(StoreError::WrongType.message())
         );
-        assert_eq!(run(&mut m, "EXISTS x y nope"), Reply::Int(2));
-        assert_eq!(run(&mut m, "DEL x nope"), Reply::Int(1));
-        assert_eq!(run(&mut m, "EXPIRE y 0"), Reply::Int(1));
-        assert_eq!(run(&mut m, "TTL y"), Reply::Int(-2));
+        assert_eq!(run(&mut m, "EXISTS x y nope"), Reply::Integer(2));
+        assert_eq!(run(&mut m, "DEL x nope"), Reply::Integer(1));
+        assert_eq!(run(&mut m, "EXPIRE y 0"), Reply::Integer(1));
+        assert_eq!(run(&mut m, "TTL y"), Reply::Integer(-2));
         assert!(
             matches!(run(&mut m, "KEYS *"), Reply::Error(e) if e.starts_with("ERR continuity fallback"))
         );
@@ -366,7 +366,7 @@ mod tests {
         assert_eq!(run(&mut m, &format!("SET big {big}")), Reply::ok());
         assert_eq!(
             run(&mut m, &format!("HSET h f {big} g {big}")),
-            Reply::Int(2)
+            Reply::Integer(2)
         );
         let args =
             |l: &str| -> Vec<Vec<u8>> { l.split(' ').map(|w| w.as_bytes().to_vec()).collect() };
@@ -409,7 +409,7 @@ mod tests {
         let big = "x".repeat(300);
         assert_eq!(run(&mut m, &format!("SET a {big}")), Reply::ok());
         assert_eq!(run(&mut m, &format!("SET b {big}")), Reply::err(OOM));
-        assert_eq!(run(&mut m, "INCR n"), Reply::Int(1));
+        assert_eq!(run(&mut m, "INCR n"), Reply::Integer(1));
         assert!(matches!(run(&mut m, "GET a"), Reply::Bulk(_)));
         assert!(m.used() <= 1024);
     }

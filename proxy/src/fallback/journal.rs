@@ -12,7 +12,7 @@ use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::health::redis::{parse_reply, Reply, MAX_REPLY};
+use crate::protocol::resp::{parse_reply, write_command, Reply, MAX_REPLY};
 
 /// Bytes counted per journaled op besides its keys and values.
 pub const OP_OVERHEAD: usize = 48;
@@ -173,15 +173,6 @@ pub struct Counts {
     pub failed: u64,
 }
 
-fn encode(args: &[Vec<u8>], out: &mut Vec<u8>) {
-    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
-    }
-}
-
 /// A connection to the recovered Redis that sends ops in order.
 pub struct Replayer {
     stream: TcpStream,
@@ -199,7 +190,7 @@ impl Replayer {
     /// Sends one command and reads its reply.
     pub async fn request(&mut self, args: &[Vec<u8>]) -> std::io::Result<Reply> {
         let mut out = Vec::new();
-        encode(args, &mut out);
+        write_command(args, &mut out);
         self.stream.write_all(&out).await?;
         self.read_reply().await
     }
@@ -238,7 +229,7 @@ impl Replayer {
             let (cmds, expired) = op.commands(now);
             plan.push((cmds.len(), expired));
             for c in &cmds {
-                encode(c, &mut out);
+                write_command(c, &mut out);
             }
         }
         let mut counts = Counts::default();

@@ -332,7 +332,7 @@ async fn replay(svc: &Arc<ServiceRt>, idx: usize) -> bool {
         args.extend(up.cfg.user.clone().map(String::into_bytes));
         args.push(pw.into_bytes());
         match conn.request(&args).await {
-            Ok(crate::health::redis::Reply::Simple(_)) => {}
+            Ok(crate::protocol::resp::Reply::Simple(_)) => {}
             Ok(other) => return fail(format!("AUTH: {other:?}")),
             Err(e) => return fail(format!("AUTH: {e}")),
         }

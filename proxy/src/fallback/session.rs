@@ -135,8 +135,8 @@ fn hello(s: &mut Session, creds: &Credentials, a: &[Vec<u8>]) -> Reply {
     Reply::Map(vec![
         kv("server", Reply::bulk(b"redis")),
         kv("version", Reply::bulk(b"7.0.0")),
-        kv("proto", Reply::Int(i64::from(proto))),
-        kv("id", Reply::Int(0)),
+        kv("proto", Reply::Integer(i64::from(proto))),
+        kv("id", Reply::Integer(0)),
         kv("mode", Reply::bulk(b"standalone")),
         kv("role", Reply::bulk(b"master")),
         kv("modules", Reply::Array(Vec::new())),

@@ -6,6 +6,7 @@ pub mod http1;
 pub mod observe;
 pub mod postgres;
 pub mod redis;
+pub mod resp;
 
 use crate::config::Kind;
 

@@ -1,14 +1,7 @@
-//! RESP pieces the proxy writes itself.
+//! RESP pieces the proxy writes itself, encoded by the one codec
+//! ([`super::resp`]).
 
-/// A RESP error line. CR and LF in the message are replaced so the reply
-/// stays one line whatever the message holds.
-pub fn error_reply(message: &str) -> Vec<u8> {
-    let clean: String = message
-        .chars()
-        .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
-        .collect();
-    format!("-ERR {clean}\r\n").into_bytes()
-}
+pub use super::resp::error_reply;
 
 #[cfg(test)]
 mod tests {

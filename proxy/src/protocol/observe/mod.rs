@@ -21,7 +21,6 @@ mod bolt;
 pub mod normalize;
 mod pg;
 mod resp;
-mod resp_reply;
 #[cfg(test)]
 mod tests;
 

@@ -10,8 +10,9 @@
 use std::time::Instant;
 
 use super::normalize::{has_subcommand, redis_command};
-use super::resp_reply::{Num, Replies, LINE_MAX};
 use super::{Out, Pending, Stop};
+use crate::protocol::resp;
+use crate::protocol::resp::stream::{Num, Replies, LINE_MAX};
 
 /// Commands awaiting their reply.
 const MAX_PENDING: usize = 1024;
@@ -19,7 +20,6 @@ const MAX_PENDING: usize = 1024;
 const NAME: usize = 24;
 /// Redis refuses multibulk lengths above this.
 const MAX_ARGS: i64 = i32::MAX as i64;
-
 const QUIET: &[&[u8]] = &[
     b"SUBSCRIBE",
     b"PSUBSCRIBE",
@@ -160,22 +160,6 @@ fn keep(slot: &mut [u8], len: &mut u8, at: u64, chunk: &[u8]) {
     }
 }
 
-/// A non-negative decimal of at most 18 digits at `at`, ended by CRLF:
-/// its value and the index after the CRLF.
-fn number(data: &[u8], at: usize) -> Option<(i64, usize)> {
-    let mut value: i64 = 0;
-    let mut i = at;
-    while let Some(&b) = data.get(i) {
-        match b {
-            b'0'..=b'9' if i - at < 18 => value = value * 10 + i64::from(b - b'0'),
-            b'\r' if i > at && data.get(i + 1) == Some(&b'\n') => return Some((value, i + 2)),
-            _ => return None,
-        }
-        i += 1;
-    }
-    None
-}
-
 impl Resp {
     fn pending(&mut self) -> &mut Pending<Entry> {
         self.pending
@@ -211,7 +195,7 @@ impl Resp {
                         };
                     }
                 }
-                Client::ArrayLen => match self.num.feed(&mut data)? {
+                Client::ArrayLen => match self.num.feed(&mut data).map_err(stop)? {
                     Some(n) if n <= 0 => self.client = Client::Start,
                     Some(n) if n > MAX_ARGS => {
                         return Err(Stop::Confused("resp: too many arguments"))
@@ -229,7 +213,7 @@ impl Resp {
                     data = data.get(1..).unwrap_or_default();
                     self.client = Client::ArgLen;
                 }
-                Client::ArgLen => match self.num.feed(&mut data)? {
+                Client::ArgLen => match self.num.feed(&mut data).map_err(stop)? {
                     Some(n) if n < 0 => {
                         return Err(Stop::Confused("resp: negative argument length"))
                     }
@@ -330,39 +314,20 @@ impl Resp {
     /// unusual or malformed) to the byte-wise state machine, which reaches
     /// the same result.
     fn whole_command(&mut self, data: &[u8]) -> Option<usize> {
-        if data.first() != Some(&b'*') {
-            return None;
-        }
-        let (n, mut pos) = number(data, 1)?;
-        if !(1..=1024).contains(&n) {
-            return None;
-        }
-        for i in 0..n {
-            if data.get(pos) != Some(&b'$') {
-                return None;
-            }
-            let (len, at) = number(data, pos + 1)?;
-            let len = usize::try_from(len).ok()?;
-            let end = at.checked_add(len)?;
-            let payload = data.get(at..end)?;
-            if data.get(end..end.checked_add(2)?)? != b"\r\n" {
-                return None;
-            }
+        let cmd = &mut self.cmd;
+        let (n, used) = resp::whole_multibulk(data, 1024, |i, payload| {
             match i {
-                0 => keep(&mut self.cmd.name, &mut self.cmd.name_len, 0, payload),
-                1 if has_subcommand(self.cmd.name()) => {
-                    keep(&mut self.cmd.sub, &mut self.cmd.sub_len, 0, payload)
-                }
+                0 => keep(&mut cmd.name, &mut cmd.name_len, 0, payload),
+                1 if has_subcommand(cmd.name()) => keep(&mut cmd.sub, &mut cmd.sub_len, 0, payload),
                 _ => {}
             }
-            if i > 0 && len == 5 && payload.eq_ignore_ascii_case(b"BLOCK") {
-                let name = self.cmd.name();
-                self.cmd.blocking |= name == b"XREAD" || name == b"XREADGROUP";
+            if i > 0 && payload.len() == 5 && payload.eq_ignore_ascii_case(b"BLOCK") {
+                let name = cmd.name();
+                cmd.blocking |= name == b"XREAD" || name == b"XREADGROUP";
             }
-            pos = end + 2;
-        }
+        })?;
         self.cmd.args = u32::try_from(n).ok()?;
-        Some(pos)
+        Some(used)
     }
 
     fn end_arg(&mut self, len: u64) {
@@ -394,7 +359,7 @@ impl Resp {
     }
 
     pub fn server(&mut self, mut data: &[u8], out: &mut Out) -> Result<(), Stop> {
-        while let Some(error) = self.replies.next(&mut data)? {
+        while let Some(error) = self.replies.next(&mut data).map_err(stop)? {
             let pending = self
                 .pending
                 .get_or_insert_with(|| Pending::new(MAX_PENDING));
@@ -412,6 +377,15 @@ impl Resp {
             }
         }
         Ok(())
+    }
+}
+
+/// A codec error as the observer's stop: out-of-band frames (push,
+/// attribute) are expected and quiet, the rest is confusion.
+fn stop(e: resp::Error) -> Stop {
+    match e {
+        resp::Error::OutOfBand => Stop::Quiet,
+        other => Stop::Confused(other.reason()),
     }
 }
 

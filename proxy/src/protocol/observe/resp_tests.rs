@@ -1,12 +1,12 @@
 #![allow(clippy::unwrap_used)]
 
-use super::super::resp_reply::MAX_DEPTH;
 use super::super::tests::{
     check_splits, mutations_never_panic, play, random_turns_off, slow, Side::*, Step,
 };
 use super::super::{Finding, Stop};
 use super::*;
 use crate::config::Kind;
+use crate::protocol::resp::stream::MAX_DEPTH;
 
 fn cmd(args: &[&str]) -> Vec<u8> {
     let mut b = format!("*{}\r\n", args.len()).into_bytes();

@@ -1,18 +1,24 @@
-//! The RESP reply scanner: counts complete top-level replies in a byte
-//! stream, nested aggregates included (RESP2 and RESP3), without keeping
-//! more than the first bytes of a top-level error line. RESP3 push and
-//! attribute frames (out-of-band data) stop it quietly.
+//! Scanning replies in a stream that arrives in chunks, for the relay's
+//! observer: [`Replies`] counts complete top-level replies, nested
+//! aggregates included (RESP2 and RESP3), keeping nothing but the first
+//! bytes of a top-level error line, byte by byte so that a reply split
+//! anywhere across chunks costs nothing more. (Taking whole replies with
+//! [`check`](super::check) first was measured slower on the relay's
+//! workload, so it is not done.) Push and attribute frames are
+//! [`Error::OutOfBand`].
 
-use super::{capture, Stop};
+use super::Error;
 
 /// Longest status or error line followed.
-pub(super) const LINE_MAX: usize = 64 * 1024;
+pub const LINE_MAX: usize = 64 * 1024;
 /// Deepest reply nesting followed.
-pub(super) const MAX_DEPTH: usize = 32;
+pub const MAX_DEPTH: usize = 32;
+/// Bytes kept of a top-level error line.
+const ERROR_KEPT: usize = 256;
 
 /// A CRLF-terminated decimal, possibly split across chunks.
 #[derive(Default)]
-pub(super) struct Num {
+pub struct Num {
     value: i64,
     neg: bool,
     digits: u8,
@@ -20,8 +26,10 @@ pub(super) struct Num {
 }
 
 impl Num {
-    pub fn feed(&mut self, data: &mut &[u8]) -> Result<Option<i64>, Stop> {
-        const BAD: Stop = Stop::Confused("resp: bad length");
+    /// Reads digits from `data`: the value once its CRLF is in.
+    #[inline]
+    pub fn feed(&mut self, data: &mut &[u8]) -> Result<Option<i64>, Error> {
+        const BAD: Error = Error::Invalid("resp: bad length");
         while let Some((&b, rest)) = data.split_first() {
             *data = rest;
             match b {
@@ -52,7 +60,8 @@ enum State {
     Bulk { rem: u64 },
 }
 
-pub(super) struct Replies {
+/// The reply scanner of one connection.
+pub struct Replies {
     state: State,
     num: Num,
     /// Elements still expected at each open aggregate level.
@@ -78,7 +87,13 @@ impl Replies {
     /// Advances to the end of the next complete top-level reply:
     /// `Some(Some(line))` for an error reply (its line without CRLF),
     /// `Some(None)` for any other; `None` when `data` ran out first.
-    pub fn next(&mut self, data: &mut &[u8]) -> Result<Option<Option<&[u8]>>, Stop> {
+    #[inline]
+    pub fn next(&mut self, data: &mut &[u8]) -> Result<Option<Option<&[u8]>>, Error> {
+        self.bytewise(data)
+    }
+
+    #[inline]
+    fn bytewise(&mut self, data: &mut &[u8]) -> Result<Option<Option<&[u8]>>, Error> {
         while !data.is_empty() {
             let complete = match &mut self.state {
                 State::Type => {
@@ -101,8 +116,8 @@ impl Replies {
                         b'$' | b'=' | b'!' => State::BulkLen,
                         b'*' | b'~' => State::AggLen { per: 1 },
                         b'%' => State::AggLen { per: 2 },
-                        b'>' | b'|' => return Err(Stop::Quiet),
-                        _ => return Err(Stop::Confused("resp: unknown reply type")),
+                        b'>' | b'|' => return Err(Error::OutOfBand),
+                        _ => return Err(Error::UnknownType(t)),
                     };
                     false
                 }
@@ -111,10 +126,12 @@ impl Replies {
                     let line = data.get(..end.unwrap_or(data.len())).unwrap_or_default();
                     *seen += line.len();
                     if *seen > LINE_MAX {
-                        return Err(Stop::Confused("resp: reply line too long"));
+                        return Err(Error::Invalid("resp: reply line too long"));
                     }
                     if *error {
-                        capture(&mut self.error, line, 256);
+                        let room = ERROR_KEPT.saturating_sub(self.error.len());
+                        let kept = line.get(..room.min(line.len())).unwrap_or_default();
+                        self.error.extend_from_slice(kept);
                     }
                     match end {
                         Some(p) => {
@@ -129,7 +146,7 @@ impl Replies {
                 }
                 State::BulkLen => match self.num.feed(data)? {
                     Some(-1) => true,
-                    Some(n) if n < 0 => return Err(Stop::Confused("resp: bad bulk length")),
+                    Some(n) if n < 0 => return Err(Error::Invalid("resp: bad bulk length")),
                     Some(n) => {
                         self.state = State::Bulk {
                             rem: n.unsigned_abs() + 2,
@@ -143,13 +160,10 @@ impl Replies {
                     match self.num.feed(data)? {
                         Some(-1 | 0) => true,
                         Some(n) if n < 0 => {
-                            return Err(Stop::Confused("resp: bad aggregate length"))
+                            return Err(Error::Invalid("resp: bad aggregate length"))
                         }
                         Some(n) => {
-                            let slot = self
-                                .stack
-                                .get_mut(self.depth)
-                                .ok_or(Stop::Confused("resp: reply nested too deep"))?;
+                            let slot = self.stack.get_mut(self.depth).ok_or(Error::TooDeep)?;
                             *slot = n.saturating_mul(per);
                             self.depth += 1;
                             self.state = State::Type;
@@ -178,6 +192,7 @@ impl Replies {
 
     /// One element is complete: closes the aggregates it completes, and
     /// says whether it completed a top-level reply.
+    #[inline]
     fn element_closes_reply(&mut self) -> bool {
         while let Some(left) = self
             .depth
