@@ -22,10 +22,8 @@ pub mod health;
 pub mod listener;
 pub mod metrics;
 pub mod protocol;
-pub mod reload;
 pub mod snapshot;
 pub mod upstream;
 
-pub use engine::{Command, CommandError, CommandOutcome, Engine};
-pub use error::ProxyError;
-pub use reload::{ReloadReport, ServiceChange};
+pub use engine::{Command, CommandOutcome, Engine, ReloadReport, ServiceChange};
+pub use error::{CommandError, ProxyError};
