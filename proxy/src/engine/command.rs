@@ -3,7 +3,9 @@
 //! heartbeat causes is one [`Command`] through [`Engine::apply`](crate::Engine::apply),
 //! with exactly one handler (engine/dispatch.rs).
 
-use crate::snapshot::{EngineSnapshot, ServiceSnapshot};
+use crate::config::ServiceConfig;
+use crate::engine::reload::ReloadReport;
+use crate::snapshot::{EngineSnapshot, ServiceSnapshot, ServiceStatus};
 
 /// The closed set of mutations an operator (or a config reload) can cause.
 #[derive(Debug, Clone)]
@@ -46,6 +48,30 @@ pub enum Command {
         actor: String,
         reason: String,
     },
+    /// The status of a service without upstreams (a `heartbeat`: healthy
+    /// while it beats, down once stalled). Refused for a service with
+    /// upstreams: those are judged by their probes only.
+    ReportStatus {
+        service: String,
+        status: ServiceStatus,
+    },
+    /// Reload step: start a new service (listener, probes, accept loop).
+    AddService { config: Box<ServiceConfig> },
+    /// Reload step: stop a service; its open connections drain.
+    RemoveService { name: String },
+    /// Reload step: the next generation of a service of the same name and
+    /// listener, keeping its unchanged upstreams and its route.
+    ReplaceService { config: Box<ServiceConfig> },
+}
+
+impl Command {
+    /// Whether this is one step of a config reload (serialised with reloads).
+    pub fn is_reload_step(&self) -> bool {
+        matches!(
+            self,
+            Command::AddService { .. } | Command::RemoveService { .. } | Command::ReplaceService { .. }
+        )
+    }
 }
 
 /// What an applied command answers.
@@ -61,4 +87,6 @@ pub enum CommandOutcome {
         /// The replication position the target reached (offset or LSN).
         position: Option<String>,
     },
+    /// A reload step: what it added, removed or changed.
+    Reloaded(Box<ReloadReport>),
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::engine::command::{Command, CommandOutcome};
 use crate::engine::project::{engine_snapshot, service_snapshot};
+use crate::engine::reload::{services, ReloadReport};
 use crate::engine::shared::Shared;
 use crate::error::CommandError;
 use crate::events::{Event, EventKind, Trigger};
@@ -102,7 +103,25 @@ pub(crate) async fn dispatch(
             shared.refresh_state();
             Ok(CommandOutcome::Engine(Box::new(engine_snapshot(shared))))
         }
+        Command::ReportStatus { service, status } => {
+            let svc = shared.find(&service)?;
+            if !svc.upstreams.is_empty() {
+                return Err(CommandError::Conflict(format!(
+                    "{service} is judged by its probes"
+                )));
+            }
+            svc.report(status);
+            shared.refresh_state();
+            Ok(CommandOutcome::Service(Box::new(service_snapshot(&svc))))
+        }
+        Command::AddService { config } => reloaded(services::add(shared, *config).await),
+        Command::RemoveService { name } => reloaded(services::remove(shared, name)),
+        Command::ReplaceService { config } => reloaded(services::replace(shared, *config)),
     }
+}
+
+fn reloaded(report: Result<ReloadReport, CommandError>) -> Result<CommandOutcome, CommandError> {
+    report.map(|r| CommandOutcome::Reloaded(Box::new(r)))
 }
 
 fn switched(

@@ -25,6 +25,7 @@ use crate::snapshot::{EngineSnapshot, FailoverState, ServiceStatus};
 use crate::upstream::service::ServiceRt;
 use crate::upstream::state::{lock, FailoverCounters};
 
+
 mod command;
 mod dispatch;
 mod probe;
@@ -118,6 +119,7 @@ impl Engine {
             config: Mutex::new(config),
             metrics,
             reload_lock: tokio::sync::Mutex::new(()),
+            prepared: Mutex::new(Vec::new()),
             events,
             counters,
             emergency: AtomicBool::new(false),
@@ -173,16 +175,29 @@ impl Engine {
     /// stops waiting (a timed-out HTTP request) never leaves a switch half done.
     pub async fn apply(&self, cmd: Command) -> Result<CommandOutcome, CommandError> {
         let shared = self.shared.clone();
-        tokio::spawn(async move { dispatch::dispatch(&shared, cmd).await })
+        tokio::spawn(async move {
+            // A reload step waits for a running reload to finish.
+            let _serial = match cmd.is_reload_step() {
+                true => Some(shared.reload_lock.lock().await),
+                false => None,
+            };
+            dispatch::dispatch(&shared, cmd).await
+        })
             .await
             .unwrap_or_else(|e| Err(CommandError::Conflict(format!("command failed: {e}"))))
     }
 
-    /// Applies a new data-plane config without a restart. Refused (nothing
-    /// applied) when a new listener cannot bind or the engine is stopping.
+    /// Applies a new data-plane config without a restart: the diff of the
+    /// running and the new config, as `AddService`, `RemoveService` and
+    /// `ReplaceService` commands through the same dispatcher as
+    /// [`Engine::apply`]. Refused (nothing applied) when a new listener
+    /// cannot bind or the engine is stopping. The report lists each step.
     pub async fn reconfigure(&self, new: EngineConfig) -> Result<ReloadReport, CommandError> {
         let shared = self.shared.clone();
-        tokio::spawn(async move { reload::apply::reconfigure(&shared, new).await })
+        tokio::spawn(async move {
+            let _serial = shared.reload_lock.lock().await;
+            reload::apply::reconfigure(&shared, new).await
+        })
             .await
             .unwrap_or_else(|e| Err(CommandError::Conflict(format!("reload failed: {e}"))))
     }
@@ -190,16 +205,17 @@ impl Engine {
     /// Reports the status of a service that has no upstreams to probe (a
     /// `heartbeat` service: healthy while it beats, down once stalled).
     /// Services with upstreams are judged by their probes only.
-    pub fn report_status(&self, service: &str, status: ServiceStatus) -> Result<(), CommandError> {
-        let svc = self.shared.find(service)?;
-        if !svc.upstreams.is_empty() {
-            return Err(CommandError::Conflict(format!(
-                "{service} is judged by its probes"
-            )));
-        }
-        svc.report(status);
-        self.shared.refresh_state();
-        Ok(())
+    /// This is `Command::ReportStatus` through [`Engine::apply`].
+    pub async fn report_status(
+        &self,
+        service: &str,
+        status: ServiceStatus,
+    ) -> Result<(), CommandError> {
+        let cmd = Command::ReportStatus {
+            service: service.to_string(),
+            status,
+        };
+        self.apply(cmd).await.map(|_| ())
     }
 
     /// The whole data plane now: every service, its upstreams, the engine

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::EngineConfig;
-use crate::engine::slot::Slot;
+use crate::engine::slot::{Prepared, Slot};
 use crate::engine::state::engine_state;
 use crate::error::CommandError;
 use crate::events::{Event, EventBus, EventKind};
@@ -29,8 +29,10 @@ pub(crate) struct Shared {
     /// The config the running services were built from (what a reload diffs).
     pub config: Mutex<EngineConfig>,
     pub metrics: ProxyMetrics,
-    /// Serialises reloads.
+    /// Serialises reloads and the reload commands.
     pub reload_lock: tokio::sync::Mutex<()>,
+    /// Listeners a reload bound before applying its steps, by service.
+    pub prepared: Mutex<Vec<(String, Prepared)>>,
     pub events: EventBus,
     pub counters: Arc<FailoverCounters>,
     pub emergency: AtomicBool,

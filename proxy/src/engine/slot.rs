@@ -22,3 +22,11 @@ pub(crate) struct Slot {
 /// A bound listener: the socket kept by the engine and the accept loop's
 /// duplicate of it.
 pub(crate) type Bound = (std::net::TcpListener, tokio::net::TcpListener);
+
+/// A listener made ready by a reload before any step is applied.
+pub(crate) enum Prepared {
+    /// A new service's listener, and the address it bound.
+    Bound((Bound, std::net::SocketAddr)),
+    /// A replaced service's accept-loop duplicate of its listener.
+    Dup(tokio::net::TcpListener),
+}

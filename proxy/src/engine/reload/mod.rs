@@ -18,6 +18,7 @@ use serde::Serialize;
 use crate::config::{EngineConfig, ServiceConfig};
 
 pub(crate) mod apply;
+pub(crate) mod services;
 pub(crate) mod carry;
 pub(crate) mod retire;
 
@@ -64,6 +65,13 @@ pub struct ReloadReport {
 }
 
 impl ReloadReport {
+    /// Adds the changes of one more step.
+    pub(crate) fn join(&mut self, other: ReloadReport) {
+        self.added_services.extend(other.added_services);
+        self.removed_services.extend(other.removed_services);
+        self.changed_services.extend(other.changed_services);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.added_services.is_empty()
             && self.removed_services.is_empty()
