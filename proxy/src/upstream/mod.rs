@@ -18,3 +18,8 @@ pub(crate) mod state;
 pub(crate) mod switch;
 pub(crate) mod uptime;
 pub(crate) mod warm;
+
+#[cfg(test)]
+mod harness;
+#[cfg(test)]
+mod harness_tests;
