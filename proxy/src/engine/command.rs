@@ -69,7 +69,9 @@ impl Command {
     pub fn is_reload_step(&self) -> bool {
         matches!(
             self,
-            Command::AddService { .. } | Command::RemoveService { .. } | Command::ReplaceService { .. }
+            Command::AddService { .. }
+                | Command::RemoveService { .. }
+                | Command::ReplaceService { .. }
         )
     }
 }

@@ -25,7 +25,6 @@ use crate::snapshot::{EngineSnapshot, FailoverState, ServiceStatus};
 use crate::upstream::service::ServiceRt;
 use crate::upstream::state::{lock, FailoverCounters};
 
-
 mod command;
 mod dispatch;
 mod probe;
@@ -183,8 +182,8 @@ impl Engine {
             };
             dispatch::dispatch(&shared, cmd).await
         })
-            .await
-            .unwrap_or_else(|e| Err(CommandError::Conflict(format!("command failed: {e}"))))
+        .await
+        .unwrap_or_else(|e| Err(CommandError::Conflict(format!("command failed: {e}"))))
     }
 
     /// Applies a new data-plane config without a restart: the diff of the
@@ -198,8 +197,8 @@ impl Engine {
             let _serial = shared.reload_lock.lock().await;
             reload::apply::reconfigure(&shared, new).await
         })
-            .await
-            .unwrap_or_else(|e| Err(CommandError::Conflict(format!("reload failed: {e}"))))
+        .await
+        .unwrap_or_else(|e| Err(CommandError::Conflict(format!("reload failed: {e}"))))
     }
 
     /// Reports the status of a service that has no upstreams to probe (a

@@ -33,9 +33,7 @@ pub(crate) fn engine_snapshot(shared: &Shared) -> EngineSnapshot {
             avg_recovery_time_seconds: if recoveries == 0 {
                 0.0
             } else {
-                c.recovery_us_sum.load(Ordering::Relaxed) as f64
-                    / 1_000_000.0
-                    / recoveries as f64
+                c.recovery_us_sum.load(Ordering::Relaxed) as f64 / 1_000_000.0 / recoveries as f64
             },
         },
         generated_at: Utc::now(),

@@ -90,9 +90,10 @@ impl Shared {
         let new = self.current_state();
         let old = std::mem::replace(&mut *lock(&self.state), new);
         if old != new {
-            let _ = self
-                .events
-                .send(Event::new(None, EventKind::FailoverStateChanged { old, new }));
+            let _ = self.events.send(Event::new(
+                None,
+                EventKind::FailoverStateChanged { old, new },
+            ));
         }
     }
 }

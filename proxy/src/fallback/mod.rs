@@ -80,16 +80,6 @@ impl Fallback {
     pub fn engaged(&self) -> bool {
         lock(&self.inner).phase != Phase::Idle
     }
-
-    /// (keys held, journaled ops, counted bytes), for tests and diagnostics.
-    pub fn usage(&self) -> (usize, usize, usize) {
-        let g = lock(&self.inner);
-        (
-            g.memory.store.len(),
-            g.memory.journal.len(),
-            g.memory.used(),
-        )
-    }
 }
 
 /// Serves one client from the service's memory fallback until it leaves,

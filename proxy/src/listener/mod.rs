@@ -13,10 +13,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
+use crate::fallback::Fallback;
 use crate::health::{classify_io, FailureKind};
 use crate::protocol;
 use crate::protocol::observe::{Finding, Tap};
-use crate::fallback::Fallback;
 use crate::upstream::pool;
 use crate::upstream::runtime::{Route, ServiceRt};
 
@@ -512,7 +512,7 @@ where
 }
 
 #[cfg(test)]
+mod pool_tests;
+#[cfg(test)]
 #[path = "../../tests/common/mod.rs"]
 mod test_common;
-#[cfg(test)]
-mod pool_tests;

@@ -19,9 +19,11 @@ use crate::events::Trigger;
 use crate::health;
 use crate::metrics::ProxyMetrics;
 use crate::snapshot::PoolState;
-use crate::upstream::pool::{self, WarmPool};
-use crate::upstream::runtime::{FailoverCounters, ServiceRt, SwitchKind};
+use crate::upstream::pool;
+use crate::upstream::runtime::ServiceRt;
+use crate::upstream::state::{FailoverCounters, SwitchKind};
 use crate::upstream::switch::switch;
+use crate::upstream::warm::WarmPool;
 
 async fn cmd(stream: &mut TcpStream, line: &str) -> String {
     stream

@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 
-use crate::config::{Failback, FailoverMode, Kind, OnFailover, Role, ServiceConfig, UpstreamConfig};
+use crate::config::{
+    Failback, FailoverMode, Kind, OnFailover, Role, ServiceConfig, UpstreamConfig,
+};
 use crate::events::{self, Event, EventKind};
 use crate::health::{FailureKind, ObservedRole, ProbeOutcome};
 use crate::metrics::ProxyMetrics;
@@ -38,7 +40,11 @@ impl Builder {
     pub fn upstreams(mut self, n: usize) -> Builder {
         self.cfg.upstreams = (0..n)
             .map(|i| {
-                let role = if i == 0 { Role::Primary } else { Role::Secondary };
+                let role = if i == 0 {
+                    Role::Primary
+                } else {
+                    Role::Secondary
+                };
                 UpstreamConfig::at(&format!("u{i}"), &format!("127.0.0.1:{}", 9 + i), role)
             })
             .collect();

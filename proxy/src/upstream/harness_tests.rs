@@ -76,7 +76,11 @@ async fn recovery_needs_recovery_threshold_successes() {
     assert_eq!(h.health(1), UpstreamHealth::Down, "two of three successes");
     h.fail(1, 1).await;
     h.ok(1, 2).await;
-    assert_eq!(h.health(1), UpstreamHealth::Down, "a failure restarts the count");
+    assert_eq!(
+        h.health(1),
+        UpstreamHealth::Down,
+        "a failure restarts the count"
+    );
     h.ok(1, 1).await;
     assert_eq!(h.health(1), UpstreamHealth::Up);
 }
@@ -109,7 +113,11 @@ async fn auto_failback_in_route_mode() {
     h.ok(0, 1).await;
     assert_eq!(h.active(), 1, "one success of two: not yet");
     h.ok(0, 1).await;
-    assert_eq!((h.active(), h.epoch()), (0, 2), "back to the configured primary");
+    assert_eq!(
+        (h.active(), h.epoch()),
+        (0, 2),
+        "back to the configured primary"
+    );
     assert!(!h.fenced(0));
     assert_eq!(h.switches(), vec![(0, 1), (1, 2)]);
 }

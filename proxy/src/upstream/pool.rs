@@ -9,7 +9,7 @@
 //!
 //! The keeper that fills them, the take on a new client's connect, and
 //! the pool state the snapshot shows. The pool itself is
-//! [`WarmPool`] (upstream/warm.rs).
+//! `WarmPool` (upstream/warm.rs).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -23,7 +23,6 @@ use crate::config::Redundancy;
 use crate::snapshot::{PoolState, UpstreamHealth};
 use crate::upstream::service::ServiceRt;
 use crate::upstream::state::{lock, Route};
-pub use crate::upstream::warm::{WarmPool, MAX_IDLE};
 
 /// The keeper re-checks the pools at least this often.
 const KEEPER_TICK: Duration = Duration::from_millis(500);
@@ -184,16 +183,13 @@ pub fn pool_state(svc: &ServiceRt, idx: usize, route: &Route) -> PoolState {
             _ => PoolState::Connecting,
         };
     }
-    if svc.cfg.redundancy != Redundancy::Hot || route.fenced.get(idx).copied().unwrap_or(true)
-    {
+    if svc.cfg.redundancy != Redundancy::Hot || route.fenced.get(idx).copied().unwrap_or(true) {
         return PoolState::Disconnected;
     }
     match health {
         // Monitored only (no listener) or warm_connections = 0: the
         // probes are its connection.
-        UpstreamHealth::Up if !pools_enabled(svc) || !up.pool.is_empty() => {
-            PoolState::Connected
-        }
+        UpstreamHealth::Up if !pools_enabled(svc) || !up.pool.is_empty() => PoolState::Connected,
         _ => PoolState::Connecting,
     }
 }

@@ -52,8 +52,8 @@ pub(crate) async fn on_probe(svc: &ServiceRt, idx: usize, outcome: ProbeOutcome)
             h.last_error = outcome.error.clone();
         } else {
             h.observed = outcome.role;
-            h.slow = outcome.latency > svc.cfg.health.latency_threshold
-                || outcome.degraded.is_some();
+            h.slow =
+                outcome.latency > svc.cfg.health.latency_threshold || outcome.degraded.is_some();
             // `diverged` is cleared only by `resync::verify`: a replica
             // of the current active upstream that has caught up.
         }

@@ -16,11 +16,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::upstream::service::ServiceRt;
-use crate::upstream::state::lock;
 use crate::config::{Kind, ServiceConfig, UpstreamConfig};
 use crate::error::CommandError;
 use crate::health::{postgres, redis};
+use crate::upstream::service::ServiceRt;
+use crate::upstream::state::lock;
 
 /// Bound for one replication query.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(3);

@@ -10,9 +10,7 @@ use crate::health::{FailureKind, ProbeOutcome};
 use crate::upstream::probe;
 
 pub use crate::upstream::service::ServiceRt;
-pub use crate::upstream::state::{
-    lock, FailoverCounters, HealthState, Route, ServiceState, SwitchKind, UpstreamRt,
-};
+pub use crate::upstream::state::{lock, Route};
 
 impl ServiceRt {
     /// Records one probe result, then re-evaluates the service.

@@ -71,7 +71,11 @@ impl ServiceRt {
         metrics.touch_service(&cfg.name, &names);
         if cfg.kind.is_http_proxied() {
             let queues = cfg.http.on_outage == OnOutage::Queue
-                || cfg.http.routes.iter().any(|r| r.on_outage == OnOutage::Queue);
+                || cfg
+                    .http
+                    .routes
+                    .iter()
+                    .any(|r| r.on_outage == OnOutage::Queue);
             metrics.touch_http_service(&cfg.name, &names, queues);
         }
         let route = Route {

@@ -21,8 +21,8 @@ use crate::metrics::UpstreamMetrics;
 use crate::snapshot::{ProbeRecord, ServiceStatus};
 use crate::upstream::failover::Counters;
 use crate::upstream::latency::LatencyWindow;
-use crate::upstream::warm::WarmPool;
 use crate::upstream::uptime::Uptime;
+use crate::upstream::warm::WarmPool;
 
 /// Where a service's traffic goes. Replaced whole on every switch.
 #[derive(Debug, Clone)]

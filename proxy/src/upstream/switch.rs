@@ -33,7 +33,11 @@ pub(crate) struct Switched<'a> {
 }
 
 /// Moves traffic to upstream `to`. Caller holds `switch_lock`.
-pub(crate) async fn switch(svc: &ServiceRt, to: usize, kind: SwitchKind) -> Result<(), CommandError> {
+pub(crate) async fn switch(
+    svc: &ServiceRt,
+    to: usize,
+    kind: SwitchKind,
+) -> Result<(), CommandError> {
     let old = svc.route.load_full();
     if svc.upstream_name(to).is_none() {
         return Err(CommandError::NotFound(format!("no upstream #{to}")));
@@ -73,8 +77,7 @@ pub(crate) async fn switch(svc: &ServiceRt, to: usize, kind: SwitchKind) -> Resu
             }
         }
     }
-    let drain =
-        (!is_failover).then(|| (old.active, std::time::Instant::now() + svc.drain_timeout));
+    let drain = (!is_failover).then(|| (old.active, std::time::Instant::now() + svc.drain_timeout));
     let new_epoch = old.epoch + 1;
     let closed = svc
         .upstreams

@@ -31,12 +31,12 @@ pub(crate) mod commands;
 
 use crate::config::{Kind, OnFailover};
 use crate::error::CommandError;
+use crate::events::EventKind;
+use crate::health::{self, redis, ObservedRole};
 use crate::upstream::resync::{self, host_port};
 use crate::upstream::service::ServiceRt;
 use crate::upstream::state::{lock, Route, SwitchKind};
 use crate::upstream::switch::{self, Switched};
-use crate::events::EventKind;
-use crate::health::{self, redis, ObservedRole};
 
 /// Longest wait for the target to catch up before the switchover aborts.
 pub const CATCH_UP: Duration = Duration::from_secs(10);

@@ -18,9 +18,9 @@ use serde::Serialize;
 use crate::config::{EngineConfig, ServiceConfig};
 
 pub(crate) mod apply;
-pub(crate) mod services;
 pub(crate) mod carry;
 pub(crate) mod retire;
+pub(crate) mod services;
 
 /// What a reload does to one service.
 #[derive(Debug, Clone)]

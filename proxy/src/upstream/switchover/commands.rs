@@ -137,6 +137,5 @@ pub(crate) async fn failback_pool(
             position: None,
         });
     }
-    planned_switch(
-        svc,to, kind).await
+    planned_switch(svc, to, kind).await
 }
