@@ -1,12 +1,14 @@
 //! Live reconfiguration (SPEC 1: SIGHUP and `POST /api/ops/config/reload`).
 //!
-//! [`diff`] turns (running config, new config) into [`ReloadStep`]s, and
-//! [`Engine::reconfigure`](crate::Engine::reconfigure) applies them: every new listener is bound first
-//! (a failure refuses the whole reload, nothing applied), then services are
-//! added, removed or replaced. A replaced service is a new [`ServiceRt`]
-//! that shares, by name, the unchanged upstreams (health, counters, latency)
-//! and carries the route (same active upstream by name, fenced set, epoch)
-//! and the service state. Each generation of a service has its own stop
+//! [`diff`] turns (running config, new config) into [`ReloadStep`]s, each
+//! one `Command` (`AddService`, `RemoveService`, `ReplaceService`), and
+//! [`Engine::reconfigure`](crate::Engine::reconfigure) applies them
+//! (`apply`): every new listener is bound first (a failure refuses the
+//! whole reload, nothing applied), then each command goes through the
+//! engine's dispatcher to its handler (`services`). A replaced service is
+//! a new `ServiceRt` (`carry`) that shares, by name, the unchanged
+//! upstreams (health, counters, latency) and carries the route (same
+//! active upstream by name, fenced set, epoch) and the service state. Each generation of a service has its own stop
 //! switch; the old one stops its probes and accept loop, and a `retire`
 //! task keeps its open relays in step with the running service: relays on
 //! an unchanged upstream are kept (and still closed by a later failover),
