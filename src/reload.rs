@@ -196,3 +196,34 @@ fn restart_only(old: &Config, new: &Config) -> Vec<String> {
     check(old.drain_timeout != new.drain_timeout, "drain_timeout_ms");
     problems
 }
+
+#[cfg(test)]
+mod tests {
+    use continuity_proxy::ServiceChange;
+
+    use super::*;
+
+    #[test]
+    fn one_audited_step_per_applied_command() {
+        let report = ReloadReport {
+            added_services: vec!["b".into()],
+            removed_services: vec!["a".into()],
+            changed_services: vec![ServiceChange {
+                service: "c".into(),
+                kept_upstreams: vec!["c1".into()],
+                ..ServiceChange::default()
+            }],
+        };
+        let got: Vec<(&str, &str)> = steps(&report).iter().map(|s| (s.0, s.1)).collect();
+        assert_eq!(
+            got,
+            [
+                ("service_removed", "a"),
+                ("service_added", "b"),
+                ("service_changed", "c")
+            ]
+        );
+        assert_eq!(steps(&report)[2].2["kept_upstreams"], json!(["c1"]));
+        assert!(steps(&ReloadReport::default()).is_empty());
+    }
+}

@@ -132,4 +132,46 @@ mod tests {
         assert_eq!(names, ["-a", "~b", "+c"]);
         assert!(diff(&cfg(vec![a.clone()]), &cfg(vec![a])).is_empty());
     }
+
+    fn listening(name: &str, addr: std::net::SocketAddr) -> ServiceConfig {
+        let mut s = svc(name, &[(&format!("{name}1"), "127.0.0.1:9")]);
+        s.listen = Some(addr);
+        s
+    }
+
+    /// A reload whose second new listener cannot bind applies nothing,
+    /// not even the first; a good one applies each step as a command.
+    #[tokio::test]
+    async fn a_bind_failure_refuses_the_whole_reload() {
+        let registry = prometheus::Registry::new();
+        let engine = crate::Engine::start(cfg(vec![]), &registry).await.unwrap();
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let free: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let bad = cfg(vec![
+            listening("a", free),
+            listening("b", taken.local_addr().unwrap()),
+        ]);
+        let err = engine.reconfigure(bad).await.unwrap_err();
+        assert!(err.to_string().contains("cannot listen"), "{err}");
+        assert!(engine.snapshot().services.is_empty());
+        assert!(engine.listen_addrs().is_empty());
+
+        let good = cfg(vec![
+            listening("a", free),
+            svc("c", &[("c1", "127.0.0.1:9")]),
+        ]);
+        let report = engine.reconfigure(good).await.unwrap();
+        assert_eq!(report.added_services, ["a", "c"]);
+        let names: Vec<_> = engine
+            .snapshot()
+            .services
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(names, ["a", "c"]);
+        let report = engine.reconfigure(cfg(vec![])).await.unwrap();
+        assert_eq!(report.removed_services, ["a", "c"]);
+        assert!(engine.snapshot().services.is_empty());
+        engine.shutdown(std::time::Duration::ZERO).await;
+    }
 }
