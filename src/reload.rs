@@ -3,15 +3,19 @@
 //! start; parts that only take effect at start (control plane, TLS,
 //! data_dir, audit, alerts, cluster) must be unchanged, or the reload is
 //! refused; the data plane then applies `diff(old, new)` through
-//! `Engine::reconfigure`. Every outcome is audited as `config_change`:
-//! severity `info` with what changed, or `error` with the problems.
+//! `Engine::reconfigure`, which applies each step as one command
+//! (`AddService`, `RemoveService`, `ReplaceService`). Every outcome is
+//! audited as `config_change`: one `info` entry per applied step
+//! (`service_added`, `service_removed`, `service_changed`), then the
+//! `config_reloaded` summary with what changed, or one `error` entry with
+//! the problems.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use continuity_control::audit::{Action, AuditLog, NewEntry, Severity};
 use continuity_control::routes::config::ReloadHook;
-use continuity_proxy::Engine;
+use continuity_proxy::{Engine, ReloadReport};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
@@ -66,6 +70,17 @@ impl Reloader {
         let file = self.path.display().to_string();
         match outcome {
             Ok(report) => {
+                for step in steps(&report) {
+                    let details = json!({
+                        "event": step.0,
+                        "service": step.1,
+                        "file": file,
+                        "reason": reason,
+                        "change": step.2,
+                    });
+                    let entry = NewEntry::new(Action::ConfigChange, Severity::Info, actor, details);
+                    self.record(entry.service(step.1)).await;
+                }
                 let report = serde_json::to_value(&report).unwrap_or(Value::Null);
                 let m = self.audit.masker();
                 tracing::info!(
@@ -135,6 +150,23 @@ impl Reloader {
     }
 }
 
+/// The applied steps of a reload: (event, service, change details).
+fn steps(report: &ReloadReport) -> Vec<(&'static str, &str, Value)> {
+    let added = report
+        .added_services
+        .iter()
+        .map(|s| ("service_added", s.as_str(), Value::Null));
+    let removed = report
+        .removed_services
+        .iter()
+        .map(|s| ("service_removed", s.as_str(), Value::Null));
+    let changed = report.changed_services.iter().map(|c| {
+        let details = serde_json::to_value(c).unwrap_or(Value::Null);
+        ("service_changed", c.service.as_str(), details)
+    });
+    removed.chain(added).chain(changed).collect()
+}
+
 /// Settings read only at start: a change to any is refused, by name.
 fn restart_only(old: &Config, new: &Config) -> Vec<String> {
     let mut problems = Vec::new();
@@ -163,4 +195,35 @@ fn restart_only(old: &Config, new: &Config) -> Vec<String> {
     check(old.cluster != new.cluster, "[cluster]");
     check(old.drain_timeout != new.drain_timeout, "drain_timeout_ms");
     problems
+}
+
+#[cfg(test)]
+mod tests {
+    use continuity_proxy::ServiceChange;
+
+    use super::*;
+
+    #[test]
+    fn one_audited_step_per_applied_command() {
+        let report = ReloadReport {
+            added_services: vec!["b".into()],
+            removed_services: vec!["a".into()],
+            changed_services: vec![ServiceChange {
+                service: "c".into(),
+                kept_upstreams: vec!["c1".into()],
+                ..ServiceChange::default()
+            }],
+        };
+        let got: Vec<(&str, &str)> = steps(&report).iter().map(|s| (s.0, s.1)).collect();
+        assert_eq!(
+            got,
+            [
+                ("service_removed", "a"),
+                ("service_added", "b"),
+                ("service_changed", "c")
+            ]
+        );
+        assert_eq!(steps(&report)[2].2["kept_upstreams"], json!(["c1"]));
+        assert!(steps(&ReloadReport::default()).is_empty());
+    }
 }

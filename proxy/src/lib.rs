@@ -8,24 +8,51 @@
 //!
 //! The crate knows nothing of HTTP APIs: the control plane talks to it
 //! only through [`Engine`] (`snapshot()`, `apply()`, `subscribe()`).
+//!
+//! # Public API
+//!
+//! - [`Engine`], the handle: `start*`, `apply(`[`Command`]`)` answering a
+//!   [`CommandOutcome`] or a [`CommandError`], `reconfigure` (a config
+//!   reload, answering a [`ReloadReport`]), `report_status`, `snapshot`,
+//!   `subscribe`, `shutdown`.
+//! - [`snapshot`]: the serialisable state the control plane answers with.
+//! - [`events`]: the event stream and the audit recorder's queue.
+//! - [`config`]: the typed data-plane config.
+//! - [`ProxyError`]: why the engine could not start.
+//! - [`health`]: the probes, usable on their own (`run_probe`).
+//! - [`protocol`]: the wire codecs.
+//! - [`gateway`]: the HTTP gateway; `gateway::access::{install_sink,
+//!   AccessSink}` route its access lines.
+//!
+//! Everything else (upstream runtime, listener, fallback, metrics, the
+//! engine's internals) is crate-private.
+//!
+//! # Layers
+//!
+//! Dependencies point down, never up, and no module imports one that
+//! imports it back (`proxy/tests/layers.rs`):
+//!
+//! 1. `config`, `error`, `metrics`
+//! 2. `protocol` (codecs)
+//! 3. `health`, `upstream`, and the state types `snapshot`, `events`
+//! 4. `listener`, `fallback`, `gateway` (serving)
+//! 5. `engine` (with `engine/reload/` under it)
 
 // No unwrap on anything a network or a user can influence; tests may.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod config;
-pub mod engine;
+mod engine;
 pub mod error;
 pub mod events;
-pub mod fallback;
+pub(crate) mod fallback;
 pub mod gateway;
 pub mod health;
-pub mod listener;
-pub mod metrics;
+pub(crate) mod listener;
+pub(crate) mod metrics;
 pub mod protocol;
-pub mod reload;
 pub mod snapshot;
-pub mod upstream;
+pub(crate) mod upstream;
 
-pub use engine::{Command, CommandError, CommandOutcome, Engine};
-pub use error::ProxyError;
-pub use reload::{ReloadReport, ServiceChange};
+pub use engine::{Command, CommandOutcome, Engine, ReloadReport, ServiceChange};
+pub use error::{CommandError, ProxyError};

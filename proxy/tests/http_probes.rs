@@ -549,40 +549,8 @@ async fn elasticsearch_over_https() {
     assert_eq!(out.degraded.as_deref(), Some("cluster status yellow"));
 }
 
-/// A yellow cluster makes the service `degraded` (the upstream counts as slow).
-#[tokio::test]
-async fn yellow_makes_the_service_degraded() {
-    use continuity_proxy::metrics::ProxyMetrics;
-    use continuity_proxy::snapshot::ServiceStatus;
-    use continuity_proxy::upstream::runtime::{FailoverCounters, ServiceRt};
-
-    let status = Arc::new(Mutex::new("yellow"));
-    let s = status.clone();
-    let srv = HttpServer::plain(move |_| {
-        let body = format!("{{\"status\":\"{}\"}}", s.lock().unwrap());
-        response("200 OK", &body)
-    })
-    .await;
-    let up = url_upstream(&srv.url("http", ""));
-    let mut cfg = service(Kind::Elasticsearch, &up);
-    cfg.health.recovery_threshold = 1;
-    let svc = ServiceRt::new(
-        cfg,
-        tokio::sync::broadcast::channel(16).0,
-        ProxyMetrics::new(&prometheus::Registry::new()),
-        Arc::new(FailoverCounters::default()),
-        Duration::from_secs(1),
-    );
-    let out = health::run_probe(&svc.cfg, &up).await;
-    assert!(out.ok && out.degraded.is_some(), "{out:?}");
-    svc.on_probe(0, out).await;
-    assert_eq!(svc.status(), ServiceStatus::Degraded);
-
-    *status.lock().unwrap() = "green";
-    let out = health::run_probe(&svc.cfg, &up).await;
-    svc.on_probe(0, out).await;
-    assert_eq!(svc.status(), ServiceStatus::Healthy);
-}
+// `yellow_makes_the_service_degraded` moved in-crate (proxy/src/upstream/harness_tests.rs):
+// it drives the service runtime, which is crate-internal.
 
 // ------------------------------------------------------------- websocket
 

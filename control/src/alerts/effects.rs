@@ -145,7 +145,7 @@ async fn one(state: &AppState, alerts: &Alerts, e: Effect) {
                 } else {
                     ServiceStatus::Healthy
                 };
-                if let Err(e) = state.engine.report_status(n, status) {
+                if let Err(e) = state.engine.report_status(n, status).await {
                     tracing::debug!(pipeline = n, error = %e, "heartbeat status not reported");
                 }
             }

@@ -197,7 +197,9 @@ pub async fn emergency(
     };
     let snap = match state.apply_audited(cmd, op, None).await? {
         CommandOutcome::Engine(s) => *s,
-        CommandOutcome::Service(_) | CommandOutcome::Switched { .. } => state.engine.snapshot(),
+        CommandOutcome::Service(_)
+        | CommandOutcome::Switched { .. }
+        | CommandOutcome::Reloaded(_) => state.engine.snapshot(),
     };
     let rerouted = {
         let mut core = state.alerts.core();
@@ -288,6 +290,7 @@ pub async fn heartbeat(
     if let Err(e) = state
         .engine
         .report_status(&name, continuity_proxy::snapshot::ServiceStatus::Healthy)
+        .await
     {
         tracing::debug!(pipeline = %name, error = %e, "heartbeat status not reported");
     }

@@ -180,10 +180,13 @@ async fn run(
         CommandOutcome::Service(s) | CommandOutcome::Switched { service: s, .. } => *s,
         // Not what a service command returns today; take the service from
         // the engine view rather than fail an operation that succeeded.
-        CommandOutcome::Engine(e) => e.service(&service).cloned().ok_or_else(|| {
-            tracing::error!(%service, "command outcome lacks the service");
-            ApiError::Internal
-        })?,
+        CommandOutcome::Engine(_) | CommandOutcome::Reloaded(_) => {
+            let engine = state.engine.snapshot();
+            engine.service(&service).cloned().ok_or_else(|| {
+                tracing::error!(%service, "command outcome lacks the service");
+                ApiError::Internal
+            })?
+        }
     };
     Ok(Json(FailoverService::with_status(&snap)).into_response())
 }
@@ -211,6 +214,12 @@ pub fn manual_intervention(cmd: &Command, operation: &str) -> NewEntry {
             (None, actor.as_str(), reason.as_str())
         }
         Command::Emergency { actor, reason, .. } => (None, actor.as_str(), reason.as_str()),
+        // Not operator commands: a heartbeat and the reload steps (the
+        // reload audits each step itself, src/reload.rs).
+        Command::ReportStatus { service, .. } => (Some(service.as_str()), "system", ""),
+        Command::AddService { .. }
+        | Command::RemoveService { .. }
+        | Command::ReplaceService { .. } => (None, "system", ""),
     };
     let mut details = json!({ "operation": operation, "reason": reason });
     if let Command::Emergency { enabled, .. } = cmd {

@@ -132,6 +132,7 @@ impl Journal {
         self.bytes
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.ops.len()
     }
@@ -154,11 +155,6 @@ impl Journal {
             self.bytes += op.size();
             self.ops.push_front(op);
         }
-    }
-
-    pub fn clear(&mut self) {
-        self.ops.clear();
-        self.bytes = 0;
     }
 }
 

@@ -24,7 +24,6 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::events::EventKind;
-use crate::listener::Signals;
 use crate::upstream::runtime::{lock, ServiceRt};
 use commands::Memory;
 use journal::{Counts, Replayer};
@@ -81,30 +80,21 @@ impl Fallback {
     pub fn engaged(&self) -> bool {
         lock(&self.inner).phase != Phase::Idle
     }
-
-    /// (keys held, journaled ops, counted bytes), for tests and diagnostics.
-    pub fn usage(&self) -> (usize, usize, usize) {
-        let g = lock(&self.inner);
-        (
-            g.memory.store.len(),
-            g.memory.journal.len(),
-            g.memory.used(),
-        )
-    }
 }
 
 /// Serves one client from the service's memory fallback until it leaves,
 /// or until the fallback period ends (then the connection is closed).
-/// `early` holds bytes the client sent while it was held.
+/// `early` holds bytes the client sent while it was held; `shutdown`
+/// closes the connection once pending replies are written, `force_close`
+/// at once.
 pub async fn serve(
     svc: Arc<ServiceRt>,
+    fb: Arc<Fallback>,
     mut client: TcpStream,
     early: BytesMut,
-    mut sig: Signals,
+    mut shutdown: watch::Receiver<bool>,
+    mut force_close: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let Some(fb) = svc.fallback.clone() else {
-        return Ok(());
-    };
     let mut ended = fb.ended.subscribe();
     let (generation, activated) = {
         let mut g = lock(&fb.inner);
@@ -124,7 +114,7 @@ pub async fn serve(
             fallback: "memory".into(),
             reason: "no usable upstream".into(),
         });
-        tokio::spawn(watch_recovery(Arc::downgrade(&svc)));
+        tokio::spawn(watch_recovery(Arc::downgrade(&svc), fb.clone()));
         svc.refresh_status();
     }
     let creds: Vec<(Option<String>, String)> = svc
@@ -220,8 +210,8 @@ pub async fn serve(
                     close = true;
                 }
             }
-            _ = sig.shutdown.changed(), if !close => close = true,
-            _ = sig.force_close.changed() => return Ok(()),
+            _ = shutdown.changed(), if !close => close = true,
+            _ = force_close.changed() => return Ok(()),
         }
     }
 }
@@ -284,7 +274,7 @@ impl Output {
 
 /// Waits until the service's active upstream is usable, then replays the
 /// journal; retries on every health change until a replay completes.
-async fn watch_recovery(svc: Weak<ServiceRt>) {
+async fn watch_recovery(svc: Weak<ServiceRt>, fb: Arc<Fallback>) {
     let Some(mut changed) = svc.upgrade().map(|s| s.changed_tx.subscribe()) else {
         return;
     };
@@ -294,7 +284,7 @@ async fn watch_recovery(svc: Weak<ServiceRt>) {
                 return;
             };
             let route = s.route.load_full();
-            if s.usable(&route, route.active) && replay(&s, route.active).await {
+            if s.usable(&route, route.active) && replay(&s, &fb, route.active).await {
                 return;
             }
         }
@@ -311,15 +301,15 @@ fn set_phase(fb: &Fallback, phase: Phase) {
 
 /// Replays the whole journal to upstream `idx`. True when done (the
 /// fallback is idle again), false to retry later.
-async fn replay(svc: &Arc<ServiceRt>, idx: usize) -> bool {
-    let (Some(fb), Some(up)) = (svc.fallback.clone(), svc.upstreams.get(idx)) else {
+async fn replay(svc: &Arc<ServiceRt>, fb: &Fallback, idx: usize) -> bool {
+    let Some(up) = svc.upstreams.get(idx) else {
         return true;
     };
-    set_phase(&fb, Phase::Replaying);
+    set_phase(fb, Phase::Replaying);
     let started = Instant::now();
     let fail = |what: String| {
         tracing::warn!(service = svc.name(), upstream = %up.cfg.name, error = %what, "memory fallback replay failed; will retry");
-        set_phase(&fb, Phase::Active);
+        set_phase(fb, Phase::Active);
         false
     };
     let stream = match crate::health::connect(&svc.cfg, &up.cfg).await {

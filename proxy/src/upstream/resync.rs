@@ -16,10 +16,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::runtime::{lock, ServiceRt};
 use crate::config::{Kind, ServiceConfig, UpstreamConfig};
-use crate::engine::CommandError;
+use crate::error::CommandError;
 use crate::health::{postgres, redis};
+use crate::upstream::service::ServiceRt;
+use crate::upstream::state::lock;
 
 /// Bound for one replication query.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(3);
@@ -351,14 +352,7 @@ pub(crate) async fn resync_service(svc: &ServiceRt) -> Result<Vec<String>, Comma
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let mut route = (*svc.route.load_full()).clone();
-        let was_fenced = route.fenced.get(idx).copied().unwrap_or(false);
-        if let Some(f) = route.fenced.get_mut(idx) {
-            *f = false;
-        }
-        svc.route.store(std::sync::Arc::new(route));
-        svc.notify_route();
-        if was_fenced {
+        if crate::upstream::switch::unfence(svc, idx) {
             tracing::warn!(
                 service = svc.name(),
                 upstream = %name,

@@ -21,20 +21,22 @@
 //!    the target. The pause clients saw (step 1 to 5) is returned.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use serde_json::json;
 
-mod commands;
-pub(crate) use commands::{failback_pool, failover_pool};
+pub(crate) mod commands;
 
-use super::resync::{self, host_port};
-use super::runtime::{lock, Route, ServiceRt, SwitchKind};
 use crate::config::{Kind, OnFailover};
-use crate::engine::CommandError;
+use crate::error::CommandError;
 use crate::events::EventKind;
 use crate::health::{self, redis, ObservedRole};
+use crate::upstream::resync::{self, host_port};
+use crate::upstream::service::ServiceRt;
+use crate::upstream::state::{lock, Route, SwitchKind};
+use crate::upstream::switch::{self, Switched};
 
 /// Longest wait for the target to catch up before the switchover aborts.
 pub const CATCH_UP: Duration = Duration::from_secs(10);
@@ -158,214 +160,215 @@ async fn redis_demote(svc: &ServiceRt, from: usize, to: usize) -> Result<(), Str
     }
 }
 
-impl ServiceRt {
-    /// The zero-loss planned switch to `to` (see the module docs). Caller
-    /// holds `switch_lock`. A switch to the active upstream is a no-op.
-    pub async fn planned_switch(
-        &self,
-        to: usize,
-        mut kind: SwitchKind,
-    ) -> Result<SwitchReport, CommandError> {
-        let old = self.route.load_full();
-        let from = old.active;
-        if self.upstreams.get(to).is_none() {
-            return Err(CommandError::NotFound(format!("no upstream #{to}")));
+/// The zero-loss planned switch to `to` (see the module docs). Caller
+/// holds `switch_lock`. A switch to the active upstream is a no-op.
+pub(crate) async fn planned_switch(
+    svc: &ServiceRt,
+    to: usize,
+    mut kind: SwitchKind,
+) -> Result<SwitchReport, CommandError> {
+    let old = svc.route.load_full();
+    let from = old.active;
+    if svc.upstreams.get(to).is_none() {
+        return Err(CommandError::NotFound(format!("no upstream #{to}")));
+    }
+    if from == to && !old.fenced.get(to).copied().unwrap_or(false) {
+        return Ok(SwitchReport::default());
+    }
+    let promote = svc.cfg.on_failover == OnFailover::Promote
+        && matches!(svc.cfg.kind, Kind::Redis | Kind::Postgres)
+        && from != to;
+    let is_pg = svc.cfg.kind == Kind::Postgres;
+    let closed = svc
+        .upstreams
+        .get(from)
+        .map(|u| u.active_conns.load(Ordering::Relaxed))
+        .unwrap_or(0);
+    if promote {
+        if let Err(m) = precheck(svc, from, to).await {
+            let message = format!("planned switchover refused: {m}");
+            svc.emit(EventKind::FailoverBlocked {
+                reason: message.clone(),
+            });
+            return Err(CommandError::Conflict(message));
         }
-        if from == to && !old.fenced.get(to).copied().unwrap_or(false) {
-            return Ok(SwitchReport::default());
-        }
-        let promote = self.cfg.on_failover == OnFailover::Promote
-            && matches!(self.cfg.kind, Kind::Redis | Kind::Postgres)
-            && from != to;
-        let is_pg = self.cfg.kind == Kind::Postgres;
-        let closed = self
-            .upstreams
-            .get(from)
-            .map(|u| u.active_conns.load(Ordering::Relaxed))
-            .unwrap_or(0);
-        if promote {
-            if let Err(m) = precheck(self, from, to).await {
-                let message = format!("planned switchover refused: {m}");
-                self.emit(EventKind::FailoverBlocked {
-                    reason: message.clone(),
-                });
-                return Err(CommandError::Conflict(message));
-            }
-        }
-        let started = Instant::now();
-        // 1. Hold new clients. Postgres: the old primary's connections may
-        //    finish for PG_DRAIN (fenced + new epoch + drain), then close.
-        let new_epoch = old.epoch + 1;
-        let holding = if is_pg && promote {
-            let mut fenced = old.fenced.clone();
-            if let Some(f) = fenced.get_mut(from) {
-                *f = true;
-            }
-            Route {
-                epoch: new_epoch,
-                fenced,
-                switching: true,
-                drain: Some((from, Instant::now() + PG_DRAIN)),
-                ..(*old).clone()
-            }
-        } else {
-            Route {
-                switching: true,
-                ..(*old).clone()
-            }
-        };
-        self.route.store(Arc::new(holding));
-        self.notify_route();
-        let mut paused = false;
-        // Phase timings (drained, caught up, promoted), for the log.
-        let mut phases = [Duration::ZERO; 3];
-        let prepared = async {
-            if is_pg && promote {
-                let until = Instant::now() + PG_DRAIN + Duration::from_millis(200);
-                while self
-                    .upstreams
-                    .get(from)
-                    .is_some_and(|u| u.active_conns.load(Ordering::Relaxed) > 0)
-                    && Instant::now() < until
-                {
-                    tokio::time::sleep(POLL).await;
-                }
-            }
-            let mut position = None;
-            if promote {
-                // 2. Fence writes on the old primary (redis), 3. wait.
-                if self.cfg.kind == Kind::Redis {
-                    redis_pause(self, from, true).await?;
-                    paused = true;
-                }
-                phases[0] = started.elapsed();
-                position = Some(wait_caught_up(self, from, to).await?);
-                phases[1] = started.elapsed();
-                // 4a. Promote the target.
-                let up = self
-                    .upstreams
-                    .get(to)
-                    .ok_or_else(|| "no such upstream".to_string())?;
-                health::promote(&self.cfg, &up.cfg)
-                    .await
-                    .map_err(|e| format!("promotion of {} failed: {e}", up.cfg.name))?;
-                lock(&up.health).observed = Some(ObservedRole::Primary);
-                phases[2] = started.elapsed();
-            }
-            Ok::<_, String>(position)
-        }
-        .await;
-        let position = match prepared {
-            Ok(p) => p,
-            Err(message) => {
-                if paused {
-                    if let Err(e) = redis_pause(self, from, false).await {
-                        tracing::warn!(service = self.name(), error = %e, "could not unpause");
-                    }
-                }
-                // Traffic stays where it was (relays already closed stay closed).
-                let epoch = if is_pg && promote {
-                    new_epoch
-                } else {
-                    old.epoch
-                };
-                self.route.store(Arc::new(Route {
-                    epoch,
-                    switching: false,
-                    drain: None,
-                    ..(*old).clone()
-                }));
-                self.notify_route();
-                let message = format!(
-                    "planned switchover aborted, traffic stays on {}: {message}",
-                    self.upstream_name(from).unwrap_or("?")
-                );
-                self.emit(EventKind::FailoverBlocked {
-                    reason: message.clone(),
-                });
-                return Err(CommandError::Conflict(message));
-            }
-        };
-        // 5. Release held clients to the target; bound old connections close.
-        let is_failover = matches!(kind, SwitchKind::Failover { .. });
+    }
+    let started = Instant::now();
+    // 1. Hold new clients. Postgres: the old primary's connections may
+    //    finish for PG_DRAIN (fenced + new epoch + drain), then close.
+    let new_epoch = old.epoch + 1;
+    let holding = if is_pg && promote {
         let mut fenced = old.fenced.clone();
-        if let Some(f) = fenced.get_mut(to) {
-            *f = false;
-        }
-        let fence_old = if promote { is_pg } else { is_failover };
         if let Some(f) = fenced.get_mut(from) {
-            *f = fence_old;
+            *f = true;
         }
-        self.route.store(Arc::new(Route {
-            active: to,
+        Route {
             epoch: new_epoch,
             fenced,
-            switching: false,
-            drain: None,
-        }));
-        self.notify_route();
-        let pause = started.elapsed();
+            switching: true,
+            drain: Some((from, std::time::Instant::now() + PG_DRAIN)),
+            ..(*old).clone()
+        }
+    } else {
+        Route {
+            switching: true,
+            ..(*old).clone()
+        }
+    };
+    svc.set_route(holding);
+    let mut paused = false;
+    // Phase timings (drained, caught up, promoted), for the log.
+    let mut phases = [Duration::ZERO; 3];
+    let prepared = async {
+        if is_pg && promote {
+            let until = Instant::now() + PG_DRAIN + Duration::from_millis(200);
+            while svc
+                .upstreams
+                .get(from)
+                .is_some_and(|u| u.active_conns.load(Ordering::Relaxed) > 0)
+                && Instant::now() < until
+            {
+                tokio::time::sleep(POLL).await;
+            }
+        }
+        let mut position = None;
         if promote {
-            self.demote_planned(from, to, paused).await;
-        }
-        let pause_ms = pause.as_millis() as u64;
-        match &mut kind {
-            SwitchKind::Failover { evidence, .. } => {
-                evidence["planned"] = json!(true);
-                evidence["pause_ms"] = json!(pause_ms);
-                evidence["position"] = json!(position);
+            // 2. Fence writes on the old primary (redis), 3. wait.
+            if svc.cfg.kind == Kind::Redis {
+                redis_pause(svc, from, true).await?;
+                paused = true;
             }
-            SwitchKind::Recover { reason, .. } => {
-                reason.push_str(&format!(
-                    " (planned switchover: clients held {pause_ms} ms{})",
-                    position
-                        .as_deref()
-                        .map(|p| format!(", {p}"))
-                        .unwrap_or_default()
-                ));
-            }
+            phases[0] = started.elapsed();
+            position = Some(wait_caught_up(svc, from, to).await?);
+            phases[1] = started.elapsed();
+            // 4a. Promote the target.
+            let up = svc
+                .upstreams
+                .get(to)
+                .ok_or_else(|| "no such upstream".to_string())?;
+            health::promote(&svc.cfg, &up.cfg)
+                .await
+                .map_err(|e| format!("promotion of {} failed: {e}", up.cfg.name))?;
+            lock(&up.health).observed = Some(ObservedRole::Primary);
+            phases[2] = started.elapsed();
         }
-        tracing::warn!(service = self.name(), pause_ms, position = ?position, ?phases, "planned switchover done");
-        self.finish_switch(&old, to, new_epoch, kind, promote, closed, started);
-        Ok(SwitchReport { pause, position })
+        Ok::<_, String>(position)
     }
-
-    /// Step 4b after the new route is stored: redis replicates from the new
-    /// primary and is unpaused; postgres stays fenced and diverged (it needs
-    /// a rebuild). A failed redis demotion fences it too.
-    async fn demote_planned(&self, from: usize, to: usize, paused: bool) {
-        let Some(f) = self.upstreams.get(from) else {
-            return;
-        };
-        let demoted = match self.cfg.kind {
-            Kind::Redis => {
-                let r = redis_demote(self, from, to).await;
-                if paused {
-                    if let Err(e) = redis_pause(self, from, false).await {
-                        tracing::warn!(service = self.name(), error = %e, "could not unpause the old primary");
-                    }
-                }
-                match r {
-                    Ok(()) => {
-                        lock(&f.health).observed = Some(ObservedRole::Replica);
-                        true
-                    }
-                    Err(e) => {
-                        tracing::warn!(service = self.name(), error = %e, "could not demote the old redis primary: fencing it");
-                        false
-                    }
+    .await;
+    let position = match prepared {
+        Ok(p) => p,
+        Err(message) => {
+            if paused {
+                if let Err(e) = redis_pause(svc, from, false).await {
+                    tracing::warn!(service = svc.name(), error = %e, "could not unpause");
                 }
             }
-            _ => false,
-        };
-        if !demoted {
-            lock(&f.health).diverged = true;
-            let mut route = (*self.route.load_full()).clone();
-            if let Some(x) = route.fenced.get_mut(from) {
-                *x = true;
-            }
-            self.route.store(Arc::new(route));
-            self.notify_route();
+            // Traffic stays where it was (relays already closed stay closed).
+            let epoch = if is_pg && promote {
+                new_epoch
+            } else {
+                old.epoch
+            };
+            svc.set_route(Route {
+                epoch,
+                switching: false,
+                drain: None,
+                ..(*old).clone()
+            });
+            let message = format!(
+                "planned switchover aborted, traffic stays on {}: {message}",
+                svc.upstream_name(from).unwrap_or("?")
+            );
+            svc.emit(EventKind::FailoverBlocked {
+                reason: message.clone(),
+            });
+            return Err(CommandError::Conflict(message));
         }
+    };
+    // 5. Release held clients to the target; bound old connections close.
+    let is_failover = matches!(kind, SwitchKind::Failover { .. });
+    let mut fenced = old.fenced.clone();
+    if let Some(f) = fenced.get_mut(to) {
+        *f = false;
+    }
+    let fence_old = if promote { is_pg } else { is_failover };
+    if let Some(f) = fenced.get_mut(from) {
+        *f = fence_old;
+    }
+    svc.set_route(Route {
+        active: to,
+        epoch: new_epoch,
+        fenced,
+        switching: false,
+        drain: None,
+    });
+    let pause = started.elapsed();
+    if promote {
+        demote_planned(svc, from, to, paused).await;
+    }
+    let pause_ms = pause.as_millis() as u64;
+    match &mut kind {
+        SwitchKind::Failover { evidence, .. } => {
+            evidence["planned"] = json!(true);
+            evidence["pause_ms"] = json!(pause_ms);
+            evidence["position"] = json!(position);
+        }
+        SwitchKind::Recover { reason, .. } => {
+            reason.push_str(&format!(
+                " (planned switchover: clients held {pause_ms} ms{})",
+                position
+                    .as_deref()
+                    .map(|p| format!(", {p}"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    tracing::warn!(service = svc.name(), pause_ms, position = ?position, ?phases, "planned switchover done");
+    switch::finish(
+        svc,
+        Switched {
+            old: &old,
+            to,
+            new_epoch,
+            kind,
+            promoted: promote,
+            closed,
+            started,
+        },
+    );
+    Ok(SwitchReport { pause, position })
+}
+
+/// Step 4b after the new route is stored: redis replicates from the new
+/// primary and is unpaused; postgres stays fenced and diverged (it needs
+/// a rebuild). A failed redis demotion fences it too.
+async fn demote_planned(svc: &ServiceRt, from: usize, to: usize, paused: bool) {
+    let Some(f) = svc.upstreams.get(from) else {
+        return;
+    };
+    let demoted = match svc.cfg.kind {
+        Kind::Redis => {
+            let r = redis_demote(svc, from, to).await;
+            if paused {
+                if let Err(e) = redis_pause(svc, from, false).await {
+                    tracing::warn!(service = svc.name(), error = %e, "could not unpause the old primary");
+                }
+            }
+            match r {
+                Ok(()) => {
+                    lock(&f.health).observed = Some(ObservedRole::Replica);
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(service = svc.name(), error = %e, "could not demote the old redis primary: fencing it");
+                    false
+                }
+            }
+        }
+        _ => false,
+    };
+    if !demoted {
+        lock(&f.health).diverged = true;
+        switch::fence(svc, from);
     }
 }

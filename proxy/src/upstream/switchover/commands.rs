@@ -2,15 +2,18 @@
 //! or return to, the checks (active pool, usable target, resynchronised
 //! old primary), then [`ServiceRt::planned_switch`].
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 use serde_json::json;
 
-use super::SwitchReport;
-use crate::engine::CommandError;
+use crate::error::CommandError;
 use crate::health::{self, ObservedRole};
+use crate::upstream::probe;
 use crate::upstream::resync;
-use crate::upstream::runtime::{lock, ServiceRt, SwitchKind};
+use crate::upstream::service::ServiceRt;
+use crate::upstream::state::{lock, SwitchKind};
+use crate::upstream::switch::switch;
+use crate::upstream::switchover::{planned_switch, SwitchReport};
 
 /// `POST /api/ops/redundancy/failover/{pool}`: planned switchover away from
 /// `from` (which must be active) to `to` or the best usable other upstream.
@@ -56,7 +59,8 @@ pub(crate) async fn failover_pool(
         })?,
     };
     let evidence = json!({ "requested_by": actor });
-    svc.planned_switch(
+    planned_switch(
+        svc,
         to,
         SwitchKind::Failover {
             trigger: crate::events::Trigger::Manual,
@@ -88,7 +92,7 @@ pub(crate) async fn failback_pool(
     }
     let outcome = health::run_probe(&svc.cfg, &up.cfg).await;
     let (ok, error) = (outcome.ok, outcome.error.clone());
-    crate::engine::record_probe_locked(svc, to, outcome);
+    probe::record_locked(svc, to, outcome);
     if !ok {
         return Err(CommandError::Conflict(format!(
             "{} is not usable: {}",
@@ -127,11 +131,11 @@ pub(crate) async fn failback_pool(
     // promotion outside continuity) has nothing to catch up with.
     if lock(&up.health).observed == Some(ObservedRole::Primary) {
         let started = Instant::now();
-        svc.switch(to, kind).await?;
+        switch(svc, to, kind).await?;
         return Ok(SwitchReport {
             pause: started.elapsed(),
             position: None,
         });
     }
-    svc.planned_switch(to, kind).await
+    planned_switch(svc, to, kind).await
 }

@@ -7,23 +7,23 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::engine::Engine;
-use crate::upstream::runtime::{Route, ServiceRt};
+use crate::engine::shared::Shared;
+use crate::upstream::service::ServiceRt;
+use crate::upstream::state::Route;
 
 /// Keeps a retired generation's open relays in step with the running
 /// service of the same name until the last one ends: its route mirrors the
 /// running route for shared upstreams; removed or changed upstreams are
 /// fenced, and the one that was active drains until `until`.
-pub(super) async fn retire(engine: Engine, old: Arc<ServiceRt>, until: Instant) {
-    let mut shutdown = engine.inner.shutdown_tx.subscribe();
+pub(crate) async fn retire(shared: Arc<Shared>, old: Arc<ServiceRt>, until: Instant) {
+    let mut shutdown = shared.shutdown_tx.subscribe();
     let start = old.route.load_full();
     let mut epoch = start.epoch;
     let mut published: Option<Mirror> = None;
     let mut current: Option<Arc<ServiceRt>> = None;
     let mut rx: Option<watch::Receiver<u64>> = None;
     loop {
-        let now = engine
-            .inner
+        let now = shared
             .services
             .load()
             .iter()
@@ -41,14 +41,13 @@ pub(super) async fn retire(engine: Engine, old: Arc<ServiceRt>, until: Instant) 
         let view = mirror(&old, current.as_deref(), start.active, until);
         if published.as_ref() != Some(&view) {
             epoch += 1;
-            old.route.store(Arc::new(Route {
+            old.set_route(Route {
                 active: view.0,
                 epoch,
                 fenced: view.1.clone(),
                 switching: false,
                 drain: view.2,
-            }));
-            old.notify_route();
+            });
             published = Some(view);
         }
         if old.active_conns.load(Ordering::Relaxed) == 0 {

@@ -13,10 +13,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
+use crate::fallback::Fallback;
 use crate::health::{classify_io, FailureKind};
 use crate::protocol;
 use crate::protocol::observe::{Finding, Tap};
-use crate::upstream::runtime::ServiceRt;
+use crate::upstream::pool;
+use crate::upstream::runtime::{Route, ServiceRt};
 
 /// Bytes of a held client kept before TCP backpressure pauses it (SPEC 3).
 const HOLD_BUFFER: usize = 64 * 1024;
@@ -72,14 +74,21 @@ impl Drop for OpenGuard {
 /// own protocol ([`protocol::refuse_full`]) and counted in
 /// `continuity_connections_refused_total{listener}`, rather than left
 /// waiting in the kernel's backlog.
-pub async fn accept_loop(svc: Arc<ServiceRt>, listener: TcpListener, mut sig: Signals) {
+/// `fallback`: the redis memory fallback of the service, carried across
+/// reloads by the engine's slot (proxy/src/fallback).
+pub async fn accept_loop(
+    svc: Arc<ServiceRt>,
+    fallback: Option<Arc<Fallback>>,
+    listener: TcpListener,
+    mut sig: Signals,
+) {
     let limit = svc
         .cfg
         .max_connections
         .map(|n| Arc::new(Semaphore::new(n.max(1) as usize)));
     let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
     // `hot`: keeps standby connections ready while this loop runs.
-    let _pool_keeper = svc.spawn_pool_keeper(sig.shutdown.clone());
+    let _pool_keeper = pool::spawn_keeper(&svc, sig.shutdown.clone());
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -115,11 +124,12 @@ pub async fn accept_loop(svc: Arc<ServiceRt>, listener: TcpListener, mut sig: Si
             open: sig.open.clone(),
         };
         let svc = svc.clone();
+        let fallback = fallback.clone();
         let sig = sig.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let _guard = guard;
-            if let Err(e) = handle(svc.clone(), stream, sig).await {
+            if let Err(e) = handle(svc.clone(), fallback, stream, sig).await {
                 tracing::debug!(service = svc.name(), %peer, error = %e, "connection ended with error");
             }
         });
@@ -184,8 +194,8 @@ enum Gave {
 /// Whether a new client of `svc` goes to the memory fallback: it is
 /// engaged (until its journal is replayed), or no upstream can take the
 /// client and no switch is in progress that could give it one.
-fn to_fallback(svc: &ServiceRt, route: &crate::upstream::runtime::Route) -> bool {
-    let Some(fb) = &svc.fallback else {
+fn to_fallback(svc: &ServiceRt, fallback: Option<&Fallback>, route: &Route) -> bool {
+    let Some(fb) = fallback else {
         return false;
     };
     if fb.engaged() {
@@ -199,6 +209,7 @@ fn to_fallback(svc: &ServiceRt, route: &crate::upstream::runtime::Route) -> bool
 
 async fn handle(
     svc: Arc<ServiceRt>,
+    fallback: Option<Arc<Fallback>>,
     mut client: TcpStream,
     mut sig: Signals,
 ) -> std::io::Result<()> {
@@ -211,14 +222,14 @@ async fn handle(
     let outcome = loop {
         let route = svc.route.load_full();
         let idx = route.active;
-        if to_fallback(&svc, &route) {
+        if to_fallback(&svc, fallback.as_deref(), &route) {
             break Err(Gave::Fallback);
         }
         if svc.usable(&route, idx) {
             if let Some(up) = svc.upstreams.get(idx) {
                 // `hot`: a connection pre-opened by the pool keeper skips
                 // the connect (upstream/pool.rs).
-                if let Some(stream) = svc.take_pooled(idx) {
+                if let Some(stream) = pool::take_pooled(&svc, idx) {
                     up.metrics.connect.observe(0.0);
                     break Ok((idx, route.epoch, stream));
                 }
@@ -278,7 +289,13 @@ async fn handle(
     let (idx, epoch, mut upstream) = match outcome {
         Ok(v) => v,
         Err(Gave::Up) => return Ok(()),
-        Err(Gave::Fallback) => return crate::fallback::serve(svc, client, early, sig).await,
+        Err(Gave::Fallback) => {
+            let Some(fb) = fallback else {
+                return Ok(());
+            };
+            return crate::fallback::serve(svc, fb, client, early, sig.shutdown, sig.force_close)
+                .await;
+        }
         Err(Gave::Timeout) => {
             svc.metrics
                 .hold_timeouts
@@ -493,3 +510,9 @@ where
         after(data);
     }
 }
+
+#[cfg(test)]
+mod pool_tests;
+#[cfg(test)]
+#[path = "../../tests/common/mod.rs"]
+mod test_common;
