@@ -133,7 +133,11 @@ fn client_error(e: tokio_postgres::Error) -> ProbeError {
             "postgres closed the connection",
         ));
     }
-    let text = e.to_string();
+    // The crate's Display leaves the cause out; it says what went wrong.
+    let text = match std::error::Error::source(&e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    };
     if text.contains("password missing") {
         ProbeError::Auth("password required but password_env not set".into())
     } else if text.starts_with("authentication error") {
