@@ -220,7 +220,11 @@ where
         };
         let reason = match parts.extensions.get::<hyper::ext::ReasonPhrase>() {
             Some(r) => String::from_utf8_lossy(r.as_bytes()).into_owned(),
-            None => parts.status.canonical_reason().unwrap_or_default().to_string(),
+            None => parts
+                .status
+                .canonical_reason()
+                .unwrap_or_default()
+                .to_string(),
         };
         let headers = parts
             .headers
@@ -427,9 +431,16 @@ mod tests {
 
     #[tokio::test]
     async fn bodies_by_length_chunks_and_close() {
-        let (r, head) = answered(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\n\r\nhello".to_vec(), true).await;
+        let (r, head) = answered(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\n\r\nhello".to_vec(),
+            true,
+        )
+        .await;
         let r = r.unwrap();
-        assert_eq!((r.status, r.reason.as_str(), r.body.as_slice()), (200, "OK", &b"hello"[..]));
+        assert_eq!(
+            (r.status, r.reason.as_str(), r.body.as_slice()),
+            (200, "OK", &b"hello"[..])
+        );
         assert_eq!(r.header("x-a"), Some("b"));
         assert_eq!(
             head,
@@ -438,10 +449,17 @@ mod tests {
         );
         let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
                         5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nTrailer: x\r\n\r\n";
-        assert_eq!(answered(chunked.to_vec(), true).await.0.unwrap().body, b"hello, world");
+        assert_eq!(
+            answered(chunked.to_vec(), true).await.0.unwrap().body,
+            b"hello, world"
+        );
         let to_close = b"HTTP/1.0 200 OK\r\nServer: x\r\n\r\nuntil close";
-        assert_eq!(answered(to_close.to_vec(), true).await.0.unwrap().body, b"until close");
-        let interim = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(
+            answered(to_close.to_vec(), true).await.0.unwrap().body,
+            b"until close"
+        );
+        let interim =
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n";
         let r = answered(interim.to_vec(), true).await.0.unwrap();
         assert_eq!((r.status, r.reason.as_str()), (503, "Busy"));
     }
@@ -452,7 +470,10 @@ mod tests {
         let mut endless = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
         endless.resize(MAX_RESPONSE + 10, b'x');
         assert_eq!(protocol(answered(endless, true).await.0), TOO_LARGE);
-        let big = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", MAX_RESPONSE + 1);
+        let big = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+            MAX_RESPONSE + 1
+        );
         let mut big = big.into_bytes();
         big.resize(big.len() + MAX_RESPONSE + 1, b'x');
         assert_eq!(protocol(answered(big, true).await.0), TOO_LARGE);
@@ -462,10 +483,20 @@ mod tests {
         assert_eq!(answered(head_only, false).await.0.unwrap().status, 200);
 
         let cut = b"HTTP/1.1 200 OK\r\nContent-".to_vec();
-        assert_eq!(protocol(answered(cut, true).await.0), ResponseError::Truncated.to_string());
+        assert_eq!(
+            protocol(answered(cut, true).await.0),
+            ResponseError::Truncated.to_string()
+        );
         let short = b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc".to_vec();
-        assert_eq!(protocol(answered(short, true).await.0), ResponseError::Truncated.to_string());
-        let m = protocol(answered(b"-ERR wrong protocol\r\n\r\n".to_vec(), true).await.0);
+        assert_eq!(
+            protocol(answered(short, true).await.0),
+            ResponseError::Truncated.to_string()
+        );
+        let m = protocol(
+            answered(b"-ERR wrong protocol\r\n\r\n".to_vec(), true)
+                .await
+                .0,
+        );
         assert!(m.contains("not an HTTP/1.x status line"), "{m}");
         let m = protocol(answered(b"HTTP/1.1 2000 OK\r\n\r\n".to_vec(), true).await.0);
         assert!(m.starts_with("malformed HTTP response"), "{m}");

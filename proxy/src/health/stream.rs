@@ -209,7 +209,9 @@ mod tests {
         let err = capped.read_to_end(&mut Vec::new()).await.unwrap_err();
         assert!(matches!(io_error(&err), ProbeError::Protocol(m) if m == "too big"));
         let plain = io::Error::new(io::ErrorKind::ConnectionReset, "reset");
-        assert!(matches!(io_error(&plain), ProbeError::Io(e) if e.kind() == io::ErrorKind::ConnectionReset));
+        assert!(
+            matches!(io_error(&plain), ProbeError::Io(e) if e.kind() == io::ErrorKind::ConnectionReset)
+        );
     }
 
     #[tokio::test]
