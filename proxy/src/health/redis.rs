@@ -351,24 +351,23 @@ impl HealthCheck for RedisCheck {
         upstream: &'a UpstreamConfig,
     ) -> BoxFuture<'a, Result<Probed, ProbeError>> {
         Box::pin(async move {
-            // PING and ROLE in one round trip; judged in order.
-            let replies = with_conn(service, upstream, |mut conn| async move {
-                let mut pipe = redis::pipe();
-                pipe.cmd("PING").cmd("ROLE");
-                conn.send_packed_commands(&pipe, 0, 2)
-                    .await
-                    .map_err(client_error)
+            // PING and ROLE written together (one round trip), each with
+            // its own reply: a server that answers one error and closes
+            // (maxclients) is judged by that error, as before.
+            let (ping, role) = with_conn(service, upstream, |conn| async move {
+                let (mut a, mut b) = (conn.clone(), conn);
+                let (ping_cmd, role_cmd) = (redis::cmd("PING"), redis::cmd("ROLE"));
+                Ok(tokio::join!(
+                    a.send_packed_command(&ping_cmd),
+                    b.send_packed_command(&role_cmd)
+                ))
             })
             .await?;
-            let mut replies = replies.into_iter();
-            let (Some(ping), Some(role)) = (replies.next(), replies.next()) else {
-                return Err(proto("PING/ROLE: missing reply"));
-            };
-            match reply(ping)? {
+            match reply(ping.map_err(client_error)?)? {
                 Reply::Simple(s) if s == "PONG" => {}
                 other => return Err(proto(format!("PING: expected +PONG, got {other:?}"))),
             }
-            Ok(Probed::role(role_of(&reply(role)?)?))
+            Ok(Probed::role(role_of(&reply(role.map_err(client_error)?)?)?))
         })
     }
 }
@@ -547,5 +546,58 @@ mod tests {
             ProbeError::Protocol(_)
         ));
         assert!(matches!(error_reply("LOADING"), ProbeError::Protocol(_)));
+    }
+
+    /// A one-connection fake redis: reads a little, writes `answer`, closes.
+    async fn fake(answer: Vec<u8>) -> (ServiceConfig, UpstreamConfig) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            if let Ok((mut s, _)) = l.accept().await {
+                let mut buf = [0u8; 256];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(&answer).await;
+            }
+        });
+        let up = UpstreamConfig::at("u", &addr, crate::config::Role::Primary);
+        let svc = ServiceConfig::new("s", crate::config::Kind::Redis, vec![up.clone()]);
+        (svc, up)
+    }
+
+    #[tokio::test]
+    async fn probe_judges_ping_then_role_and_caps_replies() {
+        let mut ok = b"+PONG\r\n".to_vec();
+        ok.extend_from_slice(MASTER_ROLE);
+        let (svc, up) = fake(ok).await;
+        let probed = RedisCheck.check(&svc, &up).await.unwrap();
+        assert_eq!(probed.role, Some(ObservedRole::Primary));
+
+        let (svc, up) = fake(b"-ERR max number of clients reached\r\n".to_vec()).await;
+        let err = RedisCheck.check(&svc, &up).await.unwrap_err();
+        assert!(
+            matches!(&err, ProbeError::Protocol(m) if m == "server replied: ERR max number of clients reached"),
+            "{err:?}"
+        );
+        let (svc, up) = fake(b"-NOAUTH Authentication required.\r\n".to_vec()).await;
+        let err = RedisCheck.check(&svc, &up).await.unwrap_err();
+        assert!(matches!(err, ProbeError::Auth(_)), "{err:?}");
+
+        let mut huge = format!("${}\r\n", MAX_REPLY + 10).into_bytes();
+        huge.resize(huge.len() + MAX_REPLY + 12, b'x');
+        let (svc, up) = fake(huge).await;
+        let err = command(&svc, &up, &["GET", "k"]).await.unwrap_err();
+        assert!(
+            matches!(&err, ProbeError::Protocol(m) if m == "reply too large"),
+            "{err:?}"
+        );
+
+        let (svc, up) = fake(b"+PONG\r\n".to_vec()).await;
+        let err = RedisCheck.check(&svc, &up).await.unwrap_err();
+        assert_eq!(
+            err.failure_kind(),
+            crate::health::FailureKind::Refused,
+            "{err:?}"
+        );
     }
 }
