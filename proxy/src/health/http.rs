@@ -6,10 +6,10 @@
 //!   2xx answer decides: `green` healthy, `yellow` healthy but degraded,
 //!   `red` failed, anything else a protocol error.
 //!
-//! The client is a minimal hand-written HTTP/1.1 one: responses are bounded
-//! by [`MAX_RESPONSE`] (head and body, as received), bodies are framed by
-//! `Content-Length`, `Transfer-Encoding: chunked`, or the end of the
-//! connection. TLS client configurations ([`super::tls::client_config`])
+//! The client is hyper's HTTP/1 client connection over the stream
+//! [`super::connect`] opened (and TLS by [`super::tls`]): what it reads is
+//! bounded by [`MAX_RESPONSE`] (head and body, as received), and so is the
+//! decoded body. TLS client configurations ([`super::tls::client_config`])
 //! are cached per set of files and rebuilt when a file's mtime changes.
 
 use std::collections::HashMap;
@@ -18,10 +18,16 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
+use bytes::Bytes;
+use http::{header, Request};
+use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsConnector;
 
+use super::stream::{copy_io, drive, find_io, io_error, Capped};
 use super::{BoxFuture, HealthCheck, ProbeError, Probed};
 use crate::config::{HttpTarget, Kind, ServiceConfig, UpstreamConfig, UpstreamTls};
 
@@ -129,7 +135,7 @@ pub async fn get(
         ))
     })?;
     let full = format!("{}{}", target.base_path, path);
-    let request = request_bytes(&target, &full)?;
+    let request = request(&target, &full)?;
     let tcp = super::connect(service, upstream).await?;
     if target.tls {
         let config = cached_client_config(&upstream.tls)
@@ -137,27 +143,21 @@ pub async fn get(
         let name = ServerName::try_from(target.host.clone()).map_err(|_| {
             ProbeError::Protocol(format!("`{}` is not a valid TLS server name", target.host))
         })?;
-        let mut tls = TlsConnector::from(config)
+        let tls = TlsConnector::from(config)
             .connect(name, tcp)
             .await
             .map_err(|e| handshake_error(e, &target))?;
-        exchange(&mut tls, &request, want_body).await
+        exchange(tls, request, want_body).await
     } else {
-        let mut tcp = tcp;
-        exchange(&mut tcp, &request, want_body).await
+        exchange(tcp, request, want_body).await
     }
 }
 
-/// The request bytes: `GET` with `Host`, `User-Agent`, `Connection: close`.
-pub fn request_bytes(target: &HttpTarget, path: &str) -> Result<Vec<u8>, ProbeError> {
-    if !path.starts_with('/') || !path.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(ProbeError::Protocol(format!(
-            "invalid request path {:?}",
-            shorten(path)
-        )));
-    }
+/// The `Host` header: the host, with the port unless it is the scheme's
+/// default (IPv6 literals in brackets).
+pub fn host_header(target: &HttpTarget) -> String {
     let default_port = if target.tls { 443 } else { 80 };
-    let host = if target.port == default_port {
+    if target.port == default_port {
         if target.host.contains(':') {
             format!("[{}]", target.host)
         } else {
@@ -165,64 +165,140 @@ pub fn request_bytes(target: &HttpTarget, path: &str) -> Result<Vec<u8>, ProbeEr
         }
     } else {
         target.host_port()
-    };
-    Ok(format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {USER_AGENT}\r\n\
-         Accept: */*\r\nConnection: close\r\n\r\n"
-    )
-    .into_bytes())
-}
-
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
-    request: &[u8],
-    want_body: bool,
-) -> Result<Response, ProbeError> {
-    stream.write_all(request).await.map_err(stream_error)?;
-    stream.flush().await.map_err(stream_error)?;
-    read_response(stream, MAX_RESPONSE, want_body).await
-}
-
-/// Reads one response of at most `limit` bytes (head only when `want_body`
-/// is false).
-pub async fn read_response<S: AsyncRead + Unpin>(
-    stream: &mut S,
-    limit: usize,
-    want_body: bool,
-) -> Result<Response, ProbeError> {
-    let mut buf = Vec::with_capacity(4096);
-    let mut chunk = [0u8; 8192];
-    loop {
-        // Never more than limit + 1 bytes: the parser then says TooLarge.
-        let room = (limit + 1).saturating_sub(buf.len()).min(chunk.len());
-        let n = match stream.read(&mut chunk[..room]).await {
-            Ok(n) => n,
-            // rustls: the peer closed without close_notify. Taken as the
-            // end of the stream; the framing is still checked.
-            Err(e) if e.kind() == ErrorKind::UnexpectedEof => 0,
-            Err(e) => return Err(stream_error(e)),
-        };
-        buf.extend_from_slice(&chunk[..n]);
-        let eof = n == 0;
-        let parsed = if want_body {
-            parse_response(&buf, eof, limit)
-        } else {
-            parse_head(&buf, eof, limit).map(|h| h.map(|(r, _)| r))
-        };
-        match parsed.map_err(|e| ProbeError::Protocol(e.to_string()))? {
-            Some(r) => return Ok(r),
-            None if eof => return Err(ProbeError::Protocol(ResponseError::Truncated.to_string())),
-            None => {}
-        }
     }
 }
 
-/// An I/O error on an established (TLS) stream: TLS errors become protocol
-/// errors with rustls' reason.
-fn stream_error(e: std::io::Error) -> ProbeError {
-    match tls_reason(&e) {
-        Some(reason) => ProbeError::Protocol(format!("TLS: {reason}")),
-        None => ProbeError::Io(e),
+/// The request: `GET path` with `Host`, `User-Agent`, `Accept` and
+/// `Connection: close`, no body.
+pub fn request(target: &HttpTarget, path: &str) -> Result<Request<Empty<Bytes>>, ProbeError> {
+    let invalid = || ProbeError::Protocol(format!("invalid request path {:?}", shorten(path)));
+    if !path.starts_with('/') || !path.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid());
+    }
+    Request::get(path)
+        .header(header::HOST, host_header(target))
+        .header(header::USER_AGENT, USER_AGENT)
+        .header(header::ACCEPT, "*/*")
+        .header(header::CONNECTION, "close")
+        .body(Empty::new())
+        .map_err(|_| invalid())
+}
+
+/// Sends `request` with hyper's HTTP/1 client over `stream` (reads capped
+/// at [`MAX_RESPONSE`]), the connection driven in this task; reads the
+/// body (at most [`MAX_RESPONSE`] decoded bytes) when `want_body`.
+async fn exchange<S>(
+    stream: S,
+    request: Request<Empty<Bytes>>,
+    want_body: bool,
+) -> Result<Response, ProbeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let stream = Capped::new(stream, MAX_RESPONSE, TOO_LARGE).eof_on_unexpected_eof();
+    let (mut sender, conn) = http1::Builder::new()
+        .title_case_headers(true)
+        .max_buf_size(MAX_RESPONSE)
+        .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+        .await
+        .map_err(|e| hyper_error(&e))?;
+    let work = async move {
+        let resp = sender
+            .send_request(request)
+            .await
+            .map_err(|e| hyper_error(&e))?;
+        let (parts, body) = resp.into_parts();
+        let body = if want_body {
+            Limited::new(body, MAX_RESPONSE)
+                .collect()
+                .await
+                .map_err(|e| body_error(&*e))?
+                .to_bytes()
+                .to_vec()
+        } else {
+            Vec::new()
+        };
+        let reason = match parts.extensions.get::<hyper::ext::ReasonPhrase>() {
+            Some(r) => String::from_utf8_lossy(r.as_bytes()).into_owned(),
+            None => parts
+                .status
+                .canonical_reason()
+                .unwrap_or_default()
+                .to_string(),
+        };
+        let headers = parts
+            .headers
+            .iter()
+            .map(|(n, v)| {
+                let v = String::from_utf8_lossy(v.as_bytes()).trim().to_string();
+                (n.as_str().to_string(), v)
+            })
+            .collect();
+        Ok(Response {
+            status: parts.status.as_u16(),
+            reason,
+            headers,
+            body,
+        })
+    };
+    drive(work, conn, |e| hyper_error(&e), None).await
+}
+
+/// The text of an oversize response.
+const TOO_LARGE: &str = "response larger than 65536 bytes";
+
+/// A hyper error as a probe error, with the hand-written client's texts:
+/// oversize, truncated and malformed responses are protocol errors, TLS
+/// errors name rustls' reason, socket errors stay I/O.
+fn hyper_error(e: &hyper::Error) -> ProbeError {
+    if let Some(io) = find_io(e) {
+        return io_error_of(io);
+    }
+    let malformed = |what: String| ProbeError::Protocol(ResponseError::Malformed(what).to_string());
+    if e.is_parse_too_large() {
+        ProbeError::Protocol(ResponseError::TooLarge(MAX_RESPONSE).to_string())
+    } else if e.is_incomplete_message() {
+        ProbeError::Protocol(ResponseError::Truncated.to_string())
+    } else if e.is_parse_status() || (e.is_parse() && e.to_string().contains("version")) {
+        malformed(format!("not an HTTP/1.x status line ({e})"))
+    } else if e.is_parse() {
+        malformed(e.to_string())
+    } else {
+        ProbeError::Protocol(e.to_string())
+    }
+}
+
+/// A body error: over the decoded limit, or hyper's.
+fn body_error(e: &(dyn std::error::Error + Send + Sync + 'static)) -> ProbeError {
+    if e.is::<LengthLimitError>() {
+        ProbeError::Protocol(ResponseError::TooLarge(MAX_RESPONSE).to_string())
+    } else if let Some(h) = e.downcast_ref::<hyper::Error>() {
+        hyper_error(h)
+    } else if let Some(io) = find_io(e) {
+        io_error_of(io)
+    } else {
+        ProbeError::Protocol(e.to_string())
+    }
+}
+
+/// An I/O error under hyper: the read cap and TLS errors as protocol
+/// errors, a body cut short as truncated, a body hyper could not decode
+/// (chunked framing) as malformed, the rest as I/O.
+fn io_error_of(e: &std::io::Error) -> ProbeError {
+    if let ProbeError::Protocol(m) = io_error(e) {
+        return ProbeError::Protocol(m);
+    }
+    if let Some(reason) = tls_reason(e) {
+        return ProbeError::Protocol(format!("TLS: {reason}"));
+    }
+    match e.kind() {
+        ErrorKind::UnexpectedEof if e.get_ref().is_some() => {
+            ProbeError::Protocol(ResponseError::Truncated.to_string())
+        }
+        ErrorKind::InvalidData | ErrorKind::InvalidInput => {
+            ProbeError::Protocol(ResponseError::Malformed(e.to_string()).to_string())
+        }
+        _ => ProbeError::Io(copy_io(e)),
     }
 }
 
@@ -308,10 +384,6 @@ pub enum ResponseError {
     Truncated,
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
 fn shorten(s: &str) -> String {
     const MAX: usize = 80;
     if s.chars().count() <= MAX {
@@ -323,381 +395,114 @@ fn shorten(s: &str) -> String {
     }
 }
 
-/// Parses the head (status line and headers) at the start of `buf`,
-/// skipping interim `1xx` responses: the response (without body) and the
-/// offset of its body. `Ok(None)` when more bytes are needed; `eof` says no
-/// more will come.
-pub fn parse_head(
-    buf: &[u8],
-    eof: bool,
-    limit: usize,
-) -> Result<Option<(Response, usize)>, ResponseError> {
-    if buf.len() > limit {
-        return Err(ResponseError::TooLarge(limit));
-    }
-    let mut start = 0;
-    loop {
-        let rest = buf.get(start..).unwrap_or_default();
-        let Some(end) = find(rest, b"\r\n\r\n") else {
-            return if eof {
-                Err(ResponseError::Truncated)
-            } else {
-                Ok(None)
-            };
-        };
-        let resp = parse_head_block(&rest[..end])?;
-        let body_at = start + end + 4;
-        if (100..200).contains(&resp.status) && resp.status != 101 {
-            start = body_at;
-            continue;
-        }
-        return Ok(Some((resp, body_at)));
-    }
-}
-
-fn parse_head_block(head: &[u8]) -> Result<Response, ResponseError> {
-    let text = String::from_utf8_lossy(head);
-    let mut lines = text.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let malformed_status = || {
-        ResponseError::Malformed(format!(
-            "not an HTTP/1.x status line: {:?}",
-            shorten(status_line)
-        ))
-    };
-    let mut parts = status_line.splitn(3, ' ');
-    if !parts.next().unwrap_or_default().starts_with("HTTP/1.") {
-        return Err(malformed_status());
-    }
-    let code = parts.next().unwrap_or_default();
-    if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(malformed_status());
-    }
-    let status = code.parse::<u16>().map_err(|_| malformed_status())?;
-    let reason = parts.next().unwrap_or_default().trim().to_string();
-    let mut headers = Vec::new();
-    for line in lines {
-        let (name, value) = line
-            .split_once(':')
-            .filter(|(n, _)| !n.is_empty() && !n.contains([' ', '\t']))
-            .ok_or_else(|| {
-                ResponseError::Malformed(format!("bad header line {:?}", shorten(line)))
-            })?;
-        headers.push((name.to_string(), value.trim().to_string()));
-    }
-    Ok(Response {
-        status,
-        reason,
-        headers,
-        body: Vec::new(),
-    })
-}
-
-fn content_length(resp: &Response) -> Result<Option<usize>, ResponseError> {
-    let mut found: Option<usize> = None;
-    for (_, v) in resp
-        .headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-    {
-        for part in v.split(',') {
-            let part = part.trim();
-            let len = part
-                .parse::<usize>()
-                .ok()
-                .filter(|_| part.bytes().all(|b| b.is_ascii_digit()))
-                .ok_or_else(|| {
-                    ResponseError::Malformed(format!("bad Content-Length {:?}", shorten(v)))
-                })?;
-            if found.is_some_and(|f| f != len) {
-                return Err(ResponseError::Malformed(
-                    "conflicting Content-Length headers".into(),
-                ));
-            }
-            found = Some(len);
-        }
-    }
-    Ok(found)
-}
-
-/// Parses a whole response at the start of `buf` (see [`parse_head`]),
-/// decoding a chunked body. `Ok(None)` when more bytes are needed.
-pub fn parse_response(
-    buf: &[u8],
-    eof: bool,
-    limit: usize,
-) -> Result<Option<Response>, ResponseError> {
-    let Some((mut resp, at)) = parse_head(buf, eof, limit)? else {
-        return Ok(None);
-    };
-    let body = buf.get(at..).unwrap_or_default();
-    if matches!(resp.status, 204 | 304) || (100..200).contains(&resp.status) {
-        return Ok(Some(resp));
-    }
-    let chunked = resp.header("transfer-encoding").map(|te| {
-        te.rsplit(',')
-            .next()
-            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
-    });
-    match chunked {
-        Some(true) => match decode_chunked(body, limit)? {
-            Some(decoded) => {
-                resp.body = decoded;
-                Ok(Some(resp))
-            }
-            None if eof => Err(ResponseError::Truncated),
-            None => Ok(None),
-        },
-        // Another transfer coding: the body runs to the end of the connection.
-        Some(false) => Ok(read_to_close(resp, body, eof)),
-        None => match content_length(&resp)? {
-            Some(len) if len > limit => Err(ResponseError::TooLarge(limit)),
-            Some(len) => match body.get(..len) {
-                Some(b) => {
-                    resp.body = b.to_vec();
-                    Ok(Some(resp))
-                }
-                None if eof => Err(ResponseError::Truncated),
-                None => Ok(None),
-            },
-            None => Ok(read_to_close(resp, body, eof)),
-        },
-    }
-}
-
-fn read_to_close(mut resp: Response, body: &[u8], eof: bool) -> Option<Response> {
-    eof.then(|| {
-        resp.body = body.to_vec();
-        resp
-    })
-}
-
-/// Decodes a complete chunked body at the start of `body` (trailers are
-/// skipped); `Ok(None)` when more bytes are needed.
-pub fn decode_chunked(body: &[u8], limit: usize) -> Result<Option<Vec<u8>>, ResponseError> {
-    let mut out = Vec::new();
-    let mut pos = 0;
-    loop {
-        let rest = body.get(pos..).unwrap_or_default();
-        let Some(eol) = find(rest, b"\r\n") else {
-            return Ok(None);
-        };
-        let line = String::from_utf8_lossy(&rest[..eol]);
-        let digits = line.split(';').next().unwrap_or_default().trim();
-        let size = Some(digits)
-            .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_hexdigit()))
-            .and_then(|d| usize::from_str_radix(d, 16).ok())
-            .ok_or_else(|| {
-                ResponseError::Malformed(format!("bad chunk size {:?}", shorten(&line)))
-            })?;
-        pos += eol + 2;
-        if size == 0 {
-            // Trailer fields, up to an empty line.
-            loop {
-                let rest = body.get(pos..).unwrap_or_default();
-                match find(rest, b"\r\n") {
-                    None => return Ok(None),
-                    Some(0) => return Ok(Some(out)),
-                    Some(n) => pos += n + 2,
-                }
-            }
-        }
-        if size > limit.saturating_sub(out.len()) {
-            return Err(ResponseError::TooLarge(limit));
-        }
-        let Some(data) = body.get(pos..pos + size + 2) else {
-            return Ok(None);
-        };
-        if &data[size..] != b"\r\n" {
-            return Err(ResponseError::Malformed(
-                "chunk data not followed by CRLF".into(),
-            ));
-        }
-        out.extend_from_slice(&data[..size]);
-        pos += size + 2;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    const L: usize = MAX_RESPONSE;
-
-    fn full(raw: &[u8]) -> Response {
-        parse_response(raw, false, L).unwrap().unwrap()
+    /// Runs one exchange against a peer that reads the request, then
+    /// writes `answer` and closes; the request head it saw comes back too.
+    async fn answered(answer: Vec<u8>, want_body: bool) -> (Result<Response, ProbeError>, String) {
+        let (client, mut server) = tokio::io::duplex(4096);
+        let peer = tokio::spawn(async move {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match server.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = server.write_all(&answer).await;
+            String::from_utf8(head).unwrap()
+        });
+        let t = HttpTarget::parse("http://es.example").unwrap();
+        let r = exchange(client, request(&t, "/h").unwrap(), want_body).await;
+        (r, peer.await.unwrap())
     }
 
-    #[test]
-    fn content_length_body() {
-        let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\n\r\nhelloEXTRA";
-        let r = full(raw);
-        assert_eq!((r.status, r.reason.as_str()), (200, "OK"));
-        assert_eq!(r.body, b"hello");
-        assert_eq!(r.header("x-a"), Some("b"));
-        // Incomplete until all five bytes are there, whatever the split.
-        for cut in 0..raw.len() - 5 {
-            assert_eq!(parse_response(&raw[..cut], false, L), Ok(None), "{cut}");
+    fn protocol(r: Result<Response, ProbeError>) -> String {
+        match r {
+            Err(ProbeError::Protocol(m)) => m,
+            other => panic!("expected a protocol error, got {other:?}"),
         }
-        assert_eq!(
-            parse_response(&raw[..raw.len() - 7], true, L),
-            Err(ResponseError::Truncated)
-        );
-        let conflicting = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n";
-        assert!(matches!(
-            parse_response(conflicting, false, L),
-            Err(ResponseError::Malformed(_))
-        ));
-        let same = b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok";
-        assert_eq!(full(same).body, b"ok");
-        assert!(matches!(
-            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", false, L),
-            Err(ResponseError::Malformed(_))
-        ));
-    }
-
-    #[test]
-    fn chunked_body() {
-        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
-                    5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nTrailer: x\r\n\r\n";
-        assert_eq!(full(raw).body, b"hello, world");
-        for cut in 0..raw.len() {
-            assert_eq!(parse_response(&raw[..cut], false, L), Ok(None), "{cut}");
-        }
-        assert_eq!(
-            parse_response(&raw[..raw.len() - 1], true, L),
-            Err(ResponseError::Truncated)
-        );
-        let no_trailers = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n\
-                            2\r\nhi\r\n0\r\n\r\n";
-        assert_eq!(full(no_trailers).body, b"hi");
-        // Chunked wins over Content-Length.
-        let both = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n\
-                     1\r\na\r\n0\r\n\r\n";
-        assert_eq!(full(both).body, b"a");
-        for bad in [
-            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"[..],
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhiX\r\n",
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffffffffff\r\n",
-        ] {
-            assert!(
-                matches!(
-                    parse_response(bad, false, L),
-                    Err(ResponseError::Malformed(_))
-                ),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-    }
-
-    #[test]
-    fn read_to_close_and_no_body() {
-        let raw = b"HTTP/1.0 200 OK\r\nServer: x\r\n\r\nuntil close";
-        assert_eq!(parse_response(raw, false, L), Ok(None));
-        assert_eq!(
-            parse_response(raw, true, L).unwrap().unwrap().body,
-            b"until close"
-        );
-        let r = full(b"HTTP/1.1 204 No Content\r\n\r\n");
-        assert_eq!((r.status, r.body.len()), (204, 0));
-        // Interim responses are skipped.
-        let r =
-            full(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n");
-        assert_eq!((r.status, r.reason.as_str()), (503, "Busy"));
-        // A reason phrase is optional.
-        assert_eq!(
-            full(b"HTTP/1.1 404\r\nContent-Length: 0\r\n\r\n").reason,
-            ""
-        );
-    }
-
-    #[test]
-    fn oversize() {
-        let big = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", L + 1);
-        assert_eq!(
-            parse_response(big.as_bytes(), false, L),
-            Err(ResponseError::TooLarge(L))
-        );
-        let huge_chunk = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10001\r\n";
-        assert_eq!(
-            parse_response(huge_chunk, false, L),
-            Err(ResponseError::TooLarge(L))
-        );
-        let endless_head = vec![b'a'; L + 1];
-        assert_eq!(
-            parse_head(&endless_head, false, L),
-            Err(ResponseError::TooLarge(L))
-        );
-        let mut to_close = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
-        to_close.resize(L + 1, b'x');
-        assert_eq!(
-            parse_response(&to_close, false, L),
-            Err(ResponseError::TooLarge(L))
-        );
-        // Exactly at the limit is fine.
-        to_close.truncate(L);
-        assert!(parse_response(&to_close, true, L).unwrap().is_some());
-    }
-
-    #[test]
-    fn malformed() {
-        for bad in [
-            &b"SSH-2.0-OpenSSH\r\n\r\n"[..],
-            b"HTTP/1.1 2000 OK\r\n\r\n",
-            b"HTTP/1.1 abc OK\r\n\r\n",
-            b"HTTP/2 200\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\nbad name: x\r\n\r\n",
-        ] {
-            assert!(
-                matches!(
-                    parse_response(bad, false, L),
-                    Err(ResponseError::Malformed(_))
-                ),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-        assert_eq!(parse_head(b"", true, L), Err(ResponseError::Truncated));
     }
 
     #[tokio::test]
-    async fn reads_from_a_stream_bounded() {
-        let (mut client, mut server) = tokio::io::duplex(1024);
-        tokio::spawn(async move {
-            let _ = server
-                .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-                .await;
-            for _ in 0..100 {
-                if server.write_all(b"400\r\n").await.is_err() {
-                    return;
-                }
-                if server.write_all(&[b'x'; 0x400]).await.is_err() {
-                    return;
-                }
-                if server.write_all(b"\r\n").await.is_err() {
-                    return;
-                }
-            }
-        });
-        let err = read_response(&mut client, L, true).await.unwrap_err();
+    async fn bodies_by_length_chunks_and_close() {
+        let (r, head) = answered(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\n\r\nhello".to_vec(),
+            true,
+        )
+        .await;
+        let r = r.unwrap();
         assert_eq!(
-            err.to_string(),
-            format!("protocol error: response larger than {L} bytes")
+            (r.status, r.reason.as_str(), r.body.as_slice()),
+            (200, "OK", &b"hello"[..])
         );
-        // Head only: returns as soon as the head is in.
-        let (mut client, mut server) = tokio::io::duplex(1024);
-        tokio::spawn(async move {
-            let _ = server
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\nabc")
-                .await;
-            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
-        });
-        let r = read_response(&mut client, L, false).await.unwrap();
-        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-a"), Some("b"));
+        assert_eq!(
+            head,
+            "GET /h HTTP/1.1\r\nHost: es.example\r\nUser-Agent: continuity-probe\r\n\
+             Accept: */*\r\nConnection: close\r\n\r\n"
+        );
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+                        5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nTrailer: x\r\n\r\n";
+        assert_eq!(
+            answered(chunked.to_vec(), true).await.0.unwrap().body,
+            b"hello, world"
+        );
+        let to_close = b"HTTP/1.0 200 OK\r\nServer: x\r\n\r\nuntil close";
+        assert_eq!(
+            answered(to_close.to_vec(), true).await.0.unwrap().body,
+            b"until close"
+        );
+        let interim =
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n";
+        let r = answered(interim.to_vec(), true).await.0.unwrap();
+        assert_eq!((r.status, r.reason.as_str()), (503, "Busy"));
+    }
+
+    #[tokio::test]
+    async fn oversize_truncated_and_malformed_answers() {
+        assert_eq!(TOO_LARGE, ResponseError::TooLarge(MAX_RESPONSE).to_string());
+        let mut endless = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
+        endless.resize(MAX_RESPONSE + 10, b'x');
+        assert_eq!(protocol(answered(endless, true).await.0), TOO_LARGE);
+        let big = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+            MAX_RESPONSE + 1
+        );
+        let mut big = big.into_bytes();
+        big.resize(big.len() + MAX_RESPONSE + 1, b'x');
+        assert_eq!(protocol(answered(big, true).await.0), TOO_LARGE);
+        // Head only: the body is not read.
+        let mut head_only = b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n".to_vec();
+        head_only.extend_from_slice(b"abc");
+        assert_eq!(answered(head_only, false).await.0.unwrap().status, 200);
+
+        let cut = b"HTTP/1.1 200 OK\r\nContent-".to_vec();
+        assert_eq!(
+            protocol(answered(cut, true).await.0),
+            ResponseError::Truncated.to_string()
+        );
+        let short = b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc".to_vec();
+        assert_eq!(
+            protocol(answered(short, true).await.0),
+            ResponseError::Truncated.to_string()
+        );
+        let m = protocol(
+            answered(b"-ERR wrong protocol\r\n\r\n".to_vec(), true)
+                .await
+                .0,
+        );
+        assert!(m.contains("not an HTTP/1.x status line"), "{m}");
+        let m = protocol(answered(b"HTTP/1.1 2000 OK\r\n\r\n".to_vec(), true).await.0);
+        assert!(m.starts_with("malformed HTTP response"), "{m}");
+        let bad_chunk = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec();
+        let m = protocol(answered(bad_chunk, true).await.0);
+        assert!(m.starts_with("malformed HTTP response"), "{m}");
     }
 
     #[test]
@@ -730,19 +535,16 @@ mod tests {
     }
 
     #[test]
-    fn request() {
+    fn request_head() {
         let t = HttpTarget::parse("https://es.example/base").unwrap();
-        let r = String::from_utf8(request_bytes(&t, "/base/_cluster/health").unwrap()).unwrap();
-        assert_eq!(
-            r,
-            "GET /base/_cluster/health HTTP/1.1\r\nHost: es.example\r\n\
-             User-Agent: continuity-probe\r\nAccept: */*\r\nConnection: close\r\n\r\n"
-        );
+        let r = request(&t, "/base/_cluster/health").unwrap();
+        assert_eq!(r.uri(), "/base/_cluster/health");
+        assert_eq!(r.headers()[header::HOST], "es.example");
+        assert_eq!(r.headers()[header::CONNECTION], "close");
         let t = HttpTarget::parse("http://[::1]:8080").unwrap();
-        let r = String::from_utf8(request_bytes(&t, "/").unwrap()).unwrap();
-        assert!(r.contains("\r\nHost: [::1]:8080\r\n"), "{r}");
-        assert!(request_bytes(&t, "/a b").is_err());
-        assert!(request_bytes(&t, "/a\r\nX: y").is_err());
-        assert!(request_bytes(&t, "a").is_err());
+        assert_eq!(host_header(&t), "[::1]:8080");
+        assert!(request(&t, "/a b").is_err());
+        assert!(request(&t, "/a\r\nX: y").is_err());
+        assert!(request(&t, "a").is_err());
     }
 }

@@ -22,6 +22,7 @@ pub mod bolt;
 pub mod http;
 pub mod postgres;
 pub mod redis;
+pub mod stream;
 pub mod tcp;
 pub mod tls;
 pub mod websocket;

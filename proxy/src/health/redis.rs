@@ -1,13 +1,20 @@
-//! redis probe: `AUTH` (when a password is set), `PING`, then `ROLE`; plus
-//! the promotion commands (`REPLICAOF NO ONE`, `REPLICAOF host port`).
+//! redis probe: `AUTH` (when a password is set), then `PING` and `ROLE`;
+//! plus the admin commands ([`command`]: `INFO replication`, `CLIENT
+//! PAUSE`, `WAIT`, ...) and promotion (`REPLICAOF NO ONE`, `REPLICAOF host
+//! port`).
 //!
-//! The RESP2 reply parser is a pure codec ([`parse_reply`]): it returns
-//! `Ok(None)` on incomplete input, bounds nesting depth, line, bulk and
-//! array sizes, and never panics on any input.
+//! The client is the `redis` crate's [`MultiplexedConnection`], built on
+//! the stream [`super::connect`] opened (our connect timeout), with reads
+//! capped at [`MAX_REPLY`]; its driver runs in the probe's task. Replies
+//! are handed out as [`Reply`].
+//!
+//! [`parse_reply`] (a pure RESP2 codec, used by the fallback journal) is
+//! moving to `protocol::` (issue 15).
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use redis::aio::MultiplexedConnection;
+use redis::{ErrorKind, ProtocolVersion, RedisConnectionInfo, RedisError, Value};
 
+use super::stream::{drive, find_io, io_error, Capped};
 use super::{BoxFuture, HealthCheck, ObservedRole, ProbeError, Probed};
 use crate::config::{ServiceConfig, UpstreamConfig};
 
@@ -19,7 +26,9 @@ pub const MAX_BULK: usize = 4 * 1024 * 1024;
 pub const MAX_LINE: usize = 64 * 1024;
 /// Most elements accepted in one array.
 pub const MAX_ARRAY: usize = 1024 * 1024;
-/// Largest whole reply buffered before giving up.
+// moving to protocol:: (issue 15); kept until callers move
+/// Largest whole reply buffered before giving up (also the cap on what a
+/// probe or admin connection reads).
 pub const MAX_REPLY: usize = 8 * 1024 * 1024;
 
 /// One RESP2 reply.
@@ -79,6 +88,7 @@ fn proto(msg: impl Into<String>) -> ProbeError {
     ProbeError::Protocol(msg.into())
 }
 
+// moving to protocol:: (issue 15); kept until callers move
 /// Parses one reply from the start of `buf`: `Ok(Some((reply, consumed)))`,
 /// `Ok(None)` when more bytes are needed, or a protocol error on bytes that
 /// can never become a valid reply.
@@ -205,60 +215,109 @@ pub fn error_reply(msg: &str) -> ProbeError {
     }
 }
 
-struct Conn {
-    stream: TcpStream,
-    buf: Vec<u8>,
+/// The connection info the `redis` crate authenticates with (`AUTH
+/// [user] password` when a password is set; database 0, RESP2).
+fn connection_info(upstream: &UpstreamConfig) -> RedisConnectionInfo {
+    RedisConnectionInfo {
+        db: 0,
+        username: upstream.user.clone(),
+        password: upstream.password.clone(),
+        protocol: ProtocolVersion::RESP2,
+    }
 }
 
-impl Conn {
-    /// Connects and authenticates when `upstream.password` is set.
-    async fn open(service: &ServiceConfig, upstream: &UpstreamConfig) -> Result<Conn, ProbeError> {
-        let stream = super::connect(service, upstream).await?;
-        let mut conn = Conn {
-            stream,
-            buf: Vec::with_capacity(512),
-        };
-        if let Some(pw) = upstream.password.as_deref() {
-            let reply = match upstream.user.as_deref() {
-                Some(user) => conn.request(&["AUTH", user, pw]).await?,
-                None => conn.request(&["AUTH", pw]).await?,
-            };
-            expect_ok(&reply, "AUTH")?;
-        }
-        Ok(conn)
+/// A `redis` crate error as a probe error: server error replies as
+/// [`error_reply`] maps them, failed `AUTH` as [`ProbeError::Auth`], I/O
+/// (and the reply cap) as I/O, the rest as protocol errors.
+fn client_error(e: RedisError) -> ProbeError {
+    if let Some(io) = find_io(&e) {
+        return io_error(io);
     }
+    match e.kind() {
+        ErrorKind::AuthenticationFailed => ProbeError::Auth(e.to_string()),
+        _ => match e.code() {
+            Some(code) => error_reply(&match e.detail() {
+                Some(detail) => format!("{code} {detail}"),
+                None => code.to_string(),
+            }),
+            None => proto(e.to_string()),
+        },
+    }
+}
 
-    /// Sends one command and reads its reply; error replies become errors.
-    async fn request(&mut self, args: &[&str]) -> Result<Reply, ProbeError> {
-        self.stream.write_all(&encode_command(args)).await?;
-        let reply = self.read_reply().await?;
-        match reply {
-            Reply::Error(msg) => Err(error_reply(&msg)),
-            other => Ok(other),
-        }
+/// A reply from the crate; error replies (top level) become errors.
+fn reply(value: Value) -> Result<Reply, ProbeError> {
+    match to_reply(value) {
+        Reply::Error(msg) => Err(error_reply(&msg)),
+        other => Ok(other),
     }
+}
 
-    async fn read_reply(&mut self) -> Result<Reply, ProbeError> {
-        let mut chunk = [0u8; 4096];
-        loop {
-            if let Some((reply, used)) = parse_reply(&self.buf)? {
-                self.buf.drain(..used.min(self.buf.len()));
-                return Ok(reply);
-            }
-            if self.buf.len() > MAX_REPLY {
-                return Err(proto("reply too large"));
-            }
-            let n = self.stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Err(ProbeError::Io(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "redis closed the connection",
-                )));
-            }
-            self.buf
-                .extend_from_slice(chunk.get(..n).unwrap_or_default());
+/// The crate's value as our [`Reply`] (RESP3-only types, never seen on a
+/// RESP2 connection, map to their nearest RESP2 shape).
+fn to_reply(value: Value) -> Reply {
+    match value {
+        Value::Nil => Reply::Nil,
+        Value::Int(i) => Reply::Integer(i),
+        Value::BulkString(b) => Reply::Bulk(b),
+        Value::Array(items) | Value::Set(items) | Value::Push { data: items, .. } => {
+            Reply::Array(items.into_iter().map(to_reply).collect())
         }
+        Value::SimpleString(s) => Reply::Simple(s),
+        Value::Okay => Reply::Simple("OK".into()),
+        Value::Map(pairs) => Reply::Array(
+            pairs
+                .into_iter()
+                .flat_map(|(k, v)| [to_reply(k), to_reply(v)])
+                .collect(),
+        ),
+        Value::Attribute { data, .. } => to_reply(*data),
+        Value::Double(d) => Reply::Simple(d.to_string()),
+        Value::Boolean(b) => Reply::Integer(i64::from(b)),
+        Value::VerbatimString { text, .. } => Reply::Bulk(text.into_bytes()),
+        Value::BigNumber(n) => Reply::Simple(n.to_string()),
+        Value::ServerError(e) => Reply::Error(match e.details() {
+            Some(detail) => format!("{} {detail}", e.code()),
+            None => e.code().to_string(),
+        }),
     }
+}
+
+/// Connects (our connect path, reads capped at [`MAX_REPLY`]), hands the
+/// stream to the `redis` crate (which authenticates), and runs `work` on
+/// the connection while its driver runs in this task.
+async fn with_conn<T, F>(
+    service: &ServiceConfig,
+    upstream: &UpstreamConfig,
+    work: impl FnOnce(MultiplexedConnection) -> F,
+) -> Result<T, ProbeError>
+where
+    F: std::future::Future<Output = Result<T, ProbeError>>,
+{
+    let stream = super::connect(service, upstream).await?;
+    let stream = Capped::new(stream, MAX_REPLY, "reply too large");
+    let (conn, driver) = MultiplexedConnection::new(&connection_info(upstream), stream)
+        .await
+        .map_err(client_error)?;
+    drive(
+        work(conn),
+        async move {
+            driver.await;
+            Ok::<(), std::convert::Infallible>(())
+        },
+        |never| match never {},
+        None,
+    )
+    .await
+}
+
+/// Sends one command; error replies become errors.
+async fn request(conn: &mut MultiplexedConnection, args: &[&str]) -> Result<Reply, ProbeError> {
+    let mut cmd = redis::Cmd::new();
+    for a in args {
+        cmd.arg(*a);
+    }
+    reply(conn.send_packed_command(&cmd).await.map_err(client_error)?)
 }
 
 fn expect_ok(reply: &Reply, what: &str) -> Result<(), ProbeError> {
@@ -292,13 +351,23 @@ impl HealthCheck for RedisCheck {
         upstream: &'a UpstreamConfig,
     ) -> BoxFuture<'a, Result<Probed, ProbeError>> {
         Box::pin(async move {
-            let mut conn = Conn::open(service, upstream).await?;
-            match conn.request(&["PING"]).await? {
+            // PING and ROLE written together (one round trip), each with
+            // its own reply: a server that answers one error and closes
+            // (maxclients) is judged by that error, as before.
+            let (ping, role) = with_conn(service, upstream, |conn| async move {
+                let (mut a, mut b) = (conn.clone(), conn);
+                let (ping_cmd, role_cmd) = (redis::cmd("PING"), redis::cmd("ROLE"));
+                Ok(tokio::join!(
+                    a.send_packed_command(&ping_cmd),
+                    b.send_packed_command(&role_cmd)
+                ))
+            })
+            .await?;
+            match reply(ping.map_err(client_error)?)? {
                 Reply::Simple(s) if s == "PONG" => {}
                 other => return Err(proto(format!("PING: expected +PONG, got {other:?}"))),
             }
-            let role = role_of(&conn.request(&["ROLE"]).await?)?;
-            Ok(Probed::role(role))
+            Ok(Probed::role(role_of(&reply(role.map_err(client_error)?)?)?))
         })
     }
 }
@@ -310,8 +379,10 @@ pub async fn command(
     upstream: &UpstreamConfig,
     args: &[&str],
 ) -> Result<Reply, ProbeError> {
-    let mut conn = Conn::open(service, upstream).await?;
-    conn.request(args).await
+    with_conn(service, upstream, |mut conn| async move {
+        request(&mut conn, args).await
+    })
+    .await
 }
 
 /// `REPLICAOF NO ONE`: makes `upstream` a primary.
@@ -475,5 +546,58 @@ mod tests {
             ProbeError::Protocol(_)
         ));
         assert!(matches!(error_reply("LOADING"), ProbeError::Protocol(_)));
+    }
+
+    /// A one-connection fake redis: reads a little, writes `answer`, closes.
+    async fn fake(answer: Vec<u8>) -> (ServiceConfig, UpstreamConfig) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            if let Ok((mut s, _)) = l.accept().await {
+                let mut buf = [0u8; 256];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(&answer).await;
+            }
+        });
+        let up = UpstreamConfig::at("u", &addr, crate::config::Role::Primary);
+        let svc = ServiceConfig::new("s", crate::config::Kind::Redis, vec![up.clone()]);
+        (svc, up)
+    }
+
+    #[tokio::test]
+    async fn probe_judges_ping_then_role_and_caps_replies() {
+        let mut ok = b"+PONG\r\n".to_vec();
+        ok.extend_from_slice(MASTER_ROLE);
+        let (svc, up) = fake(ok).await;
+        let probed = RedisCheck.check(&svc, &up).await.unwrap();
+        assert_eq!(probed.role, Some(ObservedRole::Primary));
+
+        let (svc, up) = fake(b"-ERR max number of clients reached\r\n".to_vec()).await;
+        let err = RedisCheck.check(&svc, &up).await.unwrap_err();
+        assert!(
+            matches!(&err, ProbeError::Protocol(m) if m == "server replied: ERR max number of clients reached"),
+            "{err:?}"
+        );
+        let (svc, up) = fake(b"-NOAUTH Authentication required.\r\n".to_vec()).await;
+        let err = RedisCheck.check(&svc, &up).await.unwrap_err();
+        assert!(matches!(err, ProbeError::Auth(_)), "{err:?}");
+
+        let mut huge = format!("${}\r\n", MAX_REPLY + 10).into_bytes();
+        huge.resize(huge.len() + MAX_REPLY + 12, b'x');
+        let (svc, up) = fake(huge).await;
+        let err = command(&svc, &up, &["GET", "k"]).await.unwrap_err();
+        assert!(
+            matches!(&err, ProbeError::Protocol(m) if m == "reply too large"),
+            "{err:?}"
+        );
+
+        let (svc, up) = fake(b"+PONG\r\n".to_vec()).await;
+        let err = RedisCheck.check(&svc, &up).await.unwrap_err();
+        assert_eq!(
+            err.failure_kind(),
+            crate::health::FailureKind::Refused,
+            "{err:?}"
+        );
     }
 }
