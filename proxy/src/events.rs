@@ -111,7 +111,7 @@ pub enum EventKind {
     /// A held client waited `buffer_timeout_ms` and was refused.
     HoldTimedOut { waited_ms: u64 },
     /// A statement in the request path took at least the service's
-    /// `slow_query_ms` (`protocol::observe`). `statement` has its literals
+    /// `slow_query_ms` (`observe`). `statement` has its literals
     /// masked; `command_kind` is `simple_query`, `extended_query`,
     /// `function_call` (postgres), `command` (redis) or `run` (bolt).
     SlowQuery {

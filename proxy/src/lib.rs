@@ -35,7 +35,7 @@
 //! 1. `config`, `error`, `metrics`
 //! 2. `protocol` (codecs)
 //! 3. `health`, `upstream`, and the state types `snapshot`, `events`
-//! 4. `listener`, `fallback`, `gateway` (serving)
+//! 4. `listener`, `observe`, `fallback`, `gateway` (serving)
 //! 5. `engine` (with `engine/reload/` under it)
 
 // No unwrap on anything a network or a user can influence; tests may.
@@ -50,6 +50,7 @@ pub mod gateway;
 pub mod health;
 pub(crate) mod listener;
 pub(crate) mod metrics;
+pub(crate) mod observe;
 pub mod protocol;
 pub mod snapshot;
 pub(crate) mod upstream;

@@ -10,7 +10,7 @@
 //! Layers, bottom to top (docs/architecture.md draws them):
 //! 0 `config`, `error`, `metrics`; 1 `protocol` (codecs);
 //! 2 `health`, `upstream`, `snapshot`, `events` (state and decisions);
-//! 3 `listener`, `fallback`, `gateway` (serving); 4 `engine` (the handle).
+//! 3 `listener`, `observe`, `fallback`, `gateway` (serving); 4 `engine` (the handle).
 //! A module may use its own layer or lower ones, never a higher one.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -26,6 +26,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("snapshot", 2),
     ("events", 2),
     ("listener", 3),
+    ("observe", 3),
     ("fallback", 3),
     ("gateway", 3),
     ("engine", 4),

@@ -8,8 +8,8 @@
 //! capped at [`MAX_REPLY`]; its driver runs in the probe's task. Replies
 //! are handed out as [`Reply`].
 //!
-//! [`parse_reply`] (a pure RESP2 codec, used by the fallback journal) is
-//! moving to `protocol::` (issue 15).
+//! [`Reply`] and [`MAX_REPLY`] are the codec's (`protocol::resp`): this
+//! module parses no RESP itself.
 
 use redis::aio::MultiplexedConnection;
 use redis::{ErrorKind, ProtocolVersion, RedisConnectionInfo, RedisError, Value};
@@ -18,184 +18,10 @@ use super::stream::{drive, find_io, io_error, Capped};
 use super::{BoxFuture, HealthCheck, ObservedRole, ProbeError, Probed};
 use crate::config::{ServiceConfig, UpstreamConfig};
 
-/// Deepest array nesting accepted (`ROLE` on a primary needs 3).
-pub const MAX_DEPTH: usize = 16;
-/// Largest bulk string accepted.
-pub const MAX_BULK: usize = 4 * 1024 * 1024;
-/// Longest simple string / error / integer line accepted.
-pub const MAX_LINE: usize = 64 * 1024;
-/// Most elements accepted in one array.
-pub const MAX_ARRAY: usize = 1024 * 1024;
-// moving to protocol:: (issue 15); kept until callers move
-/// Largest whole reply buffered before giving up (also the cap on what a
-/// probe or admin connection reads).
-pub const MAX_REPLY: usize = 8 * 1024 * 1024;
-
-/// One RESP2 reply.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reply {
-    /// `+OK`
-    Simple(String),
-    /// `-ERR ...` (the text after the `-`).
-    Error(String),
-    /// `:42`
-    Integer(i64),
-    /// `$3\r\nfoo`
-    Bulk(Vec<u8>),
-    /// `$-1` or `*-1`.
-    Nil,
-    /// `*2\r\n...`
-    Array(Vec<Reply>),
-}
-
-impl Reply {
-    /// The text of a scalar reply (simple, error, integer, bulk); `None`
-    /// for nil and arrays. Bulk bytes are decoded lossily as UTF-8.
-    pub fn as_text(&self) -> Option<String> {
-        match self {
-            Reply::Simple(s) | Reply::Error(s) => Some(s.clone()),
-            Reply::Integer(i) => Some(i.to_string()),
-            Reply::Bulk(b) => Some(String::from_utf8_lossy(b).into_owned()),
-            Reply::Nil | Reply::Array(_) => None,
-        }
-    }
-
-    /// The reply as a list of strings: a scalar gives one element, nil none;
-    /// an array gives its elements in order, nested arrays flattened
-    /// depth-first and nil elements as `""` (so positions are kept).
-    pub fn to_strings(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        match self {
-            Reply::Nil => {}
-            Reply::Array(items) => flatten(items, &mut out),
-            other => out.extend(other.as_text()),
-        }
-        out
-    }
-}
-
-fn flatten(items: &[Reply], out: &mut Vec<String>) {
-    for item in items {
-        match item {
-            Reply::Array(inner) => flatten(inner, out),
-            Reply::Nil => out.push(String::new()),
-            other => out.extend(other.as_text()),
-        }
-    }
-}
+pub use crate::protocol::resp::{Reply, MAX_REPLY};
 
 fn proto(msg: impl Into<String>) -> ProbeError {
     ProbeError::Protocol(msg.into())
-}
-
-// moving to protocol:: (issue 15); kept until callers move
-/// Parses one reply from the start of `buf`: `Ok(Some((reply, consumed)))`,
-/// `Ok(None)` when more bytes are needed, or a protocol error on bytes that
-/// can never become a valid reply.
-pub fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, ProbeError> {
-    parse_at(buf, 0, 0)
-}
-
-/// Finds the line starting at `pos`: returns (line, position after CRLF).
-fn line_at(buf: &[u8], pos: usize) -> Result<Option<(&[u8], usize)>, ProbeError> {
-    let rest = buf.get(pos..).unwrap_or_default();
-    match rest.windows(2).position(|w| w == b"\r\n") {
-        Some(end) if end > MAX_LINE => Err(proto("reply line too long")),
-        Some(end) => {
-            let line = rest.get(..end).unwrap_or_default();
-            Ok(Some((line, pos.saturating_add(end).saturating_add(2))))
-        }
-        None if rest.len() > MAX_LINE.saturating_add(1) => Err(proto("reply line too long")),
-        None => Ok(None),
-    }
-}
-
-fn parse_int(line: &[u8]) -> Result<i64, ProbeError> {
-    let s = std::str::from_utf8(line).map_err(|_| proto("non-UTF-8 integer"))?;
-    let digits = s.strip_prefix('-').unwrap_or(s);
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(proto(format!("invalid integer {s:?}")));
-    }
-    s.parse::<i64>()
-        .map_err(|_| proto(format!("invalid integer {s:?}")))
-}
-
-fn parse_at(buf: &[u8], pos: usize, depth: usize) -> Result<Option<(Reply, usize)>, ProbeError> {
-    if depth > MAX_DEPTH {
-        return Err(proto("reply nested too deeply"));
-    }
-    let Some(&tag) = buf.get(pos) else {
-        return Ok(None);
-    };
-    let Some((line, next)) = line_at(buf, pos.saturating_add(1))? else {
-        return Ok(None);
-    };
-    match tag {
-        b'+' => Ok(Some((
-            Reply::Simple(String::from_utf8_lossy(line).into_owned()),
-            next,
-        ))),
-        b'-' => Ok(Some((
-            Reply::Error(String::from_utf8_lossy(line).into_owned()),
-            next,
-        ))),
-        b':' => Ok(Some((Reply::Integer(parse_int(line)?), next))),
-        b'$' => {
-            let len = parse_int(line)?;
-            if len == -1 {
-                return Ok(Some((Reply::Nil, next)));
-            }
-            let len = usize::try_from(len).map_err(|_| proto("negative bulk length"))?;
-            if len > MAX_BULK {
-                return Err(proto(format!("bulk string of {len} bytes is too large")));
-            }
-            let end = next
-                .checked_add(len)
-                .ok_or_else(|| proto("bulk overflow"))?;
-            let after = end.checked_add(2).ok_or_else(|| proto("bulk overflow"))?;
-            let (Some(data), Some(crlf)) = (buf.get(next..end), buf.get(end..after)) else {
-                return Ok(None);
-            };
-            if crlf != b"\r\n" {
-                return Err(proto("bulk string not terminated by CRLF"));
-            }
-            Ok(Some((Reply::Bulk(data.to_vec()), after)))
-        }
-        b'*' => {
-            let len = parse_int(line)?;
-            if len == -1 {
-                return Ok(Some((Reply::Nil, next)));
-            }
-            let len = usize::try_from(len).map_err(|_| proto("negative array length"))?;
-            if len > MAX_ARRAY {
-                return Err(proto(format!("array of {len} elements is too large")));
-            }
-            let mut items = Vec::with_capacity(len.min(64));
-            let mut at = next;
-            for _ in 0..len {
-                match parse_at(buf, at, depth.saturating_add(1))? {
-                    Some((item, n)) => {
-                        items.push(item);
-                        at = n;
-                    }
-                    None => return Ok(None),
-                }
-            }
-            Ok(Some((Reply::Array(items), at)))
-        }
-        other => Err(proto(format!("unexpected reply type byte 0x{other:02x}"))),
-    }
-}
-
-/// Encodes a command as a RESP array of bulk strings.
-pub fn encode_command(args: &[&str]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out
 }
 
 /// Maps an error reply: auth problems to [`ProbeError::Auth`], the rest to
@@ -407,24 +233,13 @@ pub async fn replicate_from(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use rand::{Rng, SeedableRng};
+    use crate::protocol::resp::parse_reply;
 
+    /// A whole reply through the codec (`protocol::resp`).
     fn full(buf: &[u8]) -> Reply {
         let (r, n) = parse_reply(buf).unwrap().unwrap();
         assert_eq!(n, buf.len());
         r
-    }
-
-    #[test]
-    fn parses_each_type() {
-        assert_eq!(full(b"+PONG\r\n"), Reply::Simple("PONG".into()));
-        assert_eq!(full(b"-ERR bad\r\n"), Reply::Error("ERR bad".into()));
-        assert_eq!(full(b":-42\r\n"), Reply::Integer(-42));
-        assert_eq!(full(b"$3\r\nfoo\r\n"), Reply::Bulk(b"foo".to_vec()));
-        assert_eq!(full(b"$0\r\n\r\n"), Reply::Bulk(Vec::new()));
-        assert_eq!(full(b"$-1\r\n"), Reply::Nil);
-        assert_eq!(full(b"*-1\r\n"), Reply::Nil);
-        assert_eq!(full(b"*0\r\n"), Reply::Array(vec![]));
     }
 
     const MASTER_ROLE: &[u8] =
@@ -454,86 +269,7 @@ mod tests {
     }
 
     #[test]
-    fn every_prefix_is_incomplete_and_trailing_bytes_are_left() {
-        for sample in [
-            MASTER_ROLE,
-            SLAVE_ROLE,
-            b"+OK\r\n".as_slice(),
-            b"$3\r\nfoo\r\n",
-        ] {
-            for cut in 0..sample.len() {
-                let prefix = sample.get(..cut).unwrap();
-                assert!(
-                    parse_reply(prefix).unwrap().is_none(),
-                    "prefix {cut} of {sample:?}"
-                );
-            }
-            let mut two = sample.to_vec();
-            two.extend_from_slice(b"+NEXT\r\n");
-            let (_, n) = parse_reply(&two).unwrap().unwrap();
-            assert_eq!(n, sample.len());
-        }
-    }
-
-    #[test]
-    fn rejects_garbage_and_oversize() {
-        for bad in [
-            b"?\r\n".as_slice(),
-            b":12a\r\n",
-            b":\r\n",
-            b"$-2\r\n",
-            b"$3\r\nfooXY",
-            b"*-5\r\n",
-            b"$99999999999999999999\r\n",
-            b"$9999999999\r\n",
-            b"*9999999999\r\n",
-            b":99999999999999999999\r\n",
-        ] {
-            assert!(parse_reply(bad).is_err(), "{bad:?}");
-        }
-        let deep = "*1\r\n".repeat(MAX_DEPTH + 2);
-        assert!(parse_reply(deep.as_bytes()).is_err());
-        let long = vec![b'+'; MAX_LINE + 10];
-        assert!(parse_reply(&long).is_err());
-    }
-
-    #[test]
-    fn random_and_mutated_input_never_panics() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
-        let alphabet = b"+-:$*\r\n0123456789-abc";
-        for _ in 0..20_000 {
-            let len = rng.gen_range(0..64);
-            let bytes: Vec<u8> = if rng.gen_bool(0.5) {
-                (0..len).map(|_| rng.gen()).collect()
-            } else {
-                (0..len)
-                    .map(|_| alphabet[rng.gen_range(0..alphabet.len())])
-                    .collect()
-            };
-            if let Ok(Some((_, n))) = parse_reply(&bytes) {
-                assert!(n <= bytes.len());
-            }
-        }
-        for _ in 0..20_000 {
-            let mut bytes = MASTER_ROLE.to_vec();
-            for _ in 0..rng.gen_range(1..4) {
-                let i = rng.gen_range(0..bytes.len());
-                bytes[i] = rng.gen();
-            }
-            let cut = rng.gen_range(0..=bytes.len());
-            bytes.truncate(cut);
-            if let Ok(Some((_, n))) = parse_reply(&bytes) {
-                assert!(n <= bytes.len());
-            }
-        }
-    }
-
-    #[test]
-    fn encodes_commands_and_maps_errors() {
-        assert_eq!(
-            encode_command(&["AUTH", "pw"]),
-            b"*2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n".to_vec()
-        );
+    fn maps_errors() {
         for auth in [
             "NOAUTH Authentication required.",
             "WRONGPASS invalid username-password pair or user is disabled.",

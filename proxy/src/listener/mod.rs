@@ -15,8 +15,8 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::fallback::Fallback;
 use crate::health::{classify_io, FailureKind};
+use crate::observe::{Finding, Tap};
 use crate::protocol;
-use crate::protocol::observe::{Finding, Tap};
 use crate::upstream::pool;
 use crate::upstream::runtime::{Route, ServiceRt};
 
@@ -381,7 +381,7 @@ async fn refuse(svc: &ServiceRt, mut client: TcpStream, early: &[u8]) {
 /// Times each request: from the first client byte sent while no request is
 /// outstanding to the next upstream byte back (time to first response byte),
 /// and feeds both directions to the connection's statement observer
-/// (`protocol::observe`), which reports slow statements and upstream errors.
+/// (`observe`), which reports slow statements and upstream errors.
 struct RequestTimer {
     svc: Arc<ServiceRt>,
     idx: usize,

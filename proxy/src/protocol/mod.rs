@@ -1,9 +1,12 @@
-//! Per-protocol codecs the L4 proxy needs: the error each protocol gives a
-//! held client whose `buffer_timeout_ms` ran out (SPEC 3), and the
-//! read-only observers that time statements in the relay ([`observe`]).
+//! The wire codecs, one per protocol, and nothing above them: RESP2/3
+//! ([`resp`]), PostgreSQL messages ([`postgres`]) and HTTP/1 heads and
+//! chunked bodies ([`http1`]), each with `check`/`parse` and an
+//! `Incomplete` case; plus the errors each protocol gives a client the
+//! proxy refuses (SPEC 3). The fallback, the relay's observers
+//! (`crate::observe`) and the gateway use these codecs; the probes use
+//! client crates (`redis`, `tokio-postgres`, hyper) instead.
 
 pub mod http1;
-pub mod observe;
 pub mod postgres;
 pub mod redis;
 pub mod resp;
