@@ -8,5 +8,7 @@
 # REPS=9 failovers per mode and setting by default.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec cargo test --release -p continuity-proxy --test pools \
-  bench_hot_vs_warm_failover -- --ignored --nocapture
+# The measurement is the in-crate test listener/pool_tests.rs (it also
+# asserts that hot serves the first request sooner than warm).
+REPS="${REPS:-9}" exec cargo test --release -p continuity-proxy --lib \
+  hot_vs_warm_failover_first_request -- --nocapture

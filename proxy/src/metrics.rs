@@ -33,7 +33,7 @@ pub mod names {
 }
 
 /// `continuity_http_retries_total{reason}`: every reason the gateway
-/// counts (proxy/src/gateway/proxy.rs and h1.rs).
+/// counts (proxy/src/gateway/proxy/ and h1/).
 pub const HTTP_RETRY_REASONS: [&str; 4] = ["connect", "http_5xx", "upstream_error", "rate_limited"];
 
 /// `continuity_http_queue_deliveries_total{result}` (proxy/src/gateway/deliver.rs).

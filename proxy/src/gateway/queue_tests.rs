@@ -1,3 +1,4 @@
+//! Tests of the durable HTTP queue (`queue.rs` and `queue/`).
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::time::Duration;

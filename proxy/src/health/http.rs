@@ -331,6 +331,15 @@ fn stamp(path: &Option<PathBuf>) -> FileStamp {
 
 /// [`super::tls::client_config`], cached by file paths and mtimes (errors
 /// are not cached, so a fixed file is picked up by the next probe).
+///
+/// The cache is a process-wide static rather than engine state because a
+/// probe is a free function called from any service generation. It is safe
+/// to share because the key is the identity of what was read (each file's
+/// path and mtime): a config is only reused for the very same files, two
+/// services with the same files rightly share one, and a rewritten file
+/// gets a new key. Entries are immutable `Arc`s; the mutex is held only for
+/// the lookup or insert. It grows by one entry per distinct file set (a
+/// certificate rotation adds one), which stays small.
 fn cached_client_config(tls: &UpstreamTls) -> Result<Arc<rustls::ClientConfig>, String> {
     type Cache = Mutex<HashMap<[FileStamp; 3], Arc<rustls::ClientConfig>>>;
     static CACHE: OnceLock<Cache> = OnceLock::new();

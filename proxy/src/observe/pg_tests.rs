@@ -1,3 +1,4 @@
+//! Tests of the PostgreSQL observer.
 #![allow(clippy::unwrap_used)]
 
 use super::super::tests::{

@@ -1,3 +1,4 @@
+//! Tests of the RESP codec: fixed cases, length bombs and property tests.
 #![allow(clippy::unwrap_used)]
 
 use proptest::collection::vec;
