@@ -155,7 +155,7 @@ pub fn batch_writer<W: Write + Send + 'static>(mut out: W) -> (BatchWriter, Guar
     (writer, Guard { inner, thread })
 }
 
-impl continuity_proxy::gateway::access::AccessSink for BatchWriter {
+impl continuity_proxy::AccessSink for BatchWriter {
     fn write_line(&self, line: &[u8]) {
         if !self.inner.append(line, false) {
             let _ = std::io::stderr().write_all(line);

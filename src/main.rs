@@ -51,7 +51,7 @@ fn init_logging(format: cli::LogFormat) -> logging::Guard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let (writer, guard) = logging::batch_writer(std::io::stderr());
-    continuity_proxy::gateway::access::install_sink(
+    continuity_proxy::install_sink(
         Box::new(writer.clone()),
         matches!(format, cli::LogFormat::Json),
     );

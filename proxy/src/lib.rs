@@ -21,8 +21,8 @@
 //! - [`ProxyError`]: why the engine could not start.
 //! - [`health`]: the probes, usable on their own (`run_probe`).
 //! - [`protocol`]: the wire codecs.
-//! - [`gateway`]: the HTTP gateway; `gateway::access::{install_sink,
-//!   AccessSink}` route its access lines.
+//! - [`install_sink`] and [`AccessSink`]: where the HTTP gateway's access
+//!   lines go.
 //!
 //! Everything else (upstream runtime, listener, fallback, metrics, the
 //! engine's internals) is crate-private.
@@ -46,7 +46,7 @@ mod engine;
 pub mod error;
 pub mod events;
 pub(crate) mod fallback;
-pub mod gateway;
+pub(crate) mod gateway;
 pub mod health;
 pub(crate) mod listener;
 pub(crate) mod metrics;
@@ -57,3 +57,6 @@ pub(crate) mod upstream;
 
 pub use engine::{Command, CommandOutcome, Engine, ReloadReport, ServiceChange};
 pub use error::{CommandError, ProxyError};
+/// Where the HTTP gateway's access lines go (`[logging]`): the binary
+/// installs its writer once at start.
+pub use gateway::access::{install_sink, AccessSink};

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::config::{Category, FailoverMode, Kind, OnFailover, Redundancy, Role};
-use crate::health::ObservedRole;
+pub use crate::health::ObservedRole;
 
 /// SPEC 3 service status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]

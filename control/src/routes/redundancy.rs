@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use continuity_proxy::config::{Redundancy, Role};
-use continuity_proxy::health::ObservedRole;
+use continuity_proxy::snapshot::ObservedRole;
 use continuity_proxy::snapshot::{EngineSnapshot, PoolState, UpstreamHealth, UpstreamSnapshot};
 use continuity_proxy::{Command, CommandOutcome};
 use serde::Serialize;

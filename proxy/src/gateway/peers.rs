@@ -26,7 +26,6 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One upstream, ready to be turned into a pingora [`HttpPeer`].
 pub struct PeerTemplate {
-    pub name: String,
     pub target: HttpTarget,
     /// `host[:port]` as the upstream expects in `Host`.
     pub authority: String,
@@ -73,7 +72,6 @@ impl PeerTemplate {
             .ok()
             .map(|ip| SocketAddr::new(ip, target.port));
         Ok(PeerTemplate {
-            name: up.name.clone(),
             target,
             authority,
             resolved: Mutex::new(resolved),

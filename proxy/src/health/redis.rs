@@ -297,8 +297,7 @@ mod tests {
 
     #[tokio::test]
     async fn probe_judges_ping_then_role_and_caps_replies() {
-        let mut ok = b"+PONG\r\n".to_vec();
-        ok.extend_from_slice(MASTER_ROLE);
+        let ok = b"+PONG\r\n*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n".to_vec();
         let (svc, up) = fake(ok).await;
         let probed = RedisCheck.check(&svc, &up).await.unwrap();
         assert_eq!(probed.role, Some(ObservedRole::Primary));

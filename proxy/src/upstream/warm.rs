@@ -53,11 +53,13 @@ impl WarmPool {
     }
 
     /// Clients served from the pool.
+    #[cfg(test)]
     pub fn hits(&self) -> u64 {
         self.hits.load(Ordering::Relaxed)
     }
 
     /// Clients of a `hot` service that found the pool empty and connected.
+    #[cfg(test)]
     pub fn misses(&self) -> u64 {
         self.misses.load(Ordering::Relaxed)
     }
