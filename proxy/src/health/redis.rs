@@ -177,23 +177,19 @@ impl HealthCheck for RedisCheck {
         upstream: &'a UpstreamConfig,
     ) -> BoxFuture<'a, Result<Probed, ProbeError>> {
         Box::pin(async move {
-            // PING and ROLE written together (one round trip), each with
-            // its own reply: a server that answers one error and closes
-            // (maxclients) is judged by that error, as before.
-            let (ping, role) = with_conn(service, upstream, |conn| async move {
-                let (mut a, mut b) = (conn.clone(), conn);
-                let (ping_cmd, role_cmd) = (redis::cmd("PING"), redis::cmd("ROLE"));
-                Ok(tokio::join!(
-                    a.send_packed_command(&ping_cmd),
-                    b.send_packed_command(&role_cmd)
-                ))
+            // PING, then ROLE: two round trips, as the probe has always
+            // made them (latency alerts and predictions are calibrated on
+            // it). A server that answers one error and closes (maxclients)
+            // is judged by that error.
+            with_conn(service, upstream, |mut conn| async move {
+                match request(&mut conn, &["PING"]).await? {
+                    Reply::Simple(s) if s == "PONG" => {}
+                    other => return Err(proto(format!("PING: expected +PONG, got {other:?}"))),
+                }
+                let role = request(&mut conn, &["ROLE"]).await?;
+                Ok(Probed::role(role_of(&role)?))
             })
-            .await?;
-            match reply(ping.map_err(client_error)?)? {
-                Reply::Simple(s) if s == "PONG" => {}
-                other => return Err(proto(format!("PING: expected +PONG, got {other:?}"))),
-            }
-            Ok(Probed::role(role_of(&reply(role.map_err(client_error)?)?)?))
+            .await
         })
     }
 }
@@ -278,16 +274,19 @@ mod tests {
         assert!(matches!(error_reply("LOADING"), ProbeError::Protocol(_)));
     }
 
-    /// A one-connection fake redis: reads a little, writes `answer`, closes.
-    async fn fake(answer: Vec<u8>) -> (ServiceConfig, UpstreamConfig) {
+    /// A one-connection fake redis: for each answer, reads a little and
+    /// writes it; then closes.
+    async fn fake_seq(answers: Vec<Vec<u8>>) -> (ServiceConfig, UpstreamConfig) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap().to_string();
         tokio::spawn(async move {
             if let Ok((mut s, _)) = l.accept().await {
                 let mut buf = [0u8; 256];
-                let _ = s.read(&mut buf).await;
-                let _ = s.write_all(&answer).await;
+                for answer in answers {
+                    let _ = s.read(&mut buf).await;
+                    let _ = s.write_all(&answer).await;
+                }
             }
         });
         let up = UpstreamConfig::at("u", &addr, crate::config::Role::Primary);
@@ -295,10 +294,14 @@ mod tests {
         (svc, up)
     }
 
+    async fn fake(answer: Vec<u8>) -> (ServiceConfig, UpstreamConfig) {
+        fake_seq(vec![answer]).await
+    }
+
     #[tokio::test]
     async fn probe_judges_ping_then_role_and_caps_replies() {
-        let ok = b"+PONG\r\n*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n".to_vec();
-        let (svc, up) = fake(ok).await;
+        let role = b"*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n".to_vec();
+        let (svc, up) = fake_seq(vec![b"+PONG\r\n".to_vec(), role]).await;
         let probed = RedisCheck.check(&svc, &up).await.unwrap();
         assert_eq!(probed.role, Some(ObservedRole::Primary));
 
