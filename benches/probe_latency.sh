@@ -127,6 +127,10 @@ EOF
     CONTINUITY_PID=""
 done
 
+# The demo's cleanup stops what it started; the HTTP upstream is ours.
+kill "$HTTP_UP_PID" 2>/dev/null || true
+wait "$HTTP_UP_PID" 2>/dev/null || true
+
 python3 - "$OUT/runs.jsonl" >"$OUT/report.md" <<'EOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
