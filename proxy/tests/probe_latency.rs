@@ -6,21 +6,17 @@
 //! they depend on the machine). Run with `-- --nocapture` to see them.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
 use continuity_proxy::config::{Kind, Role, ServiceConfig, UpstreamConfig};
 use continuity_proxy::health::{self, ObservedRole};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const N: usize = 200;
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+use common::{free_port, Postgres};
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
+const N: usize = 200;
 
 fn service(kind: Kind, up: &UpstreamConfig) -> ServiceConfig {
     let mut s = ServiceConfig::new("svc", kind, vec![up.clone()]);
@@ -58,95 +54,18 @@ async fn measure(label: &str, kind: Kind, up: &UpstreamConfig, role: Option<Obse
     );
 }
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn redis_probe_latency() {
-    let tmp = tempfile::tempdir().unwrap();
     let port = free_port();
-    let _r = Proc(
-        Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(tmp.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _redis = common::redis(port, None);
     let up = UpstreamConfig::at("u", &format!("127.0.0.1:{port}"), Role::Primary);
     measure("redis", Kind::Redis, &up, Some(ObservedRole::Primary)).await;
 }
 
-fn pg(cwd: &Path, bin: &str, args: &[&str]) {
-    let out = Command::new("runuser")
-        .args(["-u", "postgres", "--"])
-        .arg(format!("{PG_BIN}/{bin}"))
-        .args(args)
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{bin} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Stops the cluster (immediate mode) before the tempdir goes.
-struct PgStop(PathBuf, PathBuf);
-
-impl Drop for PgStop {
-    fn drop(&mut self) {
-        let _ = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(format!("{PG_BIN}/pg_ctl"))
-            .arg("-D")
-            .arg(&self.0)
-            .args(["stop", "-m", "immediate"])
-            .current_dir(&self.1)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
 #[tokio::test]
 async fn postgres_probe_latency() {
-    let tmp = tempfile::tempdir().unwrap();
-    let id = |flag: &str| -> u32 {
-        let out = Command::new("id")
-            .args([flag, "postgres"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-    };
-    std::os::unix::fs::chown(tmp.path(), Some(id("-u")), Some(id("-g"))).unwrap();
-    let data = tmp.path().join("data");
-    let shown = data.display().to_string();
-    pg(
-        tmp.path(),
-        "initdb",
-        &["-D", &shown, "--auth=trust", "-U", "postgres"],
-    );
     let port = free_port();
-    let opts = format!("-p {port} -k {shown} -c listen_addresses=127.0.0.1");
-    let log = tmp.path().join("log").display().to_string();
-    let _stop = PgStop(data.clone(), tmp.path().to_path_buf());
-    pg(
-        tmp.path(),
-        "pg_ctl",
-        &["-D", &shown, "-l", &log, "-o", &opts, "-w", "start"],
-    );
+    let _pg = Postgres::start(port);
     let up = UpstreamConfig::at("u", &format!("127.0.0.1:{port}"), Role::Primary);
     measure("postgres", Kind::Postgres, &up, Some(ObservedRole::Primary)).await;
 }

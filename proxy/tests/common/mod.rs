@@ -58,3 +58,78 @@ pub fn redis(port: u16, replica_of: Option<u16>) -> Redis {
     }
     Redis { child, _dir: dir }
 }
+
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// Runs a PostgreSQL binary as the `postgres` user; panics with its output
+/// on failure.
+pub fn pg(cwd: &std::path::Path, bin: &str, args: &[&str]) {
+    let out = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(format!("{PG_BIN}/{bin}"))
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{bin} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A PostgreSQL 15 primary (trust auth) on `port` in its own tempdir
+/// owned by `postgres`; stopped (immediate mode) on drop.
+pub struct Postgres {
+    data: std::path::PathBuf,
+    tmp: tempfile::TempDir,
+}
+
+impl Postgres {
+    pub fn start(port: u16) -> Postgres {
+        let tmp = tempfile::tempdir().unwrap();
+        let id = |flag: &str| -> u32 {
+            let out = Command::new("id")
+                .args([flag, "postgres"])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+        };
+        std::os::unix::fs::chown(tmp.path(), Some(id("-u")), Some(id("-g"))).unwrap();
+        let data = tmp.path().join("data");
+        let shown = data.display().to_string();
+        pg(
+            tmp.path(),
+            "initdb",
+            &["-D", &shown, "--auth=trust", "-U", "postgres"],
+        );
+        let pg_guard = Postgres { data, tmp };
+        let opts = format!("-p {port} -k {shown} -c listen_addresses=127.0.0.1");
+        let log = pg_guard.tmp.path().join("log").display().to_string();
+        pg(
+            pg_guard.tmp.path(),
+            "pg_ctl",
+            &[
+                "-D", &shown, "-l", &log, "-o", &opts, "-w", "-t", "60", "start",
+            ],
+        );
+        pg_guard
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(format!("{PG_BIN}/pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .args(["stop", "-m", "immediate"])
+            .current_dir(self.tmp.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
