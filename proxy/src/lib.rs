@@ -54,6 +54,7 @@ pub(crate) mod observe;
 pub mod protocol;
 pub mod snapshot;
 pub(crate) mod upstream;
+pub(crate) mod workers;
 
 pub use engine::{Command, CommandOutcome, Engine, ReloadReport, ServiceChange};
 pub use error::{CommandError, ProxyError};

@@ -25,6 +25,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("upstream", 2),
     ("snapshot", 2),
     ("events", 2),
+    ("workers", 2),
     ("listener", 3),
     ("observe", 3),
     ("fallback", 3),

@@ -24,6 +24,7 @@ use crate::metrics::ProxyMetrics;
 use crate::snapshot::{EngineSnapshot, FailoverState, ServiceStatus};
 use crate::upstream::service::ServiceRt;
 use crate::upstream::state::{lock, FailoverCounters};
+use crate::workers::Workers;
 
 mod command;
 mod dispatch;
@@ -39,6 +40,20 @@ pub use command::{Command, CommandOutcome};
 pub use reload::{ReloadReport, ServiceChange};
 
 use shared::Shared;
+
+/// How long an L4 thread still serves its connections after the engine's
+/// force-close (they end within milliseconds of it).
+const L4_DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+/// L4 threads: one per core (`CONTINUITY_L4_THREADS` overrides, 1-64).
+fn l4_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    std::env::var("CONTINUITY_L4_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| (1..=64).contains(n))
+        .unwrap_or(cores)
+}
 
 /// The data plane's handle. Cheap to clone; every clone is the same engine.
 #[derive(Clone)]
@@ -112,6 +127,14 @@ impl Engine {
                 ))
             })
             .collect();
+        let force_close_tx = watch::channel(false).0;
+        let l4 = Workers::start(
+            "l4",
+            l4_threads(),
+            &force_close_tx.subscribe(),
+            L4_DRAIN_GRACE,
+        )
+        .map_err(ProxyError::Internal)?;
         let shared = Arc::new(Shared {
             services: ArcSwap::from_pointee(services.clone()),
             slots: Mutex::new(Vec::new()),
@@ -124,11 +147,12 @@ impl Engine {
             emergency: AtomicBool::new(false),
             state: Mutex::new(FailoverState::Normal),
             shutdown_tx: watch::channel(false).0,
-            force_close_tx: watch::channel(false).0,
+            force_close_tx,
             open_connections: Arc::new(AtomicU64::new(0)),
             listen_addrs: Mutex::new(listen_addrs),
             tasks: Mutex::new(Vec::new()),
             queue,
+            l4: Arc::new(l4),
         });
         let first_subscriber = shared.events.subscribe();
         let mut slots = Vec::new();

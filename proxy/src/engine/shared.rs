@@ -20,6 +20,7 @@ use crate::metrics::ProxyMetrics;
 use crate::snapshot::FailoverState;
 use crate::upstream::service::ServiceRt;
 use crate::upstream::state::{lock, FailoverCounters};
+use crate::workers::Workers;
 
 pub(crate) struct Shared {
     /// The running services, read lock-free; replaced whole by a reload.
@@ -46,6 +47,9 @@ pub(crate) struct Shared {
     pub tasks: Mutex<Vec<JoinHandle<()>>>,
     /// The HTTP gateway's durable queue (`data_dir/http-queue`).
     pub queue: Option<QueueStore>,
+    /// The threads every L4 service's connections are served on, one per
+    /// core (crate::workers); they end after `force_close_tx`.
+    pub l4: Arc<Workers>,
 }
 
 impl Shared {

@@ -101,6 +101,7 @@ pub(crate) fn spawn_service(
                 force_close: shared.force_close_tx.subscribe(),
                 open: shared.open_connections.clone(),
             },
+            shared.l4.clone(),
         )));
         std
     });

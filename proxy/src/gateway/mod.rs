@@ -7,7 +7,7 @@
 //! - `h1/`: the lean HTTP/1.1 path of plain-text gateways (a client-pinned
 //!   upstream connection); it hands pingora what it does not take. Heads
 //!   and chunked bodies are read with the HTTP/1 codec (`protocol::http1`).
-//! - `workers.rs`: the per-core threads `h1/` serves connections on.
+//! - `crate::workers`: the per-core threads `h1/` serves connections on.
 //! - `proxy/`: the request path (failover, retries, hold/queue/fail).
 //! - `queue.rs`: the durable store-and-forward queue under `data_dir`.
 //! - `deliver.rs`: delivers queued requests in order once an upstream is back.
@@ -26,7 +26,6 @@ pub mod peers;
 pub mod proxy;
 pub mod queue;
 mod tls;
-mod workers;
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -233,7 +232,12 @@ pub fn start(p: GatewayParams<'_>) -> Result<Vec<JoinHandle<()>>, String> {
             },
         );
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let workers = workers::Workers::start(svc.name(), threads, &p.stop, DRAIN_GRACE)?;
+        let workers = crate::workers::Workers::start(
+            &format!("gw-{}", svc.name()),
+            threads,
+            &p.stop,
+            DRAIN_GRACE,
+        )?;
         let listener = p
             .listener
             .try_clone()

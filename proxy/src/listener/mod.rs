@@ -3,22 +3,32 @@
 //! refusing upstream down at once and moving on), relay bytes both ways
 //! while timing each request, and close when a switch fences the upstream
 //! this connection is bound to.
+//!
+//! The accept loop runs on the engine's runtime and deals each client to
+//! one of the engine's L4 threads (`crate::workers`), where its whole life
+//! runs: the wait for an upstream, the connect and the relay (relay.rs).
+//! What a failed connect triggers (a probe failure, maybe a switch) runs
+//! back on the engine's runtime, beside the probes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
 use tokio::sync::{watch, Semaphore};
 
 use crate::fallback::Fallback;
 use crate::health::{classify_io, FailureKind};
-use crate::observe::{Finding, Tap};
 use crate::protocol;
 use crate::upstream::pool;
 use crate::upstream::runtime::{Route, ServiceRt};
+use crate::workers::Workers;
+
+mod relay;
+use relay::{relay, RequestTimer};
 
 /// Bytes of a held client kept before TCP backpressure pauses it (SPEC 3).
 const HOLD_BUFFER: usize = 64 * 1024;
@@ -31,8 +41,6 @@ const MAX_REFUSING: usize = 64;
 /// How long a refused PostgreSQL client may take to send its StartupMessage
 /// (the ErrorResponse follows it), and a refused client to read the reply.
 const REFUSE_WAIT: Duration = Duration::from_secs(2);
-/// Relay buffer per direction.
-const RELAY_BUFFER: usize = 16 * 1024;
 
 /// Engine-wide signals every connection watches.
 pub struct Signals {
@@ -76,12 +84,15 @@ impl Drop for OpenGuard {
 /// waiting in the kernel's backlog.
 /// `fallback`: the redis memory fallback of the service, carried across
 /// reloads by the engine's slot (proxy/src/fallback).
+/// `workers`: the engine's L4 threads, which serve the connections.
 pub async fn accept_loop(
     svc: Arc<ServiceRt>,
     fallback: Option<Arc<Fallback>>,
     listener: TcpListener,
     mut sig: Signals,
+    workers: Arc<Workers>,
 ) {
+    let engine_rt = Handle::current();
     let limit = svc
         .cfg
         .max_connections
@@ -123,13 +134,27 @@ pub async fn accept_loop(
             svc: svc.clone(),
             open: sig.open.clone(),
         };
+        // The socket moves to the worker's reactor: it is registered with
+        // the runtime it is rebuilt on.
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(service = svc.name(), %peer, error = %e, "accepted socket lost");
+                continue;
+            }
+        };
         let svc = svc.clone();
         let fallback = fallback.clone();
         let sig = sig.clone();
-        tokio::spawn(async move {
+        let engine_rt = engine_rt.clone();
+        workers.spawn(move || async move {
             let _permit = permit;
             let _guard = guard;
-            if let Err(e) = handle(svc.clone(), fallback, stream, sig).await {
+            let result = match TcpStream::from_std(stream) {
+                Ok(stream) => handle(svc.clone(), fallback, stream, sig, engine_rt).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
                 tracing::debug!(service = svc.name(), %peer, error = %e, "connection ended with error");
             }
         });
@@ -207,11 +232,14 @@ fn to_fallback(svc: &ServiceRt, fallback: Option<&Fallback>, route: &Route) -> b
     !route.switching && (none || stuck)
 }
 
+/// One client's life, on an L4 thread. `engine_rt`: where a failed connect
+/// is reported (probe accounting and any switch it starts run there).
 async fn handle(
     svc: Arc<ServiceRt>,
     fallback: Option<Arc<Fallback>>,
     mut client: TcpStream,
     mut sig: Signals,
+    engine_rt: Handle,
 ) -> std::io::Result<()> {
     let _ = client.set_nodelay(true);
     let accepted = Instant::now();
@@ -231,7 +259,11 @@ async fn handle(
                 // the connect (upstream/pool.rs).
                 if let Some(stream) = pool::take_pooled(&svc, idx) {
                     up.metrics.connect.observe(0.0);
-                    break Ok((idx, route.epoch, stream));
+                    // Pooled on the engine's runtime: move it to this
+                    // thread's reactor. If that fails, connect instead.
+                    if let Ok(stream) = stream.into_std().and_then(TcpStream::from_std) {
+                        break Ok((idx, route.epoch, stream));
+                    }
                 }
                 let started = Instant::now();
                 let target = up.cfg.target();
@@ -246,15 +278,13 @@ async fn handle(
                         break Ok((idx, route.epoch, stream));
                     }
                     Ok(Err(e)) => {
-                        if classify_io(&e) == FailureKind::Refused {
-                            svc.on_refused(idx, &e).await;
-                        } else {
-                            svc.on_connect_timeout(idx, started.elapsed()).await;
-                        }
+                        let waited = started.elapsed();
+                        report_failed_connect(&engine_rt, &svc, idx, Some(e), waited).await;
                         continue;
                     }
                     Err(_) => {
-                        svc.on_connect_timeout(idx, started.elapsed()).await;
+                        let waited = started.elapsed();
+                        report_failed_connect(&engine_rt, &svc, idx, None, waited).await;
                         continue;
                     }
                 }
@@ -337,6 +367,28 @@ async fn handle(
     result
 }
 
+/// A failed connect (`error`; `None`: it ran past `connect_timeout_ms`) as
+/// a probe failure of upstream `idx`, on the engine's runtime. Returns once
+/// it is accounted and any switch it started has run, so the next try sees
+/// the new route.
+async fn report_failed_connect(
+    engine_rt: &Handle,
+    svc: &Arc<ServiceRt>,
+    idx: usize,
+    error: Option<std::io::Error>,
+    waited: Duration,
+) {
+    let svc = svc.clone();
+    let _ = engine_rt
+        .spawn(async move {
+            match error {
+                Some(e) if classify_io(&e) == FailureKind::Refused => svc.on_refused(idx, &e).await,
+                _ => svc.on_connect_timeout(idx, waited).await,
+            }
+        })
+        .await;
+}
+
 /// Resolves when a switch means this connection must go: at once after a
 /// failover away from its upstream, or after the drain period of a recover.
 async fn must_close(svc: &ServiceRt, idx: usize, epoch: u64) {
@@ -376,139 +428,6 @@ async fn refuse(svc: &ServiceRt, mut client: TcpStream, early: &[u8]) {
         }
     })
     .await;
-}
-
-/// Times each request: from the first client byte sent while no request is
-/// outstanding to the next upstream byte back (time to first response byte),
-/// and feeds both directions to the connection's statement observer
-/// (`observe`), which reports slow statements and upstream errors.
-struct RequestTimer {
-    svc: Arc<ServiceRt>,
-    idx: usize,
-    origin: Instant,
-    /// Nanoseconds since `origin` + 1 of the outstanding request, 0 if none.
-    pending: AtomicU64,
-    /// `None` for kinds without statements, or with `slow_query_ms = 0`.
-    tap: Option<Tap>,
-}
-
-impl RequestTimer {
-    fn new(svc: Arc<ServiceRt>, idx: usize) -> RequestTimer {
-        let tap = Tap::new(svc.cfg.kind, svc.cfg.slow_query);
-        RequestTimer {
-            svc,
-            idx,
-            origin: Instant::now(),
-            pending: AtomicU64::new(0),
-            tap,
-        }
-    }
-
-    fn sent(&self) {
-        if self.pending.load(Ordering::Relaxed) == 0 {
-            let t = self.origin.elapsed().as_nanos() as u64 + 1;
-            self.pending.store(t, Ordering::Relaxed);
-        }
-    }
-
-    fn answered(&self) {
-        let t = self.pending.swap(0, Ordering::Relaxed);
-        if t != 0 {
-            let now = self.origin.elapsed().as_nanos() as u64 + 1;
-            let d = Duration::from_nanos(now.saturating_sub(t));
-            if let Some(up) = self.svc.upstreams.get(self.idx) {
-                up.metrics.response.observe(d.as_secs_f64());
-                up.inline.record(d);
-            }
-        }
-    }
-
-    /// Client bytes, seen before they are written upstream (so that a
-    /// request is always observed before its answer can come back).
-    fn observe_client(&self, data: &[u8]) {
-        if let Some(tap) = &self.tap {
-            self.report(tap.client(data));
-        }
-    }
-
-    /// Upstream bytes, seen after they are written to the client.
-    fn observe_server(&self, data: &[u8]) {
-        if let Some(tap) = &self.tap {
-            self.report(tap.server(data));
-        }
-    }
-
-    fn report(&self, findings: Vec<Finding>) {
-        if findings.is_empty() {
-            return;
-        }
-        let Some(up) = self.svc.upstreams.get(self.idx) else {
-            return;
-        };
-        for f in findings {
-            self.svc.emit(f.into_event(&up.cfg.name));
-        }
-    }
-}
-
-async fn relay(
-    client: &mut TcpStream,
-    upstream: &mut TcpStream,
-    timer: &RequestTimer,
-) -> std::io::Result<()> {
-    let Some(up) = timer.svc.upstreams.get(timer.idx) else {
-        return Ok(());
-    };
-    let (mut cr, mut cw) = client.split();
-    let (mut ur, mut uw) = upstream.split();
-    let c2u = pump(
-        &mut cr,
-        &mut uw,
-        &up.metrics.bytes_up,
-        |data| {
-            timer.sent();
-            timer.observe_client(data);
-        },
-        |_| {},
-    );
-    let u2c = pump(
-        &mut ur,
-        &mut cw,
-        &up.metrics.bytes_down,
-        |_| timer.answered(),
-        |data| timer.observe_server(data),
-    );
-    tokio::try_join!(c2u, u2c).map(|_| ())
-}
-
-/// Copies until EOF, then half-closes the writer. `before` sees each chunk
-/// before it is written, `after` once it is.
-async fn pump<R, W, B, A>(
-    r: &mut R,
-    w: &mut W,
-    bytes: &prometheus::IntCounter,
-    before: B,
-    after: A,
-) -> std::io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-    B: Fn(&[u8]),
-    A: Fn(&[u8]),
-{
-    let mut buf = vec![0u8; RELAY_BUFFER];
-    loop {
-        let n = r.read(&mut buf).await?;
-        if n == 0 {
-            let _ = w.shutdown().await;
-            return Ok(());
-        }
-        let data = buf.get(..n).unwrap_or_default();
-        before(data);
-        w.write_all(data).await?;
-        bytes.inc_by(n as u64);
-        after(data);
-    }
 }
 
 #[cfg(test)]

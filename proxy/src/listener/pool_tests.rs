@@ -90,12 +90,22 @@ async fn proxy(p: u16, s: u16, redundancy: Redundancy, drain: Duration) -> Proxy
     let addr = listener.local_addr().unwrap();
     let (stop, stop_rx) = watch::channel(false);
     let (force, force_rx) = watch::channel(false);
+    let force_rx_keep = force_rx.clone();
     let sig = Signals {
         shutdown: stop_rx.clone(),
         force_close: force_rx,
         open: Arc::new(AtomicU64::new(0)),
     };
-    tokio::spawn(accept_loop(svc.clone(), None, listener, sig));
+    let workers =
+        crate::workers::Workers::start("l4-test", 2, &force_rx_keep, Duration::from_secs(1))
+            .expect("l4 threads");
+    tokio::spawn(accept_loop(
+        svc.clone(),
+        None,
+        listener,
+        sig,
+        Arc::new(workers),
+    ));
     let driver = svc.clone();
     let mut stop_probes = stop_rx;
     tokio::spawn(async move {

@@ -52,9 +52,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::proxy::{Gateway, InFlight};
-use super::workers::Workers;
 use super::Shared;
 use crate::upstream::runtime::{lock, ServiceRt};
+use crate::workers::Workers;
 use exchange::Done;
 use plan::{Parsed, Plan, Refused};
 use pool::pool_put;
@@ -82,7 +82,7 @@ pub struct Lean {
     h1: Arc<HttpProxy<Gateway>>,
     /// pingora for h2c (prior knowledge) connections.
     h2: Arc<HttpProxy<Gateway>>,
-    /// The threads connections are served on (workers.rs).
+    /// The threads connections are served on (crate::workers).
     workers: Workers,
 }
 
@@ -123,7 +123,7 @@ impl Lean {
     }
 
     /// Accepts connections on `listener` until `stop`, and deals each to
-    /// a gateway thread (workers.rs). At most `max_client_connections`
+    /// a gateway thread (crate::workers). At most `max_client_connections`
     /// client sockets are open at once (a socket keeps its slot when it is
     /// handed to pingora); past that a new client gets a 503 and is closed
     /// ([`super::ClientCap::refuse`]).

@@ -1,12 +1,18 @@
-//! The threads the lean HTTP/1.1 path serves its connections on: one
-//! single-threaded tokio runtime per core, each with its own epoll. The
-//! accept loop (on the engine's runtime) deals each new connection to the
-//! thread serving the fewest. A connection then lives on one thread: no task
-//! moves between threads, and no thread wakes another for it, which is how
-//! HAProxy's `nbthread` works. On the shared work-stealing runtime the same
-//! path had a p99 10-40 % above HAProxy's (BENCHMARKS.md).
+//! The threads proxied connections are served on: one single-threaded
+//! tokio runtime per core, each with its own epoll. An accept loop (on the
+//! engine's runtime) deals each new connection to the thread serving the
+//! fewest. A connection then lives on one thread: no task moves between
+//! threads, and no thread wakes another for it, which is how HAProxy's
+//! `nbthread` works. On the shared work-stealing runtime the HTTP path had
+//! a p99 10-40 % above HAProxy's (BENCHMARKS.md).
 //!
-//! After the service's stop, a thread lives on while it still serves a
+//! Two users: each HTTP gateway service starts its own set (its
+//! thread-local upstream pool relies on that, gateway/h1/pool.rs), and the
+//! engine starts one set for all L4 services (listener/), which live as
+//! long as the engine. Probes, the control plane and the audit stay on
+//! the engine's runtime.
+//!
+//! After the stop signal, a thread lives on while it still serves a
 //! connection (the drain), for `grace` at most, then ends.
 
 use std::future::Future;
@@ -28,9 +34,9 @@ struct Worker {
 }
 
 impl Workers {
-    /// `n` threads named after `service`.
+    /// `n` threads named `{name}-{i}`.
     pub fn start(
-        service: &str,
+        name: &str,
         n: usize,
         stop: &watch::Receiver<bool>,
         grace: Duration,
@@ -41,7 +47,7 @@ impl Workers {
             let live = Arc::new(AtomicUsize::new(0));
             let (count, mut stop) = (live.clone(), stop.clone());
             std::thread::Builder::new()
-                .name(format!("gw-{service}-{i}"))
+                .name(format!("{name}-{i}"))
                 .spawn(move || {
                     let rt = match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
@@ -63,11 +69,11 @@ impl Workers {
                         }
                     });
                 })
-                .map_err(|e| format!("gateway thread: {e}"))?;
+                .map_err(|e| format!("{name} thread: {e}"))?;
             let handle = rx
                 .recv()
-                .map_err(|_| "gateway thread ended at start".to_string())?
-                .map_err(|e| format!("gateway runtime: {e}"))?;
+                .map_err(|_| format!("{name} thread ended at start"))?
+                .map_err(|e| format!("{name} runtime: {e}"))?;
             workers.push(Worker { handle, live });
         }
         Ok(Workers { workers })

@@ -1,0 +1,288 @@
+//! The relay of one proxied connection: bytes both ways, each request
+//! timed and shown to the connection's statement observer.
+//!
+//! An idle connection holds no relay buffer. Each direction waits for its
+//! socket to be readable with no buffer, then takes one from its thread's
+//! pool ([`Buffer`]) for the read and the write that follows, and gives it
+//! back. So 10,000 idle clients cost their sockets and tasks only, not
+//! 2 × 16 KiB each as when each direction owned its buffer (issue 16;
+//! HAProxy takes its buffers from a pool the same way).
+
+use std::cell::RefCell;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+
+use crate::observe::{Finding, Tap};
+use crate::upstream::runtime::ServiceRt;
+
+/// Relay buffer, taken per read.
+const RELAY_BUFFER: usize = 16 * 1024;
+/// Free buffers a thread keeps for its next reads; more are freed. A
+/// buffer is held only from a read to the end of its write, so a thread
+/// needs about one per connection whose upstream or client is slow to take
+/// what it was sent.
+const POOL_KEEP: usize = 64;
+
+thread_local! {
+    static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+    /// Buffers of this thread's pool in use now.
+    static OUT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// A relay buffer from this thread's pool, back to it on drop.
+pub(super) struct Buffer(Box<[u8]>);
+
+impl Buffer {
+    pub(super) fn take() -> Buffer {
+        let pooled = POOL.with(|p| p.borrow_mut().pop());
+        OUT.with(|o| o.set(o.get() + 1));
+        Buffer(pooled.unwrap_or_else(|| vec![0u8; RELAY_BUFFER].into_boxed_slice()))
+    }
+
+    /// This thread's buffers: (in use, free in its pool).
+    #[cfg(test)]
+    fn counts() -> (usize, usize) {
+        (OUT.with(|o| o.get()), POOL.with(|p| p.borrow().len()))
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.0);
+        let _ = OUT.try_with(|o| o.set(o.get().saturating_sub(1)));
+        // `try_with`: a buffer dropped while the thread's locals are torn
+        // down is simply freed.
+        let _ = POOL.try_with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < POOL_KEEP {
+                p.push(buf);
+            }
+        });
+    }
+}
+
+/// Times each request: from the first client byte sent while no request is
+/// outstanding to the next upstream byte back (time to first response byte),
+/// and feeds both directions to the connection's statement observer
+/// (`observe`), which reports slow statements and upstream errors.
+pub(super) struct RequestTimer {
+    svc: Arc<ServiceRt>,
+    idx: usize,
+    origin: Instant,
+    /// Nanoseconds since `origin` + 1 of the outstanding request, 0 if none.
+    pending: AtomicU64,
+    /// `None` for kinds without statements, or with `slow_query_ms = 0`.
+    tap: Option<Tap>,
+}
+
+impl RequestTimer {
+    pub(super) fn new(svc: Arc<ServiceRt>, idx: usize) -> RequestTimer {
+        let tap = Tap::new(svc.cfg.kind, svc.cfg.slow_query);
+        RequestTimer {
+            svc,
+            idx,
+            origin: Instant::now(),
+            pending: AtomicU64::new(0),
+            tap,
+        }
+    }
+
+    fn sent(&self) {
+        if self.pending.load(Ordering::Relaxed) == 0 {
+            let t = self.origin.elapsed().as_nanos() as u64 + 1;
+            self.pending.store(t, Ordering::Relaxed);
+        }
+    }
+
+    fn answered(&self) {
+        let t = self.pending.swap(0, Ordering::Relaxed);
+        if t != 0 {
+            let now = self.origin.elapsed().as_nanos() as u64 + 1;
+            let d = Duration::from_nanos(now.saturating_sub(t));
+            if let Some(up) = self.svc.upstreams.get(self.idx) {
+                up.metrics.response.observe(d.as_secs_f64());
+                up.inline.record(d);
+            }
+        }
+    }
+
+    /// Client bytes, seen before they are written upstream (so that a
+    /// request is always observed before its answer can come back).
+    pub(super) fn observe_client(&self, data: &[u8]) {
+        if let Some(tap) = &self.tap {
+            self.report(tap.client(data));
+        }
+    }
+
+    /// Upstream bytes, seen after they are written to the client.
+    fn observe_server(&self, data: &[u8]) {
+        if let Some(tap) = &self.tap {
+            self.report(tap.server(data));
+        }
+    }
+
+    fn report(&self, findings: Vec<Finding>) {
+        if findings.is_empty() {
+            return;
+        }
+        let Some(up) = self.svc.upstreams.get(self.idx) else {
+            return;
+        };
+        for f in findings {
+            self.svc.emit(f.into_event(&up.cfg.name));
+        }
+    }
+}
+
+pub(super) async fn relay(
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
+    timer: &RequestTimer,
+) -> io::Result<()> {
+    let Some(up) = timer.svc.upstreams.get(timer.idx) else {
+        return Ok(());
+    };
+    let (mut cr, mut cw) = client.split();
+    let (mut ur, mut uw) = upstream.split();
+    let c2u = pump(
+        &mut cr,
+        &mut uw,
+        &up.metrics.bytes_up,
+        |data| {
+            timer.sent();
+            timer.observe_client(data);
+        },
+        |_| {},
+    );
+    let u2c = pump(
+        &mut ur,
+        &mut cw,
+        &up.metrics.bytes_down,
+        |_| timer.answered(),
+        |data| timer.observe_server(data),
+    );
+    tokio::try_join!(c2u, u2c).map(|_| ())
+}
+
+/// Copies until EOF, then half-closes the writer. `before` sees each chunk
+/// before it is written, `after` once it is. Holds a buffer only from a
+/// read to the end of its write.
+async fn pump<B, A>(
+    r: &mut ReadHalf<'_>,
+    w: &mut WriteHalf<'_>,
+    bytes: &prometheus::IntCounter,
+    before: B,
+    after: A,
+) -> io::Result<()>
+where
+    B: Fn(&[u8]),
+    A: Fn(&[u8]),
+{
+    loop {
+        r.readable().await?;
+        let mut buf = Buffer::take();
+        let Some(n) = read_now(r, &mut buf.0) else {
+            // Readiness was stale: wait again, without the buffer.
+            continue;
+        };
+        let n = n?;
+        if n == 0 {
+            let _ = w.shutdown().await;
+            return Ok(());
+        }
+        let data = buf.0.get(..n).unwrap_or_default();
+        before(data);
+        w.write_all(data).await?;
+        bytes.inc_by(n as u64);
+        after(data);
+    }
+}
+
+/// One read of what the socket holds now; `None` if it holds nothing.
+/// Through `poll_read` rather than `try_read`: a read that fills less than
+/// the buffer tells tokio the socket is drained, which saves the next
+/// wait the `read()` syscall that would only return `EAGAIN`.
+fn read_now(r: &mut ReadHalf<'_>, buf: &mut [u8]) -> Option<io::Result<usize>> {
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut rb = ReadBuf::new(buf);
+    match Pin::new(r).poll_read(&mut cx, &mut rb) {
+        Poll::Ready(Ok(())) => Some(Ok(rb.filled().len())),
+        Poll::Ready(Err(e)) => Some(Err(e)),
+        Poll::Pending => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        (a, b)
+    }
+
+    /// An idle relay holds no buffer; one that carried data gave its
+    /// buffers back to the thread's pool, which reuses them.
+    #[tokio::test(flavor = "current_thread")]
+    async fn idle_relay_holds_no_buffer() {
+        let (mut client, mut from_client) = pair().await;
+        let (mut to_upstream, mut upstream) = pair().await;
+        let bytes = prometheus::IntCounter::new("b", "b").unwrap();
+        let seen = std::cell::Cell::new(0usize);
+        let relay = async {
+            let (mut r, _w) = from_client.split();
+            let (_r2, mut w) = to_upstream.split();
+            pump(
+                &mut r,
+                &mut w,
+                &bytes,
+                |d| seen.set(seen.get() + d.len()),
+                |_| {},
+            )
+            .await
+        };
+        let check = async {
+            for i in 0..3u8 {
+                client.write_all(&[i; 100]).await.unwrap();
+                let mut got = [0u8; 100];
+                upstream.read_exact(&mut got).await.unwrap();
+                assert_eq!(got, [i; 100]);
+                // The pump is parked on readiness now.
+                tokio::task::yield_now().await;
+                let (out, free) = Buffer::counts();
+                assert_eq!(out, 0, "an idle pump holds no buffer");
+                assert_eq!(free, 1, "one buffer, reused");
+            }
+            client.shutdown().await.unwrap();
+            let mut rest = Vec::new();
+            upstream.read_to_end(&mut rest).await.unwrap();
+            assert!(rest.is_empty());
+        };
+        let (r, ()) = tokio::join!(relay, check);
+        r.unwrap();
+        assert_eq!(seen.get(), 300);
+        assert_eq!(bytes.get(), 300);
+    }
+
+    /// The pool keeps at most POOL_KEEP free buffers.
+    #[test]
+    fn pool_is_bounded() {
+        let many: Vec<Buffer> = (0..POOL_KEEP + 10).map(|_| Buffer::take()).collect();
+        assert_eq!(Buffer::counts().0, POOL_KEEP + 10);
+        drop(many);
+        assert_eq!(Buffer::counts(), (0, POOL_KEEP));
+    }
+}
