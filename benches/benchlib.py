@@ -470,7 +470,9 @@ def ratio(a, b):
 LOAD_BENCHES = [
     ("redis_np", "redis-benchmark -t set,get -n 200000 -c 50"),
     ("redis_p16", "redis-benchmark -t set,get -n 2000000 -c 50 -P 16"),
+    ("redis_c1", "redis-benchmark -t set,get -n 50000 -c 1"),
     ("pg_S", "pgbench -S -c 16 -j 2 -T 15"),
+    ("pg_tpcb", "pgbench -c 8 -j 2 -T 15 (TPC-B)"),
 ]
 
 
@@ -520,6 +522,7 @@ def report_load(d):
                        ("GET req/s", lambda r: r.get("redis", {}).get("GET", {}).get("rps")),
                        ("SET p50 ms", lambda r: r.get("redis", {}).get("SET", {}).get("p50_ms")),
                        ("GET p50 ms", lambda r: r.get("redis", {}).get("GET", {}).get("p50_ms")),
+                       ("SET p99 ms", lambda r: r.get("redis", {}).get("SET", {}).get("p99_ms")),
                        ("GET p99 ms", lambda r: r.get("redis", {}).get("GET", {}).get("p99_ms"))]
         else:
             metrics = [("tps", lambda r: r.get("pgbench", {}).get("tps")),
@@ -548,6 +551,25 @@ def report_load(d):
                 row += "".join(f" {ratio(vals[a], vals[b])} |" for a, b, _ in ratios)
             out.append(row)
         out.append("")
+        if bench.startswith("redis") and "direct" in targets and len(targets) > 1:
+            # What each proxy adds to the median p50 of the direct runs.
+            added = []
+            for op in ("SET", "GET"):
+                d = med([r.get("redis", {}).get(op, {}).get("p50_ms") for r in rs if r["target"] == "direct"])[0]
+                got = {}
+                for t in targets:
+                    if t == "direct" or d is None:
+                        continue
+                    m = med([r.get("redis", {}).get(op, {}).get("p50_ms") for r in rs if r["target"] == t])[0]
+                    if m is not None:
+                        got[t] = (m - d) * 1000
+                parts = [f"{t} +{v:.0f} us" for t, v in got.items()]
+                if "continuity" in got and "haproxy" in got and got["haproxy"] > 0:
+                    parts.append(f"C/H {got['continuity'] / got['haproxy']:.2f}")
+                if parts:
+                    added.append(f"{op} " + ", ".join(parts))
+            if added:
+                out.append("p50 added over direct (medians): " + "; ".join(added) + ".\n")
         # per-round raw line
         line = []
         for r in sorted(rs, key=lambda r: (r["round"], targets.index(r["target"]))):

@@ -64,7 +64,7 @@ new_port R1; new_port R2; new_port PG; new_port H_R; new_port H_PG; new_port C_R
 start_redis R1_PID "$R1" primary
 start_redis R2_PID "$R2" replica --replicaof 127.0.0.1 "$R1"
 wait_replica_synced "$R2"
-NEED_PG=0; has_bench pg_S && NEED_PG=1
+NEED_PG=0; { has_bench pg_S || has_bench pg_tpcb; } && NEED_PG=1
 PG_PID=""
 if ((NEED_PG)); then
     start_pg PG_PID "$PG"
@@ -148,7 +148,9 @@ bench_cmd() { # BENCH PORT -> argv on stdout, one per line
     case $1 in
         redis_np) printf '%s\n' redis-benchmark -h 127.0.0.1 -p "$2" -q --csv -t set,get -n 200000 -c 50 ;;
         redis_p16) printf '%s\n' redis-benchmark -h 127.0.0.1 -p "$2" -q --csv -t set,get -n 2000000 -c 50 -P 16 ;;
+        redis_c1) printf '%s\n' redis-benchmark -h 127.0.0.1 -p "$2" -q --csv -t set,get -n 50000 -c 1 ;;
         pg_S) printf '%s\n' pgbench -h 127.0.0.1 -p "$2" -U postgres -S -c 16 -j 2 -T "$PG_SECONDS" bench ;;
+        pg_tpcb) printf '%s\n' pgbench -h 127.0.0.1 -p "$2" -U postgres -c 8 -j 2 -T "$PG_SECONDS" bench ;;
         *) die "unknown bench $1" ;;
     esac
 }
