@@ -323,8 +323,17 @@ async fn handle(
             let Some(fb) = fallback else {
                 return Ok(());
             };
-            return crate::fallback::serve(svc, fb, client, early, sig.shutdown, sig.force_close)
-                .await;
+            // Boxed, as the refusal below: a rare path whose state an idle
+            // relay should not carry (size_tests.rs).
+            return Box::pin(crate::fallback::serve(
+                svc,
+                fb,
+                client,
+                early,
+                sig.shutdown,
+                sig.force_close,
+            ))
+            .await;
         }
         Err(Gave::Timeout) => {
             svc.metrics
@@ -338,7 +347,7 @@ async fn handle(
                 client.peer_addr().ok().map(|a| a.ip()),
                 accepted.elapsed().as_millis() as u64,
             );
-            refuse(&svc, client, &early).await;
+            Box::pin(refuse(&svc, client, &early)).await;
             return Ok(());
         }
     };
@@ -356,6 +365,9 @@ async fn handle(
             upstream.write_all(&early).await?;
             up.metrics.bytes_up.inc_by(early.len() as u64);
         }
+        // What a held client sent is upstream now: free it for the
+        // connection's life.
+        drop(early);
         tokio::select! {
             r = relay(&mut client, &mut upstream, &timer) => r,
             _ = must_close(&svc, idx, epoch) => Ok(()),
@@ -432,6 +444,8 @@ async fn refuse(svc: &ServiceRt, mut client: TcpStream, early: &[u8]) {
 
 #[cfg(test)]
 mod pool_tests;
+#[cfg(test)]
+mod size_tests;
 #[cfg(test)]
 #[path = "../../tests/common/mod.rs"]
 mod test_common;

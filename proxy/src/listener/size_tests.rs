@@ -1,0 +1,49 @@
+#![allow(clippy::unwrap_used)]
+//! What one connection's task costs while it idles (issue 16: at most
+//! 4 KiB per idle proxied connection, sockets and bookkeeping included).
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
+use tokio::sync::{broadcast, watch};
+
+use super::{handle, Signals};
+use crate::config::{Kind, Role, ServiceConfig, UpstreamConfig};
+use crate::metrics::ProxyMetrics;
+use crate::upstream::runtime::ServiceRt;
+use crate::upstream::state::FailoverCounters;
+
+/// The state a connection's future keeps across its awaits. Rare paths
+/// (the memory fallback, the refusal of a held client) are boxed so that
+/// an idle relay does not carry their state.
+#[tokio::test]
+async fn connection_task_is_small() {
+    let cfg = ServiceConfig::new(
+        "cache",
+        Kind::Redis,
+        vec![UpstreamConfig::at("r1", "127.0.0.1:1", Role::Primary)],
+    );
+    let svc = Arc::new(ServiceRt::new(
+        cfg,
+        broadcast::channel(16).0,
+        ProxyMetrics::new(&prometheus::Registry::new()),
+        Arc::new(FailoverCounters::default()),
+        Duration::from_secs(1),
+    ));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+    let (stop, stop_rx) = watch::channel(false);
+    let sig = Signals {
+        shutdown: stop_rx.clone(),
+        force_close: stop_rx,
+        open: Arc::new(AtomicU64::new(0)),
+    };
+    let fut = handle(svc, None, client, sig, Handle::current());
+    let size = std::mem::size_of_val(&fut);
+    drop(fut);
+    drop(stop);
+    assert!(size <= 2048, "a connection's future is {size} bytes");
+}
