@@ -105,6 +105,20 @@ struct Conn {
     out: Vec<u8>,
 }
 
+impl Conn {
+    /// Frees the client's buffers, and the pinned upstream's if it holds
+    /// nothing; called only between requests, with nothing unconsumed.
+    fn release_buffers(&mut self) {
+        self.buf = BytesMut::new();
+        self.out = Vec::new();
+        if let Some(p) = &mut self.up {
+            if p.buf.is_empty() {
+                p.buf = BytesMut::new();
+            }
+        }
+    }
+}
+
 impl Lean {
     pub fn new(
         svc: Arc<ServiceRt>,
@@ -177,10 +191,13 @@ impl Lean {
             client,
             peer,
             client_text: peer.to_string(),
-            buf: BytesMut::with_capacity(8 * 1024),
+            buf: BytesMut::new(),
             up: None,
-            out: Vec::with_capacity(4 * 1024),
+            out: Vec::new(),
         };
+        // The hand-overs to pingora are boxed: their futures are large and
+        // rare, and an idle keep-alive client should not carry their state
+        // (issue 16: at most 4 KiB per idle connection).
         let mut first = true;
         loop {
             let plan = match self.read_request(&mut c, first, &mut stop).await {
@@ -189,15 +206,15 @@ impl Lean {
                 // answer was read whole): the next client may use it.
                 Next::H2 => {
                     pool_put(c.up.take());
-                    return self.hand_over(c, true, stop).await;
+                    return Box::pin(self.hand_over(c, true, stop)).await;
                 }
                 Next::HandOver => {
                     pool_put(c.up.take());
-                    return self.hand_over(c, false, stop).await;
+                    return Box::pin(self.hand_over(c, false, stop)).await;
                 }
                 Next::Outage => {
                     pool_put(c.up.take());
-                    return self.hand_over_for_now(c, stop).await;
+                    return Box::pin(self.hand_over_for_now(c, stop)).await;
                 }
                 Next::Bad(r) => {
                     let start = Instant::now();
@@ -211,15 +228,20 @@ impl Lean {
                 Next::Ready(p) => p,
             };
             first = false;
+            if c.out.capacity() == 0 {
+                c.out.reserve(4 * 1024);
+            }
             let in_flight = InFlight::new(&self.shared, &self.svc);
             if let Some(limit) = self.svc.cfg.max_connections {
                 if self.svc.active_conns.load(Ordering::SeqCst) > u64::from(limit) {
                     // pingora answers 503 overloaded (and counts it itself).
                     drop(in_flight);
-                    return self.hand_over_for_now(c, stop).await;
+                    return Box::pin(self.hand_over_for_now(c, stop)).await;
                 }
             }
-            let done = self.exchange(&mut c, &plan, &stop).await;
+            // Boxed too: allocated per request, so that an idle client
+            // does not carry an exchange's state.
+            let done = Box::pin(self.exchange(&mut c, &plan, &stop)).await;
             drop(in_flight);
             match done {
                 Done::KeepAlive => c.buf.advance(plan.head_len + plan.body_len),
@@ -228,11 +250,11 @@ impl Lean {
                     let _ = c.client.shutdown().await;
                     return;
                 }
-                Done::HandOver => return self.hand_over_for_now(c, stop).await,
+                Done::HandOver => return Box::pin(self.hand_over_for_now(c, stop)).await,
                 Done::Retry(prior) => {
                     lock(&self.shared.handed).insert(c.peer, prior);
                     let peer = c.peer;
-                    self.hand_over_for_now(c, stop).await;
+                    Box::pin(self.hand_over_for_now(c, stop)).await;
                     // Taken by pingora's first request, unless it never came.
                     lock(&self.shared.handed).remove(&peer);
                     return;
@@ -315,8 +337,11 @@ impl Lean {
                 if *stop.borrow() {
                     return Next::Closed;
                 }
+                // An idle client holds no buffer (issue 16): they are
+                // allocated again once its next request is readable.
+                c.release_buffers();
                 tokio::select! {
-                    r = read_some(&mut c.client, &mut c.buf, IDLE_TIMEOUT) => r,
+                    r = read_when_readable(&mut c.client, &mut c.buf, IDLE_TIMEOUT) => r,
                     _ = stop.changed() => return Next::Closed,
                 }
             } else {
@@ -343,6 +368,20 @@ enum Next {
 /// What is left until `until` (zero once it has passed).
 fn left(until: Instant) -> Duration {
     until.saturating_duration_since(Instant::now())
+}
+
+/// Waits for `s` to be readable holding no buffer, then reads into `buf`
+/// as [`read_some`]; `None` on an error or a timeout.
+async fn read_when_readable(
+    s: &mut TcpStream,
+    buf: &mut BytesMut,
+    limit: Duration,
+) -> Option<usize> {
+    let until = Instant::now() + limit;
+    match tokio::time::timeout(limit, s.readable()).await {
+        Ok(Ok(())) => read_some(s, buf, left(until)).await,
+        _ => None,
+    }
 }
 
 /// Reads into `buf`; `None` on an error or a timeout.
