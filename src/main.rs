@@ -14,6 +14,13 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// jemalloc, not glibc's malloc: with the background purge thread and
+/// the 1 s decay set in `.cargo/config.toml` (`JEMALLOC_SYS_WITH_MALLOC_CONF`),
+/// memory freed when thousands of connections close goes back to the OS
+/// within seconds, where glibc kept it (issue 16, BENCHMARKS.md).
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let code = match cli.cmd {
