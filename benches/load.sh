@@ -2,7 +2,7 @@
 # Throughput/latency/CPU of continuity vs HAProxy vs direct, interleaved in rounds.
 #
 #   benches/load.sh [--rounds N] [--out DIR] [--targets direct,continuity,haproxy]
-#                   [--benches redis_np,redis_p16,pg_S] [--pg-seconds S] [--no-warmup]
+#                   [--benches redis_np,redis_p16,redis_c1,pg_S,pg_tpcb] [--pg-seconds S] [--no-warmup]
 #                   [--wait-quiet S] [--max-foreign PCT] [--repeat-noisy N]
 #                   [--keep] [--continuity-bin PATH]
 #
