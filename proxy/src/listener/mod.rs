@@ -279,12 +279,16 @@ async fn handle(
                     }
                     Ok(Err(e)) => {
                         let waited = started.elapsed();
-                        report_failed_connect(&engine_rt, &svc, idx, Some(e), waited).await;
+                        if !report_failed_connect(&engine_rt, &svc, idx, Some(e), waited).await {
+                            break Err(Gave::Up);
+                        }
                         continue;
                     }
                     Err(_) => {
                         let waited = started.elapsed();
-                        report_failed_connect(&engine_rt, &svc, idx, None, waited).await;
+                        if !report_failed_connect(&engine_rt, &svc, idx, None, waited).await {
+                            break Err(Gave::Up);
+                        }
                         continue;
                     }
                 }
@@ -382,23 +386,26 @@ async fn handle(
 /// A failed connect (`error`; `None`: it ran past `connect_timeout_ms`) as
 /// a probe failure of upstream `idx`, on the engine's runtime. Returns once
 /// it is accounted and any switch it started has run, so the next try sees
-/// the new route.
+/// the new route. `false` when the engine's runtime is gone (the engine is
+/// being torn down): nothing was accounted, and the client should give up
+/// rather than try the same upstream again at once.
 async fn report_failed_connect(
     engine_rt: &Handle,
     svc: &Arc<ServiceRt>,
     idx: usize,
     error: Option<std::io::Error>,
     waited: Duration,
-) {
+) -> bool {
     let svc = svc.clone();
-    let _ = engine_rt
+    engine_rt
         .spawn(async move {
             match error {
                 Some(e) if classify_io(&e) == FailureKind::Refused => svc.on_refused(idx, &e).await,
                 _ => svc.on_connect_timeout(idx, waited).await,
             }
         })
-        .await;
+        .await
+        .is_ok()
 }
 
 /// Resolves when a switch means this connection must go: at once after a
