@@ -39,18 +39,9 @@ import time
 
 
 # --------------------------------------------------------------------------- /proc
-def rss_kb(pid):
-    """VmRSS and VmHWM of PID in kB ({} if the process is gone)."""
-    out = {}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(("VmRSS:", "VmHWM:")):
-                    k, v = line.split(":")
-                    out[k] = int(v.split()[0])
-    except OSError:
-        pass
-    return out
+# VmRSS and VmHWM of PID in kB ({} if the process is gone): benchlib's.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import rss as rss_kb  # noqa: E402
 
 
 def open_fds(pid):
