@@ -45,14 +45,24 @@ use shared::Shared;
 /// force-close (they end within milliseconds of it).
 const L4_DRAIN_GRACE: Duration = Duration::from_secs(2);
 
-/// L4 threads: one per core (`CONTINUITY_L4_THREADS` overrides, 1-64).
+/// L4 threads: one per core (`CONTINUITY_L4_THREADS` overrides, 1-64; any
+/// other value is reported and ignored).
 fn l4_threads() -> usize {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    std::env::var("CONTINUITY_L4_THREADS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|n| (1..=64).contains(n))
-        .unwrap_or(cores)
+    match std::env::var("CONTINUITY_L4_THREADS") {
+        Err(_) => cores,
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if (1..=64).contains(&n) => n,
+            _ => {
+                tracing::warn!(
+                    value = %v,
+                    threads = cores,
+                    "CONTINUITY_L4_THREADS must be a number from 1 to 64; using one thread per core"
+                );
+                cores
+            }
+        },
+    }
 }
 
 /// The data plane's handle. Cheap to clone; every clone is the same engine.
