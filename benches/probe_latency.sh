@@ -4,7 +4,7 @@
 # itself measures it (`continuity_probe_latency_seconds`, the snapshot's
 # `probe_latency_ms`).
 #
-#   benches/probe_latency.sh [--seconds S] [--interval S] [--out DIR] --continuity-bin PATH[,PATH...]
+#   benches/probe_latency.sh [--seconds S] [--interval S] [--isolate] [--out DIR] --continuity-bin PATH[,PATH...]
 #
 # Starts the demo's servers once (scripts/demo, sourced: Redis primary + replica,
 # PostgreSQL primary + streaming standby) plus scripts/http_upstream.py, then runs
@@ -13,9 +13,14 @@
 # 0.05) and every upstream probed (redundancy = "hot"). Per binary and upstream it
 # reports the run's mean (histogram sum/count) and the snapshot's p50/p95/p99 over
 # the last probes. Writes report.md and runs.jsonl to --out (default: a temp dir).
+#
+# Every probe loop ticks at the same instant, so in the default run each probe's
+# latency includes its neighbours' work (five probes and a PostgreSQL fork on 2
+# cores). --isolate runs each binary once per upstream kind (redis, postgres,
+# http), with only that service's primary probed, to measure one probe alone.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-SECONDS_RUN=30 INTERVAL=0.05 OUT="" BINS=""
+SECONDS_RUN=30 INTERVAL=0.05 OUT="" BINS="" ISOLATE=0
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit "${1:-0}"; }
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -23,6 +28,7 @@ while [[ $# -gt 0 ]]; do
         --interval) INTERVAL=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
         --continuity-bin) BINS=$2; shift 2 ;;
+        --isolate) ISOLATE=1; shift ;;
         -h | --help) usage 0 ;;
         *) echo "unknown option $1" >&2; usage 2 ;;
     esac
@@ -49,19 +55,23 @@ echo "$HTTP_UP_PID" >>"$PIDS_FILE"
 
 : >"$OUT/runs.jsonl"
 run=0
+if [ "$ISOLATE" = 1 ]; then KINDS=(redis postgres web); else KINDS=(all); fi
 for bin in "${BIN_LIST[@]}"; do
+  for only in "${KINDS[@]}"; do
     run=$((run + 1))
     BIN="$bin"
     USED_PORTS=" $REDIS_PRIMARY_PORT $REDIS_REPLICA_PORT $PG_PRIMARY_PORT $PG_STANDBY_PORT $HTTP_UP_PORT "
     rm -rf "$DEMO/data"
     step_config
     # Every upstream probed every INTERVAL; the HTTP service beside them.
-    python3 - "$DEMO/continuity.toml" "$INTERVAL" "$HTTP_UP_PORT" <<'EOF'
+    # Isolated: only service $only, and only its primary (redundancy cold).
+    python3 - "$DEMO/continuity.toml" "$INTERVAL" "$HTTP_UP_PORT" "$only" <<'EOF'
 import re, sys
-path, interval, http_port = sys.argv[1], sys.argv[2], sys.argv[3]
+path, interval, http_port, only = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 text = open(path).read()
 text = re.sub(r"check_interval_seconds = [0-9.]+", f"check_interval_seconds = {interval}", text)
-text = text.replace('on_failover = "promote"', 'on_failover = "promote"\nredundancy = "hot"\nfailover = "manual"')
+redundancy = "hot" if only == "all" else "cold"
+text = text.replace('on_failover = "promote"', f'on_failover = "promote"\nredundancy = "{redundancy}"\nfailover = "manual"')
 text += f'''
 [[service]]
 name = "web"
@@ -74,6 +84,10 @@ upstreams = [
   {{ name = "web-1", url = "http://127.0.0.1:{http_port}", role = "primary" }},
 ]
 '''
+if only != "all":
+    head, *blocks = text.split("\n[[service]]\n")
+    keep = [b for b in blocks if f'name = "{only}"' in b]
+    text = head + "".join("\n[[service]]\n" + b for b in keep)
 open(path, "w").write(text)
 EOF
     step_continuity
@@ -125,6 +139,7 @@ EOF
     kill "$CONTINUITY_PID" 2>/dev/null || true
     wait "$CONTINUITY_PID" 2>/dev/null || true
     CONTINUITY_PID=""
+  done
 done
 
 # The demo's cleanup stops what it started; the HTTP upstream is ours.

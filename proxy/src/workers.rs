@@ -6,11 +6,13 @@
 //! `nbthread` works. On the shared work-stealing runtime the HTTP path had
 //! a p99 10-40 % above HAProxy's (BENCHMARKS.md).
 //!
-//! Two users: each HTTP gateway service starts its own set (its
-//! thread-local upstream pool relies on that, gateway/h1/pool.rs), and the
+//! Three users: each HTTP gateway service starts its own set (its
+//! thread-local upstream pool relies on that, gateway/h1/pool.rs); the
 //! engine starts one set for all L4 services (listener/), which live as
-//! long as the engine. Probes, the control plane and the audit stay on
-//! the engine's runtime.
+//! long as the engine; and the engine runs its periodic health probes on
+//! one more thread, `probe-0` ([`Workers::run`], engine/probe.rs). The
+//! control plane, the audit and what a probe result triggers (state,
+//! switches) stay on the engine's runtime.
 //!
 //! After the stop signal, a thread lives on while it still serves a
 //! connection (the drain), for `grace` at most, then ends.
@@ -101,6 +103,39 @@ impl Workers {
             let _live = live;
             make().await;
         });
+    }
+}
+
+impl Workers {
+    /// Runs `make()`'s future to its end on the thread serving the fewest
+    /// tasks and hands back its output; `None` if that thread's runtime is
+    /// gone (the engine is stopping). The future is built and polled on
+    /// that thread, so the sockets it opens register with its reactor.
+    ///
+    /// Why probes use it: on the engine's work-stealing runtime, a client
+    /// crate whose connection driver wakes its own task (the `redis`
+    /// crate's multiplexer, hyper's connection) makes the scheduler wake a
+    /// parked sibling thread for nothing: per redis probe, about three
+    /// more `eventfd` writes and two more futex calls than the
+    /// hand-written client made, and a higher probe latency
+    /// (BENCHMARKS.md, issue #15). A current-thread runtime has no sibling
+    /// to wake.
+    pub async fn run<F, T>(&self, make: impl FnOnce() -> F + Send + 'static) -> Option<T>
+    where
+        F: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let w = self
+            .workers
+            .iter()
+            .min_by_key(|w| w.live.load(Ordering::SeqCst))?;
+        let live = Live::new(&w.live);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        w.handle.spawn(async move {
+            let _live = live;
+            let _ = tx.send(make().await);
+        });
+        rx.await.ok()
     }
 }
 

@@ -145,6 +145,8 @@ impl Engine {
             L4_DRAIN_GRACE,
         )
         .map_err(ProxyError::Internal)?;
+        let probes = Workers::start("probe", 1, &force_close_tx.subscribe(), Duration::ZERO)
+            .map_err(ProxyError::Internal)?;
         let shared = Arc::new(Shared {
             services: ArcSwap::from_pointee(services.clone()),
             slots: Mutex::new(Vec::new()),
@@ -163,6 +165,7 @@ impl Engine {
             tasks: Mutex::new(Vec::new()),
             queue,
             l4: Arc::new(l4),
+            probes: Arc::new(probes),
         });
         let first_subscriber = shared.events.subscribe();
         let mut slots = Vec::new();

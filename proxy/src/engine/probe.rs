@@ -1,5 +1,7 @@
 //! The engine's background loops: one probe loop per upstream (at the
-//! rate its redundancy asks for), and the watcher that keeps the engine
+//! rate its redundancy asks for; the probe itself runs on the engine's
+//! probe thread, what its result triggers on the engine's runtime), and
+//! the watcher that keeps the engine
 //! state fresh when only passive signals changed a service.
 
 use std::sync::Arc;
@@ -47,7 +49,16 @@ pub(crate) async fn probe_loop(
         if !due {
             continue;
         }
-        let outcome = health::run_probe(&svc.cfg, &up.cfg).await;
+        // On the probe thread (crate::workers::Workers::run); in this task
+        // if that thread is gone (the engine is stopping).
+        let probe = {
+            let (svc, target) = (svc.clone(), up.cfg.clone());
+            move || async move { health::run_probe(&svc.cfg, &target).await }
+        };
+        let outcome = match shared.probes.run(probe).await {
+            Some(outcome) => outcome,
+            None => health::run_probe(&svc.cfg, &up.cfg).await,
+        };
         svc.on_probe(idx, outcome).await;
         // A diverged old primary seen as a replica: is it caught up with
         // the current active upstream yet? (`resync::verify` clears it.)

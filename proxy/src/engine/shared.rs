@@ -50,6 +50,9 @@ pub(crate) struct Shared {
     /// The threads every L4 service's connections are served on, one per
     /// core (crate::workers); they end after `force_close_tx`.
     pub l4: Arc<Workers>,
+    /// The thread the periodic health probes run on (engine/probe.rs,
+    /// [`Workers::run`]); it ends after `force_close_tx`.
+    pub probes: Arc<Workers>,
 }
 
 impl Shared {
