@@ -81,7 +81,11 @@ pub fn publish(bus: &OpsBus, engine: &Engine, event: &Event) {
         EventKind::EmergencyDeclared { .. } => {
             bus.publish(Channel::Failover, "emergency_state", service, data);
         }
-        EventKind::FailoverBlocked { .. } => {
+        // A cluster decision and this engine's etcd link: `failover_event`
+        // with `data.event` = `cluster_decision` | `cluster_connection`.
+        EventKind::FailoverBlocked { .. }
+        | EventKind::ClusterDecision { .. }
+        | EventKind::ClusterConnection { .. } => {
             bus.publish(Channel::Failover, "failover_event", service, data);
         }
         // The diagnostics engine publishes `diagnostic_event` and `slow_query`.

@@ -143,6 +143,43 @@ pub fn entry_for(event: &Event) -> Option<NewEntry> {
             "system",
             json!({ "event": "failover_state_changed", "old": old, "new": new }),
         ),
+        // [cluster] (docs/cluster.md): the decision, on the engine whose
+        // compare-and-swap landed; applying it is each engine's
+        // FailoverActivated/RecoveryCompleted with the same epoch.
+        EventKind::ClusterDecision {
+            node_id,
+            revision,
+            from,
+            to,
+            epoch,
+            trigger,
+            actor,
+            reason,
+            evidence,
+        } => NewEntry::new(
+            Action::DiagnosticEvent,
+            Severity::Warning,
+            actor.clone(),
+            json!({
+                "event": "cluster_decision", "node_id": node_id, "revision": revision,
+                "from": from, "to": to, "epoch": epoch, "trigger": trigger,
+                "reason": reason, "evidence": evidence,
+            }),
+        ),
+        EventKind::ClusterConnection {
+            node_id,
+            connected,
+            reason,
+        } => NewEntry::new(
+            Action::DiagnosticEvent,
+            if *connected {
+                Severity::Info
+            } else {
+                Severity::Warning
+            },
+            "system",
+            json!({ "event": "cluster_connection", "node_id": node_id, "connected": connected, "reason": reason }),
+        ),
         // Summarised per interval: see `hold_entry`.
         EventKind::HoldTimedOut { .. } => return None,
         // Written by the operator's POST itself (manual_intervention).
@@ -378,6 +415,22 @@ mod tests {
             EventKind::ProtocolError {
                 upstream: "a".into(),
                 reason: "x".into(),
+            },
+            EventKind::ClusterDecision {
+                node_id: "n1".into(),
+                revision: 7,
+                from: "a".into(),
+                to: "b".into(),
+                epoch: 2,
+                trigger: "auto".into(),
+                actor: "system".into(),
+                reason: "x".into(),
+                evidence: json!({}),
+            },
+            EventKind::ClusterConnection {
+                node_id: "n1".into(),
+                connected: false,
+                reason: Some("x".into()),
             },
         ]
     }

@@ -529,6 +529,9 @@ pub struct EngineConfig {
     /// Where embedded stores live (the HTTP queue under `http-queue/`);
     /// `None`: no queue (`on_outage = "queue"` answers 503).
     pub data_dir: Option<std::path::PathBuf>,
+    /// `[cluster]`: coordinate failover with other engines through etcd
+    /// (crate::cluster); `None`: this engine decides alone.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for EngineConfig {
@@ -537,8 +540,27 @@ impl Default for EngineConfig {
             services: Vec::new(),
             drain_timeout: Duration::from_millis(10_000),
             data_dir: None,
+            cluster: None,
         }
     }
+}
+
+/// `[cluster]`: coordination of many engines through etcd (opt-in;
+/// docs/cluster.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterConfig {
+    /// `http://host:port` or `host:port`.
+    pub etcd_endpoints: Vec<String>,
+    /// Engines with the same name coordinate (the etcd key prefix).
+    pub cluster_name: String,
+    /// This engine's name in the cluster; unique among its members.
+    pub node_id: String,
+    /// TTL of this engine's etcd lease: its membership, its views and its
+    /// leaderships end this long after it stops renewing them.
+    pub lease_ttl: Duration,
+    /// Engines that must see the active upstream down before the leader
+    /// fails over; `None`: a majority of the engines publishing a view.
+    pub quorum: Option<u32>,
 }
 
 impl UpstreamConfig {

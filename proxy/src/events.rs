@@ -141,6 +141,28 @@ pub enum EventKind {
     /// The request-path observer of one connection met bytes it does not
     /// understand and stopped timing that connection (its bytes still flow).
     ProtocolError { upstream: String, reason: String },
+    /// This engine's compare-and-swap wrote a new agreed route for the
+    /// service (`[cluster]`, docs/cluster.md): `revision` is the etcd
+    /// revision of the write, `evidence` which engines saw what. Every
+    /// engine then audits applying it as a `FailoverActivated` (or
+    /// `RecoveryCompleted`) with the same epoch and revision.
+    ClusterDecision {
+        node_id: String,
+        revision: i64,
+        from: String,
+        to: String,
+        epoch: u64,
+        trigger: String,
+        actor: String,
+        reason: String,
+        evidence: serde_json::Value,
+    },
+    /// This engine's etcd session came up or was lost (`[cluster]`).
+    ClusterConnection {
+        node_id: String,
+        connected: bool,
+        reason: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -187,7 +209,9 @@ impl EventKind {
             | EventKind::FailoverBlocked { .. }
             | EventKind::FailoverStateChanged { .. }
             | EventKind::FallbackActivated { .. }
-            | EventKind::FallbackDeactivated { .. } => AuditRoute::Entry,
+            | EventKind::FallbackDeactivated { .. }
+            | EventKind::ClusterDecision { .. }
+            | EventKind::ClusterConnection { .. } => AuditRoute::Entry,
             EventKind::HoldTimedOut { .. } => AuditRoute::HoldSummary,
             EventKind::ServiceStatusChanged { .. }
             | EventKind::EmergencyDeclared { .. }

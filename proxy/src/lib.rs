@@ -15,7 +15,8 @@
 //!   [`CommandOutcome`] or a [`CommandError`], `reconfigure` (a config
 //!   reload, answering a [`ReloadReport`]), `report_status`, `snapshot`,
 //!   `subscribe`, `shutdown`.
-//! - [`snapshot`]: the serialisable state the control plane answers with.
+//! - [`snapshot`]: the serialisable state the control plane answers with
+//!   (the cluster's too: `Engine::cluster`).
 //! - [`events`]: the event stream and the audit recorder's queue.
 //! - [`config`]: the typed data-plane config.
 //! - [`ProxyError`]: why the engine could not start.
@@ -34,13 +35,15 @@
 //!
 //! 1. `config`, `error`, `metrics`
 //! 2. `protocol` (codecs)
-//! 3. `health`, `upstream`, and the state types `snapshot`, `events`
+//! 3. `health`, `upstream`, `cluster` (etcd coordination), and the state
+//!    types `snapshot`, `events`
 //! 4. `listener`, `observe`, `fallback`, `gateway` (serving)
 //! 5. `engine` (with `engine/reload/` under it)
 
 // No unwrap on anything a network or a user can influence; tests may.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub(crate) mod cluster;
 pub mod config;
 mod engine;
 pub mod error;

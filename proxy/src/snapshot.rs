@@ -6,6 +6,9 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+pub use crate::cluster::doc::{
+    AgreedRoute, ClusterService, ClusterSnapshot, MemberDoc, Phase, UpstreamView, ViewDoc,
+};
 use crate::config::{Category, FailoverMode, Kind, OnFailover, Redundancy, Role};
 pub use crate::health::ObservedRole;
 

@@ -90,6 +90,7 @@ async fn kill_primary_promotes_secondary() {
             service: "redis".into(),
             actor: "t".into(),
             reason: "r".into(),
+            force: false,
         })
         .await
         .unwrap_err();

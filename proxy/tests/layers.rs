@@ -23,6 +23,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("protocol", 1),
     ("health", 2),
     ("upstream", 2),
+    ("cluster", 2),
     ("snapshot", 2),
     ("events", 2),
     ("workers", 2),

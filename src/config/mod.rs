@@ -70,16 +70,9 @@ pub struct AlertsConfig {
     pub rules: Vec<toml::Value>,
 }
 
-/// `[cluster]`: coordination of many engines through etcd (opt-in).
-#[derive(Debug, Clone, PartialEq)]
-pub struct ClusterConfig {
-    pub etcd_endpoints: Vec<String>,
-    pub cluster_name: String,
-    pub node_id: String,
-    pub lease_ttl: Duration,
-    /// `None`: a majority of the known nodes.
-    pub quorum: Option<u32>,
-}
+/// `[cluster]`: coordination of many engines through etcd (opt-in); the
+/// engine's own type, which it runs with.
+pub use continuity_proxy::config::ClusterConfig;
 
 /// One problem found in a config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -283,6 +276,7 @@ fn build(
             services,
             drain_timeout,
             data_dir: Some(data_dir.clone()),
+            cluster: cluster.clone(),
         },
         data_dir,
         drain_timeout,

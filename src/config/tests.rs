@@ -283,6 +283,7 @@ fn the_examples_load() {
     let cluster = gw.cluster.expect("cluster");
     assert_eq!(cluster.node_id, "engine-a");
     assert_eq!(cluster.quorum, None);
+    assert_eq!(gw.engine.cluster.as_ref(), Some(&cluster));
 }
 
 #[test]

@@ -547,7 +547,7 @@ pub fn cluster(ctx: &mut Ctx<'_>, raw: RawCluster) -> ClusterConfig {
             .to_string(),
         None => hostname(ctx.env),
     };
-    let lease = ctx.int(&at.key("lease_ttl_seconds"), raw.lease_ttl_seconds, 1, 10);
+    let lease = ctx.int(&at.key("lease_ttl_seconds"), raw.lease_ttl_seconds, 1, 5);
     let quorum = raw
         .quorum
         .map(|q| ctx.int(&at.key("quorum"), Some(q), 1, 1));

@@ -337,7 +337,9 @@ pub fn classify(event: &Event, svc: Option<ServiceInfo>) -> Option<Diagnosis> {
         // Audited and published as switches (recorder.rs, bridge.rs).
         EventKind::FailoverStateChanged { .. }
         | EventKind::FallbackActivated { .. }
-        | EventKind::FallbackDeactivated { .. } => None,
+        | EventKind::FallbackDeactivated { .. }
+        | EventKind::ClusterDecision { .. }
+        | EventKind::ClusterConnection { .. } => None,
         EventKind::EmergencyDeclared {
             enabled,
             actor,

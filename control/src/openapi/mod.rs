@@ -106,7 +106,9 @@ impl Modify for SecuritySchemes {
 
 /// Every route of the control plane: the router and its document.
 pub fn api_router() -> OpenApiRouter<AppState> {
-    use crate::routes::{audit, config, failover, health, metrics, queue, redundancy, whoami};
+    use crate::routes::{
+        audit, cluster, config, failover, health, metrics, queue, redundancy, whoami,
+    };
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::health))
         .routes(routes!(health::ready))
@@ -116,6 +118,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(failover::status))
         .routes(routes!(failover::trigger))
         .routes(routes!(failover::recover))
+        .routes(routes!(cluster::status))
         .routes(routes!(audit::logs))
         .routes(routes!(audit::report))
         .routes(routes!(audit::status))

@@ -8,8 +8,8 @@
 //! stuck switch becomes a 504 rather than a hung request.
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
@@ -98,7 +98,7 @@ enum Op {
     post, path = "/api/ops/failover/trigger/{type}", tag = "failover",
     summary = "Switch the service to its best usable other upstream (a cold one is probed once first)",
     description = "Audited (fsynced) before the engine acts; answers once the switch is complete. A switch to the upstream already active is a 200 no-op, still audited.",
-    params(("type" = String, Path, description = "A service name, else the kind of the only service of that kind (`redis`, `postgres`, `neo4j`, ...)")),
+    params(("type" = String, Path, description = "A service name, else the kind of the only service of that kind (`redis`, `postgres`, `neo4j`, ...)"), ForceParam),
     request_body(content = crate::openapi::ReasonBody, description = "Why (masked, audited); an empty body counts as `{}`"),
     responses(
         (status = 200, description = "The service after the switch", body = FailoverService),
@@ -113,16 +113,17 @@ pub async fn trigger(
     State(state): State<AppState>,
     actor: Actor,
     PathParam(ty): PathParam,
+    force: Result<Query<ForceParam>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    run(state, Op::Trigger, actor, ty, body).await
+    run(state, Op::Trigger, actor, ty, force, body).await
 }
 
 #[utoipa::path(
     post, path = "/api/ops/failover/recover/{type}", tag = "failover",
     summary = "Switch back to the configured primary",
     description = "Audited (fsynced) before the engine acts; answers once the switch is complete. A switch to the upstream already active is a 200 no-op, still audited.",
-    params(("type" = String, Path, description = "A service name, else the kind of the only service of that kind (`redis`, `postgres`, `neo4j`, ...)")),
+    params(("type" = String, Path, description = "A service name, else the kind of the only service of that kind (`redis`, `postgres`, `neo4j`, ...)"), ForceParam),
     request_body(content = crate::openapi::ReasonBody, description = "Why (masked, audited); an empty body counts as `{}`"),
     responses(
         (status = 200, description = "The service after the switch", body = FailoverService),
@@ -137,9 +138,21 @@ pub async fn recover(
     State(state): State<AppState>,
     actor: Actor,
     PathParam(ty): PathParam,
+    force: Result<Query<ForceParam>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    run(state, Op::Recover, actor, ty, body).await
+    run(state, Op::Recover, actor, ty, force, body).await
+}
+
+/// `?force=true`: in a `[cluster]`, act on this engine alone, even while
+/// etcd is unreachable (docs/cluster.md); audited as `force`. Without a
+/// cluster it changes nothing.
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ForceParam {
+    /// true: this engine alone, not the cluster.
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// 404 (unknown service) before 400/422 (body) before the engine's 409.
@@ -148,6 +161,7 @@ async fn run(
     op: Op,
     actor: Actor,
     ty: String,
+    force: Result<Query<ForceParam>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let service = state
@@ -156,6 +170,7 @@ async fn run(
         .resolve_service(&ty)
         .map(|s| s.name.clone())
         .ok_or_else(|| ApiError::service_not_found(&ty))?;
+    let force = force?.0.force;
     let reason = operator_reason(&state, body)?;
     let actor = actor.name;
     let cmd = match op {
@@ -163,11 +178,13 @@ async fn run(
             service: service.clone(),
             actor,
             reason,
+            force,
         },
         Op::Recover => Command::Recover {
             service: service.clone(),
             actor,
             reason,
+            force,
         },
     };
     // Audit before acting: the intent is on disk (fsynced) before the switch.
@@ -198,11 +215,13 @@ pub fn manual_intervention(cmd: &Command, operation: &str) -> NewEntry {
             service,
             actor,
             reason,
+            ..
         }
         | Command::Recover {
             service,
             actor,
             reason,
+            ..
         }
         | Command::Resync {
             service,
@@ -224,6 +243,10 @@ pub fn manual_intervention(cmd: &Command, operation: &str) -> NewEntry {
     let mut details = json!({ "operation": operation, "reason": reason });
     if let Command::Emergency { enabled, .. } = cmd {
         details["enabled"] = json!(enabled);
+    }
+    if let Command::Trigger { force: true, .. } | Command::Recover { force: true, .. } = cmd {
+        // An engine acting alone in a [cluster] (docs/cluster.md).
+        details["force"] = json!(true);
     }
     if let Command::Switchover { pool, .. } | Command::Failback { pool, .. } = cmd {
         details["pool"] = json!(pool);

@@ -32,6 +32,19 @@ pub struct HealthBody<'a> {
     pub services: Vec<HealthService<'a>>,
     pub metrics: HealthMetrics,
     pub generated_at: DateTime<Utc>,
+    /// With `[cluster]` only: this engine's link to etcd. Cut off, the
+    /// engine is `degraded` and says why here (docs/cluster.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterLink>,
+}
+
+/// `cluster` in `/api/ops/health`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ClusterLink {
+    pub node_id: String,
+    pub connected: bool,
+    /// Why not connected.
+    pub reason: Option<String>,
 }
 
 /// Exactly the members SPEC 4 lists for `/api/ops/health` `services[]`.
@@ -95,6 +108,7 @@ pub fn health_body(snap: &EngineSnapshot) -> HealthBody<'_> {
         services: services.iter().map(HealthService::of).collect(),
         metrics,
         generated_at: snap.generated_at,
+        cluster: None,
     }
 }
 
@@ -136,7 +150,16 @@ pub struct DeepBody<'a> {
 )]
 pub async fn health(State(state): State<AppState>) -> Response {
     let snap = state.engine.snapshot();
-    Json(health_body(&snap)).into_response()
+    let mut body = health_body(&snap);
+    let cluster = state.engine.cluster();
+    if cluster.enabled {
+        body.cluster = Some(ClusterLink {
+            node_id: cluster.node_id,
+            connected: cluster.connected,
+            reason: cluster.reason,
+        });
+    }
+    Json(body).into_response()
 }
 
 /// 200 or 503, with the health body either way.

@@ -4,6 +4,7 @@
 //! and shape the answer from the snapshot types.
 
 pub mod audit;
+pub mod cluster;
 pub mod config;
 pub mod failover;
 pub mod health;

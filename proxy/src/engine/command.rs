@@ -10,17 +10,22 @@ use crate::snapshot::{EngineSnapshot, ServiceSnapshot, ServiceStatus};
 /// The closed set of mutations an operator (or a config reload) can cause.
 #[derive(Debug, Clone)]
 pub enum Command {
-    /// Switch `service` to its best usable other upstream.
+    /// Switch `service` to its best usable other upstream. In a
+    /// `[cluster]`, for every engine (crate::cluster); `force`: on this
+    /// engine alone, even while etcd is unreachable (audited as such).
     Trigger {
         service: String,
         actor: String,
         reason: String,
+        force: bool,
     },
-    /// Switch `service` back to its configured primary.
+    /// Switch `service` back to its configured primary (`force` as for
+    /// [`Command::Trigger`]).
     Recover {
         service: String,
         actor: String,
         reason: String,
+        force: bool,
     },
     /// Zero-loss planned switchover away from the active upstream `pool`
     /// to `to` (an upstream name) or the best usable other upstream.

@@ -4,6 +4,8 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use crate::cluster::{self, Cluster};
+use crate::config::OnFailover;
 use crate::engine::command::{Command, CommandOutcome};
 use crate::engine::project::{engine_snapshot, service_snapshot};
 use crate::engine::reload::{services, ReloadReport};
@@ -31,9 +33,18 @@ pub(crate) async fn dispatch(
             service,
             actor,
             reason,
+            force,
         } => {
             let svc = shared.find(&service)?;
-            trigger(&svc, actor, reason).await?;
+            match clustered(shared, &svc, force) {
+                Some(c) => {
+                    let epoch = c
+                        .request(service, None, Trigger::Manual, actor, reason)
+                        .await?;
+                    applied(&svc, epoch).await?;
+                }
+                None => trigger(&svc, actor, reason).await?,
+            }
             shared.refresh_state();
             Ok(CommandOutcome::Service(Box::new(service_snapshot(&svc))))
         }
@@ -41,9 +52,26 @@ pub(crate) async fn dispatch(
             service,
             actor,
             reason,
+            force,
         } => {
             let svc = shared.find(&service)?;
-            recover(&svc, actor, reason).await?;
+            match clustered(shared, &svc, force) {
+                Some(c) => {
+                    if svc.cfg.on_failover == OnFailover::Promote {
+                        return Err(CommandError::Conflict(
+                            "recover in a cluster with on_failover = \"promote\" is not coordinated: resynchronise the old primary, then switch over on each engine with force=true (docs/cluster.md)".into(),
+                        ));
+                    }
+                    let primary = svc
+                        .upstream_name(svc.cfg.configured_primary())
+                        .map(str::to_string);
+                    let epoch = c
+                        .request(service, primary, Trigger::Manual, actor, reason)
+                        .await?;
+                    applied(&svc, epoch).await?;
+                }
+                None => recover(&svc, actor, reason).await?,
+            }
             shared.refresh_state();
             Ok(CommandOutcome::Service(Box::new(service_snapshot(&svc))))
         }
@@ -54,6 +82,7 @@ pub(crate) async fn dispatch(
             reason,
         } => {
             let (svc, from) = shared.find_pool(&pool)?;
+            not_clustered(shared, &svc)?;
             let to = match to {
                 Some(name) => Some(
                     svc.upstreams
@@ -77,6 +106,7 @@ pub(crate) async fn dispatch(
             reason,
         } => {
             let (svc, to) = shared.find_pool(&pool)?;
+            not_clustered(shared, &svc)?;
             let report = failback_pool(&svc, to, actor, reason).await;
             switched(shared, &svc, report)
         }
@@ -118,6 +148,43 @@ pub(crate) async fn dispatch(
         Command::RemoveService { name } => reloaded(services::remove(shared, name)),
         Command::ReplaceService { config } => reloaded(services::replace(shared, *config)),
     }
+}
+
+/// The cluster that decides for `svc`, unless `force` (this engine alone).
+fn clustered<'a>(shared: &'a Shared, svc: &ServiceRt, force: bool) -> Option<&'a Arc<Cluster>> {
+    shared
+        .cluster
+        .as_ref()
+        .filter(|_| !force && cluster::coordinated(svc))
+}
+
+/// Planned switchovers are made by one engine; in a cluster they are
+/// refused for coordinated services (docs/cluster.md).
+fn not_clustered(shared: &Shared, svc: &ServiceRt) -> Result<(), CommandError> {
+    if clustered(shared, svc, false).is_some() {
+        return Err(CommandError::Conflict(format!(
+            "{} is coordinated by [cluster]: a planned switchover is not coordinated across engines yet; use failover/trigger or recover (docs/cluster.md)",
+            svc.cfg.name
+        )));
+    }
+    Ok(())
+}
+
+/// Waits until this engine serves the agreed route of `epoch` (it comes
+/// back through the watch).
+async fn applied(svc: &ServiceRt, epoch: u64) -> Result<(), CommandError> {
+    let limit = std::time::Duration::from_secs(10);
+    let mut changed = svc.route_tx.subscribe();
+    let wait = async {
+        while svc.route.load().epoch < epoch || svc.route.load().switching {
+            if changed.changed().await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(limit, wait)
+        .await
+        .map_err(|_| CommandError::Timeout(limit))
 }
 
 fn reloaded(report: Result<ReloadReport, CommandError>) -> Result<CommandOutcome, CommandError> {

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use tokio::sync::{broadcast, watch};
 
+use crate::cluster::Cluster;
 use crate::config::EngineConfig;
 use crate::error::{CommandError, ProxyError};
 use crate::events::{self, Event};
@@ -23,7 +24,7 @@ use crate::gateway::queue::QueueStore;
 use crate::metrics::ProxyMetrics;
 use crate::snapshot::{EngineSnapshot, FailoverState, ServiceStatus};
 use crate::upstream::service::ServiceRt;
-use crate::upstream::state::{lock, FailoverCounters};
+use crate::upstream::state::{lock, FailoverCounters, Route};
 use crate::workers::Workers;
 
 mod command;
@@ -63,6 +64,52 @@ fn l4_threads() -> usize {
             }
         },
     }
+}
+
+/// Starts the cluster session, and releases the start hold of the
+/// coordinated services once it has read the agreed routes, or after one
+/// lease TTL without etcd (then they serve their configured routes,
+/// degraded, until a session applies the agreed ones).
+fn join_cluster(
+    shared: &Arc<Shared>,
+    c: Arc<Cluster>,
+    requests: tokio::sync::mpsc::UnboundedReceiver<crate::cluster::Request>,
+) {
+    let host: Arc<dyn crate::cluster::Host> = shared.clone();
+    let session = tokio::spawn(crate::cluster::run(
+        host,
+        c.clone(),
+        requests,
+        shared.shutdown_tx.subscribe(),
+    ));
+    let release = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut synced = c.synced.subscribe();
+            let wait = c.cfg.lease_ttl.max(Duration::from_secs(1));
+            if tokio::time::timeout(wait, synced.wait_for(|s| *s))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tracing::warn!(
+                waited_ms = wait.as_millis() as u64,
+                "cluster: etcd not reached; serving the configured routes until it is"
+            );
+            for svc in shared.services.load().iter() {
+                let _guard = svc.switch_lock.lock().await;
+                let r = svc.route.load_full();
+                if r.switching && !*c.synced.borrow() {
+                    svc.set_route(Route {
+                        switching: false,
+                        ..(*r).clone()
+                    });
+                }
+            }
+        })
+    };
+    lock(&shared.tasks).extend([session, release]);
 }
 
 /// The data plane's handle. Cheap to clone; every clone is the same engine.
@@ -147,6 +194,21 @@ impl Engine {
         .map_err(ProxyError::Internal)?;
         let probes = Workers::start("probe", 1, &force_close_tx.subscribe(), Duration::ZERO)
             .map_err(ProxyError::Internal)?;
+        let cluster = match config.cluster.clone() {
+            Some(cfg) => Some(Cluster::new(cfg, registry).map_err(ProxyError::Internal)?),
+            None => None,
+        };
+        if cluster.is_some() {
+            // Hold new clients of coordinated services until the agreed
+            // routes are read (or the first session fails: see below).
+            for svc in services.iter().filter(|s| crate::cluster::coordinated(s)) {
+                let r = svc.route.load_full();
+                svc.route.store(Arc::new(Route {
+                    switching: true,
+                    ..(*r).clone()
+                }));
+            }
+        }
         let shared = Arc::new(Shared {
             services: ArcSwap::from_pointee(services.clone()),
             slots: Mutex::new(Vec::new()),
@@ -166,6 +228,7 @@ impl Engine {
             queue,
             l4: Arc::new(l4),
             probes: Arc::new(probes),
+            cluster: cluster.as_ref().map(|(c, _)| c.clone()),
         });
         let first_subscriber = shared.events.subscribe();
         let mut slots = Vec::new();
@@ -180,7 +243,19 @@ impl Engine {
         *lock(&shared.slots) = slots;
         let watcher = tokio::spawn(probe::state_watch(shared.clone()));
         lock(&shared.tasks).push(watcher);
+        if let Some((c, requests)) = cluster {
+            join_cluster(&shared, c, requests);
+        }
         Ok((Engine { shared }, first_subscriber))
+    }
+
+    /// The cluster as this engine knows it (`GET /api/ops/cluster`);
+    /// `enabled: false` without `[cluster]`.
+    pub fn cluster(&self) -> crate::snapshot::ClusterSnapshot {
+        match &self.shared.cluster {
+            Some(c) => c.snapshot(&self.shared.services.load()),
+            None => crate::snapshot::ClusterSnapshot::disabled(),
+        }
     }
 
     /// The HTTP gateway's queue, when the engine has a data dir.

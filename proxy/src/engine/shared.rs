@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::cluster::{Cluster, Host};
 use crate::config::EngineConfig;
 use crate::engine::slot::{Prepared, Slot};
 use crate::engine::state::engine_state;
@@ -53,6 +54,22 @@ pub(crate) struct Shared {
     /// The thread the periodic health probes run on (engine/probe.rs,
     /// [`Workers::run`]); it ends after `force_close_tx`.
     pub probes: Arc<Workers>,
+    /// `[cluster]`: this engine's membership (crate::cluster).
+    pub cluster: Option<Arc<Cluster>>,
+}
+
+impl Host for Shared {
+    fn services(&self) -> Arc<Vec<Arc<ServiceRt>>> {
+        self.services.load_full()
+    }
+
+    fn refresh_state(&self) {
+        Shared::refresh_state(self);
+    }
+
+    fn emit(&self, service: Option<&str>, kind: EventKind) {
+        let _ = self.events.send(Event::new(service, kind));
+    }
 }
 
 impl Shared {
@@ -87,9 +104,17 @@ impl Shared {
             .filter(|s| s.fallback.as_ref().is_some_and(|f| f.engaged()))
             .map(|s| s.svc.cfg.name.clone())
             .collect();
-        engine_state(&running, self.emergency.load(Ordering::SeqCst), |s| {
+        let state = engine_state(&running, self.emergency.load(Ordering::SeqCst), |s| {
             from_memory.contains(&s.cfg.name)
-        })
+        });
+        // Cut off from its cluster, an engine serves its last agreed
+        // routes and decides nothing: degraded (docs/cluster.md).
+        let cut_off = self.cluster.as_ref().is_some_and(|c| !c.connected());
+        if cut_off && state == FailoverState::Normal {
+            FailoverState::Degraded
+        } else {
+            state
+        }
     }
 
     /// Recomputes the engine state and emits a change event.

@@ -63,6 +63,11 @@ pub(crate) fn spawn_service(
     bound: Option<Bound>,
     fallback: Option<Arc<Fallback>>,
 ) -> Slot {
+    if let Some(c) = &shared.cluster {
+        if crate::cluster::coordinated(&svc) {
+            let _ = svc.coordination.set(c.link.clone());
+        }
+    }
     let stop = watch::channel(false).0;
     let mut tasks = Vec::new();
     for idx in 0..svc.upstreams.len() {

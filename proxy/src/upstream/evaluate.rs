@@ -1,6 +1,8 @@
 //! The automatic decision: after every signal, read the service's
 //! [`View`], ask the state machine ([`failover::decide`]) and, when it
-//! says so, switch with the evidence behind the decision.
+//! says so, switch with the evidence behind the decision. A service
+//! coordinated by a `[cluster]` is not switched here: the signal goes to
+//! the cluster session instead (crate::cluster).
 
 use serde_json::json;
 
@@ -13,6 +15,12 @@ use crate::upstream::switch::switch;
 /// Re-evaluates after a signal: switches if the state machine says so.
 pub(crate) async fn evaluate(svc: &ServiceRt) {
     svc.refresh_status();
+    if let Some(link) = svc.coordination.get() {
+        // In a cluster only the cluster moves the service: tell the
+        // session, which publishes this engine's view (crate::cluster).
+        link.changed.notify_one();
+        return;
+    }
     let Ok(_guard) = svc.switch_lock.try_lock() else {
         return;
     };

@@ -25,7 +25,9 @@ use crate::events::{Event, EventBus, EventKind};
 use crate::metrics::ProxyMetrics;
 use crate::snapshot::{ServiceStatus, UpstreamHealth};
 use crate::upstream::failover::{self, Thresholds, UpView, View};
-use crate::upstream::state::{lock, FailoverCounters, Route, ServiceState, UpstreamRt};
+use crate::upstream::state::{
+    lock, Coordination, FailoverCounters, Route, ServiceState, UpstreamRt,
+};
 
 /// One generation of a running service (a reload builds the next one).
 pub struct ServiceRt {
@@ -49,6 +51,9 @@ pub struct ServiceRt {
     pub metrics: ProxyMetrics,
     pub counters: Arc<FailoverCounters>,
     pub drain_timeout: Duration,
+    /// Set when the engine's `[cluster]` decides for this service
+    /// (engine/spawn.rs); unset, this engine decides alone.
+    pub coordination: std::sync::OnceLock<Arc<Coordination>>,
 }
 
 impl ServiceRt {
@@ -98,6 +103,7 @@ impl ServiceRt {
             metrics,
             counters,
             drain_timeout,
+            coordination: std::sync::OnceLock::new(),
             cfg,
         }
     }

@@ -148,6 +148,14 @@ impl SwitchKind {
     }
 }
 
+/// The link from a coordinated service to its engine's cluster session
+/// (crate::cluster): with it set, the automatic decision is the cluster's,
+/// and a health change only wakes the session (upstream/evaluate.rs).
+#[derive(Debug, Default)]
+pub struct Coordination {
+    pub changed: tokio::sync::Notify,
+}
+
 /// Locks a std mutex, recovering the data if a panic poisoned it: every
 /// critical section here leaves the state consistent at each statement.
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

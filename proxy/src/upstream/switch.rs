@@ -109,6 +109,54 @@ pub(crate) async fn switch(
     Ok(())
 }
 
+/// Adopts a route agreed by the cluster (crate::cluster): `to` active at
+/// `epoch` with `fenced`, no promotion (the engine that decided made it).
+/// Caller holds `switch_lock`. Returns whether the route changed; when
+/// the active upstream moved, with the same bookkeeping and event as
+/// [`switch`].
+pub(crate) fn adopt(
+    svc: &ServiceRt,
+    to: usize,
+    epoch: u64,
+    fenced: Vec<bool>,
+    kind: SwitchKind,
+) -> bool {
+    let old = svc.route.load_full();
+    let moved = old.active != to;
+    let closed = svc
+        .upstreams
+        .get(old.active)
+        .map(|u| u.active_conns.load(Ordering::Relaxed))
+        .unwrap_or(0);
+    if moved && kind.is_failover() && svc.cfg.on_failover == OnFailover::Promote {
+        if let Some(u) = svc.upstreams.get(old.active) {
+            lock(&u.health).diverged = true;
+        }
+    }
+    svc.set_route(Route {
+        active: to,
+        epoch,
+        fenced,
+        switching: false,
+        drain: None,
+    });
+    if moved {
+        finish(
+            svc,
+            Switched {
+                old: &old,
+                to,
+                new_epoch: epoch,
+                kind,
+                promoted: false,
+                closed,
+                started: tokio::time::Instant::now(),
+            },
+        );
+    }
+    true
+}
+
 /// Bookkeeping and the event after a switch whose new route is stored.
 pub(crate) fn finish(svc: &ServiceRt, s: Switched<'_>) {
     let is_failover = s.kind.is_failover();

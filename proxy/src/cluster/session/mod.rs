@@ -1,0 +1,556 @@
+//! One engine's etcd session, and the loop that renews it: connect, take
+//! a lease, join, read the whole cluster state (and apply the agreed
+//! routes) before anything else, publish this engine's views, campaign
+//! for each service's leadership, then follow the watch. Any error ends
+//! the session: the engine is `degraded` (it keeps serving its last
+//! agreed routes and decides nothing) until the next one has read the
+//! state again. Runs on the engine's runtime.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, Txn,
+    TxnOp, TxnOpResponse, WatchOptions,
+};
+use tokio::sync::{mpsc, watch};
+
+use crate::cluster::doc::{AgreedRoute, Key, Keys, MemberDoc, Phase, UpstreamView, ViewDoc};
+mod moves;
+
+use crate::cluster::{adopt, coordinated, Cluster, Request};
+use crate::error::CommandError;
+use crate::events::EventKind;
+use crate::upstream::service::ServiceRt;
+use crate::upstream::state::lock;
+
+/// What the session needs from the engine it belongs to.
+pub(crate) trait Host: Send + Sync + 'static {
+    /// The running services (the current generation).
+    fn services(&self) -> Arc<Vec<Arc<ServiceRt>>>;
+    /// Recomputes the engine state (the cluster link counts in it).
+    fn refresh_state(&self);
+    fn emit(&self, service: Option<&str>, kind: EventKind);
+}
+
+type Result<T> = std::result::Result<T, String>;
+
+fn etcd(what: &'static str) -> impl Fn(etcd_client::Error) -> String {
+    move |e| format!("etcd {what}: {e}")
+}
+
+/// Renews the session until `stop`.
+pub(crate) async fn run(
+    host: Arc<dyn Host>,
+    cluster: Arc<Cluster>,
+    mut requests: mpsc::UnboundedReceiver<Request>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut s = Session::new(host.clone(), cluster.clone());
+        let ended = tokio::select! {
+            r = s.run(&mut requests) => r,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let reason = match ended {
+            Ok(()) => "the etcd session ended".to_string(),
+            Err(e) => e,
+        };
+        if s.was_connected {
+            backoff = Duration::from_millis(100);
+        }
+        if cluster.set_connected(false, Some(reason.clone())) || !s.was_connected {
+            tracing::warn!(node = %cluster.cfg.node_id, reason = %reason, "cluster: not connected to etcd; serving the last agreed routes, deciding nothing");
+        }
+        if s.was_connected {
+            host.emit(
+                None,
+                EventKind::ClusterConnection {
+                    node_id: cluster.cfg.node_id.clone(),
+                    connected: false,
+                    reason: Some(reason.clone()),
+                },
+            );
+        }
+        host.refresh_state();
+        // Operator moves queued meanwhile are refused, not left waiting.
+        while let Ok(r) = requests.try_recv() {
+            let _ = r.reply.send(Err(CommandError::Conflict(format!(
+                "the cluster cannot agree now ({reason}); retry, or act on this engine alone with force=true"
+            ))));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// `host:port` endpoints as the client wants them (`http://host:port`).
+fn endpoints(cfg: &[String]) -> Vec<String> {
+    cfg.iter()
+        .map(|e| {
+            if e.starts_with("http://") || e.starts_with("https://") {
+                e.clone()
+            } else {
+                format!("http://{e}")
+            }
+        })
+        .collect()
+}
+
+struct Session {
+    host: Arc<dyn Host>,
+    cluster: Arc<Cluster>,
+    keys: Keys,
+    me: String,
+    lease: i64,
+    was_connected: bool,
+}
+
+impl Session {
+    fn new(host: Arc<dyn Host>, cluster: Arc<Cluster>) -> Session {
+        Session {
+            keys: Keys::new(&cluster.cfg.cluster_name),
+            me: cluster.cfg.node_id.clone(),
+            host,
+            cluster,
+            lease: 0,
+            was_connected: false,
+        }
+    }
+
+    fn coordinated(&self) -> Vec<Arc<ServiceRt>> {
+        self.host
+            .services()
+            .iter()
+            .filter(|s| coordinated(s))
+            .cloned()
+            .collect()
+    }
+
+    async fn run(&mut self, requests: &mut mpsc::UnboundedReceiver<Request>) -> Result<()> {
+        let ttl = self.cluster.cfg.lease_ttl.max(Duration::from_secs(1));
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(1))
+            .with_timeout(ttl.min(Duration::from_secs(2)))
+            .with_keep_alive(Duration::from_millis(500), Duration::from_secs(1));
+        let mut client = Client::connect(endpoints(&self.cluster.cfg.etcd_endpoints), Some(opts))
+            .await
+            .map_err(etcd("connect"))?;
+        self.lease = client
+            .lease_grant(ttl.as_secs() as i64, None)
+            .await
+            .map_err(etcd("lease grant"))?
+            .id();
+        let (mut keeper, mut kept) = client
+            .lease_keep_alive(self.lease)
+            .await
+            .map_err(etcd("lease keep-alive"))?;
+        let member = MemberDoc {
+            node_id: self.me.clone(),
+            joined_at: Utc::now(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        client
+            .put(
+                self.keys.member(&self.me),
+                json(&member)?,
+                Some(PutOptions::new().with_lease(self.lease)),
+            )
+            .await
+            .map_err(etcd("join"))?;
+
+        // The whole state first; routes applied before this engine decides
+        // or publishes anything.
+        let revision = self.read_all(&mut client).await?;
+        for svc in self.coordinated() {
+            self.ensure_route(&mut client, &svc).await?;
+        }
+        let routes = self.cluster.known().routes.clone();
+        for svc in self.coordinated() {
+            let Some((route, rev)) = routes.get(svc.name()) else {
+                continue;
+            };
+            let local = svc.route.load_full();
+            if local.epoch > route.epoch && !local.switching {
+                // Moved by hand (force=true) while etcd was unreachable:
+                // that move becomes the agreed route, unless another write
+                // landed first (then the watch brings it here).
+                self.publish_forced(&mut client, &svc, route, *rev).await?;
+            } else {
+                adopt(&svc, route, *rev, &self.me).await;
+            }
+        }
+        self.cluster.synced.send_replace(true);
+        // Views read back may be under a lease of an earlier session:
+        // publish all of this engine's again, under this one.
+        for views in self.cluster.known().views.values_mut() {
+            views.remove(&self.me);
+        }
+        self.publish_views(&mut client).await?;
+        for svc in self.coordinated() {
+            self.campaign(&mut client, svc.name()).await?;
+        }
+        let mut watch = client
+            .watch(
+                self.keys.prefix(),
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(revision + 1),
+                ),
+            )
+            .await
+            .map_err(etcd("watch"))?;
+        self.was_connected = true;
+        if self.cluster.set_connected(true, None) {
+            tracing::info!(node = %self.me, cluster = %self.cluster.cfg.cluster_name, "cluster: connected to etcd");
+            self.host.emit(
+                None,
+                EventKind::ClusterConnection {
+                    node_id: self.me.clone(),
+                    connected: true,
+                    reason: None,
+                },
+            );
+            self.host.refresh_state();
+        }
+        self.decide_all(&mut client).await?;
+
+        let mut tick = tokio::time::interval(ttl / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                msg = watch.message() => {
+                    let resp = msg.map_err(etcd("watch"))?.ok_or("the etcd watch ended")?;
+                    if resp.canceled() {
+                        return Err(format!("the etcd watch was cancelled: {}", resp.cancel_reason()));
+                    }
+                    self.on_events(&mut client, &resp).await?;
+                }
+                _ = self.cluster.link.changed.notified() => {
+                    self.publish_views(&mut client).await?;
+                }
+                _ = tick.tick() => {
+                    keeper.keep_alive().await.map_err(etcd("lease keep-alive"))?;
+                    self.decide_all(&mut client).await?;
+                }
+                kept_msg = kept.message() => {
+                    let r = kept_msg.map_err(etcd("lease keep-alive"))?.ok_or("the lease keep-alive stream ended")?;
+                    if r.ttl() <= 0 {
+                        return Err("this engine's etcd lease expired".into());
+                    }
+                }
+                req = requests.recv() => {
+                    let Some(req) = req else { return Ok(()) };
+                    let answer = self.operator_move(&mut client, &req).await;
+                    let _ = req.reply.send(answer);
+                }
+            }
+        }
+    }
+
+    /// Reads every key of the cluster into `Known`; returns the revision.
+    async fn read_all(&mut self, client: &mut Client) -> Result<i64> {
+        let resp = client
+            .get(self.keys.prefix(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(etcd("read"))?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        let mut known = self.cluster.known();
+        known.revision = revision;
+        known.members.clear();
+        known.views.clear();
+        known.leaders.clear();
+        known.routes.clear();
+        drop(known);
+        for kv in resp.kvs() {
+            self.ingest_put(kv);
+        }
+        Ok(revision)
+    }
+
+    /// Records one key's new value.
+    fn ingest_put(&self, kv: &KeyValue) {
+        let Some(key) = self.keys.parse(kv.key()) else {
+            return;
+        };
+        let mut known = self.cluster.known();
+        known.revision = known.revision.max(kv.mod_revision());
+        let value = kv.value();
+        match key {
+            Key::Member(node) => {
+                if let Ok(m) = serde_json::from_slice::<MemberDoc>(value) {
+                    known.members.insert(node, m);
+                }
+            }
+            Key::View { service, node } => {
+                if let Ok(v) = serde_json::from_slice::<ViewDoc>(value) {
+                    known.views.entry(service).or_default().insert(node, v);
+                }
+            }
+            Key::Leader(service) => {
+                let leader = String::from_utf8_lossy(value).into_owned();
+                known.leaders.insert(service, leader);
+            }
+            Key::Route(service) => match serde_json::from_slice::<AgreedRoute>(value) {
+                Ok(r) => {
+                    known.routes.insert(service, (r, kv.mod_revision()));
+                }
+                Err(e) => {
+                    tracing::error!(%service, error = %e, "cluster: unreadable route key ignored")
+                }
+            },
+        }
+    }
+
+    fn ingest_delete(&self, kv: &KeyValue) {
+        let Some(key) = self.keys.parse(kv.key()) else {
+            return;
+        };
+        let mut known = self.cluster.known();
+        known.revision = known.revision.max(kv.mod_revision());
+        match key {
+            Key::Member(node) => {
+                known.members.remove(&node);
+            }
+            Key::View { service, node } => {
+                if let Some(v) = known.views.get_mut(&service) {
+                    v.remove(&node);
+                }
+            }
+            Key::Leader(service) => {
+                known.leaders.remove(&service);
+            }
+            Key::Route(service) => {
+                known.routes.remove(&service);
+            }
+        }
+    }
+
+    /// Handles one watch response: records it, applies changed routes,
+    /// campaigns for freed leaderships, re-decides.
+    async fn on_events(
+        &mut self,
+        client: &mut Client,
+        resp: &etcd_client::WatchResponse,
+    ) -> Result<()> {
+        let mut routes_changed = Vec::new();
+        let mut leaders_freed = Vec::new();
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            let key = self.keys.parse(kv.key());
+            match ev.event_type() {
+                EventType::Put => self.ingest_put(kv),
+                EventType::Delete => self.ingest_delete(kv),
+            }
+            match key {
+                Some(Key::Route(s)) => routes_changed.push(s),
+                Some(Key::Leader(s)) if ev.event_type() == EventType::Delete => {
+                    leaders_freed.push(s)
+                }
+                _ => {}
+            }
+        }
+        if let Some(h) = resp.header() {
+            let mut known = self.cluster.known();
+            known.revision = known.revision.max(h.revision());
+        }
+        for service in routes_changed {
+            let route = self.cluster.known().routes.get(&service).cloned();
+            let svc = self
+                .host
+                .services()
+                .iter()
+                .find(|s| s.cfg.name == service)
+                .cloned();
+            match (route, svc) {
+                (Some((route, rev)), Some(svc)) => {
+                    if adopt(&svc, &route, rev, &self.me).await {
+                        tracing::info!(service = %service, active = %route.active, epoch = route.epoch, revision = rev, decided_by = %route.decided_by, "cluster: applied the agreed route");
+                    }
+                    self.host.refresh_state();
+                }
+                (None, Some(svc)) => {
+                    // Deleted by hand: write this engine's route again.
+                    self.ensure_route(client, &svc).await?;
+                }
+                _ => {}
+            }
+        }
+        for service in leaders_freed {
+            if self.coordinated().iter().any(|s| s.cfg.name == service) {
+                self.campaign(client, &service).await?;
+            }
+        }
+        self.decide_all(client).await
+    }
+
+    /// Creates `svc`'s route key from this engine's route if there is
+    /// none yet (the first engine of the cluster; a create-only txn).
+    async fn ensure_route(&mut self, client: &mut Client, svc: &ServiceRt) -> Result<()> {
+        if self.cluster.known().routes.contains_key(svc.name()) {
+            return Ok(());
+        }
+        let route = svc.route.load();
+        let initial = AgreedRoute {
+            active: svc.upstream_name(route.active).unwrap_or("?").to_string(),
+            epoch: route.epoch,
+            fenced: svc
+                .upstreams
+                .iter()
+                .zip(route.fenced.iter())
+                .filter(|(_, f)| **f)
+                .map(|(u, _)| u.cfg.name.clone())
+                .collect(),
+            phase: Phase::Serving,
+            decided_by: self.me.clone(),
+            trigger: "initial".into(),
+            actor: "system".into(),
+            reason: "the first engine's route".into(),
+            at: Utc::now(),
+        };
+        let key = self.keys.route(svc.name());
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.clone(), json(&initial)?, None)])
+            .or_else([TxnOp::get(key, None)]);
+        let resp = client.txn(txn).await.map_err(etcd("create route"))?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        if resp.succeeded() {
+            self.cluster
+                .known()
+                .routes
+                .insert(svc.name().to_string(), (initial, revision));
+        } else {
+            for op in resp.op_responses() {
+                if let TxnOpResponse::Get(g) = op {
+                    for kv in g.kvs() {
+                        self.ingest_put(kv);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes this engine's view of every coordinated service whose
+    /// judgement changed since it last did (the active upstream, the epoch,
+    /// an upstream's health or role): one etcd write per change, not per
+    /// probe. The key lives as long as the lease; `at` is when it changed.
+    async fn publish_views(&mut self, client: &mut Client) -> Result<()> {
+        for svc in self.coordinated() {
+            let view = view_of(&svc, &self.me);
+            let unchanged = self
+                .cluster
+                .known()
+                .views
+                .get(svc.name())
+                .and_then(|m| m.get(&self.me))
+                .is_some_and(|old| same_judgement(old, &view));
+            if unchanged {
+                continue;
+            }
+            client
+                .put(
+                    self.keys.view(svc.name(), &self.me),
+                    json(&view)?,
+                    Some(PutOptions::new().with_lease(self.lease)),
+                )
+                .await
+                .map_err(etcd("publish view"))?;
+            self.cluster
+                .known()
+                .views
+                .entry(svc.name().to_string())
+                .or_default()
+                .insert(self.me.clone(), view);
+        }
+        Ok(())
+    }
+
+    /// Takes `service`'s leadership if it is free (a create-only txn
+    /// under this engine's lease).
+    async fn campaign(&mut self, client: &mut Client, service: &str) -> Result<()> {
+        let key = self.keys.leader(service);
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key.clone(),
+                self.me.clone(),
+                Some(PutOptions::new().with_lease(self.lease)),
+            )])
+            .or_else([TxnOp::get(key, None)]);
+        let resp = client.txn(txn).await.map_err(etcd("campaign"))?;
+        if resp.succeeded() {
+            tracing::info!(service, node = %self.me, "cluster: this engine leads the service");
+            self.cluster
+                .known()
+                .leaders
+                .insert(service.to_string(), self.me.clone());
+        } else {
+            for op in resp.op_responses() {
+                if let TxnOpResponse::Get(g) = op {
+                    for kv in g.kvs() {
+                        self.ingest_put(kv);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| format!("cannot encode: {e}"))
+}
+
+/// Whether two views say the same thing to the decision.
+fn same_judgement(a: &ViewDoc, b: &ViewDoc) -> bool {
+    a.active == b.active
+        && a.epoch == b.epoch
+        && a.upstreams.len() == b.upstreams.len()
+        && a.upstreams.iter().zip(&b.upstreams).all(|(x, y)| {
+            x.name == y.name && x.health == y.health && x.observed_role == y.observed_role
+        })
+}
+
+/// This engine's view of `svc` now.
+fn view_of(svc: &ServiceRt, me: &str) -> ViewDoc {
+    let route = svc.route.load();
+    let upstreams = svc
+        .upstreams
+        .iter()
+        .map(|u| {
+            let h = lock(&u.health);
+            UpstreamView {
+                name: u.cfg.name.clone(),
+                health: health_name(h.counters.health),
+                observed_role: h.observed.map(|r| format!("{r:?}").to_lowercase()),
+                consecutive_failures: h.counters.consecutive_failures,
+                last_error: h.last_error.clone(),
+            }
+        })
+        .collect();
+    ViewDoc {
+        node_id: me.to_string(),
+        at: Utc::now(),
+        active: svc.upstream_name(route.active).unwrap_or("?").to_string(),
+        epoch: route.epoch,
+        upstreams,
+    }
+}
+
+fn health_name(h: crate::snapshot::UpstreamHealth) -> String {
+    use crate::snapshot::UpstreamHealth::*;
+    match h {
+        Up => "up",
+        Down => "down",
+        Unknown => "unknown",
+    }
+    .to_string()
+}
