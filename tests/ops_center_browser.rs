@@ -13,9 +13,16 @@
 //! `target/tmp/ops-center/`, or into `docs/` (the committed ones) with
 //! `OC_UPDATE_SCREENSHOTS=1`.
 //!
-//! Without chromium, node or `tests/browser/node_modules` (run
-//! `scripts/install-deps`), the test says SKIPPED and passes, except in CI
-//! (`CI` set), where it fails.
+//! A second run of the script (`OC_MODE=cluster`) checks the Cluster panel
+//! (issue #17) against an engine with `[cluster]` on a one-node etcd
+//! (`/usr/bin/etcd`, started here): the members, the leader, the agreed
+//! route and each view; the decision after a kill -9 of the Redis primary;
+//! the degraded badge while etcd is stopped. Its screenshots go to
+//! `target/tmp/ops-center/` only.
+//!
+//! Without chromium, node or `tests/browser/node_modules` (or etcd, for the
+//! cluster run; run `scripts/install-deps`), the test says SKIPPED and
+//! passes, except in CI (`CI` set), where it fails.
 
 mod support;
 
@@ -28,6 +35,7 @@ use std::time::{Duration, Instant};
 use support::continuity::{Continuity, OPERATOR_TOKEN, VIEWER_TOKEN};
 use support::http_client;
 use support::http_upstream::HttpUpstream;
+use support::proc::{record_server_pid, server_dir, tail};
 use support::*;
 
 const HEALTH: &str = "check_interval_seconds = 0.2\nfailure_threshold = 2\nhold_down_seconds = 1\nconnect_timeout_ms = 300";
@@ -272,53 +280,63 @@ fn deep_health_has_latency_threshold_and_quota_window() {
     }
 }
 
-#[test]
-fn operations_center_in_a_real_browser() {
-    let missing = missing_tools();
-    if !missing.is_empty() {
-        assert!(
-            !in_ci(),
-            "the browser test cannot run, and CI must not skip it; missing: {} (run scripts/install-deps)",
-            missing.join(", ")
-        );
-        eprintln!(
-            "SKIPPED operations_center_in_a_real_browser: missing {} (run scripts/install-deps)",
-            missing.join(", ")
-        );
-        return;
+/// Whether the browser test can run here (and `etcd` too, with
+/// `with_etcd`); if not, says SKIPPED, except in CI, where it fails.
+fn can_run(test: &str, with_etcd: bool) -> bool {
+    let mut missing = missing_tools();
+    if with_etcd && !etcd_bin().is_file() {
+        missing.push(format!(
+            "{} (apt-get install etcd-server etcd-client)",
+            etcd_bin().display()
+        ));
     }
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        !in_ci(),
+        "the browser test cannot run, and CI must not skip it; missing: {} (run scripts/install-deps)",
+        missing.join(", ")
+    );
+    eprintln!(
+        "SKIPPED {test}: missing {} (run scripts/install-deps)",
+        missing.join(", ")
+    );
+    false
+}
 
-    let mut redis = RedisPair::start();
-    redis.replica.wait_for_link_up();
-    let ncic = HttpUpstream::start("ncic-a", None, None, false);
-    let mut engine = start_engine(&redis, &ncic);
-
-    // The committed screenshots are rewritten only when asked for, so that
-    // a test run does not dirty the working tree.
-    let docs = if std::env::var_os("OC_UPDATE_SCREENSHOTS").is_some() {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs")
-    } else {
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join("ops-center")
-    };
+/// Runs `ops_center.test.mjs` in `mode` (`OC_MODE`) against `engine`,
+/// with `env` besides the common variables; does each `@@CONTROL <what>`
+/// step with `on_control` and answers `@@DONE <what>`. Panics if the
+/// script fails or runs longer than [`RUN_TIMEOUT`]; returns the steps it
+/// asked for, in order.
+fn run_browser_script(
+    mode: &str,
+    engine: &mut Continuity,
+    screenshots: &Path,
+    env: &[(&str, String)],
+    mut on_control: impl FnMut(&str, &mut Continuity),
+) -> Vec<String> {
     // Run as a plain script (not `node --test`, which would run it in a
     // child process without our stdin); node:test still reports and sets
     // the exit status.
-    let mut node = Command::new("node")
-        .arg("--test-reporter=spec")
+    let mut cmd = Command::new("node");
+    cmd.arg("--test-reporter=spec")
         .arg("ops_center.test.mjs")
         .current_dir(browser_dir())
+        .env("OC_MODE", mode)
         .env("OC_URL", format!("http://{}", engine.control))
         .env("OC_OPERATOR_TOKEN", OPERATOR_TOKEN)
         .env("OC_VIEWER_TOKEN", VIEWER_TOKEN)
-        .env("OC_SCREENSHOTS", &docs)
+        .env("OC_SCREENSHOTS", screenshots)
         .env("OC_CHROMIUM", chromium())
-        .env("OC_REDIS_THRESHOLD_MS", REDIS_THRESHOLD_MS.to_string())
-        .env("OC_ETL", ETL)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn node");
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut node = cmd.spawn().expect("spawn node");
     let mut stdin = node.stdin.take().expect("piped stdin");
     let stdout = node.stdout.take().expect("piped stdout");
 
@@ -343,7 +361,7 @@ fn operations_center_in_a_real_browser() {
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let _ = node.kill();
                 panic!(
-                    "the browser test did not finish within {RUN_TIMEOUT:?}:\n{transcript}\nengine log:\n{}",
+                    "the browser test ({mode}) did not finish within {RUN_TIMEOUT:?}:\n{transcript}\nengine log:\n{}",
                     engine.log_text()
                 );
             }
@@ -354,7 +372,49 @@ fn operations_center_in_a_real_browser() {
         let Some(what) = line.strip_prefix("@@CONTROL ") else {
             continue;
         };
-        match what.trim() {
+        on_control(what.trim(), engine);
+        done.push(what.trim().to_string());
+        writeln!(stdin, "@@DONE {}", what.trim()).expect("answer the browser test");
+        stdin.flush().expect("flush");
+    }
+    drop(stdin);
+    let status = node.wait().expect("wait for node");
+    assert!(
+        status.success(),
+        "the browser test ({mode}) failed ({status}):\n{transcript}\nengine log (tail):\n{}",
+        tail_of(&engine.log_text(), 60)
+    );
+    done
+}
+
+#[test]
+fn operations_center_in_a_real_browser() {
+    if !can_run("operations_center_in_a_real_browser", false) {
+        return;
+    }
+
+    let mut redis = RedisPair::start();
+    redis.replica.wait_for_link_up();
+    let ncic = HttpUpstream::start("ncic-a", None, None, false);
+    let mut engine = start_engine(&redis, &ncic);
+
+    // The committed screenshots are rewritten only when asked for, so that
+    // a test run does not dirty the working tree.
+    let docs = if std::env::var_os("OC_UPDATE_SCREENSHOTS").is_some() {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs")
+    } else {
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("ops-center")
+    };
+    let env = [
+        ("OC_REDIS_THRESHOLD_MS", REDIS_THRESHOLD_MS.to_string()),
+        ("OC_ETL", ETL.to_string()),
+    ];
+    let done = run_browser_script(
+        "standalone",
+        &mut engine,
+        &docs,
+        &env,
+        |what, engine| match what {
             "quota-429" => {
                 // Through the gateway: the upstream answers 429 with
                 // Retry-After: 600, past the hold budget, so the client
@@ -376,17 +436,7 @@ fn operations_center_in_a_real_browser() {
             }
             "start-engine" => engine.restart(),
             other => panic!("the browser test asked for '{other}', which this driver does not do"),
-        }
-        done.push(what.trim().to_string());
-        writeln!(stdin, "@@DONE {}", what.trim()).expect("answer the browser test");
-        stdin.flush().expect("flush");
-    }
-    drop(stdin);
-    let status = node.wait().expect("wait for node");
-    assert!(
-        status.success(),
-        "the browser test failed ({status}):\n{transcript}\nengine log (tail):\n{}",
-        tail_of(&engine.log_text(), 60)
+        },
     );
     assert_eq!(
         done,
@@ -405,6 +455,186 @@ fn operations_center_in_a_real_browser() {
         "ops-center-dark.png",
     ] {
         let len = std::fs::metadata(docs.join(shot)).map_or(0, |m| m.len());
+        assert!(len > 10_000, "{shot} was written ({len} bytes)");
+    }
+}
+
+// ------------------------------------------------------------ with [cluster]
+
+const CLUSTER_NAME: &str = "ui-test";
+const NODE_ID: &str = "engine-ui";
+
+fn etcd_bin() -> PathBuf {
+    std::env::var_os("ETCD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/etcd"))
+}
+
+/// One etcd process on loopback, a cluster of one: free client and peer
+/// ports, its data dir and log (`etcd.log`) in a harness server dir (so
+/// that the orphan sweep of a killed test run finds it). SIGKILLed when
+/// dropped.
+struct SingleEtcd {
+    // Declared first: killed before its dir is removed.
+    child: Option<ChildGuard>,
+    client_port: u16,
+    peer_port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl SingleEtcd {
+    fn start() -> SingleEtcd {
+        let mut etcd = SingleEtcd {
+            child: None,
+            client_port: free_port(),
+            peer_port: free_port(),
+            dir: server_dir("etcd"),
+        };
+        etcd.spawn();
+        etcd
+    }
+
+    /// `127.0.0.1:PORT`, the client endpoint.
+    fn endpoint(&self) -> String {
+        loopback(self.client_port)
+    }
+
+    fn log_tail(&self) -> String {
+        tail(&self.dir.path().join("etcd.log"), 30)
+    }
+
+    /// Starts etcd (again, on the same data dir and ports) and waits until
+    /// it answers `/health` with `true`.
+    fn spawn(&mut self) {
+        let client = format!("http://{}", self.endpoint());
+        let peer = format!("http://{}", loopback(self.peer_port));
+        let log = std::fs::File::create(self.dir.path().join("etcd.log")).expect("etcd log");
+        let mut cmd = Command::new(etcd_bin());
+        cmd.current_dir(self.dir.path())
+            .args(["--name", "ui", "--data-dir", "data"])
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .arg(format!("--initial-cluster=ui={peer}"))
+            .arg(format!(
+                "--initial-cluster-token=continuity-ui-{}",
+                std::process::id()
+            ))
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("etcd log"))
+            .stderr(log);
+        let child = ChildGuard::spawn("etcd", &mut cmd);
+        if let Some(pid) = child.pid() {
+            record_server_pid(self.dir.path(), pid);
+        }
+        self.child = Some(child);
+        let endpoint = self.endpoint();
+        let healthy = wait_until(Duration::from_secs(20), || {
+            http_client::get(&endpoint, "/health")
+                .is_ok_and(|r| r.status == 200 && r.body.contains("true"))
+        });
+        assert!(
+            healthy,
+            "etcd did not answer /health on {endpoint}:\n{}",
+            self.log_tail()
+        );
+    }
+
+    /// SIGKILL; returns once the client port refuses.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill();
+        }
+        assert!(
+            wait_for_port_closed(&self.endpoint(), Duration::from_secs(5)),
+            "etcd's client port is still open after SIGKILL"
+        );
+    }
+}
+
+/// The Cluster panel with a real cluster: one etcd, one engine
+/// (`engine-ui`) in front of a Redis pair. The script checks the members,
+/// the leader, the agreed route and the view of each upstream; then the
+/// decision after a kill -9 of the primary, the degraded badge when etcd
+/// stops (from the `cluster_connection` message), and the way back.
+#[test]
+fn cluster_panel_in_a_real_browser() {
+    if !can_run("cluster_panel_in_a_real_browser", true) {
+        return;
+    }
+
+    let mut etcd = SingleEtcd::start();
+    let mut redis = RedisPair::start();
+    redis.replica.wait_for_link_up();
+    let redis_listen = loopback(free_port());
+    let mut engine = Continuity::builder()
+        .health(HEALTH)
+        .service(&format!(
+            r#"name = "redis"
+kind = "redis"
+listen = "{redis_listen}"
+on_failover = "route"
+upstreams = [
+  {{ name = "redis-primary", address = "{p}", role = "primary" }},
+  {{ name = "redis-replica", address = "{r}", role = "secondary" }},
+]"#,
+            p = redis.primary.addr(),
+            r = redis.replica.addr()
+        ))
+        .tail(&format!(
+            r#"[cluster]
+etcd_endpoints = ["{endpoint}"]
+cluster_name = "{CLUSTER_NAME}"
+node_id = "{NODE_ID}"
+lease_ttl_seconds = 2"#,
+            endpoint = etcd.endpoint()
+        ))
+        .start();
+    // Before the browser: the engine leads redis on the initial route and
+    // has published its view of both upstreams, up.
+    let mut last = serde_json::Value::Null;
+    let ready = wait_until(Duration::from_secs(20), || {
+        last = engine.get("/api/ops/cluster").1;
+        let svc = &last["services"][0];
+        let ups = svc["views"][0]["upstreams"].as_array();
+        last["connected"] == true
+            && svc["leader"] == NODE_ID
+            && svc["route"]["active"] == "redis-primary"
+            && ups.is_some_and(|u| u.len() == 2 && u.iter().all(|u| u["health"] == "up"))
+    });
+    assert!(
+        ready,
+        "the clustered engine did not lead redis with both upstreams up:\n{last:#}\nengine log (tail):\n{}\netcd log (tail):\n{}",
+        tail_of(&engine.log_text(), 40),
+        etcd.log_tail()
+    );
+
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ops-center");
+    let env = [
+        ("OC_CLUSTER_NAME", CLUSTER_NAME.to_string()),
+        ("OC_NODE_ID", NODE_ID.to_string()),
+    ];
+    let done = run_browser_script(
+        "cluster",
+        &mut engine,
+        &shots,
+        &env,
+        |what, _engine| match what {
+            "kill-primary" => redis.primary.kill(),
+            "stop-etcd" => etcd.kill(),
+            "start-etcd" => etcd.spawn(),
+            other => panic!("the browser test asked for '{other}', which this driver does not do"),
+        },
+    );
+    assert_eq!(
+        done,
+        ["kill-primary", "stop-etcd", "start-etcd"],
+        "the browser test ran every step"
+    );
+    for shot in ["ops-center-cluster-connected.png", "ops-center-cluster.png"] {
+        let len = std::fs::metadata(shots.join(shot)).map_or(0, |m| m.len());
         assert!(len > 10_000, "{shot} was written ({len} bytes)");
     }
 }

@@ -82,7 +82,7 @@ pub fn publish(bus: &OpsBus, engine: &Engine, event: &Event) {
             bus.publish(Channel::Failover, "emergency_state", service, data);
         }
         // A cluster decision and this engine's etcd link: `failover_event`
-        // with `data.event` = `cluster_decision` | `cluster_connection`.
+        // with `data.type` = `cluster_decision` | `cluster_connection`.
         EventKind::FailoverBlocked { .. }
         | EventKind::ClusterDecision { .. }
         | EventKind::ClusterConnection { .. } => {

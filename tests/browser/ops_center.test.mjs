@@ -9,11 +9,15 @@
 //   OC_CHROMIUM        the browser (default /usr/bin/chromium)
 //   OC_REDIS_THRESHOLD_MS  redis's configured latency_threshold_ms (not the 1000 default)
 //   OC_ETL             a heartbeat service that never reports: its etl_stall alert is open
+//   OC_MODE            `standalone` (the default): the whole page, against an engine
+//                      without [cluster]; `cluster`: the Cluster panel, against an
+//                      engine in a one-node etcd cluster, which also passes
+//   OC_CLUSTER_NAME, OC_NODE_ID  its [cluster] cluster_name and node_id
 // Things only the Rust side can do (kill -9 the Redis primary, stop and
-// start the engine) are asked for with a line `@@CONTROL <what>` on
-// stdout; the Rust side answers `@@DONE <what>` on stdin.
+// start the engine or etcd) are asked for with a line `@@CONTROL <what>`
+// on stdout; the Rust side answers `@@DONE <what>` on stdin.
 
-import { test, before, after } from 'node:test';
+import { test as nodeTest, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createInterface } from 'node:readline';
 import { mkdirSync } from 'node:fs';
@@ -28,12 +32,24 @@ const SHOTS = process.env.OC_SCREENSHOTS;
 const CHROMIUM = process.env.OC_CHROMIUM || '/usr/bin/chromium';
 const REDIS_THRESHOLD_MS = Number(process.env.OC_REDIS_THRESHOLD_MS);
 const ETL = process.env.OC_ETL;
-assert.ok(REDIS_THRESHOLD_MS > 0 && REDIS_THRESHOLD_MS !== 1000 && ETL, 'OC_REDIS_THRESHOLD_MS (not 1000) and OC_ETL are required');
+const MODE = process.env.OC_MODE || 'standalone';
+const CLUSTER_NAME = process.env.OC_CLUSTER_NAME;
+const NODE_ID = process.env.OC_NODE_ID;
+assert.ok(['standalone', 'cluster'].includes(MODE), `OC_MODE is standalone or cluster, not ${MODE}`);
+assert.ok(MODE !== 'standalone' || (REDIS_THRESHOLD_MS > 0 && REDIS_THRESHOLD_MS !== 1000 && ETL),
+  'OC_REDIS_THRESHOLD_MS (not 1000) and OC_ETL are required');
+assert.ok(MODE !== 'cluster' || (CLUSTER_NAME && NODE_ID), 'OC_CLUSTER_NAME and OC_NODE_ID are required with OC_MODE=cluster');
 assert.ok(URL_BASE && OPERATOR && VIEWER, 'OC_URL, OC_OPERATOR_TOKEN and OC_VIEWER_TOKEN are required');
+// Each run registers the tests of its mode only: `test` the standalone
+// ones (the whole page), `clusterTest` the cluster ones; `nodeTest` runs
+// in both.
+const test = MODE === 'standalone' ? nodeTest : () => {};
+const clusterTest = MODE === 'cluster' ? nodeTest : () => {};
 const PAGE = `${URL_BASE}/operations-center`;
 const origin = new URL(URL_BASE);
 const PANELS = ['HealthGrid', 'ServiceLatencyPanel', 'FailoverStatusCard', 'VendorIntegrationMap',
-  'DiagnosticsTimeline', 'UptimeAnalytics', 'OpsAlertsFeed'];
+  'DiagnosticsTimeline', 'UptimeAnalytics', 'OpsAlertsFeed', 'ClusterPanel'];
+const CLUSTER_PANEL = '[data-panel="ClusterPanel"]';
 
 // ------------------------------------------------------------ the Rust side
 
@@ -61,6 +77,8 @@ function control(what) {
 let browser;
 const requests = [];
 const problems = [];
+/** Every `cluster_connection` message the pages received, and when. */
+const clusterLinkMessages = [];
 
 before(async () => {
   browser = await chromium.launch({
@@ -80,7 +98,14 @@ async function newPage(viewport = { width: 1280, height: 800 }, colorScheme = 'l
   const context = await browser.newContext({ viewport, colorScheme, serviceWorkers: 'block' });
   const page = await context.newPage();
   page.on('request', (r) => requests.push(r.url()));
-  page.on('websocket', (ws) => requests.push(ws.url()));
+  page.on('websocket', (ws) => {
+    requests.push(ws.url());
+    ws.on('framereceived', (f) => {
+      if (typeof f.payload !== 'string' || !f.payload.includes('cluster_connection')) return;
+      const msg = JSON.parse(f.payload);
+      if (msg.type === 'failover_event' && msg.data) clusterLinkMessages.push({ at: Date.now(), data: msg.data });
+    });
+  });
   page.on('console', (m) => {
     if (m.type() === 'error' && /Content Security Policy|Refused to/i.test(m.text())) problems.push(m.text());
   });
@@ -96,14 +121,25 @@ async function signIn(page, token) {
 /** Waits until every panel is live (not grey); returns how long it took. */
 async function waitOnline(page, timeout = 10000) {
   const t0 = Date.now();
-  await page.waitForFunction(() => {
+  await page.waitForFunction((count) => {
     const panels = [...document.querySelectorAll('[data-panel]')];
-    return panels.length === 7 && panels.every((p) => !p.classList.contains('offline'));
-  }, null, { timeout, polling: 50 });
+    return panels.length === count && panels.every((p) => !p.classList.contains('offline'));
+  }, PANELS.length, { timeout, polling: 50 });
   return Date.now() - t0;
 }
 
 const panelText = (page, name) => page.locator(`[data-panel="${name}"]`).innerText();
+
+/** '' if nothing is wider than the screen; else by how much, and what sticks out first (its parent does not). */
+async function widerThanScreen(p) {
+  const overflow = await p.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  if (overflow <= 1) return '';
+  const wide = await p.evaluate(() => [...document.querySelectorAll('body *')]
+    .filter((el) => el.getBoundingClientRect().right > window.innerWidth + 1
+      && el.parentElement.getBoundingClientRect().right <= window.innerWidth + 1)
+    .slice(0, 8).map((el) => `${el.tagName.toLowerCase()}.${el.className} "${el.textContent.trim().slice(0, 40)}"`));
+  return `the page is ${overflow} px wider than the screen: ${wide.join('; ')}`;
+}
 
 /** Text/background pairs under WCAG AA (4.5:1): status chips, muted and body text. */
 async function contrastFailures(p) {
@@ -197,6 +233,15 @@ test('an operator token: every panel shows real data, quickly', async () => {
   assert.match(await panelText(page, 'OpsAlertsFeed'), /Open alerts/);
   assert.match(await panelText(page, 'DiagnosticsTimeline'), /Category[\s\S]*Severity/);
   console.log(`# panels live ${took} ms after sign-in returned`);
+});
+
+test('without [cluster], the Cluster panel says standalone in one line', async () => {
+  const body = page.locator(`${CLUSTER_PANEL} [data-body]`);
+  await body.locator('[data-cluster]').waitFor();
+  assert.equal(await body.locator('[data-cluster]').getAttribute('data-cluster'), 'standalone');
+  assert.equal(await body.innerText(), 'standalone: no [cluster]; this engine decides failover alone');
+  assert.equal(await page.locator(`${CLUSTER_PANEL} [data-sub]`).innerText(), 'standalone');
+  assert.equal(await body.locator('table').count(), 0, 'no member or view table');
 });
 
 test('the HTTP upstream answers 429 with Retry-After: the vendor map shows the quota window and the wait', async () => {
@@ -396,13 +441,7 @@ test('screenshots at 1280x800 and 390 px, light and dark; AA contrast in both', 
   // The whole phone page, to look at (not committed: too tall for a README).
   await phone.screenshot({ path: join(tmpdir(), 'ops-center-390-full.png'), fullPage: true });
   // Nothing is wider than the phone's screen.
-  const overflow = await phone.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
-  // Which elements stick out first (their parent does not).
-  const wide = overflow <= 1 ? [] : await phone.evaluate(() => [...document.querySelectorAll('body *')]
-    .filter((el) => el.getBoundingClientRect().right > window.innerWidth + 1
-      && el.parentElement.getBoundingClientRect().right <= window.innerWidth + 1)
-    .slice(0, 8).map((el) => `${el.tagName.toLowerCase()}.${el.className} "${el.textContent.trim().slice(0, 40)}"`));
-  assert.ok(overflow <= 1, `the page is ${overflow} px wider than a 390 px screen: ${wide.join('; ')}`);
+  assert.equal(await widerThanScreen(phone), '');
   await phone.context().close();
   const dark = await newPage({ width: 1280, height: 800 }, 'dark');
   await dark.goto(PAGE);
@@ -464,7 +503,140 @@ test('a viewer token sees no acting control, and a forged POST with it gets 403'
   await viewer.context().close();
 });
 
-test('no request of the page went anywhere but the engine, and no CSP violation', () => {
+// ------------------------------------------------------------ with [cluster] (OC_MODE=cluster)
+// One engine (OC_NODE_ID) of cluster OC_CLUSTER_NAME on a one-node etcd, in
+// front of a Redis pair: service `redis`, upstreams redis-primary and
+// redis-replica. The Rust side starts it once the engine leads `redis` and
+// has published its view of both upstreams, up.
+
+const CLUSTER_SVC = `${CLUSTER_PANEL} article[data-service="redis"]`;
+
+/** The rows of redis's view table: [upstream, this engine's judgement]. */
+async function viewsOf(p) {
+  return p.locator(`${CLUSTER_SVC} table.views tbody tr[data-upstream]`).evaluateAll((rows, node) => rows.map((tr) => {
+    const cell = tr.querySelector(`td[data-node="${CSS.escape(node)}"]`);
+    return [tr.dataset.upstream, cell ? cell.dataset.health : null];
+  }), NODE_ID);
+}
+
+async function membersOf(p) {
+  return p.locator(`${CLUSTER_PANEL} table.members tbody tr`).evaluateAll((rows) => rows.map((tr) => tr.dataset.node));
+}
+
+/** Waits (in node) until `fn` returns something; returns it. */
+async function until(what, fn, timeout) {
+  const t0 = Date.now();
+  for (;;) {
+    const v = fn();
+    if (v) return v;
+    if (Date.now() - t0 > timeout) throw new Error(`${what}: not within ${timeout} ms`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+clusterTest('with [cluster]: this engine connected, the members, the leader, the agreed route and each view', async () => {
+  page = await newPage();
+  await page.goto(PAGE);
+  await signIn(page, VIEWER); // reading the cluster is a viewer's right
+  await waitOnline(page);
+  const head = page.locator(`${CLUSTER_PANEL} [data-cluster]`);
+  await head.waitFor();
+  assert.equal(await head.getAttribute('data-cluster'), 'connected');
+  const headText = await head.innerText();
+  assert.match(headText, new RegExp(`This engine\\s+${NODE_ID}\\s+in\\s+${CLUSTER_NAME}`));
+  assert.match(headText, /connected to etcd/);
+  assert.match(headText, /etcd revision [1-9]\d* · lease 2 s · quorum a majority/);
+  assert.match(await page.locator(`${CLUSTER_PANEL} [data-sub]`).innerText(), new RegExp(`^${CLUSTER_NAME} · 1 member · revision [1-9]\\d*$`));
+  assert.deepEqual(await membersOf(page), [NODE_ID]);
+  assert.match(await page.locator(`${CLUSTER_PANEL} table.members tbody tr`).innerText(), /\(this engine\)/);
+  const svc = page.locator(CLUSTER_SVC);
+  assert.equal(await svc.locator('.leader').innerText(), NODE_ID);
+  assert.equal(await svc.getAttribute('data-agrees'), 'true');
+  const route = await svc.locator('.kv.route').innerText();
+  assert.match(route, /agreed route redis-primary/);
+  assert.match(route, /epoch 0\b/);
+  assert.match(route, /phase serving/);
+  assert.match(route, new RegExp(`decided by ${NODE_ID}`));
+  assert.match(route, /trigger initial/);
+  // One row per upstream, and this engine's column says how it sees each.
+  assert.deepEqual(await viewsOf(page), [['redis-primary', 'up'], ['redis-replica', 'up']]);
+  assert.deepEqual(await svc.locator('table.views thead th[data-node]').allInnerTexts(), [`${NODE_ID} (this engine)`]);
+  assert.equal(await svc.locator('table.views').getAttribute('aria-label'), "redis: each engine's view of each upstream");
+  assert.equal(await svc.locator('.disagreement').count(), 0);
+  mkdirSync(SHOTS, { recursive: true });
+  await page.locator(CLUSTER_PANEL).screenshot({ path: join(SHOTS, 'ops-center-cluster-connected.png') });
+});
+
+clusterTest('kill -9 the Redis primary: the panel shows the cluster\'s decision and this engine seeing the primary down', async () => {
+  await control('kill-primary');
+  const t0 = Date.now();
+  await page.waitForFunction((sel) => /agreed route redis-replica/.test(document.querySelector(sel)?.innerText || ''),
+    `${CLUSTER_SVC} .kv.route`, { timeout: 10000, polling: 50 });
+  console.log(`# the Cluster panel showed the decision ${Date.now() - t0} ms after the kill`);
+  const route = await page.locator(`${CLUSTER_SVC} .kv.route`).innerText();
+  assert.match(route, /epoch 1\b/);
+  assert.match(route, new RegExp(`decided by ${NODE_ID}`));
+  assert.match(route, /trigger auto/);
+  assert.deepEqual(await viewsOf(page), [['redis-primary', 'down'], ['redis-replica', 'up']]);
+  assert.match(await page.locator(`${CLUSTER_SVC} tr[data-upstream="redis-primary"] th`).innerText(), /fenced/);
+  assert.match(await page.locator(`${CLUSTER_SVC} tr[data-upstream="redis-replica"] th`).innerText(), /active/);
+  assert.equal(await page.locator(CLUSTER_SVC).getAttribute('data-agrees'), 'true');
+});
+
+clusterTest('stop etcd: on the cluster_connection message the panel says degraded, with the reason', async () => {
+  const seen = clusterLinkMessages.length;
+  await control('stop-etcd');
+  const t0 = Date.now();
+  const lost = await until('a cluster_connection message with connected: false',
+    () => clusterLinkMessages.slice(seen).find((m) => m.data.connected === false), 20000);
+  console.log(`# cluster_connection (lost) ${lost.at - t0} ms after etcd stopped`);
+  assert.equal(lost.data.node_id, NODE_ID);
+  assert.equal(lost.data.event || lost.data.type, 'cluster_connection');
+  // The page follows the message at once, not its next 10 s refresh.
+  await page.waitForSelector(`${CLUSTER_PANEL} [data-cluster="disconnected"]`, { timeout: 1500, polling: 25 });
+  console.log(`# the Cluster panel said degraded ${Date.now() - lost.at} ms after the message`);
+  const badge = page.locator('#cluster-link');
+  assert.equal(await badge.innerText(), 'degraded: not connected to etcd');
+  assert.equal(await badge.getAttribute('class'), 'chip warn');
+  const why = await page.locator(`${CLUSTER_PANEL} .cluster-down`).innerText();
+  assert.match(why, /^Not connected to etcd: \S[\s\S]*\. Serving the last agreed routes, deciding nothing/);
+  assert.doesNotMatch(why, /no reason given/);
+  // What this engine last read stays on screen.
+  assert.deepEqual(await membersOf(page), [NODE_ID]);
+  assert.equal(await page.locator(`${CLUSTER_SVC} .leader`).innerText(), NODE_ID);
+  assert.match(await page.locator(`${CLUSTER_SVC} .kv.route`).innerText(), /agreed route redis-replica/);
+});
+
+clusterTest('the degraded Cluster panel: screenshot, AA contrast, and no wider than a 390 px screen', async () => {
+  await page.evaluate(() => document.activeElement?.blur());
+  await page.locator(CLUSTER_PANEL).screenshot({ path: join(SHOTS, 'ops-center-cluster.png') });
+  assert.deepEqual(await contrastFailures(page), [], 'light scheme contrast');
+  const phone = await newPage({ width: 390, height: 844 });
+  await phone.goto(PAGE);
+  await signIn(phone, VIEWER);
+  await waitOnline(phone);
+  await phone.locator(`${CLUSTER_PANEL} [data-cluster="disconnected"]`).waitFor();
+  await phone.locator(`${CLUSTER_PANEL} .cluster-down`).scrollIntoViewIfNeeded();
+  await phone.screenshot({ path: join(tmpdir(), 'ops-center-cluster-390.png') });
+  assert.equal(await widerThanScreen(phone), '');
+  await phone.context().close();
+});
+
+clusterTest('start etcd again: the panel says connected again, with the same member and leader', async () => {
+  const seen = clusterLinkMessages.length;
+  await control('start-etcd');
+  const t0 = Date.now();
+  await page.waitForSelector(`${CLUSTER_PANEL} [data-cluster="connected"]`, { timeout: 20000, polling: 50 });
+  console.log(`# the Cluster panel said connected ${Date.now() - t0} ms after etcd started`);
+  assert.ok(clusterLinkMessages.slice(seen).some((m) => m.data.connected === true), 'a cluster_connection message with connected: true');
+  assert.equal(await page.locator(`${CLUSTER_PANEL} .cluster-down`).count(), 0);
+  assert.equal(await page.locator('#cluster-link').innerText(), 'connected to etcd');
+  assert.deepEqual(await membersOf(page), [NODE_ID]);
+  await page.waitForFunction(([sel, node]) => document.querySelector(sel)?.innerText === node,
+    [`${CLUSTER_SVC} .leader`, NODE_ID], { timeout: 10000, polling: 50 });
+});
+
+nodeTest('no request of the page went anywhere but the engine, and no CSP violation', () => {
   assert.ok(requests.length > 10, `${requests.length} requests recorded`);
   const foreign = requests.filter((u) => {
     const x = new URL(u);

@@ -8,7 +8,7 @@ import { Actions } from './actions.js';
 import { h, fill, refreshAges, time } from './dom.js';
 import {
   renderHealthGrid, renderLatency, renderFailover, renderVendor,
-  renderTimeline, renderUptime, renderAlerts,
+  renderTimeline, renderUptime, renderAlerts, renderCluster,
 } from './panels.js';
 
 const KEY = 'continuity.ops.token';
@@ -26,9 +26,11 @@ const PATHS = {
   alerts: '/api/ops/diagnostics/alerts',
   queue: '/api/ops/queue',
   report: '/api/ops/diagnostics/report',
+  cluster: '/api/ops/cluster',
 };
 const ALL = Object.keys(PATHS);
-const LIVE = ['health', 'deep', 'failover', 'pools'];
+// The cluster's views follow the upstreams' health, so it is live too.
+const LIVE = ['health', 'deep', 'failover', 'pools', 'cluster'];
 
 const PANELS = {
   HealthGrid: renderHealthGrid,
@@ -38,6 +40,7 @@ const PANELS = {
   DiagnosticsTimeline: renderTimeline,
   UptimeAnalytics: renderUptime,
   OpsAlertsFeed: renderAlerts,
+  ClusterPanel: renderCluster,
 };
 
 function freshState() {
@@ -311,6 +314,14 @@ function onMessage(ch, msg, first) {
       st.failover = d; // the full snapshot
     } else if (msg.type === 'failover_event' && st.failover && typeof d.new === 'string') {
       st.failover.failover_state = d.new;
+    }
+    // This engine's etcd link came up or went down (`[cluster]`): show it
+    // now; the refetch below (LIVE has the cluster) brings the rest, as it
+    // does after a `cluster_decision`.
+    if (msg.type === 'failover_event' && (d.event || d.type) === 'cluster_connection' && st.cluster
+      && typeof d.connected === 'boolean') {
+      st.cluster.connected = d.connected;
+      st.cluster.reason = d.connected ? null : d.reason || null;
     }
     if (!first) refresh([...LIVE, 'alerts', 'events']);
   } else if (!first) {

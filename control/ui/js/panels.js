@@ -1,4 +1,4 @@
-// The seven panels (SPEC 8, PHASE14-DESIGN). Each render function takes
+// The eight panels (SPEC 8, PHASE14-DESIGN; the cluster, issue #17). Each render function takes
 // the panel's body element, the page state and the context (role, the
 // action launcher) and redraws the panel from the state alone.
 
@@ -287,6 +287,116 @@ export function renderVendor(body, st) {
     h('tbody', {}, rows)));
   const depth = queue.reduce((a, q) => a + (q.depth || 0), 0);
   return `${list.length} endpoint${list.length === 1 ? '' : 's'} · ${depth} queued`;
+}
+
+// ------------------------------------------------------------ ClusterPanel
+
+const HEALTH_TONE = { up: 'ok', down: 'bad' };
+
+/** One engine's judgement of one upstream, as a table cell. */
+function viewCell(view, name) {
+  const u = (view.upstreams || []).find((x) => x.name === name);
+  if (!u) return h('td', { class: 'muted', dataset: { node: view.node_id, upstream: name, health: 'none' } }, '—');
+  const health = u.health || 'unknown';
+  return h('td', { class: 'view-cell', dataset: { node: view.node_id, upstream: name, health } },
+    h('span', { class: `dot ${HEALTH_TONE[health] || 'grey'}`, 'aria-hidden': 'true' }), ' ', health,
+    u.observed_role ? h('span', { class: 'muted' }, ` · ${u.observed_role}`) : null,
+    u.consecutive_failures ? h('span', { class: 'muted' }, ` · ${u.consecutive_failures} failures`) : null,
+    u.last_error && health !== 'up' ? h('div', { class: 'muted wrap' }, u.last_error) : null);
+}
+
+/** A coordinated service: its leader, the agreed route, and every engine's view (upstream x engine). */
+function clusterService(svc, c) {
+  const r = svc.route;
+  const views = svc.views || [];
+  const names = [];
+  for (const v of views) for (const u of v.upstreams || []) if (!names.includes(u.name)) names.push(u.name);
+  if (r && r.active && !names.includes(r.active)) names.unshift(r.active);
+  const fenced = (r && r.fenced) || [];
+  const quorum = c.quorum ?? Math.floor(views.length / 2) + 1;
+  const rows = names.map((name) => {
+    const down = views.filter((v) => (v.upstreams || []).some((u) => u.name === name && u.health === 'down')).length;
+    return h('tr', { dataset: { upstream: name } },
+      h('th', { scope: 'row' }, name,
+        r && r.active === name ? [' ', chip('active', 'info')] : null,
+        fenced.includes(name) ? [' ', chip('fenced', 'grey')] : null),
+      views.map((v) => viewCell(v, name)),
+      h('td', { class: 'num', title: `quorum ${quorum}` }, `${down} of ${views.length}`));
+  });
+  const serving = h('tr', { class: 'view-meta' },
+    h('th', { scope: 'row', class: 'muted' }, 'serves from'),
+    views.map((v) => h('td', { dataset: { node: v.node_id } }, `${v.active} · epoch ${v.epoch}`, h('div', { class: 'muted' }, 'published ', age(v.at)))),
+    h('td', {}));
+  const table = views.length
+    ? h('table', { class: 'views', 'aria-label': `${svc.service}: each engine's view of each upstream` },
+        h('thead', {}, h('tr', {},
+          h('th', { scope: 'col' }, 'Upstream'),
+          views.map((v) => h('th', { scope: 'col', dataset: { node: v.node_id } }, v.node_id,
+            v.node_id === c.node_id ? h('span', { class: 'muted' }, ' (this engine)') : null)),
+          h('th', { scope: 'col', class: 'num' }, 'Seen down'))),
+        h('tbody', {}, rows, serving))
+    : h('p', { class: 'muted' }, 'No engine has published a view of this service.');
+  return h('article', { class: 'svc', dataset: { service: svc.service, agrees: String(Boolean(svc.agrees)) } },
+    h('div', { class: 'head' },
+      h('strong', {}, svc.service),
+      h('span', { class: 'muted' }, 'leader ', h('b', { class: 'leader' }, svc.leader || 'none')),
+      svc.agrees ? chip('agrees', 'ok') : chip('disagrees', 'bad')),
+    r
+      ? h('div', { class: 'kv route' },
+          h('span', {}, 'agreed route ', h('b', {}, r.active)),
+          h('span', {}, 'epoch ', h('b', {}, r.epoch)),
+          h('span', {}, 'phase ', r.phase === 'serving' ? h('b', {}, r.phase) : chip(r.phase, 'warn')),
+          h('span', {}, 'decided by ', h('b', {}, r.decided_by)),
+          h('span', {}, 'trigger ', h('b', {}, r.trigger)),
+          r.actor && r.actor !== 'system' ? h('span', {}, 'by ', h('b', {}, r.actor)) : null,
+          h('span', {}, 'at ', h('b', {}, time(r.at))),
+          svc.route_revision !== null && svc.route_revision !== undefined ? h('span', {}, 'revision ', h('b', {}, svc.route_revision)) : null,
+          r.reason ? h('span', { class: 'wrap' }, 'reason ', h('b', {}, r.reason)) : null)
+      : h('div', { class: 'kv route' }, h('span', {}, 'no agreed route yet')),
+    svc.agrees ? null : h('div', { class: 'kv' },
+      h('span', {}, 'this engine serves from ', h('b', {}, svc.local_active || 'none'), ` · epoch ${svc.local_epoch}`)),
+    svc.disagreement ? h('p', { class: 'error wrap disagreement', role: 'status' }, svc.disagreement) : null,
+    table);
+}
+
+export function renderCluster(body, st) {
+  const c = st.cluster;
+  if (!c) {
+    fill(body, h('p', { class: 'muted' }, 'The engine did not say whether it is in a cluster.'));
+    return '';
+  }
+  if (!c.enabled) {
+    fill(body, h('p', { class: 'muted', dataset: { cluster: 'standalone' } },
+      'standalone: no [cluster]; this engine decides failover alone'));
+    return 'standalone';
+  }
+  const members = c.members || [];
+  const list = c.services || [];
+  fill(body,
+    h('div', { class: 'state-line', dataset: { cluster: c.connected ? 'connected' : 'disconnected' } },
+      h('span', { class: 'muted' }, 'This engine'),
+      h('strong', { class: 'node' }, c.node_id),
+      h('span', { class: 'muted' }, 'in'),
+      h('strong', {}, c.cluster_name),
+      c.connected
+        ? chip('connected to etcd', 'ok', { id: 'cluster-link' })
+        : chip('degraded: not connected to etcd', 'warn', { id: 'cluster-link' }),
+      h('span', { class: 'muted' }, `etcd revision ${c.revision} · lease ${c.lease_ttl_seconds} s · quorum ${c.quorum ?? 'a majority'}`)),
+    c.connected ? null : h('p', { class: 'cluster-down wrap', role: 'status' },
+      h('strong', {}, 'Not connected to etcd: '), c.reason || 'no reason given',
+      '. Serving the last agreed routes, deciding nothing; what follows is as last read.'),
+    h('h3', {}, `Members (${members.length})`),
+    members.length
+      ? h('table', { class: 'members', 'aria-label': 'Cluster members' },
+          h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'Engine'), h('th', { scope: 'col' }, 'Joined'), h('th', { scope: 'col' }, 'Version'))),
+          h('tbody', {}, members.map((m) => h('tr', { dataset: { node: m.node_id } },
+            h('th', { scope: 'row' }, m.node_id, m.node_id === c.node_id ? h('span', { class: 'muted' }, ' (this engine)') : null),
+            h('td', {}, age(m.joined_at)),
+            h('td', {}, m.version)))))
+      : h('p', { class: 'muted' }, 'No member seen.'),
+    h('h3', {}, `Coordinated services (${list.length})`),
+    list.length ? list.map((svc) => clusterService(svc, c)) : h('p', { class: 'muted' }, 'No service has more than one upstream.'));
+  return `${c.cluster_name} · ${members.length} member${members.length === 1 ? '' : 's'} · revision ${c.revision}`;
 }
 
 // ------------------------------------------------------------ DiagnosticsTimeline
