@@ -34,13 +34,15 @@
 //! - Failure messages quote the tail of the server's log.
 //!
 //! Modules: [`ports`] (free ports, waiting), [`proc`] (child guard, kill by
-//! PID), [`redis`], [`postgres`], [`arcadedb`].
+//! PID), [`redis`], [`postgres`], [`arcadedb`], [`etcd`] (an N-member etcd
+//! cluster, `EtcdCluster::start(3)`).
 
 // Shared by several test crates, each using a different part of it.
 #![allow(dead_code)]
 
 pub mod arcadedb;
 pub mod continuity;
+pub mod etcd;
 pub mod http_client;
 pub mod http_upstream;
 pub mod ports;
@@ -51,6 +53,8 @@ pub mod redis;
 // The flat re-exports are for `use support::*`; each crate uses some.
 #[allow(unused_imports)]
 pub use arcadedb::{bolt_handshake, ArcadeDb, ARCADEDB_DATABASE, ARCADEDB_PASSWORD, ARCADEDB_USER};
+#[allow(unused_imports)]
+pub use etcd::EtcdCluster;
 #[allow(unused_imports)]
 pub use ports::{
     free_port, loopback, port_is_open, wait_for_port, wait_for_port_closed, wait_until,

@@ -24,6 +24,7 @@ pub mod doc;
 mod session;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -68,6 +69,10 @@ pub(crate) struct Cluster {
     /// true once the first session has read the agreed routes.
     pub synced: watch::Sender<bool>,
     pub gauge: prometheus::IntGauge,
+    /// `data_dir/cluster-routes.json`: the agreed routes last applied, so
+    /// that an engine restarted while etcd is unreachable serves them
+    /// rather than its configured ones (which may name a fenced primary).
+    state_file: Option<PathBuf>,
 }
 
 /// What the session last read from etcd.
@@ -90,6 +95,7 @@ impl Cluster {
     pub fn new(
         cfg: ClusterConfig,
         registry: &prometheus::Registry,
+        state_file: Option<PathBuf>,
     ) -> Result<(Arc<Cluster>, mpsc::UnboundedReceiver<Request>), String> {
         let (tx, rx) = mpsc::unbounded_channel();
         let gauge = prometheus::IntGauge::new(
@@ -111,8 +117,51 @@ impl Cluster {
             requests: tx,
             synced: watch::channel(false).0,
             gauge,
+            state_file,
         };
         Ok((Arc::new(cluster), rx))
+    }
+
+    /// Writes the agreed routes to the state file (temp file, then
+    /// rename); a failure is logged, never fatal.
+    pub(crate) fn save_routes(&self) {
+        let Some(path) = &self.state_file else {
+            return;
+        };
+        let routes: BTreeMap<String, AgreedRoute> = self
+            .known()
+            .routes
+            .iter()
+            .map(|(s, (r, _))| (s.clone(), r.clone()))
+            .collect();
+        let write = || -> std::io::Result<()> {
+            let text = serde_json::to_vec_pretty(&routes).map_err(std::io::Error::other)?;
+            let tmp = path.with_extension("json.tmp");
+            std::fs::write(&tmp, text)?;
+            std::fs::rename(&tmp, path)
+        };
+        if let Err(e) = write() {
+            tracing::warn!(path = %path.display(), error = %e, "cluster: cannot save the agreed routes");
+        }
+    }
+
+    /// The agreed routes saved by an earlier run (empty if none, or if
+    /// the file cannot be read: then said in the log).
+    pub(crate) fn saved_routes(&self) -> BTreeMap<String, AgreedRoute> {
+        let Some(path) = &self.state_file else {
+            return BTreeMap::new();
+        };
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(path = %path.display(), error = %e, "cluster: unreadable saved routes ignored");
+                BTreeMap::new()
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cluster: cannot read the saved routes");
+                BTreeMap::new()
+            }
+        }
     }
 
     pub fn connected(&self) -> bool {

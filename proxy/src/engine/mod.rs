@@ -93,18 +93,30 @@ fn join_cluster(
             {
                 return;
             }
+            let saved = c.saved_routes();
             tracing::warn!(
                 waited_ms = wait.as_millis() as u64,
-                "cluster: etcd not reached; serving the configured routes until it is"
+                saved = saved.len(),
+                "cluster: etcd not reached; serving the agreed routes saved by the last run (else the configured ones) until it is"
             );
             for svc in shared.services.load().iter() {
-                let _guard = svc.switch_lock.lock().await;
-                let r = svc.route.load_full();
-                if r.switching && !*c.synced.borrow() {
-                    svc.set_route(Route {
-                        switching: false,
-                        ..(*r).clone()
-                    });
+                if *c.synced.borrow() {
+                    return;
+                }
+                match saved.get(svc.name()) {
+                    Some(route) if route.phase == crate::cluster::doc::Phase::Serving => {
+                        crate::cluster::adopt(svc, route, 0, &c.cfg.node_id).await;
+                    }
+                    _ => {
+                        let _guard = svc.switch_lock.lock().await;
+                        let r = svc.route.load_full();
+                        if r.switching {
+                            svc.set_route(Route {
+                                switching: false,
+                                ..(*r).clone()
+                            });
+                        }
+                    }
                 }
             }
         })
@@ -195,7 +207,13 @@ impl Engine {
         let probes = Workers::start("probe", 1, &force_close_tx.subscribe(), Duration::ZERO)
             .map_err(ProxyError::Internal)?;
         let cluster = match config.cluster.clone() {
-            Some(cfg) => Some(Cluster::new(cfg, registry).map_err(ProxyError::Internal)?),
+            Some(cfg) => {
+                let saved = config
+                    .data_dir
+                    .as_ref()
+                    .map(|d| d.join("cluster-routes.json"));
+                Some(Cluster::new(cfg, registry, saved).map_err(ProxyError::Internal)?)
+            }
             None => None,
         };
         if cluster.is_some() {

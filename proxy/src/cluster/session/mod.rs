@@ -48,8 +48,20 @@ pub(crate) async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(100);
+    let endpoints = endpoints(&cluster.cfg.etcd_endpoints);
+    let mut next = 0usize;
+    let mut failed_in_a_row = 0usize;
     loop {
-        let mut s = Session::new(host.clone(), cluster.clone());
+        // One endpoint per session, the next one after a failure: with all
+        // of them in one client, every request the client's balancer sent
+        // to a dead member failed, so one etcd member down kept every
+        // engine from holding a session (etcd-client issue #39).
+        let endpoint = endpoints
+            .get(next % endpoints.len().max(1))
+            .cloned()
+            .unwrap_or_default();
+        next = next.wrapping_add(1);
+        let mut s = Session::new(host.clone(), cluster.clone(), endpoint);
         let ended = tokio::select! {
             r = s.run(&mut requests) => r,
             _ = stop.wait_for(|s| *s) => return,
@@ -60,7 +72,9 @@ pub(crate) async fn run(
         };
         if s.was_connected {
             backoff = Duration::from_millis(100);
+            failed_in_a_row = 0;
         }
+        failed_in_a_row += 1;
         if cluster.set_connected(false, Some(reason.clone())) || !s.was_connected {
             tracing::warn!(node = %cluster.cfg.node_id, reason = %reason, "cluster: not connected to etcd; serving the last agreed routes, deciding nothing");
         }
@@ -81,11 +95,18 @@ pub(crate) async fn run(
                 "the cluster cannot agree now ({reason}); retry, or act on this engine alone with force=true"
             ))));
         }
+        // The other endpoints at once; after a whole round, back off.
+        let pause = if !failed_in_a_row.is_multiple_of(endpoints.len().max(1)) {
+            Duration::from_millis(20)
+        } else {
+            let b = backoff;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+            b
+        };
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
 
@@ -105,6 +126,8 @@ fn endpoints(cfg: &[String]) -> Vec<String> {
 struct Session {
     host: Arc<dyn Host>,
     cluster: Arc<Cluster>,
+    /// The one etcd endpoint this session talks to.
+    endpoint: String,
     keys: Keys,
     me: String,
     lease: i64,
@@ -112,8 +135,9 @@ struct Session {
 }
 
 impl Session {
-    fn new(host: Arc<dyn Host>, cluster: Arc<Cluster>) -> Session {
+    fn new(host: Arc<dyn Host>, cluster: Arc<Cluster>, endpoint: String) -> Session {
         Session {
+            endpoint,
             keys: Keys::new(&cluster.cfg.cluster_name),
             me: cluster.cfg.node_id.clone(),
             host,
@@ -134,13 +158,16 @@ impl Session {
 
     async fn run(&mut self, requests: &mut mpsc::UnboundedReceiver<Request>) -> Result<()> {
         let ttl = self.cluster.cfg.lease_ttl.max(Duration::from_secs(1));
+        // No HTTP/2 pings: etcd answers pings more often than its
+        // --grpc-keepalive-min-time (5 s by default) with a GOAWAY
+        // ("too_many_pings"). A dead or cut-off etcd is seen by the
+        // request timeout and by the lease watchdog below instead.
         let opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(1))
-            .with_timeout(ttl.min(Duration::from_secs(2)))
-            .with_keep_alive(Duration::from_millis(500), Duration::from_secs(1));
-        let mut client = Client::connect(endpoints(&self.cluster.cfg.etcd_endpoints), Some(opts))
+            .with_timeout(ttl.min(Duration::from_secs(2)));
+        let mut client = Client::connect([self.endpoint.as_str()], Some(opts))
             .await
-            .map_err(etcd("connect"))?;
+            .map_err(|e| format!("etcd connect to {}: {e}", self.endpoint))?;
         self.lease = client
             .lease_grant(ttl.as_secs() as i64, None)
             .await
@@ -176,6 +203,13 @@ impl Session {
                 continue;
             };
             let local = svc.route.load_full();
+            if route.phase == Phase::Promoting && route.decided_by == self.me {
+                // This engine decided it in a session that ended before
+                // the route was `serving`: finish it now.
+                self.finish_promotion(&mut client, &svc, route.clone(), *rev)
+                    .await?;
+                continue;
+            }
             if local.epoch > route.epoch && !local.switching {
                 // Moved by hand (force=true) while etcd was unreachable:
                 // that move becomes the agreed route, unless another write
@@ -186,6 +220,7 @@ impl Session {
             }
         }
         self.cluster.synced.send_replace(true);
+        self.cluster.save_routes();
         // Views read back may be under a lease of an earlier session:
         // publish all of this engine's again, under this one.
         for views in self.cluster.known().views.values_mut() {
@@ -223,6 +258,7 @@ impl Session {
 
         let mut tick = tokio::time::interval(ttl / 3);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_answer = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 msg = watch.message() => {
@@ -236,6 +272,11 @@ impl Session {
                     self.publish_views(&mut client).await?;
                 }
                 _ = tick.tick() => {
+                    // The watchdog: no answer to the lease renewals for a
+                    // whole TTL means the lease may be gone.
+                    if last_answer.elapsed() > ttl {
+                        return Err(format!("no answer from etcd at {} to the lease renewals for {} s", self.endpoint, ttl.as_secs()));
+                    }
                     keeper.keep_alive().await.map_err(etcd("lease keep-alive"))?;
                     self.decide_all(&mut client).await?;
                 }
@@ -244,6 +285,7 @@ impl Session {
                     if r.ttl() <= 0 {
                         return Err("this engine's etcd lease expired".into());
                     }
+                    last_answer = tokio::time::Instant::now();
                 }
                 req = requests.recv() => {
                     let Some(req) = req else { return Ok(()) };
@@ -298,8 +340,17 @@ impl Session {
                 known.leaders.insert(service, leader);
             }
             Key::Route(service) => match serde_json::from_slice::<AgreedRoute>(value) {
+                // Never older than what this engine already knows: its own
+                // compare-and-swap records the route before the watch
+                // delivers the writes leading up to it.
                 Ok(r) => {
-                    known.routes.insert(service, (r, kv.mod_revision()));
+                    let newer = known
+                        .routes
+                        .get(&service)
+                        .is_none_or(|(_, rev)| kv.mod_revision() >= *rev);
+                    if newer {
+                        known.routes.insert(service, (r, kv.mod_revision()));
+                    }
                 }
                 Err(e) => {
                     tracing::error!(%service, error = %e, "cluster: unreadable route key ignored")
@@ -373,6 +424,7 @@ impl Session {
                     if adopt(&svc, &route, rev, &self.me).await {
                         tracing::info!(service = %service, active = %route.active, epoch = route.epoch, revision = rev, decided_by = %route.decided_by, "cluster: applied the agreed route");
                     }
+                    self.cluster.save_routes();
                     self.host.refresh_state();
                 }
                 (None, Some(svc)) => {

@@ -101,9 +101,11 @@ impl Session {
             (route, rev, views)
         };
         if route.phase == Phase::Promoting {
-            // Its decider died before finishing: finish it.
+            // Its decider died before finishing, or it is this engine in
+            // an earlier session (this session's own moves finish before
+            // it decides again): finish it.
             let decider_alive = self.cluster.known().members.contains_key(&route.decided_by);
-            if !decider_alive && route.decided_by != self.me {
+            if !decider_alive || route.decided_by == self.me {
                 self.finish_promotion(client, svc, route, rev).await?;
             }
             return Ok(());
@@ -299,7 +301,7 @@ impl Session {
     /// Promotes a `promoting` route's target and marks it `serving`; if
     /// the promotion fails, the route goes back to where it was, one
     /// epoch on. Both writes are compare-and-swaps.
-    async fn finish_promotion(
+    pub(super) async fn finish_promotion(
         &mut self,
         client: &mut Client,
         svc: &ServiceRt,
