@@ -616,7 +616,9 @@ clusterTest('the degraded Cluster panel: screenshot, AA contrast, and no wider t
   await signIn(phone, VIEWER);
   await waitOnline(phone);
   await phone.locator(`${CLUSTER_PANEL} [data-cluster="disconnected"]`).waitFor();
-  await phone.locator(`${CLUSTER_PANEL} .cluster-down`).scrollIntoViewIfNeeded();
+  // One atomic call: the panel re-renders on every refresh and message, so a
+  // located node may be replaced between Playwright's steps.
+  await phone.evaluate((sel) => document.querySelector(sel)?.scrollIntoView(), `${CLUSTER_PANEL} .cluster-down`);
   await phone.screenshot({ path: join(tmpdir(), 'ops-center-cluster-390.png') });
   assert.equal(await widerThanScreen(phone), '');
   await phone.context().close();
