@@ -2,8 +2,9 @@
 //! etcd cluster (`[cluster]`, issue #17), in front of one Redis primary and
 //! its replica: they join and agree, fail over once and together, keep
 //! serving (degraded) while etcd is gone, rejoin with the agreed route
-//! after a restart, and a raft leader lost mid-failover does not make two
-//! failovers.
+//! after a restart, a raft leader lost mid-failover does not make two
+//! failovers, and a planned switchover sent to any engine moves them all
+//! without losing an acknowledged write.
 //!
 //! Each test starts its own etcd cluster, Redis pair and engines.
 
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::continuity::{Continuity, VIEWER_TOKEN};
+use support::writer::{assert_all_present, wait_writes, Writer};
 use support::*;
 
 const HEALTH: &str = "check_interval_seconds = 0.1\nfailure_threshold = 2\nconnect_timeout_ms = 100\nhold_down_seconds = 1";
@@ -765,5 +767,162 @@ fn losing_the_etcd_leader_during_a_failover_makes_one_failover() {
     std::thread::sleep(Duration::from_secs(1));
     for n in &nodes {
         assert!(agrees_on(n, REPLICA, 1), "{}\n{}", n.id, dump(&nodes));
+    }
+}
+
+/// `role:` and, for a replica, `master_port:` of `INFO replication`.
+fn replication_role(server: &RedisServer) -> (String, Option<u16>) {
+    let info = server.info("replication");
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+    };
+    (
+        field("role:").unwrap_or_default(),
+        field("master_port:").and_then(|p| p.parse().ok()),
+    )
+}
+
+#[test]
+fn a_planned_switchover_sent_to_one_engine_moves_every_engine_and_loses_no_write() {
+    let (_etcd, pair, nodes, _name) = setup();
+    pair.replica.wait_for_link_up();
+    // One writer through each engine, counting its acknowledged writes.
+    let writers: Vec<Writer> = nodes
+        .iter()
+        .map(|n| Writer::start(&n.listen, n.id))
+        .collect();
+    for w in &writers {
+        wait_writes(w, 50);
+    }
+
+    // Sent to one engine that is not necessarily the leader.
+    let (code, body) = nodes[1].engine.post(
+        &format!("/api/ops/redundancy/failover/{PRIMARY}"),
+        r#"{"reason":"planned maintenance of the primary, CHG-1"}"#,
+    );
+    assert_eq!(code, 200, "planned switchover: {body:#}\n{}", dump(&nodes));
+    assert!(body["pause_ms"].is_u64(), "{body:#}");
+    assert!(
+        body["position"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("redis offset")),
+        "{body:#}"
+    );
+    wait_converged(&nodes, REPLICA, 1, Duration::from_secs(10));
+    for w in &writers {
+        wait_writes(w, 50);
+    }
+
+    // Every engine on the replica at epoch 1, the old primary a replica of
+    // it (demoted, not fenced), one REPLICAOF NO ONE.
+    for n in &nodes {
+        let st = failover_status(n);
+        assert_eq!(st["active_upstream"], REPLICA, "{}: {st:#}", n.id);
+        assert_eq!(st["epoch"], 1, "{}: {st:#}", n.id);
+        assert_eq!(st["fenced"], serde_json::json!([]), "{}: {st:#}", n.id);
+    }
+    assert_eq!(replication_role(&pair.replica).0, "master");
+    assert!(
+        wait_until(Duration::from_secs(5), || replication_role(&pair.primary)
+            == ("slave".to_string(), Some(pair.replica.port()))),
+        "the old primary replicates from the new one: {:?}",
+        replication_role(&pair.primary)
+    );
+    assert_eq!(command_calls(&pair.replica, "replicaof"), 1);
+    // Demoted, so not left behind: no engine calls it diverged.
+    for n in &nodes {
+        let (_, pool) = n.engine.get(&format!("/api/ops/redundancy/pool/{PRIMARY}"));
+        assert_eq!(pool["diverged"], false, "{}: {pool:#}", n.id);
+    }
+
+    // Audit: one decision (planned, with the pause and position) on the
+    // engine that received it; every engine audits applying it.
+    let mut decided = 0;
+    for n in &nodes {
+        let ds = decisions(n);
+        if n.id == nodes[1].id {
+            assert_eq!(ds.len(), 1, "{}: {ds:#?}", n.id);
+            let d = &ds[0]["details"];
+            assert_eq!(d["node_id"], n.id);
+            assert_eq!(
+                (d["from"].as_str(), d["to"].as_str()),
+                (Some(PRIMARY), Some(REPLICA))
+            );
+            assert_eq!(d["trigger"], "manual");
+            assert_eq!(d["evidence"]["planned"], true, "{d:#}");
+            assert!(d["evidence"]["pause_ms"].is_u64(), "{d:#}");
+        }
+        decided += ds.len();
+        let activated = audit(n, "failover_activated");
+        assert_eq!(activated.len(), 1, "{}: {activated:#?}", n.id);
+        assert_eq!(activated[0]["details"]["new_epoch"], 1);
+    }
+    assert_eq!(decided, 1, "one cluster_decision across all engines");
+
+    // Back, with `recover` sent to a third engine: the old primary is a
+    // caught-up replica again, so it is a planned switchover too.
+    let (code, body) = nodes[2].engine.post(
+        "/api/ops/failover/recover/redis",
+        r#"{"reason":"maintenance done, CHG-1"}"#,
+    );
+    assert_eq!(code, 200, "recover: {body:#}\n{}", dump(&nodes));
+    wait_converged(&nodes, PRIMARY, 2, Duration::from_secs(10));
+    for w in &writers {
+        wait_writes(w, 50);
+    }
+    assert_eq!(replication_role(&pair.primary).0, "master");
+    assert!(
+        wait_until(Duration::from_secs(5), || replication_role(&pair.replica)
+            == ("slave".to_string(), Some(pair.primary.port()))),
+        "the replica follows the primary again: {:?}",
+        replication_role(&pair.replica)
+    );
+    for n in &nodes {
+        for up in [PRIMARY, REPLICA] {
+            let (_, pool) = n.engine.get(&format!("/api/ops/redundancy/pool/{up}"));
+            assert_eq!(pool["diverged"], false, "{} {up}: {pool:#}", n.id);
+        }
+    }
+
+    // Every acknowledged write of every engine's client is on the primary
+    // (it went there, or to the replica and back by replication); no
+    // client was refused.
+    pair.replica.wait_for_link_up();
+    for (w, n) in writers.into_iter().zip(&nodes) {
+        let (acked, retries, refused) = w.finish();
+        eprintln!(
+            "{}: {} writes acknowledged, {retries} reconnects",
+            n.id,
+            acked.len()
+        );
+        assert!(refused.is_empty(), "{}: refused: {refused:?}", n.id);
+        assert_all_present(&pair.primary, n.id, &acked);
+    }
+}
+
+#[test]
+fn a_planned_switchover_to_an_upstream_that_is_not_a_replica_is_refused_for_all() {
+    let (etcd, pair, nodes, name) = setup();
+    // The replica leaves replication: nothing to catch up with.
+    pair.replica.promote();
+    let (code, body) = nodes[0].engine.post(
+        &format!("/api/ops/redundancy/failover/{PRIMARY}"),
+        r#"{"reason":"should be refused"}"#,
+    );
+    assert_eq!(code, 409, "{body:#}");
+    assert!(
+        body.to_string().contains("planned switchover refused"),
+        "{body:#}"
+    );
+    // Nothing was written: the route is the first engine's, still epoch 0.
+    let route = route_in_etcd(&etcd, &name);
+    assert_eq!(
+        (route["active"].as_str(), route["epoch"].as_u64()),
+        (Some(PRIMARY), Some(0))
+    );
+    for n in &nodes {
+        assert!(agrees_on(n, PRIMARY, 0), "{}\n{}", n.id, dump(&nodes));
     }
 }

@@ -4,14 +4,18 @@
 //! the primary makes exactly one `pg_promote()` (the standby's timeline
 //! moves from 1 to 2, and its log has no second, failing `pg_promote()`),
 //! every engine serves the standby at the same
-//! epoch, and a write through each engine lands on it.
+//! epoch, and a write through each engine lands on it. A planned
+//! switchover sent to one engine moves all three without losing a row.
 
 mod support;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::continuity::{Continuity, VIEWER_TOKEN};
+use support::writer::pg_writer;
 use support::*;
 
 const HEALTH: &str = "check_interval_seconds = 0.1\nfailure_threshold = 2\nconnect_timeout_ms = 100\nhold_down_seconds = 1";
@@ -60,11 +64,13 @@ fn timeline(port: u16) -> u64 {
         .unwrap_or(0)
 }
 
-#[test]
-fn a_dead_postgres_primary_is_promoted_once_for_every_engine() {
-    let etcd = EtcdCluster::start(3);
-    let mut pair = PgPair::start();
-    let cluster_name = format!("pg-{}", std::process::id());
+/// Three engines in front of `pair` (promote) on `etcd`, agreeing on the
+/// primary at epoch 0; with their listen ports.
+fn start_engines(
+    etcd: &EtcdCluster,
+    pair: &PgPair,
+    cluster_name: &str,
+) -> (Vec<Continuity>, Vec<u16>) {
     let mut listens = Vec::new();
     let engines: Vec<Continuity> = NODES
         .iter()
@@ -100,6 +106,15 @@ upstreams = [
         "engines agreeing on pg-primary at epoch 0\n{}",
         dump(&engines)
     );
+    (engines, listens)
+}
+
+#[test]
+fn a_dead_postgres_primary_is_promoted_once_for_every_engine() {
+    let etcd = EtcdCluster::start(3);
+    let mut pair = PgPair::start();
+    let cluster_name = format!("pg-{}", std::process::id());
+    let (engines, listens) = start_engines(&etcd, &pair, &cluster_name);
     let standby_port = pair.standby_port();
     assert!(pair.standby.is_in_recovery());
     let before = timeline(standby_port);
@@ -142,4 +157,89 @@ upstreams = [
         .map(|e| cluster_json(e)["services"][0]["route"]["decided_by"].to_string())
         .collect();
     assert!(decided.windows(2).all(|w| w[0] == w[1]), "{decided:?}");
+}
+
+#[test]
+fn a_planned_postgres_switchover_sent_to_one_engine_loses_no_acknowledged_row() {
+    let etcd = EtcdCluster::start(3);
+    let pair = PgPair::start();
+    let cluster_name = format!("pgp-{}", std::process::id());
+    let (engines, listens) = start_engines(&etcd, &pair, &cluster_name);
+    // One writer through each engine, into its own table.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = listens
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            let table = format!("tp{i}");
+            try_psql(*port, &format!("CREATE TABLE {table} (id bigint)"))
+                .unwrap_or_else(|e| panic!("CREATE TABLE through engine {i}: {e}"));
+            (table.clone(), pg_writer(*port, &table, stop.clone()))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(800));
+
+    let (code, body) = engines[1].post(
+        "/api/ops/redundancy/failover/pg-primary",
+        r#"{"reason":"planned maintenance, CHG-2"}"#,
+    );
+    assert_eq!(code, 200, "{body:#}\n{}", dump(&engines));
+    assert!(
+        body["position"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("postgres lsn")),
+        "{body:#}"
+    );
+    eprintln!(
+        "planned switchover in the cluster: pause {} ms",
+        body["pause_ms"]
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || engines
+            .iter()
+            .all(|e| agrees_on(e, "pg-standby", 1))),
+        "every engine on pg-standby at epoch 1\n{}",
+        dump(&engines)
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    stop.store(true, Ordering::Relaxed);
+
+    // Promoted; the old primary fenced on every engine (it cannot follow
+    // the new timeline); every acknowledged row of every writer is there.
+    let standby_port = pair.standby_port();
+    assert!(!pair.standby.is_in_recovery(), "the standby was promoted");
+    for e in &engines {
+        let st = &e.get("/api/ops/failover/status").1["services"][0];
+        assert_eq!(st["fenced"], serde_json::json!(["pg-primary"]), "{st:#}");
+    }
+    for (table, w) in writers {
+        let (acked, errors) = w.join().expect("writer thread");
+        assert!(
+            errors.is_empty(),
+            "{table}: the writer saw errors: {errors:?}"
+        );
+        assert!(
+            acked.len() > 10,
+            "{table}: writer made progress: {}",
+            acked.len()
+        );
+        let found: std::collections::HashSet<u64> =
+            psql(standby_port, &format!("SELECT id FROM {table}"))
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect();
+        let missing: Vec<u64> = acked
+            .iter()
+            .filter(|i| !found.contains(i))
+            .copied()
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{table}: acknowledged rows missing: {missing:?}"
+        );
+        eprintln!(
+            "{table}: {} acknowledged rows, all on the new primary",
+            acked.len()
+        );
+    }
 }

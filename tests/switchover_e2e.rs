@@ -6,104 +6,15 @@
 
 mod support;
 
-use std::io::{BufReader, Write};
-use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use support::continuity::Continuity;
-use support::redis::{encode, read_reply};
+use support::writer::{assert_all_present, pg_writer, wait_writes, Writer};
 use support::*;
 
 const HEALTH: &str = "check_interval_seconds = 0.2\nfailure_threshold = 2\nhold_down_seconds = 1\nconnect_timeout_ms = 300";
-
-/// A writer on one connection through the proxy: `SET k:i i` for i = 1, 2,
-/// ...; an acknowledged `i` is recorded; after a connection error it
-/// reconnects and sends the same `i` again (a retry, not a loss).
-struct Writer {
-    stop: Arc<AtomicBool>,
-    acked: Arc<Mutex<Vec<u64>>>,
-    retries: Arc<AtomicU64>,
-    refused: Arc<Mutex<Vec<String>>>,
-    handle: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Writer {
-    fn start(addr: &str) -> Writer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acked = Arc::new(Mutex::new(Vec::new()));
-        let retries = Arc::new(AtomicU64::new(0));
-        let refused = Arc::new(Mutex::new(Vec::new()));
-        let (s, a, r, f, addr) = (
-            stop.clone(),
-            acked.clone(),
-            retries.clone(),
-            refused.clone(),
-            addr.to_string(),
-        );
-        let handle = std::thread::spawn(move || {
-            let connect = || {
-                let c = TcpStream::connect(&addr).ok()?;
-                c.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-                Some(c)
-            };
-            let mut conn = connect();
-            let mut i = 1u64;
-            while !s.load(Ordering::Relaxed) {
-                let Some(c) = conn.as_mut() else {
-                    r.fetch_add(1, Ordering::Relaxed);
-                    std::thread::sleep(Duration::from_millis(5));
-                    conn = connect();
-                    continue;
-                };
-                let key = format!("k:{i}");
-                let val = i.to_string();
-                let sent = c.write_all(&encode(&["SET", &key, &val])).is_ok();
-                let reply = sent
-                    .then(|| read_reply(&mut BufReader::new(&*c)).ok())
-                    .flatten();
-                match reply {
-                    Some(Resp::Simple(ok)) if ok == "OK" => {
-                        a.lock().unwrap().push(i);
-                        i += 1;
-                    }
-                    Some(other) => {
-                        // An error reply is a refusal the client saw.
-                        f.lock().unwrap().push(format!("{i}: {other:?}"));
-                        conn = None;
-                    }
-                    None => {
-                        r.fetch_add(1, Ordering::Relaxed);
-                        conn = connect();
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        });
-        Writer {
-            stop,
-            acked,
-            retries,
-            refused,
-            handle: Some(handle),
-        }
-    }
-
-    fn acked(&self) -> usize {
-        self.acked.lock().unwrap().len()
-    }
-
-    fn finish(mut self) -> (Vec<u64>, u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-        let acked = std::mem::take(&mut *self.acked.lock().unwrap());
-        let refused = std::mem::take(&mut *self.refused.lock().unwrap());
-        (acked, self.retries.load(Ordering::Relaxed), refused)
-    }
-}
 
 fn redis_engine(pair: &RedisPair) -> (Continuity, String) {
     let listen = loopback(free_port());
@@ -129,37 +40,12 @@ upstreams = [
     (engine, listen)
 }
 
-/// Every acknowledged `k:i` is on `server`, with its value.
-fn assert_all_present(server: &RedisServer, acked: &[u64]) {
-    for chunk in acked.chunks(500) {
-        let keys: Vec<String> = chunk.iter().map(|i| format!("k:{i}")).collect();
-        let mut args = vec!["EXISTS"];
-        args.extend(keys.iter().map(String::as_str));
-        let n = server.cmd(&args).unwrap();
-        assert_eq!(
-            n,
-            chunk.len().to_string(),
-            "acknowledged writes missing among k:{}..k:{}",
-            chunk[0],
-            chunk[chunk.len() - 1]
-        );
-    }
-}
-
-fn wait_writes(w: &Writer, more: usize) {
-    let start = w.acked();
-    assert!(
-        wait_until(Duration::from_secs(10), || w.acked() >= start + more),
-        "writer made no progress"
-    );
-}
-
 #[test]
 fn redis_planned_failover_and_failback_lose_no_acknowledged_write() {
     let pair = RedisPair::start();
     pair.replica.wait_for_link_up();
     let (engine, listen) = redis_engine(&pair);
-    let writer = Writer::start(&listen);
+    let writer = Writer::start(&listen, "k");
     wait_writes(&writer, 100);
 
     // 404 unknown pool, 422 no reason, 409 a pool that is not active.
@@ -225,7 +111,7 @@ fn redis_planned_failover_and_failback_lose_no_acknowledged_write() {
     // At most the connection bound to the old primary was closed, per switch.
     assert!(retries <= 4, "{retries} reconnects");
     assert!(pair.primary.info("replication").contains("role:master"));
-    assert_all_present(&pair.primary, &acked);
+    assert_all_present(&pair.primary, "k", &acked);
     eprintln!(
         "{} acknowledged writes, {retries} reconnects, all present",
         acked.len()
@@ -253,7 +139,7 @@ fn redis_recover_after_promote_needs_resync_then_switches_back_without_loss() {
         engine.get("/api/ops/failover/status").1["services"][0]["active_upstream"]
             == "redis-replica"
     }));
-    let writer = Writer::start(&listen);
+    let writer = Writer::start(&listen, "k");
     wait_writes(&writer, 50);
 
     // The old primary restarts: fenced, no traffic, recover refused.
@@ -291,7 +177,7 @@ fn redis_recover_after_promote_needs_resync_then_switches_back_without_loss() {
     let (acked, retries, refused) = writer.finish();
     assert!(refused.is_empty(), "the writer was refused: {refused:?}");
     assert!(retries <= 2, "{retries} reconnects");
-    assert_all_present(&pair.primary, &acked);
+    assert_all_present(&pair.primary, "k", &acked);
     assert!(wait_until(Duration::from_secs(5), || pair
         .replica
         .info("replication")
@@ -332,25 +218,6 @@ fn redis_resync_route_makes_the_old_primary_a_replica_then_recover_switches_back
     assert!(logs.to_string().contains("redundancy_resync"), "{logs}");
 }
 
-/// `INSERT INTO t VALUES (i)` through the proxy, one psql per row.
-fn pg_writer(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(Vec<u64>, Vec<String>)> {
-    std::thread::spawn(move || {
-        let mut acked = Vec::new();
-        let mut errors = Vec::new();
-        let mut i = 1u64;
-        while !stop.load(Ordering::Relaxed) {
-            match try_psql(port, &format!("INSERT INTO t VALUES ({i})")) {
-                Ok(_) => {
-                    acked.push(i);
-                    i += 1;
-                }
-                Err(e) => errors.push(format!("{i}: {e}")),
-            }
-        }
-        (acked, errors)
-    })
-}
-
 #[test]
 fn postgres_planned_failover_loses_nothing_and_fences_the_old_primary() {
     let pair = PgPair::start();
@@ -376,7 +243,7 @@ upstreams = [
     }));
     try_psql(proxy_port, "CREATE TABLE t (id bigint)").unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = pg_writer(proxy_port, stop.clone());
+    let writer = pg_writer(proxy_port, "t", stop.clone());
     std::thread::sleep(Duration::from_millis(800));
 
     let (code, body) = engine.post(

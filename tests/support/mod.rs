@@ -35,7 +35,8 @@
 //!
 //! Modules: [`ports`] (free ports, waiting), [`proc`] (child guard, kill by
 //! PID), [`redis`], [`postgres`], [`arcadedb`], [`etcd`] (an N-member etcd
-//! cluster, `EtcdCluster::start(3)`).
+//! cluster, `EtcdCluster::start(3)`), [`writer`] (a Redis writer counting
+//! its acknowledged writes).
 
 // Shared by several test crates, each using a different part of it.
 #![allow(dead_code)]
@@ -49,6 +50,7 @@ pub mod ports;
 pub mod postgres;
 pub mod proc;
 pub mod redis;
+pub mod writer;
 
 // The flat re-exports are for `use support::*`; each crate uses some.
 #[allow(unused_imports)]

@@ -126,6 +126,7 @@ mod tests {
             actor: "system".into(),
             reason: String::new(),
             at: Utc::now(),
+            planned: false,
         }
     }
 

@@ -51,6 +51,16 @@ impl Keys {
         format!("{}views/{service}/{node}", self.root)
     }
 
+    /// The prefix of every engine's view of `service`.
+    pub fn views(&self, service: &str) -> String {
+        format!("{}views/{service}/", self.root)
+    }
+
+    /// The prefix of the membership keys.
+    pub fn members(&self) -> String {
+        format!("{}members/", self.root)
+    }
+
     pub fn leader(&self, service: &str) -> String {
         format!("{}leader/{service}", self.root)
     }
@@ -150,6 +160,12 @@ pub struct AgreedRoute {
     pub actor: String,
     pub reason: String,
     pub at: DateTime<Utc>,
+    /// A planned switchover (zero-loss: the old primary paused for writes,
+    /// the target caught up before it is promoted). While it is
+    /// `promoting`, PostgreSQL connections to the old primary drain and
+    /// close on every engine, as on one engine.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub planned: bool,
 }
 
 /// `GET /api/ops/cluster`: the members, each service's leader, agreed
@@ -256,9 +272,15 @@ mod tests {
             actor: "system".into(),
             reason: "a is down".into(),
             at: Utc::now(),
+            planned: false,
         };
         let text = serde_json::to_string(&r).unwrap();
         assert!(text.contains(r#""phase":"promoting""#), "{text}");
+        assert!(!text.contains("planned"), "{text}");
         assert_eq!(serde_json::from_str::<AgreedRoute>(&text).unwrap(), r);
+        let planned = AgreedRoute { planned: true, ..r };
+        let text = serde_json::to_string(&planned).unwrap();
+        assert!(text.contains(r#""planned":true"#), "{text}");
+        assert_eq!(serde_json::from_str::<AgreedRoute>(&text).unwrap(), planned);
     }
 }

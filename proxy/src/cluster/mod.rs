@@ -37,23 +37,46 @@ use crate::events::{EventKind, Trigger};
 use crate::upstream::service::ServiceRt;
 use crate::upstream::state::{lock, Coordination, Route, SwitchKind};
 use crate::upstream::switch;
+use crate::upstream::switchover::PG_DRAIN;
 
 pub(crate) use session::{run, Host};
 
 use doc::{AgreedRoute, ClusterService, ClusterSnapshot, MemberDoc, Phase, ViewDoc};
 
 /// An operator's move, made for the whole cluster.
-#[derive(Debug)]
-pub(crate) struct Request {
+#[derive(Debug, Clone)]
+pub(crate) struct Move {
     pub service: String,
     /// `None`: the best other upstream (trigger); `Some`: that upstream
-    /// (recover: the configured primary).
+    /// (recover: the configured primary; a planned switchover's target).
     pub to: Option<String>,
+    /// A planned switchover away from this upstream: refused unless it is
+    /// the agreed active one.
+    pub from: Option<String>,
+    /// A zero-loss planned switchover (pause, catch up, promote) rather
+    /// than an immediate move.
+    pub planned: bool,
     pub trigger: Trigger,
     pub actor: String,
     pub reason: String,
-    /// The agreed epoch once applied, or why not.
-    pub reply: oneshot::Sender<Result<u64, CommandError>>,
+}
+
+/// What an operator's move agreed on.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Agreed {
+    pub epoch: u64,
+    /// A planned switchover: how long new clients were held.
+    pub pause: Option<Duration>,
+    /// A planned switchover: the replication position the target reached.
+    pub position: Option<String>,
+}
+
+/// A move sent to the session, and where its answer goes.
+#[derive(Debug)]
+pub(crate) struct Request {
+    pub mv: Move,
+    /// The agreement once written, or why not.
+    pub reply: oneshot::Sender<Result<Agreed, CommandError>>,
 }
 
 /// This engine's membership of a cluster: its config, what it last read
@@ -181,32 +204,18 @@ impl Cluster {
 
     /// Sends an operator's move to the session; refused at once while
     /// etcd is unreachable.
-    pub async fn request(
-        &self,
-        service: String,
-        to: Option<String>,
-        trigger: Trigger,
-        actor: String,
-        reason: String,
-    ) -> Result<u64, CommandError> {
+    pub async fn request(&self, mv: Move) -> Result<Agreed, CommandError> {
         if !self.connected() {
             return Err(unavailable(self.known().reason.clone()));
         }
         let (reply, rx) = oneshot::channel();
         self.requests
-            .send(Request {
-                service,
-                to,
-                trigger,
-                actor,
-                reason,
-                reply,
-            })
+            .send(Request { mv, reply })
             .map_err(|_| unavailable(Some("the cluster session has stopped".into())))?;
-        match tokio::time::timeout(Duration::from_secs(15), rx).await {
+        match tokio::time::timeout(Duration::from_secs(30), rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(unavailable(Some("etcd session lost".into()))),
-            Err(_) => Err(unavailable(Some("no agreement within 15 s".into()))),
+            Err(_) => Err(unavailable(Some("no agreement within 30 s".into()))),
         }
     }
 
@@ -315,10 +324,26 @@ pub(crate) async fn adopt(svc: &ServiceRt, agreed: &AgreedRoute, revision: i64, 
     let old = svc.route.load_full();
     if agreed.phase == Phase::Promoting {
         if old.active != to && !old.switching {
-            svc.set_route(Route {
-                switching: true,
-                ..(*old).clone()
-            });
+            let drain_pg = agreed.planned && svc.cfg.kind == crate::config::Kind::Postgres;
+            let held = if drain_pg {
+                // A planned switchover: the old primary's connections may
+                // finish for PG_DRAIN, then close (its epoch moved and it
+                // is fenced), so that no write lands there after the
+                // deciding engine reads its last LSN.
+                Route {
+                    epoch: agreed.epoch,
+                    fenced,
+                    switching: true,
+                    drain: Some((old.active, std::time::Instant::now() + PG_DRAIN)),
+                    ..(*old).clone()
+                }
+            } else {
+                Route {
+                    switching: true,
+                    ..(*old).clone()
+                }
+            };
+            svc.set_route(held);
         }
         return false;
     }

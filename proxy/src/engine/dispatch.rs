@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::cluster::{self, Cluster};
+use crate::cluster::{self, Cluster, Move};
 use crate::config::OnFailover;
 use crate::engine::command::{Command, CommandOutcome};
 use crate::engine::project::{engine_snapshot, service_snapshot};
@@ -38,10 +38,18 @@ pub(crate) async fn dispatch(
             let svc = shared.find(&service)?;
             match clustered(shared, &svc, force) {
                 Some(c) => {
-                    let epoch = c
-                        .request(service, None, Trigger::Manual, actor, reason)
+                    let agreed = c
+                        .request(Move {
+                            service,
+                            to: None,
+                            from: None,
+                            planned: false,
+                            trigger: Trigger::Manual,
+                            actor,
+                            reason,
+                        })
                         .await?;
-                    applied(&svc, epoch).await?;
+                    applied(&svc, agreed.epoch).await?;
                 }
                 None => trigger(&svc, actor, reason).await?,
             }
@@ -57,18 +65,24 @@ pub(crate) async fn dispatch(
             let svc = shared.find(&service)?;
             match clustered(shared, &svc, force) {
                 Some(c) => {
-                    if svc.cfg.on_failover == OnFailover::Promote {
-                        return Err(CommandError::Conflict(
-                            "recover in a cluster with on_failover = \"promote\" is not coordinated: resynchronise the old primary, then switch over on each engine with force=true (docs/cluster.md)".into(),
-                        ));
-                    }
+                    // With `on_failover = "promote"`: a planned switchover
+                    // back, refused unless the configured primary is a
+                    // replica of the active upstream again.
                     let primary = svc
                         .upstream_name(svc.cfg.configured_primary())
                         .map(str::to_string);
-                    let epoch = c
-                        .request(service, primary, Trigger::Manual, actor, reason)
+                    let agreed = c
+                        .request(Move {
+                            service,
+                            to: primary,
+                            from: None,
+                            planned: svc.cfg.on_failover == OnFailover::Promote,
+                            trigger: Trigger::Manual,
+                            actor,
+                            reason,
+                        })
                         .await?;
-                    applied(&svc, epoch).await?;
+                    applied(&svc, agreed.epoch).await?;
                 }
                 None => recover(&svc, actor, reason).await?,
             }
@@ -82,7 +96,6 @@ pub(crate) async fn dispatch(
             reason,
         } => {
             let (svc, from) = shared.find_pool(&pool)?;
-            not_clustered(shared, &svc)?;
             let to = match to {
                 Some(name) => Some(
                     svc.upstreams
@@ -97,7 +110,21 @@ pub(crate) async fn dispatch(
                 ),
                 None => None,
             };
-            let report = failover_pool(&svc, from, to, actor, reason).await;
+            let report = match clustered(shared, &svc, false) {
+                Some(c) => {
+                    let mv = Move {
+                        service: svc.cfg.name.clone(),
+                        to: to.and_then(|i| svc.upstream_name(i)).map(str::to_string),
+                        from: Some(pool),
+                        planned: true,
+                        trigger: Trigger::Manual,
+                        actor,
+                        reason,
+                    };
+                    coordinated_switch(c, &svc, mv).await
+                }
+                None => failover_pool(&svc, from, to, actor, reason).await,
+            };
             switched(shared, &svc, report)
         }
         Command::Failback {
@@ -106,8 +133,21 @@ pub(crate) async fn dispatch(
             reason,
         } => {
             let (svc, to) = shared.find_pool(&pool)?;
-            not_clustered(shared, &svc)?;
-            let report = failback_pool(&svc, to, actor, reason).await;
+            let report = match clustered(shared, &svc, false) {
+                Some(c) => {
+                    let mv = Move {
+                        service: svc.cfg.name.clone(),
+                        to: Some(pool),
+                        from: None,
+                        planned: true,
+                        trigger: Trigger::Manual,
+                        actor,
+                        reason,
+                    };
+                    coordinated_switch(c, &svc, mv).await
+                }
+                None => failback_pool(&svc, to, actor, reason).await,
+            };
             switched(shared, &svc, report)
         }
         Command::Resync { service, .. } => {
@@ -158,16 +198,20 @@ fn clustered<'a>(shared: &'a Shared, svc: &ServiceRt, force: bool) -> Option<&'a
         .filter(|_| !force && cluster::coordinated(svc))
 }
 
-/// Planned switchovers are made by one engine; in a cluster they are
-/// refused for coordinated services (docs/cluster.md).
-fn not_clustered(shared: &Shared, svc: &ServiceRt) -> Result<(), CommandError> {
-    if clustered(shared, svc, false).is_some() {
-        return Err(CommandError::Conflict(format!(
-            "{} is coordinated by [cluster]: a planned switchover is not coordinated across engines yet; use failover/trigger or recover (docs/cluster.md)",
-            svc.cfg.name
-        )));
-    }
-    Ok(())
+/// A planned switchover for the whole cluster: sent to the session, then
+/// waited for here until this engine serves the agreed route.
+async fn coordinated_switch(
+    c: &Cluster,
+    svc: &ServiceRt,
+    mv: Move,
+) -> Result<SwitchReport, CommandError> {
+    let started = tokio::time::Instant::now();
+    let agreed = c.request(mv).await?;
+    applied(svc, agreed.epoch).await?;
+    Ok(SwitchReport {
+        pause: agreed.pause.unwrap_or_else(|| started.elapsed()),
+        position: agreed.position,
+    })
 }
 
 /// Waits until this engine serves the agreed route of `epoch` (it comes

@@ -128,9 +128,18 @@ pub(crate) fn adopt(
         .get(old.active)
         .map(|u| u.active_conns.load(Ordering::Relaxed))
         .unwrap_or(0);
-    if moved && kind.is_failover() && svc.cfg.on_failover == OnFailover::Promote {
+    // Left behind by a promotion: the old active upstream, when the route
+    // fences it (a planned Redis switchover demotes it instead). The new
+    // active one is the primary now, whatever an earlier move said.
+    let fenced_old = fenced.get(old.active).copied().unwrap_or(false);
+    if moved && kind.is_failover() && svc.cfg.on_failover == OnFailover::Promote && fenced_old {
         if let Some(u) = svc.upstreams.get(old.active) {
             lock(&u.health).diverged = true;
+        }
+    }
+    if moved {
+        if let Some(u) = svc.upstreams.get(to) {
+            lock(&u.health).diverged = false;
         }
     }
     svc.set_route(Route {

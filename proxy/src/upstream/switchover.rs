@@ -54,13 +54,19 @@ pub struct SwitchReport {
     pub position: Option<String>,
 }
 
-/// Step 3: waits until `to` has what `from` acknowledged. Redis: `from` is
-/// already paused for writes. Returns the position reached.
-async fn wait_caught_up(svc: &ServiceRt, from: usize, to: usize) -> Result<String, String> {
+/// Step 3: waits until `to` has what `from` acknowledged, for at most
+/// `limit` ([`CATCH_UP`] on one engine). Redis: `from` is already paused
+/// for writes. Returns the position reached.
+pub(crate) async fn wait_caught_up(
+    svc: &ServiceRt,
+    from: usize,
+    to: usize,
+    limit: Duration,
+) -> Result<String, String> {
     let (Some(f), Some(t)) = (svc.upstreams.get(from), svc.upstreams.get(to)) else {
         return Err("no such upstream".into());
     };
-    let deadline = Instant::now() + CATCH_UP;
+    let deadline = Instant::now() + limit;
     match svc.cfg.kind {
         Kind::Redis => {
             let target = resync::redis_master_offset(&svc.cfg, &f.cfg).await?;
@@ -70,7 +76,7 @@ async fn wait_caught_up(svc: &ServiceRt, from: usize, to: usize) -> Result<Strin
                     Ok(o) if o >= target => return Ok(format!("redis offset {target}")),
                     Ok(o) if Instant::now() >= deadline => {
                         return Err(format!(
-                            "{} did not catch up with {} within {CATCH_UP:?} ({} bytes behind)",
+                            "{} did not catch up with {} within {limit:?} ({} bytes behind)",
                             t.cfg.name,
                             f.cfg.name,
                             target - o
@@ -88,7 +94,7 @@ async fn wait_caught_up(svc: &ServiceRt, from: usize, to: usize) -> Result<Strin
                     Ok(true) => return Ok(format!("postgres lsn {lsn}")),
                     Ok(false) if Instant::now() >= deadline => {
                         return Err(format!(
-                            "{} did not replay {lsn} of {} within {CATCH_UP:?}",
+                            "{} did not replay {lsn} of {} within {limit:?}",
                             t.cfg.name, f.cfg.name
                         ))
                     }
@@ -104,7 +110,7 @@ async fn wait_caught_up(svc: &ServiceRt, from: usize, to: usize) -> Result<Strin
 /// Before holding anyone: the target must be a replica of the old primary
 /// (redis, with its link up) or a standby (postgres), or there is nothing
 /// to wait for and the switchover is refused at once.
-async fn precheck(svc: &ServiceRt, from: usize, to: usize) -> Result<(), String> {
+pub(crate) async fn precheck(svc: &ServiceRt, from: usize, to: usize) -> Result<(), String> {
     let (Some(f), Some(t)) = (svc.upstreams.get(from), svc.upstreams.get(to)) else {
         return Err("no such upstream".into());
     };
@@ -120,7 +126,7 @@ async fn precheck(svc: &ServiceRt, from: usize, to: usize) -> Result<(), String>
     }
 }
 
-async fn redis_pause(svc: &ServiceRt, idx: usize, pause: bool) -> Result<(), String> {
+pub(crate) async fn redis_pause(svc: &ServiceRt, idx: usize, pause: bool) -> Result<(), String> {
     let Some(u) = svc.upstreams.get(idx) else {
         return Err("no such upstream".into());
     };
@@ -143,7 +149,7 @@ async fn redis_pause(svc: &ServiceRt, idx: usize, pause: bool) -> Result<(), Str
 }
 
 /// Redis: makes the old primary a replica of the new one.
-async fn redis_demote(svc: &ServiceRt, from: usize, to: usize) -> Result<(), String> {
+pub(crate) async fn redis_demote(svc: &ServiceRt, from: usize, to: usize) -> Result<(), String> {
     let (Some(f), Some(t)) = (svc.upstreams.get(from), svc.upstreams.get(to)) else {
         return Err("no such upstream".into());
     };
@@ -239,7 +245,7 @@ pub(crate) async fn planned_switch(
                 paused = true;
             }
             phases[0] = started.elapsed();
-            position = Some(wait_caught_up(svc, from, to).await?);
+            position = Some(wait_caught_up(svc, from, to, CATCH_UP).await?);
             phases[1] = started.elapsed();
             // 4a. Promote the target.
             let up = svc

@@ -11,13 +11,14 @@ use std::time::Duration;
 
 use chrono::Utc;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, Txn,
-    TxnOp, TxnOpResponse, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, LeaseKeeper,
+    PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use tokio::sync::{mpsc, watch};
 
 use crate::cluster::doc::{AgreedRoute, Key, Keys, MemberDoc, Phase, UpstreamView, ViewDoc};
 mod moves;
+mod planned;
 
 use crate::cluster::{adopt, coordinated, Cluster, Request};
 use crate::error::CommandError;
@@ -131,6 +132,8 @@ struct Session {
     keys: Keys,
     me: String,
     lease: i64,
+    /// Renews `lease` (also between the steps of a planned switchover).
+    keeper: Option<LeaseKeeper>,
     was_connected: bool,
 }
 
@@ -143,7 +146,18 @@ impl Session {
             host,
             cluster,
             lease: 0,
+            keeper: None,
             was_connected: false,
+        }
+    }
+
+    /// Sends one lease renewal; a failure ends the session at the next
+    /// watchdog tick, not here.
+    async fn renew(&mut self) {
+        if let Some(k) = self.keeper.as_mut() {
+            if let Err(e) = k.keep_alive().await {
+                tracing::warn!(error = %e, "cluster: lease renewal failed");
+            }
         }
     }
 
@@ -173,10 +187,11 @@ impl Session {
             .await
             .map_err(etcd("lease grant"))?
             .id();
-        let (mut keeper, mut kept) = client
+        let (keeper, mut kept) = client
             .lease_keep_alive(self.lease)
             .await
             .map_err(etcd("lease keep-alive"))?;
+        self.keeper = Some(keeper);
         let member = MemberDoc {
             node_id: self.me.clone(),
             joined_at: Utc::now(),
@@ -277,7 +292,9 @@ impl Session {
                     if last_answer.elapsed() > ttl {
                         return Err(format!("no answer from etcd at {} to the lease renewals for {} s", self.endpoint, ttl.as_secs()));
                     }
-                    keeper.keep_alive().await.map_err(etcd("lease keep-alive"))?;
+                    if let Some(k) = self.keeper.as_mut() {
+                        k.keep_alive().await.map_err(etcd("lease keep-alive"))?;
+                    }
                     self.decide_all(&mut client).await?;
                 }
                 kept_msg = kept.message() => {
@@ -289,7 +306,12 @@ impl Session {
                 }
                 req = requests.recv() => {
                     let Some(req) = req else { return Ok(()) };
-                    let answer = self.operator_move(&mut client, &req).await;
+                    let answer = self.operator_move(&mut client, &req.mv).await;
+                    if answer.is_ok() {
+                        // It wrote to etcd (a planned switchover takes
+                        // seconds, the renewals' answers wait in `kept`).
+                        last_answer = tokio::time::Instant::now();
+                    }
                     let _ = req.reply.send(answer);
                 }
             }
@@ -423,6 +445,10 @@ impl Session {
                 (Some((route, rev)), Some(svc)) => {
                     if adopt(&svc, &route, rev, &self.me).await {
                         tracing::info!(service = %service, active = %route.active, epoch = route.epoch, revision = rev, decided_by = %route.decided_by, "cluster: applied the agreed route");
+                        // At once, not at the next probe: the engine that
+                        // runs a planned switchover waits for every view
+                        // to show it before it unpauses the old primary.
+                        self.publish_views(client).await?;
                     }
                     self.cluster.save_routes();
                     self.host.refresh_state();
@@ -465,6 +491,7 @@ impl Session {
             actor: "system".into(),
             reason: "the first engine's route".into(),
             at: Utc::now(),
+            planned: false,
         };
         let key = self.keys.route(svc.name());
         let txn = Txn::new()

@@ -9,7 +9,7 @@ use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 use super::{json, Result, Session};
 use crate::cluster::decide::{self, Verdict};
 use crate::cluster::doc::{AgreedRoute, Phase, ViewDoc};
-use crate::cluster::{decision_event, Request};
+use crate::cluster::{decision_event, Agreed, Move};
 use crate::error::CommandError;
 use crate::events::{EventKind, Trigger};
 use crate::health;
@@ -17,11 +17,33 @@ use crate::upstream::failover;
 use crate::upstream::service::ServiceRt;
 
 /// Why a move did not land.
-enum Moved {
+pub(super) enum Moved {
     /// Another write to the route key landed first.
     Lost,
     Refused(String),
     Etcd(String),
+}
+
+impl From<Moved> for CommandError {
+    fn from(m: Moved) -> CommandError {
+        match m {
+            Moved::Lost => CommandError::Conflict(
+                "another decision for this service landed first; read GET /api/ops/cluster".into(),
+            ),
+            Moved::Refused(m) => CommandError::Conflict(m),
+            Moved::Etcd(e) => CommandError::Conflict(format!("etcd: {e}")),
+        }
+    }
+}
+
+/// Whether a move of `svc` promotes its target (`on_failover = "promote"`
+/// on Redis or PostgreSQL).
+pub(super) fn promotes(svc: &ServiceRt) -> bool {
+    svc.cfg.on_failover == crate::config::OnFailover::Promote
+        && matches!(
+            svc.cfg.kind,
+            crate::config::Kind::Redis | crate::config::Kind::Postgres
+        )
 }
 
 impl Session {
@@ -54,6 +76,7 @@ impl Session {
                 self.me
             ),
             at: Utc::now(),
+            planned: false,
         };
         match self.cas(client, svc.name(), rev, &next).await {
             Ok(Some(new_rev)) => {
@@ -162,22 +185,23 @@ impl Session {
         }
     }
 
-    /// An operator's trigger or recover, for the whole cluster.
+    /// An operator's trigger, recover or planned switchover, for the whole
+    /// cluster.
     pub(super) async fn operator_move(
         &mut self,
         client: &mut Client,
-        req: &Request,
-    ) -> std::result::Result<u64, CommandError> {
+        mv: &Move,
+    ) -> std::result::Result<Agreed, CommandError> {
         let Some(svc) = self
             .host
             .services()
             .iter()
-            .find(|s| s.cfg.name == req.service)
+            .find(|s| s.cfg.name == mv.service)
             .cloned()
         else {
             return Err(CommandError::NotFound(format!(
                 "no service named {}",
-                req.service
+                mv.service
             )));
         };
         let Some((route, rev)) = self.cluster.known().routes.get(svc.name()).cloned() else {
@@ -185,7 +209,24 @@ impl Session {
                 "the cluster has no route for it yet".into(),
             ));
         };
-        let to = match &req.to {
+        if route.phase == Phase::Promoting {
+            return Err(CommandError::Conflict(format!(
+                "{} is being moved to {} by {}; retry when it is done",
+                svc.name(),
+                route.active,
+                route.decided_by
+            )));
+        }
+        if let Some(from) = &mv.from {
+            if *from != route.active {
+                return Err(CommandError::Conflict(format!(
+                    "{from} is not the active upstream of {} (the agreed active one is {})",
+                    svc.name(),
+                    route.active
+                )));
+            }
+        }
+        let to = match &mv.to {
             Some(name) => name.clone(),
             None => {
                 let active = svc.route.load().active;
@@ -203,9 +244,15 @@ impl Session {
             }
         };
         if to == route.active && route.fenced.is_empty() {
-            return Ok(route.epoch);
+            return Ok(Agreed {
+                epoch: route.epoch,
+                ..Agreed::default()
+            });
         }
-        let evidence = serde_json::json!({ "requested_by": req.actor, "received_by": self.me });
+        if mv.planned && promotes(&svc) {
+            return self.planned(client, &svc, &route, rev, &to, mv).await;
+        }
+        let evidence = serde_json::json!({ "requested_by": mv.actor, "received_by": self.me });
         match self
             .move_to(
                 client,
@@ -213,20 +260,19 @@ impl Session {
                 &route,
                 rev,
                 &to,
-                req.trigger,
-                &req.actor,
-                &req.reason,
+                mv.trigger,
+                &mv.actor,
+                &mv.reason,
                 evidence,
-                req.to.is_none(),
+                mv.to.is_none() || mv.from.is_some(),
             )
             .await
         {
-            Ok(epoch) => Ok(epoch),
-            Err(Moved::Lost) => Err(CommandError::Conflict(
-                "another decision for this service landed first; read GET /api/ops/cluster".into(),
-            )),
-            Err(Moved::Refused(m)) => Err(CommandError::Conflict(m)),
-            Err(Moved::Etcd(e)) => Err(CommandError::Conflict(format!("etcd: {e}"))),
+            Ok(epoch) => Ok(Agreed {
+                epoch,
+                ..Agreed::default()
+            }),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -253,11 +299,7 @@ impl Session {
             return Err(Moved::Refused(format!("no upstream named {to}")));
         }
         let recover = !fence_old;
-        let promote = svc.cfg.on_failover == crate::config::OnFailover::Promote
-            && matches!(
-                svc.cfg.kind,
-                crate::config::Kind::Redis | crate::config::Kind::Postgres
-            );
+        let promote = promotes(svc);
         let mut fenced: Vec<String> = route.fenced.iter().filter(|f| *f != to).cloned().collect();
         if !recover && !fenced.contains(&route.active) {
             fenced.push(route.active.clone());
@@ -279,6 +321,7 @@ impl Session {
             actor: actor.to_string(),
             reason: reason.to_string(),
             at: Utc::now(),
+            planned: false,
         };
         let Some(new_rev) = self.cas(client, svc.name(), rev, &next).await? else {
             return Err(Moved::Lost);
@@ -347,6 +390,7 @@ impl Session {
                     actor: route.actor.clone(),
                     reason: message,
                     at: Utc::now(),
+                    planned: false,
                 }
             }
         };
@@ -359,7 +403,7 @@ impl Session {
 
     /// Compare-and-swap of `service`'s route: written only if its key is
     /// still at `rev`. Returns the new revision, `None` if it was not.
-    async fn cas(
+    pub(super) async fn cas(
         &mut self,
         client: &mut Client,
         service: &str,
