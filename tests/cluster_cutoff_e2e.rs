@@ -4,7 +4,8 @@
 //! relay of the test's, which then refuses its connections. engine-c sees
 //! the primary down, the other two do not: nobody fails over, nothing is
 //! promoted, engine-c says it disagrees, and it agrees again once the relay
-//! is back.
+//! is back. With `on_failover = "route"`, engine-c's own clients go to the
+//! secondary meanwhile, and the service still does not move.
 
 mod support;
 
@@ -162,20 +163,26 @@ fn replicaof_calls(server: &RedisServer) -> u64 {
         .unwrap_or(0)
 }
 
-#[test]
-fn an_engine_cut_off_from_the_primary_alone_does_not_fail_over() {
-    let etcd = EtcdCluster::start(3);
-    let pair = RedisPair::start();
-    let mut relay = Relay::start(free_port(), &pair.primary.addr());
-    let cluster_name = format!("cut-{}", std::process::id());
-    let engines: Vec<Continuity> = ["engine-a", "engine-b", "engine-c"]
+/// engine-a, engine-b and engine-c in front of `primary` and `secondary`
+/// with `on_failover`; engine-c reaches the primary through `relay` only.
+fn start_engines(
+    etcd: &EtcdCluster,
+    relay: &Relay,
+    primary: &RedisServer,
+    secondary: &RedisServer,
+    on_failover: &str,
+) -> (Vec<Continuity>, Vec<String>) {
+    let cluster_name = format!("cut-{}-{on_failover}", std::process::id());
+    let mut listens = Vec::new();
+    let engines = ["engine-a", "engine-b", "engine-c"]
         .iter()
         .map(|id| {
-            // engine-c reaches the primary through the relay only.
+            let listen = loopback(free_port());
+            listens.push(listen.clone());
             let primary = if *id == "engine-c" {
                 loopback(relay.port)
             } else {
-                pair.primary.addr()
+                primary.addr()
             };
             Continuity::builder()
                 .health(HEALTH)
@@ -183,13 +190,13 @@ fn an_engine_cut_off_from_the_primary_alone_does_not_fail_over() {
                     r#"name = "redis"
 kind = "redis"
 listen = "{listen}"
-on_failover = "promote"
+on_failover = "{on_failover}"
+buffer_timeout_ms = 2000
 upstreams = [
   {{ name = "redis-primary", address = "{primary}", role = "primary" }},
   {{ name = "redis-replica", address = "{r}", role = "secondary" }},
 ]"#,
-                    listen = loopback(free_port()),
-                    r = pair.replica.addr()
+                    r = secondary.addr()
                 ))
                 .tail(&format!(
                     "[cluster]\netcd_endpoints = {}\ncluster_name = \"{cluster_name}\"\nnode_id = \"{id}\"\nlease_ttl_seconds = 2",
@@ -198,6 +205,15 @@ upstreams = [
                 .start()
         })
         .collect();
+    (engines, listens)
+}
+
+#[test]
+fn an_engine_cut_off_from_the_primary_alone_does_not_fail_over() {
+    let etcd = EtcdCluster::start(3);
+    let pair = RedisPair::start();
+    let mut relay = Relay::start(free_port(), &pair.primary.addr());
+    let (engines, _) = start_engines(&etcd, &relay, &pair.primary, &pair.replica, "promote");
     assert!(
         wait_until(Duration::from_secs(20), || engines.iter().all(on_primary)),
         "every engine on redis-primary at epoch 0\n{}",
@@ -242,5 +258,54 @@ upstreams = [
         "engine-c agrees again\n{}",
         dump(&engines)
     );
+    assert!(engines.iter().all(on_primary), "{}", dump(&engines));
+}
+
+/// With `on_failover = "route"`, the cut-off engine's clients go to the
+/// secondary alone while the service stays on the primary for every
+/// engine; with `"promote"` (above) they are held instead (the secondary is
+/// a read-only replica until the cluster promotes it).
+#[test]
+fn a_cut_off_engine_sends_its_own_clients_to_the_secondary_in_route_mode() {
+    let etcd = EtcdCluster::start(3);
+    // Two independent Redis servers: route mode promotes nothing.
+    let primary = RedisServer::start();
+    let secondary = RedisServer::start();
+    let mut relay = Relay::start(free_port(), &primary.addr());
+    let (engines, listens) = start_engines(&etcd, &relay, &primary, &secondary, "route");
+    assert!(
+        wait_until(Duration::from_secs(20), || engines.iter().all(on_primary)),
+        "every engine on redis-primary at epoch 0\n{}",
+        dump(&engines)
+    );
+
+    relay.stop();
+    let cut = &engines[2];
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            cluster_json(cut)["services"][0]["disagreement"].is_string()
+        }),
+        "engine-c reports its disagreement\n{}",
+        dump(&engines)
+    );
+    // A new client of engine-c is served, by the secondary; engine-a's
+    // clients still write to the primary; nobody moved the service.
+    assert_eq!(redis_cmd(&listens[2], &["SET", "via", "engine-c"]).unwrap(), "OK");
+    assert_eq!(secondary.cmd(&["GET", "via"]).unwrap(), "engine-c");
+    assert_eq!(redis_cmd(&listens[0], &["SET", "via-a", "engine-a"]).unwrap(), "OK");
+    assert_eq!(primary.cmd(&["GET", "via-a"]).unwrap(), "engine-a");
+    assert!(engines.iter().all(on_primary), "{}", dump(&engines));
+
+    // The relay back: engine-c's new clients go to the primary again.
+    relay.spawn();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            cluster_json(cut)["services"][0]["disagreement"].is_null()
+        }),
+        "engine-c agrees again\n{}",
+        dump(&engines)
+    );
+    assert_eq!(redis_cmd(&listens[2], &["SET", "back", "1"]).unwrap(), "OK");
+    assert_eq!(primary.cmd(&["GET", "back"]).unwrap(), "1");
     assert!(engines.iter().all(on_primary), "{}", dump(&engines));
 }

@@ -216,6 +216,30 @@ enum Gave {
     Fallback,
 }
 
+/// In a `[cluster]` with `on_failover = "route"`, when this engine sees
+/// the agreed active upstream down: the upstream this one client goes to
+/// alone (the first other usable one, configured primaries first). Only
+/// the cluster's decision moves the service (docs/cluster.md). `None`
+/// otherwise; with `"promote"` the client is held instead, because the
+/// other upstream is a read-only replica until the cluster promotes it.
+fn detour(svc: &ServiceRt, route: &Route) -> Option<usize> {
+    if svc.coordination.get().is_none()
+        || svc.cfg.on_failover != crate::config::OnFailover::Route
+        || route.switching
+        || svc.usable(route, route.active)
+    {
+        return None;
+    }
+    let primary = |i: &usize| {
+        svc.upstreams
+            .get(*i)
+            .is_none_or(|u| u.cfg.role != crate::config::Role::Primary)
+    };
+    (0..svc.upstreams.len())
+        .filter(|i| *i != route.active && svc.usable(route, *i))
+        .min_by_key(|i| (primary(i), *i))
+}
+
 /// Whether a new client of `svc` goes to the memory fallback: it is
 /// engaged (until its journal is replayed), or no upstream can take the
 /// client and no switch is in progress that could give it one.
@@ -291,6 +315,21 @@ async fn handle(
                         }
                         continue;
                     }
+                }
+            }
+        }
+        if let Some(alt) = detour(&svc, &route) {
+            if let Some(up) = svc.upstreams.get(alt) {
+                let started = Instant::now();
+                let target = up.cfg.target();
+                if let Ok(Ok(stream)) = tokio::time::timeout(
+                    svc.cfg.health.connect_timeout,
+                    TcpStream::connect(target.as_str()),
+                )
+                .await
+                {
+                    up.metrics.connect.observe(started.elapsed().as_secs_f64());
+                    break Ok((alt, route.epoch, stream));
                 }
             }
         }
