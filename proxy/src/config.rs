@@ -127,6 +127,11 @@ pub struct HealthSettings {
     pub failure_threshold: u32,
     pub recovery_threshold: u32,
     pub hold_down: Duration,
+    /// How long an upstream that accepts connections but answers no probe
+    /// (busy: a long script, `DEBUG SLEEP`, a heavy checkpoint) is given
+    /// before it counts as down; refused, reset and timed-out connects are
+    /// not graced. Zero: no grace.
+    pub busy_grace: Duration,
     pub snapshot_retention_hours: u32,
 }
 
@@ -141,6 +146,7 @@ impl Default for HealthSettings {
             failure_threshold: 3,
             recovery_threshold: 2,
             hold_down: Duration::from_secs(10),
+            busy_grace: Duration::from_millis(3000),
             snapshot_retention_hours: 24,
         }
     }

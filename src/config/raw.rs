@@ -61,6 +61,7 @@ pub struct RawHealth {
     pub failure_threshold: Option<u64>,
     pub recovery_threshold: Option<u64>,
     pub hold_down_seconds: Option<u64>,
+    pub busy_grace_ms: Option<u64>,
     pub snapshot_retention_hours: Option<u64>,
 }
 
@@ -133,6 +134,7 @@ pub struct RawService {
     pub failure_threshold: Option<u64>,
     pub recovery_threshold: Option<u64>,
     pub hold_down_seconds: Option<u64>,
+    pub busy_grace_ms: Option<u64>,
     pub snapshot_retention_hours: Option<u64>,
 }
 
@@ -147,6 +149,7 @@ impl RawService {
             failure_threshold: self.failure_threshold,
             recovery_threshold: self.recovery_threshold,
             hold_down_seconds: self.hold_down_seconds,
+            busy_grace_ms: self.busy_grace_ms,
             snapshot_retention_hours: self.snapshot_retention_hours,
         }
     }

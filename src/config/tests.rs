@@ -176,6 +176,7 @@ fn the_reference_config_documents_every_key() {
         "failure_threshold",
         "recovery_threshold",
         "hold_down_seconds",
+        "busy_grace_ms",
         "snapshot_retention_hours",
         "dir",
         "retention_days",

@@ -417,6 +417,12 @@ pub fn health(
             Some(s) => Duration::from_secs(s),
             None => base.hold_down,
         },
+        busy_grace: ctx.millis(
+            &at.key("busy_grace_ms"),
+            raw.busy_grace_ms,
+            0,
+            base.busy_grace,
+        ),
         snapshot_retention_hours: ctx.int(
             &at.key("snapshot_retention_hours"),
             raw.snapshot_retention_hours,

@@ -45,6 +45,10 @@ pub enum FailureKind {
     Refused,
     /// No answer within the deadline.
     Timeout,
+    /// It accepts TCP connections, but answered nothing within the probe's
+    /// deadline: busy or hung, told apart by `busy_grace_ms`
+    /// (upstream/probe.rs).
+    Unanswered,
     /// Authentication was rejected.
     Auth,
     /// The peer answered something we did not expect.
@@ -126,6 +130,10 @@ pub enum ProbeError {
     Unhealthy(String),
     #[error("timed out")]
     Timeout,
+    /// Redis `-BUSY` (a script running) or `-LOADING` (the dataset is
+    /// loading): alive, as Sentinel counts them.
+    #[error("busy: {0}")]
+    Busy(String),
 }
 
 impl ProbeError {
@@ -133,7 +141,9 @@ impl ProbeError {
         match self {
             ProbeError::Io(e) => classify_io(e),
             ProbeError::Auth(_) => FailureKind::Auth,
-            ProbeError::Protocol(_) | ProbeError::Unhealthy(_) => FailureKind::Protocol,
+            ProbeError::Protocol(_) | ProbeError::Unhealthy(_) | ProbeError::Busy(_) => {
+                FailureKind::Protocol
+            }
             ProbeError::Timeout => FailureKind::Timeout,
         }
     }
@@ -209,21 +219,36 @@ pub fn checker_for(kind: Kind) -> &'static dyn HealthCheck {
     }
 }
 
-/// Runs one probe bounded by `service.health.timeout`.
+/// Runs one probe bounded by `service.health.timeout`. A probe that ran
+/// out of time is told apart by one more TCP connect: accepted means the
+/// upstream is there but silent ([`FailureKind::Unanswered`]: busy or
+/// hung), refused or timed out means it is not.
 pub async fn run_probe(service: &ServiceConfig, upstream: &UpstreamConfig) -> ProbeOutcome {
     let started = Instant::now();
     let check = checker_for(service.kind).check(service, upstream);
     match tokio::time::timeout(service.health.timeout, check).await {
         Ok(Ok(probed)) => ProbeOutcome::probed(started.elapsed(), probed),
         Ok(Err(e)) => ProbeOutcome::failed(started.elapsed(), e.failure_kind(), e.to_string()),
-        Err(_) => ProbeOutcome::failed(
-            started.elapsed(),
-            FailureKind::Timeout,
-            format!(
-                "probe timed out after {} ms",
-                service.health.timeout.as_millis()
-            ),
-        ),
+        Err(_) => {
+            let timeout_ms = service.health.timeout.as_millis();
+            let accepts = connect(service, upstream).await.is_ok();
+            let latency = started.elapsed();
+            if accepts {
+                ProbeOutcome::failed(
+                    latency,
+                    FailureKind::Unanswered,
+                    format!(
+                        "probe timed out after {timeout_ms} ms; it accepts connections (unanswered: busy or hung)"
+                    ),
+                )
+            } else {
+                ProbeOutcome::failed(
+                    latency,
+                    FailureKind::Timeout,
+                    format!("probe timed out after {timeout_ms} ms"),
+                )
+            }
+        }
     }
 }
 

@@ -36,6 +36,8 @@ pub fn error_reply(msg: &str) -> ProbeError {
     ];
     if auth.iter().any(|p| msg.starts_with(p)) {
         ProbeError::Auth(msg.to_string())
+    } else if msg.starts_with("BUSY") || msg.starts_with("LOADING") {
+        ProbeError::Busy(msg.to_string())
     } else {
         ProbeError::Protocol(format!("server replied: {msg}"))
     }
@@ -182,9 +184,16 @@ impl HealthCheck for RedisCheck {
             // it). A server that answers one error and closes (maxclients)
             // is judged by that error.
             with_conn(service, upstream, |mut conn| async move {
-                match request(&mut conn, &["PING"]).await? {
-                    Reply::Simple(s) if s == "PONG" => {}
-                    other => return Err(proto(format!("PING: expected +PONG, got {other:?}"))),
+                match request(&mut conn, &["PING"]).await {
+                    Ok(Reply::Simple(s)) if s == "PONG" => {}
+                    // Alive, as Sentinel counts it: a script is running or
+                    // the dataset is loading. Good, but slow; the role is
+                    // the one seen last.
+                    Err(ProbeError::Busy(m)) => {
+                        return Ok(Probed::degraded(format!("{m} (busy: counted as alive)")))
+                    }
+                    Ok(other) => return Err(proto(format!("PING: expected +PONG, got {other:?}"))),
+                    Err(e) => return Err(e),
                 }
                 let role = request(&mut conn, &["ROLE"]).await?;
                 Ok(Probed::role(role_of(&role)?))
@@ -271,7 +280,14 @@ mod tests {
             error_reply("ERR unknown command"),
             ProbeError::Protocol(_)
         ));
-        assert!(matches!(error_reply("LOADING"), ProbeError::Protocol(_)));
+        assert!(matches!(
+            error_reply("LOADING Redis is loading the dataset in memory"),
+            ProbeError::Busy(_)
+        ));
+        assert!(matches!(
+            error_reply("BUSY Redis is busy running a script."),
+            ProbeError::Busy(_)
+        ));
     }
 
     /// A one-connection fake redis: for each answer, reads a little and

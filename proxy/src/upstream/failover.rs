@@ -71,6 +71,26 @@ pub fn on_refused(c: &mut Counters, t: Thresholds) -> Option<Transition> {
     (old != UpstreamHealth::Down).then_some((old, UpstreamHealth::Down))
 }
 
+/// An unanswered probe (the upstream accepts connections, answers
+/// nothing) `silent_for` after the first of them in a row: nothing counts
+/// while that is under `grace` (busy is not dead); from then on it is down
+/// at once, as on a refused connect. With no grace it is an ordinary
+/// failure.
+pub fn on_unanswered(
+    c: &mut Counters,
+    silent_for: std::time::Duration,
+    grace: std::time::Duration,
+    t: Thresholds,
+) -> Option<Transition> {
+    if grace.is_zero() {
+        return on_probe(c, false, t);
+    }
+    if silent_for < grace {
+        return None;
+    }
+    on_refused(c, t)
+}
+
 /// What one service looks like to the decision.
 #[derive(Debug, Clone)]
 pub struct View {

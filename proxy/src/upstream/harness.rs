@@ -51,6 +51,11 @@ impl Builder {
         self
     }
 
+    pub fn busy_grace(mut self, d: Duration) -> Builder {
+        self.cfg.health.busy_grace = d;
+        self
+    }
+
     pub fn failure_threshold(mut self, n: u32) -> Builder {
         self.cfg.health.failure_threshold = n;
         self
@@ -134,6 +139,23 @@ impl Harness {
                 ProbeOutcome::failed(Duration::from_millis(1), FailureKind::Timeout, "timed out");
             self.svc.on_probe(idx, outcome).await;
         }
+    }
+
+    /// One probe of `idx` that connected and got no answer within `took`
+    /// (busy or hung); the clock moves on by `took` first.
+    pub async fn unanswered(&self, idx: usize, took: Duration) {
+        tokio::time::advance(took).await;
+        let outcome = ProbeOutcome::failed(took, FailureKind::Unanswered, "no answer");
+        self.svc.on_probe(idx, outcome).await;
+    }
+
+    /// One good probe of `idx` that saw it busy (redis `-BUSY`).
+    pub async fn busy(&self, idx: usize) {
+        let outcome = ProbeOutcome::probed(
+            Duration::from_millis(1),
+            crate::health::Probed::degraded("BUSY (busy: counted as alive)"),
+        );
+        self.svc.on_probe(idx, outcome).await;
     }
 
     /// Passive evidence: a client's connect to `idx` was refused.

@@ -219,3 +219,71 @@ async fn yellow_makes_the_service_degraded() {
     svc.on_probe(0, out).await;
     assert_eq!(svc.status(), ServiceStatus::Healthy);
 }
+
+/// Busy is not dead (issue #18): probes that connect but get no answer
+/// (timeout 500 ms, one every 500 ms) do not count for 3 s from the first
+/// of them, then the upstream is down at once; an answer in between starts
+/// the grace again. Ordinary timeouts still count against the threshold.
+#[tokio::test(start_paused = true)]
+async fn an_upstream_that_answers_nothing_is_graced_then_failed_over() {
+    let grace = Duration::from_millis(3000);
+    let probe = Duration::from_millis(500);
+    let mut h = Harness::builder()
+        .failure_threshold(2)
+        .busy_grace(grace)
+        .build();
+    h.up_all().await;
+    // DEBUG SLEEP 2: four silent probes back to back (2 s), then answers.
+    for _ in 0..4 {
+        h.unanswered(0, probe).await;
+    }
+    assert_eq!(h.health(0), UpstreamHealth::Up, "busy 2 s < 3 s grace");
+    h.ok(0, 1).await;
+    // Silent again (SIGSTOP): the grace starts over, counted from the
+    // first unanswered probe's start; down at the first probe past it.
+    let silent = tokio::time::Instant::now();
+    loop {
+        h.unanswered(0, probe).await;
+        if silent.elapsed() >= grace {
+            break;
+        }
+        assert_eq!(h.active(), 0, "silent {:?} < grace", silent.elapsed());
+    }
+    assert!(silent.elapsed() >= grace);
+    assert_eq!(h.health(0), UpstreamHealth::Down, "hung past the grace");
+    assert_eq!(h.active(), 1);
+    assert_eq!(h.switches(), vec![(0, 1)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn busy_answers_count_as_alive_and_timeouts_are_not_graced() {
+    let h = Harness::builder()
+        .failure_threshold(2)
+        .busy_grace(Duration::from_secs(3))
+        .build();
+    h.up_all().await;
+    for _ in 0..10 {
+        h.busy(0).await;
+    }
+    assert_eq!(
+        (h.health(0), h.active()),
+        (UpstreamHealth::Up, 0),
+        "-BUSY is alive"
+    );
+    // A connect that times out is not busy: the threshold as always.
+    h.fail(0, 2).await;
+    assert_eq!(h.active(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_grace_an_unanswered_probe_is_an_ordinary_failure() {
+    let h = Harness::builder()
+        .failure_threshold(2)
+        .busy_grace(Duration::ZERO)
+        .build();
+    h.up_all().await;
+    h.unanswered(0, Duration::from_millis(500)).await;
+    assert_eq!(h.active(), 0);
+    h.unanswered(0, Duration::from_millis(500)).await;
+    assert_eq!(h.active(), 1);
+}

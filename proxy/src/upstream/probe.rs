@@ -51,7 +51,10 @@ pub(crate) async fn on_probe(svc: &ServiceRt, idx: usize, outcome: ProbeOutcome)
             h.failed += 1;
             h.last_error = outcome.error.clone();
         } else {
-            h.observed = outcome.role;
+            // A busy redis (degraded, no role read) keeps the role seen last.
+            if outcome.role.is_some() || outcome.degraded.is_none() {
+                h.observed = outcome.role;
+            }
             h.slow =
                 outcome.latency > svc.cfg.health.latency_threshold || outcome.degraded.is_some();
             // `diverged` is cleared only by `resync::verify`: a replica
@@ -66,7 +69,23 @@ pub(crate) async fn on_probe(svc: &ServiceRt, idx: usize, outcome: ProbeOutcome)
             h.probe_ms.pop_front();
         }
         h.last = Some(record);
-        failover::on_probe(&mut h.counters, outcome.ok, svc.thresholds())
+        if outcome.failure == Some(FailureKind::Unanswered) {
+            // Busy is not dead: graced from the first unanswered probe in
+            // a row, counted from when it was sent.
+            let now = tokio::time::Instant::now();
+            let since = *h
+                .silent_since
+                .get_or_insert_with(|| now.checked_sub(outcome.latency).unwrap_or(now));
+            failover::on_unanswered(
+                &mut h.counters,
+                now.saturating_duration_since(since),
+                svc.cfg.health.busy_grace,
+                svc.thresholds(),
+            )
+        } else {
+            h.silent_since = None;
+            failover::on_probe(&mut h.counters, outcome.ok, svc.thresholds())
+        }
     };
     if let Some((old, new)) = transition {
         upstream_changed(svc, idx, old, new, outcome.error.clone(), false);

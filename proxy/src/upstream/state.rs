@@ -51,6 +51,9 @@ pub struct HealthState {
     /// A promote moved the primary away from here; cleared once a probe
     /// sees this upstream as a replica again.
     pub diverged: bool,
+    /// When the first of the unanswered probes in a row (it accepts
+    /// connections, answers nothing) was sent; `busy_grace_ms` runs from it.
+    pub silent_since: Option<tokio::time::Instant>,
 }
 
 /// One upstream of a running service. Shared (`Arc`) so that a reload
