@@ -21,6 +21,7 @@ use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
 use crate::observe::{Finding, Tap};
+use crate::protocol::bolt_route::RouteRewriter;
 use crate::upstream::runtime::ServiceRt;
 
 /// Relay buffer, taken per read.
@@ -154,8 +155,31 @@ pub(super) async fn relay(
     let Some(up) = timer.svc.upstreams.get(timer.idx) else {
         return Ok(());
     };
+    // Neo4j: the routing tables the server answers `ROUTE` with name the
+    // address the client reached the proxy at (protocol/bolt_route.rs).
+    let rewriter = match timer.svc.cfg.kind {
+        crate::config::Kind::Neo4j => client
+            .local_addr()
+            .ok()
+            .map(|a| RouteRewriter::new(a.to_string())),
+        _ => None,
+    };
     let (mut cr, mut cw) = client.split();
     let (mut ur, mut uw) = upstream.split();
+    if let Some(rw) = rewriter {
+        let c2u = pump(
+            &mut cr,
+            &mut uw,
+            &up.metrics.bytes_up,
+            |data| {
+                timer.sent();
+                timer.observe_client(data);
+            },
+            |_| {},
+        );
+        let u2c = pump_rewritten(&mut ur, &mut cw, &up.metrics.bytes_down, timer, rw);
+        return tokio::try_join!(c2u, u2c).map(|_| ());
+    }
     let c2u = pump(
         &mut cr,
         &mut uw,
@@ -207,6 +231,43 @@ where
         w.write_all(data).await?;
         bytes.inc_by(n as u64);
         after(data);
+    }
+}
+
+/// The server-to-client pump of a Bolt connection: as [`pump`], with each
+/// read passed through the routing-table rewrite first (bytes counted as
+/// read from the upstream).
+async fn pump_rewritten(
+    r: &mut ReadHalf<'_>,
+    w: &mut WriteHalf<'_>,
+    bytes: &prometheus::IntCounter,
+    timer: &RequestTimer,
+    mut rewriter: RouteRewriter,
+) -> io::Result<()> {
+    let mut out = Vec::new();
+    loop {
+        r.readable().await?;
+        let mut buf = Buffer::take();
+        let Some(n) = read_now(r, &mut buf.0) else {
+            continue;
+        };
+        let n = n?;
+        if n == 0 {
+            let _ = w.shutdown().await;
+            return Ok(());
+        }
+        let data = buf.0.get(..n).unwrap_or_default();
+        timer.answered();
+        out.clear();
+        rewriter.feed(data, &mut out);
+        w.write_all(&out).await?;
+        bytes.inc_by(n as u64);
+        timer.observe_server(data);
+        // A routing table held whole may have grown this one: do not keep
+        // a large buffer for the connection's life.
+        if out.capacity() > RELAY_BUFFER * 2 {
+            out = Vec::new();
+        }
     }
 }
 

@@ -1,12 +1,16 @@
 //! The wire codecs, one per protocol, and nothing above them: RESP2/3
 //! ([`resp`]), PostgreSQL messages ([`postgres`]) and HTTP/1 heads and
 //! chunked bodies ([`http1`]), each with `check`/`parse` and an
-//! `Incomplete` case; plus the errors each protocol gives a client the
+//! `Incomplete` case; PackStream values ([`packstream`]) and the Bolt
+//! routing-table rewrite that keeps `neo4j://` drivers on the proxy
+//! ([`bolt_route`]); plus the errors each protocol gives a client the
 //! proxy refuses (SPEC 3). The fallback, the relay's observers
 //! (`crate::observe`) and the gateway use these codecs; the probes use
 //! client crates (`redis`, `tokio-postgres`, hyper) instead.
 
+pub mod bolt_route;
 pub mod http1;
+pub mod packstream;
 pub mod postgres;
 pub mod redis;
 pub mod resp;
