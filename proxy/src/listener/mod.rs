@@ -322,10 +322,11 @@ async fn handle(
             if let Some(up) = svc.upstreams.get(alt) {
                 let started = Instant::now();
                 let target = up.cfg.target();
-                if let Ok(Ok(stream)) = tokio::time::timeout(
+                // Boxed, as the other rare paths (size_tests.rs).
+                if let Ok(Ok(stream)) = Box::pin(tokio::time::timeout(
                     svc.cfg.health.connect_timeout,
                     TcpStream::connect(target.as_str()),
-                )
+                ))
                 .await
                 {
                     up.metrics.connect.observe(started.elapsed().as_secs_f64());

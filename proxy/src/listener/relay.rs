@@ -157,29 +157,16 @@ pub(super) async fn relay(
     };
     // Neo4j: the routing tables the server answers `ROUTE` with name the
     // address the client reached the proxy at (protocol/bolt_route.rs).
-    let rewriter = match timer.svc.cfg.kind {
-        crate::config::Kind::Neo4j => client
-            .local_addr()
-            .ok()
-            .map(|a| RouteRewriter::new(a.to_string())),
-        _ => None,
-    };
+    // Boxed: an idle Redis or PostgreSQL relay should not carry its state
+    // (size_tests.rs).
+    if timer.svc.cfg.kind == crate::config::Kind::Neo4j {
+        if let Ok(local) = client.local_addr() {
+            let rw = RouteRewriter::new(local.to_string());
+            return Box::pin(relay_bolt(client, upstream, timer, rw)).await;
+        }
+    }
     let (mut cr, mut cw) = client.split();
     let (mut ur, mut uw) = upstream.split();
-    if let Some(rw) = rewriter {
-        let c2u = pump(
-            &mut cr,
-            &mut uw,
-            &up.metrics.bytes_up,
-            |data| {
-                timer.sent();
-                timer.observe_client(data);
-            },
-            |_| {},
-        );
-        let u2c = pump_rewritten(&mut ur, &mut cw, &up.metrics.bytes_down, timer, rw);
-        return tokio::try_join!(c2u, u2c).map(|_| ());
-    }
     let c2u = pump(
         &mut cr,
         &mut uw,
@@ -232,6 +219,32 @@ where
         bytes.inc_by(n as u64);
         after(data);
     }
+}
+
+/// [`relay`] for Bolt: the server's bytes go through `rw` on their way.
+async fn relay_bolt(
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
+    timer: &RequestTimer,
+    rw: RouteRewriter,
+) -> io::Result<()> {
+    let Some(up) = timer.svc.upstreams.get(timer.idx) else {
+        return Ok(());
+    };
+    let (mut cr, mut cw) = client.split();
+    let (mut ur, mut uw) = upstream.split();
+    let c2u = pump(
+        &mut cr,
+        &mut uw,
+        &up.metrics.bytes_up,
+        |data| {
+            timer.sent();
+            timer.observe_client(data);
+        },
+        |_| {},
+    );
+    let u2c = pump_rewritten(&mut ur, &mut cw, &up.metrics.bytes_down, timer, rw);
+    tokio::try_join!(c2u, u2c).map(|_| ())
 }
 
 /// The server-to-client pump of a Bolt connection: as [`pump`], with each
