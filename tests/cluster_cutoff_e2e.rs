@@ -290,9 +290,15 @@ fn a_cut_off_engine_sends_its_own_clients_to_the_secondary_in_route_mode() {
     );
     // A new client of engine-c is served, by the secondary; engine-a's
     // clients still write to the primary; nobody moved the service.
-    assert_eq!(redis_cmd(&listens[2], &["SET", "via", "engine-c"]).unwrap(), "OK");
+    assert_eq!(
+        redis_cmd(&listens[2], &["SET", "via", "engine-c"]).unwrap(),
+        "OK"
+    );
     assert_eq!(secondary.cmd(&["GET", "via"]).unwrap(), "engine-c");
-    assert_eq!(redis_cmd(&listens[0], &["SET", "via-a", "engine-a"]).unwrap(), "OK");
+    assert_eq!(
+        redis_cmd(&listens[0], &["SET", "via-a", "engine-a"]).unwrap(),
+        "OK"
+    );
     assert_eq!(primary.cmd(&["GET", "via-a"]).unwrap(), "engine-a");
     assert!(engines.iter().all(on_primary), "{}", dump(&engines));
 
