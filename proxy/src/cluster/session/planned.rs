@@ -176,8 +176,16 @@ impl Session {
         }
         let serving_rev = match self.cas(client, svc.name(), promoting_rev, &serving).await {
             Ok(Some(r)) => r,
-            Ok(None) => return Err(Moved::Lost.into()),
-            Err(e) => return Err(e.into()),
+            other => {
+                // Another write to the route landed (or etcd failed): the
+                // target is promoted; whoever wrote the route decides the
+                // rest. The old primary is not left paused.
+                self.unpause(svc, from, is_redis).await;
+                return Err(match other {
+                    Err(e) => e.into(),
+                    _ => Moved::Lost.into(),
+                });
+            }
         };
         let pause = started.elapsed();
         adopt(svc, &serving, serving_rev, &self.me).await;
