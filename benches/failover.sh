@@ -5,6 +5,7 @@
 #   benches/failover.sh [--reps N] [--out DIR] [--modes persistent,newconn]
 #                       [--targets continuity-route,continuity-promote,haproxy-default,haproxy-fast,haproxy-observe]
 #                       [--timeout S] [--duration S] [--kill-at S] [--keep] [--continuity-bin PATH]
+#                       [--signal kill|stop]
 #
 # Targets (every trial starts fresh servers and a fresh proxy):
 #   continuity-route    on_failover = "route"; backup = independent Redis holding whoami=backup
@@ -12,6 +13,9 @@
 #                       servers apart by INFO server tcp_port and also writes (SET) each time
 #   haproxy-default|fast|observe|fast_tc100   benches/haproxy/haproxy-NAME.cfg (reference configs)
 # continuity: [health] check_interval_seconds = 0.1, failure_threshold = 2, connect_timeout_ms = 100.
+# --signal stop: the primary is SIGSTOPped instead (hung: it accepts connections, answers
+# nothing; issue #18's busy-vs-hung case); continuity then also gets timeout_ms = 500, so
+# its busy_grace_ms (default 3000) decides.
 # Modes: persistent (one connection, reconnect on error) and newconn (a new connection per request).
 # Writes failover.jsonl, per-trial events and logs, and report.md to --out (default: temp dir).
 set -euo pipefail
@@ -24,6 +28,7 @@ TARGETS="continuity-route,continuity-promote,haproxy-default,haproxy-fast,haprox
 TIMEOUT=0.5
 DURATION=15
 KILL_AT=5
+SIGNAL=kill
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit "${1:-0}"; }
 while [[ $# -gt 0 ]]; do
     case $1 in
@@ -36,10 +41,12 @@ while [[ $# -gt 0 ]]; do
         --kill-at) KILL_AT=$2; shift 2 ;;
         --keep) KEEP_WORK=1; shift ;;
         --continuity-bin) CONT_BIN=$2; shift 2 ;;
+        --signal) SIGNAL=$2; shift 2 ;;
         -h|--help) usage 0 ;;
         *) echo "unknown option $1" >&2; usage 2 ;;
     esac
 done
+case $SIGNAL in kill|stop) ;; *) echo "--signal must be kill or stop" >&2; exit 2 ;; esac
 IFS=, read -r -a TARGET_LIST <<<"$TARGETS"
 IFS=, read -r -a MODE_LIST <<<"$MODES"
 
@@ -72,6 +79,7 @@ sha256 = "$TOKEN_SHA"
 check_interval_seconds = 0.1
 failure_threshold = 2
 connect_timeout_ms = 100
+$(if [[ $SIGNAL == stop ]]; then echo "timeout_ms = 500"; fi)
 
 [[service]]
 name = "redis"
@@ -145,8 +153,9 @@ trial() { # TARGET MODE REP
     res=$(python3 "$BENCH_DIR/failover_probe.py" --port "$L" --pid "$P_PID" --mode "$mode" \
         --identify "$identify" --primary-port "$P" --backup-port "$B" "${extra[@]}" "${poll[@]}" \
         --control-port "$B" \
-        --timeout "$TIMEOUT" --duration "$DURATION" --kill-at "$KILL_AT" --label "$tag" \
+        --timeout "$TIMEOUT" --duration "$DURATION" --kill-at "$KILL_AT" --label "$tag" --signal "$SIGNAL" \
         --events-out "$OUT/trials/$tag.events.json") || die "probe failed in $tag"
+    if [[ $SIGNAL == stop ]]; then kill -KILL "$P_PID" 2>/dev/null || true; fi
     wait "$P_PID" 2>/dev/null || true   # reap the killed primary
     python3 - "$res" "$target" "$mode" "$rep" "$la" "$(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/failover.jsonl" <<'EOF'
 import json, sys

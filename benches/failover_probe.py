@@ -2,7 +2,8 @@
 """Failover probe (adapted from the HAProxy reference probe; Python 3 stdlib only).
 
 A client sends one Redis request every INTERVAL s through the proxy on PORT and
-notes which server answered. At t=KILL_AT it SIGKILLs the primary Redis (--pid) and
+notes which server answered. At t=KILL_AT it SIGKILLs (--signal stop: SIGSTOPs, a
+hung primary) the primary Redis (--pid) and
 waits until every thread of it has exited before the next request (SIGKILL is
 asynchronous; a connection accepted by a dying server is reset a moment later).
 It prints one JSON line: the gap from the last good reply before the kill to the
@@ -43,6 +44,9 @@ ap.add_argument("--kill-at", type=float, default=5.0)
 ap.add_argument("--interval", type=float, default=0.010)
 ap.add_argument("--timeout", type=float, default=0.5, help="per-request deadline (connect+send+reply)")
 ap.add_argument("--pid", type=int, default=0, help="PID of the primary redis-server to SIGKILL")
+ap.add_argument("--signal", choices=["kill", "stop"], default="kill",
+                help="kill: SIGKILL (the port refuses); stop: SIGSTOP (a hung primary: the kernel "
+                     "still accepts connections, nothing answers; SIGCONT at the end)")
 ap.add_argument("--pidfile", default=None)
 ap.add_argument("--mode", choices=["persistent", "newconn"], default="persistent")
 ap.add_argument("--identify", choices=["whoami", "port"], default="whoami")
@@ -264,14 +268,15 @@ while True:
     if now - t0 >= a.duration:
         break
     if not killed and now - t0 >= a.kill_at:
-        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, signal.SIGSTOP if a.signal == "stop" else signal.SIGKILL)
         t_kill = clk() - t0
         killed = True
         # SIGKILL is asynchronous: wait (<= 0.5 s) until every thread of the process has
         # exited (gone or zombie: the fd table, with its sockets, is released with the last
         # thread), so that the next request meets a dead primary, not one being torn down.
-        t_dead = None
-        while clk() - t0 - t_kill < 0.5:
+        # SIGSTOP takes effect at once for this purpose: nothing is torn down.
+        t_dead = t_kill if a.signal == "stop" else None
+        while a.signal == "kill" and clk() - t0 - t_kill < 0.5:
             if all_threads_dead(pid):
                 t_dead = clk() - t0
                 break
@@ -350,7 +355,7 @@ def ms(t):
 
 
 res = {
-    "label": a.label, "mode": a.mode, "identify": a.identify, "write": a.write,
+    "label": a.label, "mode": a.mode, "signal": a.signal, "identify": a.identify, "write": a.write,
     "timeout_s": a.timeout, "interval_s": a.interval,
     "t_kill_s": round(t_kill, 4),
     "dead_after_kill_ms": ms(t_dead),
@@ -384,5 +389,10 @@ res = {
 if a.events_out:
     with open(a.events_out, "w") as f:
         json.dump({"t_kill": t_kill, "events": events, "transitions": transitions}, f)
+if a.signal == "stop":
+    try:
+        os.kill(pid, signal.SIGCONT)
+    except ProcessLookupError:
+        pass
 print(json.dumps(res))
 sys.exit(0)
