@@ -12,7 +12,9 @@
 //! it comes once its first 6 bytes show it is not `SUCCESS {rt: ...}`;
 //! such a message is held whole (at most [`MAX_ROUTE`] bytes), rewritten
 //! and sent as one chunk. Anything it cannot read (a manifest handshake,
-//! Bolt 5.7+; a table it cannot decode; one too large) goes on unchanged.
+//! Bolt 5.7+; TLS passed through to the upstream, whose first bytes are no
+//! Bolt version; a table it cannot decode; one too large) goes on
+//! unchanged, and a stream it turned off for is never held back.
 
 use super::packstream::{self, Value};
 
@@ -93,8 +95,13 @@ impl RouteRewriter {
                 }
                 self.handshake -= n;
                 data = rest;
-                // 0x000001FF: a manifest follows (Bolt 5.7+), not chunks.
-                if self.handshake == 0 && self.version[2..] == [0x01, 0xFF] {
+                // A Bolt version answer is 0x0000MMmm; 0x000001FF means a
+                // manifest follows (Bolt 5.7+), not chunks. Anything else
+                // is not plain Bolt (TLS passed through, `bolt+s://`): its
+                // bytes must never be held, so the rewrite is off.
+                if self.handshake == 0
+                    && (self.version[..2] != [0, 0] || self.version[2..] == [0x01, 0xFF])
+                {
                     self.off = true;
                 }
                 continue;
@@ -346,6 +353,22 @@ mod tests {
         rw.feed(&manifest, &mut out);
         assert_eq!(out, manifest);
         assert_eq!(rw.rewritten, 0);
+    }
+
+    /// TLS passed through (`bolt+s://` to the upstream): the server's
+    /// first bytes are a TLS record, and nothing is ever held back, even
+    /// bytes that would look like a routing table.
+    #[test]
+    fn a_tls_stream_passes_as_it_comes() {
+        let mut tls = vec![0x16, 0x03, 0x03, 0x00, 0x00, 0x08];
+        tls.extend_from_slice(&ROUTE_SUCCESS);
+        let mut rw = RouteRewriter::new("p:1".into());
+        let mut out = Vec::new();
+        for b in &tls {
+            rw.feed(std::slice::from_ref(b), &mut out);
+        }
+        assert_eq!(out, tls);
+        assert!(rw.raw.is_empty());
     }
 
     proptest! {
