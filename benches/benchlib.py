@@ -78,6 +78,24 @@ def rss(pid):
 
 
 # --------------------------------------------------------------------------- parsing
+def all_threads_dead(pid):
+    """Whether every thread of `pid` has exited (gone or zombie). SIGKILL is
+    asynchronous; a process's sockets are released with its last thread."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return True
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                st = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if st not in ("Z", "X"):
+            return False
+    return True
+
+
 def parse_redis_csv(text):
     """redis-benchmark --csv -> {TEST: {rps, avg, p50, p95, p99, max}}"""
     res = {}

@@ -108,22 +108,6 @@ def alive(pid):
         return False
 
 
-def all_threads_dead(pid):
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return True
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                st = f.read().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if st not in ("Z", "X"):
-            return False
-    return True
-
-
 class Procs:
     """Every daemon this script starts; stopped by PID, newest first."""
 
@@ -571,7 +555,7 @@ upstreams = [ {{ name = "r1", address = "127.0.0.1:{rp}", role = "primary" }}, {
             names = [e["name"] for e in live]
             t_dead = None
             while clk() - t_base - t0 < 0.5:
-                if all_threads_dead(prim.pid):
+                if bl.all_threads_dead(prim.pid):
                     t_dead = clk() - t_base
                     break
                 time.sleep(0.0002)

@@ -37,6 +37,9 @@ import threading
 import time
 import urllib.request
 
+sys.dont_write_bytecode = True  # no __pycache__ in benches/
+from benchlib import all_threads_dead  # noqa: E402 - beside this script (stdlib only too)
+
 ap = argparse.ArgumentParser()
 ap.add_argument("--port", type=int, required=True)
 ap.add_argument("--duration", type=float, default=15.0)
@@ -229,22 +232,6 @@ def identify(v):
         raise Fail("PROTO")
     p = int(m.group(1))
     return {a.primary_port: "primary", a.backup_port: "backup"}.get(p, f"port {p}")
-
-
-def all_threads_dead(p):
-    try:
-        tids = os.listdir(f"/proc/{p}/task")
-    except OSError:
-        return True
-    for tid in tids:
-        try:
-            with open(f"/proc/{p}/task/{tid}/stat") as f:
-                st = f.read().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if st not in ("Z", "X"):
-            return False
-    return True
 
 
 # ---- main loop -------------------------------------------------------------------------
