@@ -129,6 +129,63 @@ fn redis_planned_failover_and_failback_lose_no_acknowledged_write() {
     assert!(ops.iter().any(|o| o == "redundancy_failback"), "{ops:?}");
 }
 
+/// The writes paused on the old primary when its route moves must never be
+/// answered: it is unpaused as a replica, and a write let through then is
+/// answered READONLY. A relay bound there could forward that answer if it
+/// had not closed yet (CI saw it once, under load). Many writers, several
+/// round trips, and busy threads competing with the engine for the CPU.
+#[test]
+fn redis_planned_switchovers_under_cpu_load_refuse_no_writer() {
+    let pair = RedisPair::start();
+    pair.replica.wait_for_link_up();
+    let (engine, listen) = redis_engine(&pair);
+    let writers: Vec<Writer> = (0..12)
+        .map(|w| Writer::start(&listen, &format!("w{w}")))
+        .collect();
+    for w in &writers {
+        wait_writes(w, 20);
+    }
+    let busy = Arc::new(AtomicBool::new(true));
+    let hogs: Vec<_> = (0..3)
+        .map(|_| {
+            let busy = busy.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while busy.load(Ordering::Relaxed) {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                }
+                x
+            })
+        })
+        .collect();
+    for round in 0..6 {
+        let op = if round % 2 == 0 {
+            "failover"
+        } else {
+            "failback"
+        };
+        let (code, body) = engine.post(
+            &format!("/api/ops/redundancy/{op}/redis-primary"),
+            r#"{"reason":"drill"}"#,
+        );
+        assert_eq!(code, 200, "round {round}: {body}");
+        for w in &writers {
+            wait_writes(w, 5);
+        }
+    }
+    busy.store(false, Ordering::Relaxed);
+    for h in hogs {
+        let _ = h.join();
+    }
+    let mut refusals = Vec::new();
+    for (n, w) in writers.into_iter().enumerate() {
+        let (acked, _, refused) = w.finish();
+        refusals.extend(refused.into_iter().map(|r| format!("w{n} {r}")));
+        assert_all_present(&pair.primary, &format!("w{n}"), &acked);
+    }
+    assert!(refusals.is_empty(), "writers were refused: {refusals:?}");
+}
+
 #[test]
 fn redis_recover_after_promote_needs_resync_then_switches_back_without_loss() {
     let mut pair = RedisPair::start();

@@ -412,10 +412,15 @@ async fn handle(
         // What a held client sent is upstream now: free it for the
         // connection's life.
         drop(early);
+        // Biased, the close first: once a switch has stored its route,
+        // this relay forwards nothing more from the old upstream. A planned
+        // switchover unpauses the old redis primary after that, and a write
+        // paused there would be answered READONLY (upstream/switchover.rs).
         tokio::select! {
-            r = relay(&mut client, &mut upstream, &timer) => r,
+            biased;
             _ = must_close(&svc, idx, epoch) => Ok(()),
             _ = sig.force_close.changed() => Ok(()),
+            r = relay(&mut client, &mut upstream, &timer) => r,
         }
     }
     .await;

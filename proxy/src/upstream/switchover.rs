@@ -148,6 +148,38 @@ pub(crate) async fn redis_pause(svc: &ServiceRt, idx: usize, pause: bool) -> Res
     }
 }
 
+/// Longest wait for the relays bound to the old primary to close before
+/// it is unpaused.
+pub const RELAYS_CLOSE: Duration = Duration::from_secs(2);
+
+/// Waits (at most `limit`) until no relay of this engine is bound to
+/// upstream `idx`. After a switch its relays close on their own threads;
+/// until they have, a paused write there could still be answered to a
+/// client (READONLY, once the old primary is unpaused as a replica).
+/// `false` (and a warning) if some were still open at `limit`.
+pub(crate) async fn relays_closed(svc: &ServiceRt, idx: usize, limit: Duration) -> bool {
+    let Some(u) = svc.upstreams.get(idx) else {
+        return true;
+    };
+    let deadline = Instant::now() + limit;
+    loop {
+        let open = u.active_conns.load(Ordering::Acquire);
+        if open == 0 {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                service = svc.name(),
+                upstream = %u.cfg.name,
+                open,
+                "relays to the old primary still open after {limit:?}; unpausing it anyway"
+            );
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// Redis: makes the old primary a replica of the new one.
 pub(crate) async fn redis_demote(svc: &ServiceRt, from: usize, to: usize) -> Result<(), String> {
     let (Some(f), Some(t)) = (svc.upstreams.get(from), svc.upstreams.get(to)) else {
@@ -354,6 +386,9 @@ async fn demote_planned(svc: &ServiceRt, from: usize, to: usize, paused: bool) {
     };
     let demoted = match svc.cfg.kind {
         Kind::Redis => {
+            if paused {
+                relays_closed(svc, from, RELAYS_CLOSE).await;
+            }
             let r = redis_demote(svc, from, to).await;
             if paused {
                 if let Err(e) = redis_pause(svc, from, false).await {

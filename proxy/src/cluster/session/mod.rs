@@ -25,6 +25,7 @@ use crate::error::CommandError;
 use crate::events::EventKind;
 use crate::upstream::service::ServiceRt;
 use crate::upstream::state::lock;
+use crate::upstream::switchover;
 
 /// What the session needs from the engine it belongs to.
 pub(crate) trait Host: Send + Sync + 'static {
@@ -443,11 +444,16 @@ impl Session {
                 .cloned();
             match (route, svc) {
                 (Some((route, rev)), Some(svc)) => {
+                    let was = svc.route.load().active;
                     if adopt(&svc, &route, rev, &self.me).await {
                         tracing::info!(service = %service, active = %route.active, epoch = route.epoch, revision = rev, decided_by = %route.decided_by, "cluster: applied the agreed route");
                         // At once, not at the next probe: the engine that
                         // runs a planned switchover waits for every view
-                        // to show it before it unpauses the old primary.
+                        // to show it before it unpauses the old primary,
+                        // so the relays bound there close first.
+                        if route.planned && svc.route.load().active != was {
+                            switchover::relays_closed(&svc, was, Duration::from_millis(500)).await;
+                        }
                         self.publish_views(client).await?;
                     }
                     self.cluster.save_routes();

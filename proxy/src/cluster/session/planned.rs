@@ -207,6 +207,7 @@ impl Session {
         // primary: a write paused there would be answered READONLY.
         if is_redis {
             self.wait_applied(client, svc, &serving, ttl / 2).await;
+            switchover::relays_closed(svc, from, switchover::RELAYS_CLOSE.min(ttl / 2)).await;
             let demoted = switchover::redis_demote(svc, from, target).await;
             self.unpause(svc, from, true).await;
             if let Err(e) = demoted {
