@@ -97,17 +97,20 @@ fn sets_executed(server: &RedisServer) -> u64 {
 }
 
 #[test]
-fn promote_on_kill_closes_old_connections_and_fences_the_old_primary() {
+fn promote_on_kill_reattaches_idle_connections_closes_busy_ones_and_fences_the_old_primary() {
     let mut pair = RedisPair::start();
     let (engine, listen) = engine(&pair, "promote");
     assert_eq!(redis_cmd(&listen, &["SET", "before", "1"]).unwrap(), "OK");
 
-    // A connection bound to the primary before the kill.
+    // Connections bound to the primary before the kill: one idle, one
+    // waiting for a reply (a blocking command).
     let mut old = TcpStream::connect(&listen).unwrap();
     old.write_all(b"PING\r\n").unwrap();
     let mut buf = [0u8; 64];
     let n = old.read(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"+PONG\r\n");
+    let mut busy = TcpStream::connect(&listen).unwrap();
+    busy.write_all(b"BLPOP nothing 0\r\n").unwrap();
 
     let load = Load::start(&listen);
     std::thread::sleep(Duration::from_millis(300));
@@ -132,12 +135,31 @@ fn promote_on_kill_closes_old_connections_and_fences_the_old_primary() {
     assert_eq!(pair.replica.cmd(&["GET", "after:39"]).unwrap(), "v");
     assert!(pair.replica.info("replication").contains("role:master"));
 
-    // The connection that was open to the old primary was closed.
-    old.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let _ = old.write_all(b"PING\r\n");
+    // The connection waiting for a reply from the old primary was closed;
+    // the idle one was re-attached to the new primary (issue #18 item 3,
+    // tests/reattach_e2e.rs).
+    busy.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     assert!(
-        matches!(old.read(&mut buf), Ok(0) | Err(_)),
-        "old connection still open"
+        matches!(busy.read(&mut buf), Ok(0) | Err(_)),
+        "the busy connection to the old primary is still open"
+    );
+    old.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    old.write_all(b"INFO replication\r\n").unwrap();
+    let n = old.read(&mut buf).unwrap();
+    assert!(n > 0, "the idle connection was closed");
+    let mut info = buf[..n].to_vec();
+    let role = |i: &[u8]| {
+        let t = String::from_utf8_lossy(i);
+        t.contains("role:master") || t.contains("role:slave")
+    };
+    while !role(&info) {
+        let n = old.read(&mut buf).unwrap();
+        assert!(n > 0, "the idle connection was closed");
+        info.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        String::from_utf8_lossy(&info).contains("role:master"),
+        "the idle connection is not on the new primary"
     );
 
     let (_, status) = engine.get("/api/ops/failover/status");

@@ -486,6 +486,10 @@ pub struct ServiceConfig {
     /// may have waiting to be written before it stops running and reading
     /// its commands (back-pressure); default 8 MiB.
     pub fallback_max_output_bytes: u64,
+    /// redis `reattach_idle` (default true): at a failover, an idle client
+    /// connection moves to the new upstream with its session replayed
+    /// instead of being closed (docs/clients.md).
+    pub reattach_idle: bool,
     /// `kind = "http"`: the gateway's settings (defaults for other kinds).
     pub http: HttpSettings,
 }
@@ -514,6 +518,7 @@ impl ServiceConfig {
             fallback_max_bytes: 64 * 1024 * 1024,
             fallback_max_reply_bytes: DEFAULT_FALLBACK_MAX_REPLY_BYTES,
             fallback_max_output_bytes: DEFAULT_FALLBACK_MAX_OUTPUT_BYTES,
+            reattach_idle: kind == Kind::Redis,
             http: HttpSettings::default(),
         }
     }

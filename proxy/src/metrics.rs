@@ -21,6 +21,11 @@ pub mod names {
     pub const HOLD_TIMEOUTS_TOTAL: &str = "continuity_hold_timeouts_total";
     pub const PASSIVE_FAILURES_TOTAL: &str = "continuity_passive_failures_total";
     pub const POOL_TAKES_TOTAL: &str = "continuity_pool_takes_total";
+    /// Redis client connections whose upstream moved or went away, by
+    /// `outcome`: `reattached`, `ineligible` (closed: not idle, or state
+    /// that cannot be replayed), `failed` (closed: no upstream in time, or
+    /// the replay was refused).
+    pub const REATTACHED_TOTAL: &str = "continuity_reattached_connections_total";
     /// By `listener`: a service name, or `control` for the control plane.
     pub const CONNECTIONS_REFUSED_TOTAL: &str = "continuity_connections_refused_total";
     pub const HTTP_REQUESTS_TOTAL: &str = "continuity_http_requests_total";
@@ -59,6 +64,7 @@ pub struct ProxyMetrics {
     pub hold_timeouts: IntCounterVec,
     pub passive_failures: IntCounterVec,
     pub pool_takes: IntCounterVec,
+    pub reattached: IntCounterVec,
     /// Connections refused past a listener's cap, by `listener` (a service
     /// name, or `control`).
     pub connections_refused: IntCounterVec,
@@ -236,6 +242,12 @@ impl ProxyMetrics {
                 HELD_TOTAL,
                 "Client connections held because no upstream was usable.",
                 &["service"],
+            ),
+            reattached: counter(
+                reg,
+                REATTACHED_TOTAL,
+                "Redis client connections whose upstream moved or went away, by outcome (reattached, ineligible, failed).",
+                &["service", "outcome"],
             ),
             hold_timeouts: counter(
                 reg,

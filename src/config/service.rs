@@ -362,6 +362,7 @@ fn service(
         fallback_max_bytes: extra.fallback_max_bytes,
         fallback_max_reply_bytes,
         fallback_max_output_bytes,
+        reattach_idle: kind == Kind::Redis && raw.reattach_idle.unwrap_or(true),
         http: HttpSettings {
             on_outage: extra.on_outage,
             routes: extra.routes.clone(),
@@ -510,6 +511,7 @@ fn kind_specific_keys(ctx: &mut Ctx<'_>, at: &KeyPath, raw: &RawService, kind: K
             "fallback_max_output_bytes",
             raw.fallback_max_output_bytes.is_some(),
         ),
+        ("reattach_idle", raw.reattach_idle.is_some()),
     ] {
         only_for(ctx, &at.key(key), set, kind, redis);
     }

@@ -145,8 +145,10 @@ fn the_reference_config_loads_with_the_documented_defaults() {
     assert_eq!(c.engine.services[0].health, Default::default());
     assert_eq!(c.engine.services[0].fallback_max_reply_bytes, 8 << 20);
     assert_eq!(c.engine.services[0].fallback_max_output_bytes, 8 << 20);
+    assert!(c.engine.services[0].reattach_idle, "redis: on by default");
     let pg = &c.engine.services[1];
     assert_eq!(pg.slow_query, Duration::from_millis(500));
+    assert!(!pg.reattach_idle, "postgres: never");
     assert_eq!(pg.upstreams[1].user.as_deref(), Some("postgres"));
     assert_eq!(pg.upstreams[1].role, Role::Secondary);
     assert!(c.cluster.is_none());
@@ -203,6 +205,7 @@ fn the_reference_config_documents_every_key() {
         "fallback_max_bytes",
         "fallback_max_reply_bytes",
         "fallback_max_output_bytes",
+        "reattach_idle",
         "max_connections",
         "max_body_bytes",
         "queue_max_depth",

@@ -36,7 +36,8 @@
 //! Modules: [`ports`] (free ports, waiting), [`proc`] (child guard, kill by
 //! PID), [`redis`], [`postgres`], [`arcadedb`], [`etcd`] (an N-member etcd
 //! cluster, `EtcdCluster::start(3)`), [`writer`] (a Redis writer counting
-//! its acknowledged writes).
+//! its acknowledged writes), [`python`] (a real client library in a Python
+//! process, driven line by line).
 
 // Shared by several test crates, each using a different part of it.
 #![allow(dead_code)]
@@ -49,6 +50,7 @@ pub mod http_upstream;
 pub mod ports;
 pub mod postgres;
 pub mod proc;
+pub mod python;
 pub mod redis;
 pub mod writer;
 

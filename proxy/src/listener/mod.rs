@@ -22,13 +22,15 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::fallback::Fallback;
 use crate::health::{classify_io, FailureKind};
+use crate::observe::session::Session;
 use crate::protocol;
 use crate::upstream::pool;
 use crate::upstream::runtime::{Route, ServiceRt};
 use crate::workers::Workers;
 
+mod reattach;
 mod relay;
-use relay::{relay, RequestTimer};
+use relay::{relay, Ended, RequestTimer};
 
 /// Bytes of a held client kept before TCP backpressure pauses it (SPEC 3).
 const HOLD_BUFFER: usize = 64 * 1024;
@@ -269,98 +271,18 @@ async fn handle(
     let accepted = Instant::now();
     let deadline = tokio::time::Instant::from_std(accepted + svc.cfg.buffer_timeout);
     let mut early = BytesMut::new();
-    let mut changed = svc.changed_tx.subscribe();
-    let mut held = false;
-    let outcome = loop {
-        let route = svc.route.load_full();
-        let idx = route.active;
-        if to_fallback(&svc, fallback.as_deref(), &route) {
-            break Err(Gave::Fallback);
-        }
-        if svc.usable(&route, idx) {
-            if let Some(up) = svc.upstreams.get(idx) {
-                // `hot`: a connection pre-opened by the pool keeper skips
-                // the connect (upstream/pool.rs).
-                if let Some(stream) = pool::take_pooled(&svc, idx) {
-                    up.metrics.connect.observe(0.0);
-                    // Pooled on the engine's runtime: move it to this
-                    // thread's reactor. If that fails, connect instead.
-                    if let Ok(stream) = stream.into_std().and_then(TcpStream::from_std) {
-                        break Ok((idx, route.epoch, stream));
-                    }
-                }
-                let started = Instant::now();
-                let target = up.cfg.target();
-                match tokio::time::timeout(
-                    svc.cfg.health.connect_timeout,
-                    TcpStream::connect(target.as_str()),
-                )
-                .await
-                {
-                    Ok(Ok(stream)) => {
-                        up.metrics.connect.observe(started.elapsed().as_secs_f64());
-                        break Ok((idx, route.epoch, stream));
-                    }
-                    Ok(Err(e)) => {
-                        let waited = started.elapsed();
-                        if !report_failed_connect(&engine_rt, &svc, idx, Some(e), waited).await {
-                            break Err(Gave::Up);
-                        }
-                        continue;
-                    }
-                    Err(_) => {
-                        let waited = started.elapsed();
-                        if !report_failed_connect(&engine_rt, &svc, idx, None, waited).await {
-                            break Err(Gave::Up);
-                        }
-                        continue;
-                    }
-                }
-            }
-        }
-        if let Some(alt) = detour(&svc, &route) {
-            if let Some(up) = svc.upstreams.get(alt) {
-                let started = Instant::now();
-                let target = up.cfg.target();
-                // Boxed, as the other rare paths (size_tests.rs).
-                if let Ok(Ok(stream)) = Box::pin(tokio::time::timeout(
-                    svc.cfg.health.connect_timeout,
-                    TcpStream::connect(target.as_str()),
-                ))
-                .await
-                {
-                    up.metrics.connect.observe(started.elapsed().as_secs_f64());
-                    break Ok((alt, route.epoch, stream));
-                }
-            }
-        }
-        if !held {
-            held = true;
-            svc.held.fetch_add(1, Ordering::Relaxed);
-            svc.metrics.held.with_label_values(&[svc.name()]).inc();
-        }
-        let room = HOLD_BUFFER.saturating_sub(early.len());
-        let mut limited = (&mut early).limit(room.min(HOLD_CHUNK));
-        tokio::select! {
-            r = changed.changed() => {
-                if r.is_err() { break Err(Gave::Up); }
-            }
-            _ = tokio::time::sleep_until(deadline) => break Err(Gave::Timeout),
-            // At most HOLD_BUFFER bytes kept: a chunk at a time, never more
-            // than the room left.
-            n = client.read_buf(&mut limited), if room > 0 => {
-                match n {
-                    Ok(0) | Err(_) => break Err(Gave::Up),
-                    Ok(_) => {}
-                }
-            }
-            _ = sig.shutdown.changed() => break Err(Gave::Up),
-        }
-    };
-    if held {
-        svc.held.fetch_sub(1, Ordering::Relaxed);
-    }
-    let (idx, epoch, mut upstream) = match outcome {
+    let outcome = wait_upstream(
+        &svc,
+        fallback.as_deref(),
+        &mut client,
+        &mut early,
+        deadline,
+        &mut sig,
+        &engine_rt,
+        None,
+    )
+    .await;
+    let (idx, epoch, upstream) = match outcome {
         Ok(v) => v,
         Err(Gave::Up) => return Ok(()),
         Err(Gave::Fallback) => {
@@ -395,37 +317,212 @@ async fn handle(
             return Ok(());
         }
     };
-    let _ = upstream.set_nodelay(true);
-    let Some(up) = svc.upstreams.get(idx) else {
-        return Ok(());
-    };
-    up.active_conns.fetch_add(1, Ordering::Relaxed);
-    up.total_conns.fetch_add(1, Ordering::Relaxed);
-    up.metrics.connections.inc();
-    let result = async {
-        let timer = RequestTimer::new(svc.clone(), idx);
-        if !early.is_empty() {
-            timer.observe_client(&early);
-            upstream.write_all(&early).await?;
-            up.metrics.bytes_up.inc_by(early.len() as u64);
+    serve(svc, client, early, (idx, epoch, upstream), sig, engine_rt).await
+}
+
+/// Waits for an upstream this client may use and connects to it: the
+/// active one when usable (a `hot` pooled connection if there is one),
+/// else a detour in a cluster, else the client is held (what it sends is
+/// kept in `early`, up to [`HOLD_BUFFER`]) until the route changes or
+/// `deadline`. A refused or timed-out connect is reported and the loop
+/// goes on with the route that follows.
+///
+/// `gone`: a re-attaching connection whose upstream (index, epoch) closed
+/// it: a `hot` pooled connection is not taken while the route still names
+/// that upstream (the caller checks a fresh connect there, reattach.rs).
+#[allow(clippy::too_many_arguments)]
+async fn wait_upstream(
+    svc: &Arc<ServiceRt>,
+    fallback: Option<&Fallback>,
+    client: &mut TcpStream,
+    early: &mut BytesMut,
+    deadline: tokio::time::Instant,
+    sig: &mut Signals,
+    engine_rt: &Handle,
+    gone: Option<(usize, u64)>,
+) -> Result<(usize, u64, TcpStream), Gave> {
+    let mut changed = svc.changed_tx.subscribe();
+    let mut held = false;
+    let outcome = loop {
+        let route = svc.route.load_full();
+        let idx = route.active;
+        if to_fallback(svc, fallback, &route) {
+            break Err(Gave::Fallback);
         }
-        // What a held client sent is upstream now: free it for the
-        // connection's life.
-        drop(early);
-        // Biased, the close first: once a switch has stored its route,
-        // this relay forwards nothing more from the old upstream. A planned
-        // switchover unpauses the old redis primary after that, and a write
-        // paused there would be answered READONLY (upstream/switchover.rs).
+        let same = gone == Some((idx, route.epoch));
+        if svc.usable(&route, idx) {
+            if let Some(up) = svc.upstreams.get(idx) {
+                // `hot`: a connection pre-opened by the pool keeper skips
+                // the connect (upstream/pool.rs).
+                if let Some(stream) = (!same).then(|| pool::take_pooled(svc, idx)).flatten() {
+                    up.metrics.connect.observe(0.0);
+                    // Pooled on the engine's runtime: move it to this
+                    // thread's reactor. If that fails, connect instead.
+                    if let Ok(stream) = stream.into_std().and_then(TcpStream::from_std) {
+                        break Ok((idx, route.epoch, stream));
+                    }
+                }
+                let started = Instant::now();
+                let target = up.cfg.target();
+                match tokio::time::timeout(
+                    svc.cfg.health.connect_timeout,
+                    TcpStream::connect(target.as_str()),
+                )
+                .await
+                {
+                    Ok(Ok(stream)) => {
+                        up.metrics.connect.observe(started.elapsed().as_secs_f64());
+                        break Ok((idx, route.epoch, stream));
+                    }
+                    Ok(Err(e)) => {
+                        let waited = started.elapsed();
+                        if !report_failed_connect(engine_rt, svc, idx, Some(e), waited).await {
+                            break Err(Gave::Up);
+                        }
+                        continue;
+                    }
+                    Err(_) => {
+                        let waited = started.elapsed();
+                        if !report_failed_connect(engine_rt, svc, idx, None, waited).await {
+                            break Err(Gave::Up);
+                        }
+                        continue;
+                    }
+                }
+            }
+        }
+        if let Some(alt) = detour(svc, &route) {
+            if let Some(up) = svc.upstreams.get(alt) {
+                let started = Instant::now();
+                let target = up.cfg.target();
+                // Boxed, as the other rare paths (size_tests.rs).
+                if let Ok(Ok(stream)) = Box::pin(tokio::time::timeout(
+                    svc.cfg.health.connect_timeout,
+                    TcpStream::connect(target.as_str()),
+                ))
+                .await
+                {
+                    up.metrics.connect.observe(started.elapsed().as_secs_f64());
+                    break Ok((alt, route.epoch, stream));
+                }
+            }
+        }
+        if !held {
+            held = true;
+            svc.held.fetch_add(1, Ordering::Relaxed);
+            svc.metrics.held.with_label_values(&[svc.name()]).inc();
+        }
+        let room = HOLD_BUFFER.saturating_sub(early.len());
+        let mut limited = (&mut *early).limit(room.min(HOLD_CHUNK));
         tokio::select! {
-            biased;
-            _ = must_close(&svc, idx, epoch) => Ok(()),
-            _ = sig.force_close.changed() => Ok(()),
-            r = relay(&mut client, &mut upstream, &timer) => r,
+            r = changed.changed() => {
+                if r.is_err() { break Err(Gave::Up); }
+            }
+            _ = tokio::time::sleep_until(deadline) => break Err(Gave::Timeout),
+            // At most HOLD_BUFFER bytes kept: a chunk at a time, never more
+            // than the room left.
+            n = client.read_buf(&mut limited), if room > 0 => {
+                match n {
+                    Ok(0) | Err(_) => break Err(Gave::Up),
+                    Ok(_) => {}
+                }
+            }
+            _ = sig.shutdown.changed() => break Err(Gave::Up),
+        }
+    };
+    if held {
+        svc.held.fetch_sub(1, Ordering::Relaxed);
+    }
+    outcome
+}
+
+/// Relays the client to `upstream` (index, epoch, socket) until one side
+/// is done, a switch means this connection must go ([`must_close`]) or
+/// the engine force-closes. A Redis connection with `reattach_idle` that
+/// is idle when its upstream moves or goes away is re-attached to the
+/// active upstream (listener/reattach.rs) and relayed on; any other is
+/// closed, as is one that cannot be re-attached.
+async fn serve(
+    svc: Arc<ServiceRt>,
+    mut client: TcpStream,
+    mut early: BytesMut,
+    (mut idx, mut epoch, mut upstream): (usize, u64, TcpStream),
+    mut sig: Signals,
+    engine_rt: Handle,
+) -> std::io::Result<()> {
+    let mut session = svc.cfg.reattach_idle.then(Session::default);
+    loop {
+        let _ = upstream.set_nodelay(true);
+        let Some(up) = svc.upstreams.get(idx) else {
+            return Ok(());
+        };
+        up.active_conns.fetch_add(1, Ordering::Relaxed);
+        up.total_conns.fetch_add(1, Ordering::Relaxed);
+        up.metrics.connections.inc();
+        let timer = RequestTimer::new(svc.clone(), idx, session.take());
+        let result = async {
+            if !early.is_empty() {
+                timer.observe_client(&early);
+                upstream.write_all(&early).await?;
+                up.metrics.bytes_up.inc_by(early.len() as u64);
+            }
+            // What a held client sent is upstream now: free it for the
+            // connection's life.
+            early = BytesMut::new();
+            // Biased, the close first: once a switch has stored its route,
+            // this relay forwards nothing more from the old upstream. A
+            // planned switchover unpauses the old redis primary after that,
+            // and a write paused there would be answered READONLY
+            // (upstream/switchover.rs).
+            tokio::select! {
+                biased;
+                _ = must_close(&svc, idx, epoch) => Ok(Some(Ended::Upstream)),
+                _ = sig.force_close.changed() => Ok(None),
+                r = relay(&mut client, &mut upstream, &timer) => r.map(Some),
+            }
+        }
+        .await;
+        up.active_conns.fetch_sub(1, Ordering::Relaxed);
+        if result? != Some(Ended::Upstream) || !svc.cfg.reattach_idle {
+            return Ok(());
+        }
+        let outcome = |o: &str| {
+            svc.metrics
+                .reattached
+                .with_label_values(&[svc.name(), o])
+                .inc()
+        };
+        let s = match timer.take_session() {
+            Ok(s) => s,
+            Err(why) => {
+                tracing::debug!(service = svc.name(), why, "connection not re-attached");
+                outcome("ineligible");
+                return Ok(());
+            }
+        };
+        drop(upstream);
+        // Boxed: an idle relay does not carry the state of a re-attach.
+        let next = Box::pin(reattach::reattach(
+            &svc,
+            &mut client,
+            &s,
+            (idx, epoch),
+            &mut sig,
+            &engine_rt,
+        ))
+        .await;
+        match next {
+            Some((i, e, stream, held)) => {
+                outcome("reattached");
+                (idx, epoch, upstream, early) = (i, e, stream, held);
+                session = Some(s);
+            }
+            None => {
+                outcome("failed");
+                return Ok(());
+            }
         }
     }
-    .await;
-    up.active_conns.fetch_sub(1, Ordering::Relaxed);
-    result
 }
 
 /// A failed connect (`error`; `None`: it ran past `connect_timeout_ms`) as

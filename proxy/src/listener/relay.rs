@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
+use crate::observe::session::Session;
 use crate::observe::{Finding, Tap};
 use crate::protocol::bolt_route::RouteRewriter;
 use crate::upstream::runtime::ServiceRt;
@@ -89,8 +90,14 @@ pub(super) struct RequestTimer {
 }
 
 impl RequestTimer {
-    pub(super) fn new(svc: Arc<ServiceRt>, idx: usize) -> RequestTimer {
-        let tap = Tap::new(svc.cfg.kind, svc.cfg.slow_query);
+    /// `session`: a Redis connection with `reattach_idle` follows its
+    /// session (what it had set on an earlier upstream, if it was
+    /// re-attached), whatever `slow_query_ms` says.
+    pub(super) fn new(svc: Arc<ServiceRt>, idx: usize, session: Option<Session>) -> RequestTimer {
+        let tap = match session {
+            Some(s) => Some(Tap::redis_session(svc.cfg.slow_query, s)),
+            None => Tap::new(svc.cfg.kind, svc.cfg.slow_query),
+        };
         RequestTimer {
             svc,
             idx,
@@ -134,6 +141,15 @@ impl RequestTimer {
         }
     }
 
+    /// The session of an idle Redis connection, to replay on a new
+    /// upstream; why not otherwise (observe/session.rs).
+    pub(super) fn take_session(&self) -> Result<Session, &'static str> {
+        match &self.tap {
+            Some(tap) => tap.take_session(),
+            None => Err("not followed"),
+        }
+    }
+
     fn report(&self, findings: Vec<Finding>) {
         if findings.is_empty() {
             return;
@@ -147,14 +163,27 @@ impl RequestTimer {
     }
 }
 
+/// How a relay ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ended {
+    /// The client is done (or the relay of a kind that does not re-attach).
+    Client,
+    /// A re-attaching Redis relay: the upstream closed or failed first; the
+    /// client is left open.
+    Upstream,
+}
+
 pub(super) async fn relay(
     client: &mut TcpStream,
     upstream: &mut TcpStream,
     timer: &RequestTimer,
-) -> io::Result<()> {
+) -> io::Result<Ended> {
     let Some(up) = timer.svc.upstreams.get(timer.idx) else {
-        return Ok(());
+        return Ok(Ended::Client);
     };
+    if timer.svc.cfg.reattach_idle {
+        return relay_session(client, upstream, timer).await;
+    }
     // Neo4j: the routing tables the server answers `ROUTE` with name the
     // address the client reached the proxy at (protocol/bolt_route.rs).
     // Boxed: an idle Redis or PostgreSQL relay should not carry its state
@@ -162,7 +191,9 @@ pub(super) async fn relay(
     if timer.svc.cfg.kind == crate::config::Kind::Neo4j {
         if let Ok(local) = client.local_addr() {
             let rw = RouteRewriter::new(local.to_string());
-            return Box::pin(relay_bolt(client, upstream, timer, rw)).await;
+            return Box::pin(relay_bolt(client, upstream, timer, rw))
+                .await
+                .map(|()| Ended::Client);
         }
     }
     let (mut cr, mut cw) = client.split();
@@ -176,6 +207,7 @@ pub(super) async fn relay(
             timer.observe_client(data);
         },
         |_| {},
+        true,
     );
     let u2c = pump(
         &mut ur,
@@ -183,19 +215,68 @@ pub(super) async fn relay(
         &up.metrics.bytes_down,
         |_| timer.answered(),
         |data| timer.observe_server(data),
+        true,
     );
-    tokio::try_join!(c2u, u2c).map(|_| ())
+    tokio::try_join!(c2u, u2c).map(|_| Ended::Client)
 }
 
-/// Copies until EOF, then half-closes the writer. `before` sees each chunk
-/// before it is written, `after` once it is. Holds a buffer only from a
-/// read to the end of its write.
+/// [`relay`] of a Redis connection that may be re-attached: when the
+/// upstream closes or fails, the client is not half-closed but left open
+/// ([`Ended::Upstream`]) for the caller to re-attach or close. When the
+/// client closes first, its replies are still delivered, as in [`relay`].
+async fn relay_session(
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
+    timer: &RequestTimer,
+) -> io::Result<Ended> {
+    let Some(up) = timer.svc.upstreams.get(timer.idx) else {
+        return Ok(Ended::Client);
+    };
+    let (mut cr, mut cw) = client.split();
+    let (mut ur, mut uw) = upstream.split();
+    let c2u = pump(
+        &mut cr,
+        &mut uw,
+        &up.metrics.bytes_up,
+        |data| {
+            timer.sent();
+            timer.observe_client(data);
+        },
+        |_| {},
+        true,
+    );
+    let u2c = pump(
+        &mut ur,
+        &mut cw,
+        &up.metrics.bytes_down,
+        |_| timer.answered(),
+        |data| timer.observe_server(data),
+        false,
+    );
+    tokio::pin!(c2u, u2c);
+    tokio::select! {
+        // EOF or an error: either way this upstream is gone.
+        _ = &mut u2c => Ok(Ended::Upstream),
+        // The client closed (its replies are delivered, then the caller
+        // drops both sockets).
+        r = &mut c2u => {
+            r?;
+            (&mut u2c).await?;
+            Ok(Ended::Client)
+        }
+    }
+}
+
+/// Copies until EOF, then half-closes the writer if `half_close`.
+/// `before` sees each chunk before it is written, `after` once it is.
+/// Holds a buffer only from a read to the end of its write.
 async fn pump<B, A>(
     r: &mut ReadHalf<'_>,
     w: &mut WriteHalf<'_>,
     bytes: &prometheus::IntCounter,
     before: B,
     after: A,
+    half_close: bool,
 ) -> io::Result<()>
 where
     B: Fn(&[u8]),
@@ -210,7 +291,9 @@ where
         };
         let n = n?;
         if n == 0 {
-            let _ = w.shutdown().await;
+            if half_close {
+                let _ = w.shutdown().await;
+            }
             return Ok(());
         }
         let data = buf.0.get(..n).unwrap_or_default();
@@ -242,6 +325,7 @@ async fn relay_bolt(
             timer.observe_client(data);
         },
         |_| {},
+        true,
     );
     let u2c = pump_rewritten(&mut ur, &mut cw, &up.metrics.bytes_down, timer, rw);
     tokio::try_join!(c2u, u2c).map(|_| ())
@@ -329,6 +413,7 @@ mod tests {
                 &bytes,
                 |d| seen.set(seen.get() + d.len()),
                 |_| {},
+                true,
             )
             .await
         };

@@ -21,6 +21,7 @@ mod bolt;
 pub mod normalize;
 mod pg;
 mod resp;
+pub mod session;
 #[cfg(test)]
 mod tests;
 
@@ -31,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Kind;
 use crate::events::EventKind;
+use session::Session;
 
 /// Statement text kept per pending statement (raw, before masking).
 pub const TEXT_CAP: usize = 4096;
@@ -190,6 +192,10 @@ impl<T> Pending<T> {
     pub fn len(&self) -> usize {
         self.queue.len()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
 }
 
 /// Appends to `buf` without letting it grow past `cap`.
@@ -214,6 +220,9 @@ struct Inner {
 pub struct Tap {
     off: AtomicBool,
     slow: Duration,
+    /// `false`: kept only to follow a Redis session (`slow_query_ms = 0`),
+    /// nothing is reported.
+    report: bool,
     inner: Mutex<Inner>,
 }
 
@@ -233,11 +242,45 @@ impl Tap {
         Some(Tap {
             off: AtomicBool::new(false),
             slow,
+            report: true,
             inner: Mutex::new(Inner {
                 proto,
                 errors_left: ERROR_BUDGET,
             }),
         })
+    }
+
+    /// A Redis observer that also follows the connection's session, so that
+    /// it can be re-attached to another upstream ([`Tap::take_session`]);
+    /// it goes on from `session`, what the connection had set before. With
+    /// `slow` zero it follows the session and reports nothing.
+    pub fn redis_session(slow: Duration, session: Session) -> Tap {
+        let mut resp = Box::<resp::Resp>::default();
+        resp.session = session;
+        Tap {
+            off: AtomicBool::new(false),
+            slow: if slow.is_zero() { Duration::MAX } else { slow },
+            report: !slow.is_zero(),
+            inner: Mutex::new(Inner {
+                proto: Proto::Resp(resp),
+                errors_left: ERROR_BUDGET,
+            }),
+        }
+    }
+
+    /// The session of an idle Redis connection, to replay on a new upstream;
+    /// why not, if the connection is not idle or did what cannot be
+    /// replayed (observe/session.rs).
+    pub fn take_session(&self) -> Result<Session, &'static str> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        match &mut inner.proto {
+            Proto::Resp(p) => {
+                p.idle()?;
+                Ok(std::mem::take(&mut p.session))
+            }
+            Proto::Off => Err("subscribed, monitoring, or bytes the observer did not follow"),
+            _ => Err("not a redis connection"),
+        }
     }
 
     /// Bytes the client sent (fed before they are written upstream, so a
@@ -277,6 +320,9 @@ impl Tap {
             if let Stop::Confused(reason) = stop {
                 out.findings.push(Finding::Stopped { reason });
             }
+        }
+        if !self.report {
+            out.findings.clear();
         }
         if !out.findings.is_empty() {
             let Inner { errors_left, .. } = &mut *inner;

@@ -10,6 +10,7 @@
 use std::time::Instant;
 
 use super::normalize::{has_subcommand, redis_command};
+use super::session::{Session, FRAME_MAX};
 use super::{Out, Pending, Stop};
 use crate::protocol::resp;
 use crate::protocol::resp::stream::{Num, Replies, LINE_MAX};
@@ -66,6 +67,8 @@ struct Entry {
     sub_len: u8,
     args: u32,
     blocking: bool,
+    /// A command whose reply the session waits for (observe/session.rs).
+    replay: bool,
 }
 
 impl Entry {
@@ -117,6 +120,12 @@ pub(crate) struct Resp {
     word: [u8; 5],
     replies: Replies,
     pending: Option<Pending<Entry>>,
+    /// What the connection set on its server (re-attachment at a failover).
+    pub(super) session: Session,
+    /// The bytes of a command read byte-wise, up to [`FRAME_MAX`] (the fast
+    /// path hands its command's bytes over whole).
+    frame: Vec<u8>,
+    frame_over: bool,
 }
 
 impl Default for Resp {
@@ -132,6 +141,7 @@ impl Default for Resp {
                 sub_len: 0,
                 args: 0,
                 blocking: false,
+                replay: false,
             },
             arg: 0,
             watch_block: false,
@@ -139,6 +149,9 @@ impl Default for Resp {
             word: [0; 5],
             replies: Replies::default(),
             pending: None,
+            session: Session::default(),
+            frame: Vec::new(),
+            frame_over: false,
         }
     }
 }
@@ -175,16 +188,45 @@ impl Resp {
         self.arg = 0;
         self.watch_block = false;
         self.want_sub = false;
+        self.frame.clear();
+        self.frame_over = false;
+    }
+
+    /// Keeps `bytes` of the command being read byte-wise.
+    fn keep_frame(&mut self, bytes: &[u8]) {
+        if self.frame_over || self.frame.len() + bytes.len() > FRAME_MAX {
+            self.frame_over = true;
+            self.frame.clear();
+        } else {
+            self.frame.extend_from_slice(bytes);
+        }
+    }
+
+    /// Whether the connection may be re-attached now: between commands,
+    /// every reply in, and nothing set that cannot be replayed.
+    pub(super) fn idle(&self) -> Result<(), &'static str> {
+        if !matches!(self.client, Client::Start) {
+            return Err("a command partly received");
+        }
+        if self.pending.as_ref().is_some_and(|p| !p.is_empty()) || !self.replies.between() {
+            return Err("a reply outstanding");
+        }
+        self.session.ineligible().map_or(Ok(()), Err)
     }
 
     pub fn client(&mut self, mut data: &[u8], out: &mut Out) -> Result<(), Stop> {
         while !data.is_empty() {
+            let before = data;
+            // A command read byte-wise ended with this step.
+            let mut done = false;
             match &mut self.client {
                 Client::Start => {
                     self.begin(out.now);
                     if let Some(used) = self.whole_command(data) {
-                        data = data.get(used..).unwrap_or_default();
-                        self.command()?;
+                        let (frame, rest) = data.split_at(used.min(data.len()));
+                        data = rest;
+                        self.command(Some(frame))?;
+                        continue;
                     } else if data.first() == Some(&b'*') {
                         data = data.get(1..).unwrap_or_default();
                         self.client = Client::ArrayLen;
@@ -250,20 +292,21 @@ impl Resp {
                     data = rest;
                     let at = start + n as u64;
                     if at < total {
+                        // Not `continue`: the bytes still go to the frame.
                         self.client = Client::ArgData { len, at };
-                        continue;
-                    }
-                    if chunk.get(chunk.len().saturating_sub(2)..) != Some(b"\r\n".as_slice())
-                        && n >= 2
-                    {
-                        return Err(Stop::Confused("resp: argument not ended by CRLF"));
-                    }
-                    self.end_arg(len);
-                    if self.arg >= self.cmd.args {
-                        self.client = Client::Start;
-                        self.command()?;
                     } else {
-                        self.client = Client::ArgHeader;
+                        if chunk.get(chunk.len().saturating_sub(2)..) != Some(b"\r\n".as_slice())
+                            && n >= 2
+                        {
+                            return Err(Stop::Confused("resp: argument not ended by CRLF"));
+                        }
+                        self.end_arg(len);
+                        if self.arg >= self.cmd.args {
+                            self.client = Client::Start;
+                            done = true;
+                        } else {
+                            self.client = Client::ArgHeader;
+                        }
                     }
                 }
                 Client::Inline { seen, in_token } => {
@@ -297,13 +340,20 @@ impl Resp {
                         Some(p) => {
                             data = data.get(p + 1..).unwrap_or_default();
                             self.client = Client::Start;
-                            if tokens > 0 {
-                                self.command()?;
-                            }
+                            done = tokens > 0;
                         }
                         None => data = &[],
                     }
                 }
+            }
+            let used = before.len() - data.len();
+            self.keep_frame(before.get(..used).unwrap_or_default());
+            if done {
+                let frame = std::mem::take(&mut self.frame);
+                let kept = (!self.frame_over).then_some(frame.as_slice());
+                let r = self.command(kept);
+                self.frame = frame;
+                r?;
             }
         }
         Ok(())
@@ -341,8 +391,10 @@ impl Resp {
         self.arg += 1;
     }
 
-    /// A whole command was read.
-    fn command(&mut self) -> Result<(), Stop> {
+    /// A whole command was read (`frame`: its bytes, if kept).
+    fn command(&mut self, frame: Option<&[u8]>) -> Result<(), Stop> {
+        let replay = self.session.command(self.cmd.name(), self.cmd.sub(), frame);
+        self.cmd.replay = replay;
         let name = self.cmd.name();
         // The first letter keeps the common commands off the list scans.
         match name.first() {
@@ -366,6 +418,9 @@ impl Resp {
             let Some((cmd, _)) = pending.pop() else {
                 return Err(Stop::Confused("resp: reply without a command"));
             };
+            if cmd.replay {
+                self.session.answered(error.is_none());
+            }
             if let Some(line) = error {
                 if OPERATIONAL.iter().any(|p| line.starts_with(p)) {
                     let code = line.split(|&b| b == b' ').next().unwrap_or_default();

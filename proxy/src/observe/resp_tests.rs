@@ -176,3 +176,57 @@ fn random_bytes_turn_off() {
 fn mutated_streams_never_panic() {
     mutations_never_panic::<Resp>(&conversation());
 }
+
+/// The session a re-attach replays, through the observer: whole commands
+/// and the same bytes fed one at a time (the byte-wise path keeps the
+/// frame too); idle only between an answered command and the next.
+#[test]
+fn the_session_follows_commands_and_replies_however_they_are_split() {
+    let client = [
+        cmd(&["AUTH", "default", "pw"]),
+        cmd(&["CLIENT", "SETINFO", "LIB-NAME", "x"]),
+        b"select 2\r\n".to_vec(),
+        cmd(&["GET", "k"]),
+    ];
+    let server: &[&[u8]] = &[
+        b"+OK\r\n",
+        b"-ERR unknown subcommand\r\n",
+        b"+OK\r\n",
+        b"$-1\r\n",
+    ];
+    for bytewise in [false, true] {
+        let tap = crate::observe::Tap::redis_session(std::time::Duration::ZERO, Default::default());
+        for (c, s) in client.iter().zip(server) {
+            if bytewise {
+                for b in c.iter() {
+                    tap.client(std::slice::from_ref(b));
+                }
+            } else {
+                tap.client(c);
+            }
+            assert_eq!(tap.take_session().err(), Some("a reply outstanding"));
+            let (head, tail) = s.split_at(s.len() / 2);
+            tap.server(head);
+            assert!(tap.take_session().is_err(), "half a reply");
+            tap.server(tail);
+        }
+        tap.client(b"*2\r\n$3\r\nGET");
+        assert_eq!(tap.take_session().err(), Some("a command partly received"));
+        tap.client(b"\r\n$1\r\nk\r\n");
+        tap.server(b"$1\r\nv\r\n");
+        let s = tap.take_session().unwrap();
+        let replay: Vec<Vec<u8>> = s.replay().map(<[u8]>::to_vec).collect();
+        assert_eq!(
+            replay,
+            vec![client[0].clone(), b"select 2\r\n".to_vec()],
+            "SETINFO was refused, so not replayed (bytewise: {bytewise})"
+        );
+    }
+    // Subscribed: the observer stops, and with it re-attachment.
+    let tap = crate::observe::Tap::redis_session(
+        std::time::Duration::from_millis(100),
+        Default::default(),
+    );
+    tap.client(&cmd(&["SUBSCRIBE", "ch"]));
+    assert!(tap.take_session().is_err());
+}

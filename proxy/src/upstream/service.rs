@@ -74,6 +74,11 @@ impl ServiceRt {
             .collect::<Vec<_>>();
         let names: Vec<&str> = cfg.upstreams.iter().map(|u| u.name.as_str()).collect();
         metrics.touch_service(&cfg.name, &names);
+        if cfg.reattach_idle {
+            for outcome in ["reattached", "ineligible", "failed"] {
+                metrics.reattached.with_label_values(&[&cfg.name, outcome]);
+            }
+        }
         if cfg.kind.is_http_proxied() {
             let queues = cfg.http.on_outage == OnOutage::Queue
                 || cfg

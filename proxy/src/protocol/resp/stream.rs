@@ -190,6 +190,11 @@ impl Replies {
         Ok(None)
     }
 
+    /// Whether the scanner is between top-level replies (none partly read).
+    pub fn between(&self) -> bool {
+        matches!(self.state, State::Type) && self.depth == 0
+    }
+
     /// One element is complete: closes the aggregates it completes, and
     /// says whether it completed a top-level reply.
     #[inline]

@@ -1,0 +1,113 @@
+//! A real client library in a Python process, kept running: the test sends
+//! it one line per step and reads one JSON line back. Used to drive
+//! redis-py, psycopg and the neo4j driver through the proxy (issue #18:
+//! tests/clients_*.rs, tests/reattach_e2e.rs).
+//!
+//! The script reads `sys.stdin` line by line and prints one JSON object
+//! per line, flushed. An answer not in within [`ANSWER_WAIT`] fails the
+//! test with what the script wrote to stderr.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// Longest wait for one answer.
+pub const ANSWER_WAIT: Duration = Duration::from_secs(60);
+
+pub struct PyDriver {
+    child: Child,
+    stdin: ChildStdin,
+    answers: Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl PyDriver {
+    /// Runs `script` (the program text) with `args` as `sys.argv[1:]`.
+    pub fn start(script: &str, args: &[&str]) -> PyDriver {
+        let mut child = Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3 runs");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut err = child.stderr.take().expect("stderr");
+        let (tx, answers) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        PyDriver {
+            child,
+            stdin,
+            answers,
+            stderr,
+        }
+    }
+
+    /// Sends `line` and returns the JSON answer.
+    pub fn ask(&mut self, line: &str) -> Value {
+        writeln!(self.stdin, "{line}").expect("send a line to the script");
+        self.stdin.flush().expect("flush");
+        self.answer()
+    }
+
+    /// The next JSON line the script prints (a script may print one
+    /// unasked, e.g. "ready").
+    pub fn answer(&mut self) -> Value {
+        match self.answers.recv_timeout(ANSWER_WAIT) {
+            Ok(line) => serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("not JSON: {line:?} ({e}); stderr: {}", self.stderr())),
+            Err(e) => panic!(
+                "no answer from the script within {ANSWER_WAIT:?} ({e}); stderr: {}",
+                self.stderr()
+            ),
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for PyDriver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether python3 can import `module` (a client library the tests need).
+pub fn has_module(module: &str) -> bool {
+    Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
