@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
+use crate::metrics::UpstreamMetrics;
 use crate::observe::session::Session;
 use crate::observe::{Finding, Tap};
 use crate::protocol::bolt_route::RouteRewriter;
@@ -198,10 +199,33 @@ pub(super) async fn relay(
     }
     let (mut cr, mut cw) = client.split();
     let (mut ur, mut uw) = upstream.split();
+    let (c2u, u2c) = pumps(
+        (&mut cr, &mut uw),
+        (&mut ur, &mut cw),
+        &up.metrics,
+        timer,
+        true,
+    );
+    tokio::try_join!(c2u, u2c).map(|_| Ended::Client)
+}
+
+/// Both directions of a relay: client to upstream (its EOF half-closes
+/// the upstream) and upstream to client (its EOF half-closes the client
+/// if `half_close_client`), each request timed and observed.
+fn pumps<'a, 'h>(
+    (cr, uw): (&'a mut ReadHalf<'h>, &'a mut WriteHalf<'h>),
+    (ur, cw): (&'a mut ReadHalf<'h>, &'a mut WriteHalf<'h>),
+    metrics: &'a UpstreamMetrics,
+    timer: &'a RequestTimer,
+    half_close_client: bool,
+) -> (
+    impl std::future::Future<Output = io::Result<()>> + use<'a, 'h>,
+    impl std::future::Future<Output = io::Result<()>> + use<'a, 'h>,
+) {
     let c2u = pump(
-        &mut cr,
-        &mut uw,
-        &up.metrics.bytes_up,
+        cr,
+        uw,
+        &metrics.bytes_up,
         |data| {
             timer.sent();
             timer.observe_client(data);
@@ -210,14 +234,14 @@ pub(super) async fn relay(
         true,
     );
     let u2c = pump(
-        &mut ur,
-        &mut cw,
-        &up.metrics.bytes_down,
+        ur,
+        cw,
+        &metrics.bytes_down,
         |_| timer.answered(),
         |data| timer.observe_server(data),
-        true,
+        half_close_client,
     );
-    tokio::try_join!(c2u, u2c).map(|_| Ended::Client)
+    (c2u, u2c)
 }
 
 /// [`relay`] of a Redis connection that may be re-attached: when the
@@ -234,23 +258,11 @@ async fn relay_session(
     };
     let (mut cr, mut cw) = client.split();
     let (mut ur, mut uw) = upstream.split();
-    let c2u = pump(
-        &mut cr,
-        &mut uw,
-        &up.metrics.bytes_up,
-        |data| {
-            timer.sent();
-            timer.observe_client(data);
-        },
-        |_| {},
-        true,
-    );
-    let u2c = pump(
-        &mut ur,
-        &mut cw,
-        &up.metrics.bytes_down,
-        |_| timer.answered(),
-        |data| timer.observe_server(data),
+    let (c2u, u2c) = pumps(
+        (&mut cr, &mut uw),
+        (&mut ur, &mut cw),
+        &up.metrics,
+        timer,
         false,
     );
     tokio::pin!(c2u, u2c);
