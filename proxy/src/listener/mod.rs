@@ -469,13 +469,11 @@ async fn serve(
             // What a held client sent is upstream now: free it for the
             // connection's life.
             early = BytesMut::new();
-            // Biased, the close first: once a switch has stored its route,
-            // this relay forwards nothing more from the old upstream. A
-            // planned switchover unpauses the old redis primary after that,
-            // and a write paused there would be answered READONLY
-            // (upstream/switchover.rs).
+            // A planned switchover unpauses the old redis primary only once
+            // every relay bound to it has left this select (a write paused
+            // there would be answered READONLY): it waits for the relays'
+            // count to reach zero (upstream/switchover.rs, relays_closed).
             tokio::select! {
-                biased;
                 _ = must_close(&svc, idx, epoch) => Ok(Some(Ended::Upstream)),
                 _ = sig.force_close.changed() => Ok(None),
                 r = relay(&mut client, &mut upstream, &timer) => r.map(Some),
