@@ -346,31 +346,7 @@ impl Client {
     /// Runs `feature` until it works (as the application would); asserts
     /// that it does, prints the exceptions on the way, returns them.
     fn until_ok(&mut self, feature: &str) -> Vec<String> {
-        let r = self
-            .py
-            .ask(&json!({ "op": "until_ok", "feature": feature }).to_string());
-        let errors: Vec<String> = r["errors"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|e| e.as_str().unwrap_or("?").to_string())
-                    .collect()
-            })
-            .unwrap_or_default();
-        eprintln!(
-            "{} failover {feature}: {} exception(s) {errors:?}, then {}",
-            self.label,
-            errors.len(),
-            r["value"]
-        );
-        assert_eq!(
-            r["ok"],
-            true,
-            "{}: {feature} did not work again after the failover: {r}\nstderr: {}",
-            self.label,
-            self.py.stderr()
-        );
-        errors
+        self.py.until_ok(&self.label, feature).0
     }
 }
 

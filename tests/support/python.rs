@@ -90,6 +90,35 @@ impl PyDriver {
         }
     }
 
+    /// Asks the script to run `feature` until it works, as an application
+    /// would after a failover (`{"op": "until_ok", "feature": F}`, answered
+    /// `{"ok", "errors", "value"}`); asserts that it did. Prints and returns
+    /// the exceptions seen on the way, and the value. `label` names the
+    /// client in the output.
+    pub fn until_ok(&mut self, label: &str, feature: &str) -> (Vec<String>, Value) {
+        let r = self.ask(&serde_json::json!({ "op": "until_ok", "feature": feature }).to_string());
+        let errors: Vec<String> = r["errors"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|e| e.as_str().unwrap_or("?").to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        eprintln!(
+            "{label} failover {feature}: {} exception(s) {errors:?}, then {}",
+            errors.len(),
+            r["value"]
+        );
+        assert_eq!(
+            r["ok"],
+            true,
+            "{label}: {feature} did not work again after the failover: {r}\nstderr: {}",
+            self.stderr()
+        );
+        (errors, r["value"].clone())
+    }
+
     pub fn stderr(&self) -> String {
         self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
     }
