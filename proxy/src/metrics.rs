@@ -23,8 +23,8 @@ pub mod names {
     pub const POOL_TAKES_TOTAL: &str = "continuity_pool_takes_total";
     /// Redis client connections whose upstream moved or went away, by
     /// `outcome`: `reattached`, `ineligible` (closed: not idle, or state
-    /// that cannot be replayed), `failed` (closed: no upstream in time, or
-    /// the replay was refused).
+    /// that cannot be replayed), `failed` (closed: the server had closed it
+    /// on purpose, no upstream in time, or the replay was refused).
     pub const REATTACHED_TOTAL: &str = "continuity_reattached_connections_total";
     /// By `listener`: a service name, or `control` for the control plane.
     pub const CONNECTIONS_REFUSED_TOTAL: &str = "continuity_connections_refused_total";
