@@ -18,9 +18,9 @@ mod support;
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use support::continuity::Continuity;
-use support::python::{has_module, PyDriver};
+use support::python::{has_module, PyClient as Client, PyDriver};
 use support::*;
 
 /// The driver side: one line `{"op": ...}` in, one JSON line out.
@@ -116,38 +116,6 @@ for line in sys.stdin:
             out = {"ok": False, "error": err(e)}
     print(json.dumps(out, default=str), flush=True)
 "#;
-
-struct Client {
-    py: PyDriver,
-    label: String,
-}
-
-impl Client {
-    fn ok(&mut self, op: &str) -> Value {
-        let r = self.py.ask(&json!({ "op": op }).to_string());
-        assert_eq!(
-            r["ok"],
-            true,
-            "{}: {op} failed in normal traffic: {r}\nstderr: {}",
-            self.label,
-            self.py.stderr()
-        );
-        eprintln!("{} normal {op}: {}", self.label, r["value"]);
-        r["value"].clone()
-    }
-
-    fn record(&mut self, op: &str) -> Value {
-        let r = self.py.ask(&json!({ "op": op }).to_string());
-        eprintln!("{} failover {op}: {r}", self.label);
-        r
-    }
-
-    /// Calls `feature` until it works; asserts that it does; the
-    /// exceptions on the way, and the value.
-    fn until_ok(&mut self, feature: &str) -> (Vec<String>, Value) {
-        self.py.until_ok(&self.label, feature)
-    }
-}
 
 #[test]
 fn neo4j_driver_bolt_and_neo4j_schemes_through_the_proxy_and_a_kill_9() {

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::continuity::Continuity;
-use support::python::{has_module, PyDriver};
+use support::python::{has_module, PyClient as Client, PyDriver};
 use support::*;
 
 const HEALTH: &str = "check_interval_seconds = 0.2\nfailure_threshold = 2\nhold_down_seconds = 1\nconnect_timeout_ms = 300";
@@ -315,41 +315,6 @@ fn skip(test: &str) -> bool {
     true
 }
 
-/// One client process and what it saw, printed as it goes.
-struct Client {
-    py: PyDriver,
-    label: String,
-}
-
-impl Client {
-    /// An op that must succeed in normal traffic; its value.
-    fn ok(&mut self, op: &str) -> Value {
-        let r = self.py.ask(&json!({ "op": op }).to_string());
-        assert_eq!(
-            r["ok"],
-            true,
-            "{}: {op} failed in normal traffic: {r}\nstderr: {}",
-            self.label,
-            self.py.stderr()
-        );
-        eprintln!("{} normal {op}: {}", self.label, r["value"]);
-        r["value"].clone()
-    }
-
-    /// An op whose outcome is recorded, not asserted.
-    fn record(&mut self, op: &str) -> Value {
-        let r = self.py.ask(&json!({ "op": op }).to_string());
-        eprintln!("{} failover {op}: {r}", self.label);
-        r
-    }
-
-    /// Runs `feature` until it works (as the application would); asserts
-    /// that it does, prints the exceptions on the way, returns them.
-    fn until_ok(&mut self, feature: &str) -> Vec<String> {
-        self.py.until_ok(&self.label, feature).0
-    }
-}
-
 /// Normal traffic, then a kill -9 of the primary with every kind of
 /// connection open, then every feature until it works again.
 fn clients_through_a_kill_9(test: &str, protocol: u8, retries: &str) {
@@ -423,7 +388,7 @@ fn clients_through_a_kill_9(test: &str, protocol: u8, retries: &str) {
     for feature in [
         "command", "writer", "pubsub", "blpop", "multi", "watch", "tracking",
     ] {
-        let errors = c.until_ok(feature);
+        let (errors, _) = c.until_ok(feature);
         seen.push((feature.to_string(), errors.join(" | ")));
     }
     eprintln!("--- {} across kill -9 of the primary:", c.label);

@@ -140,3 +140,40 @@ pub fn has_module(module: &str) -> bool {
         .status()
         .is_ok_and(|s| s.success())
 }
+
+/// One client process of a test and what it saw, printed as it goes:
+/// each step is `{"op": OP}`, answered `{"ok", "value"}` or `{"ok": false,
+/// "error"}` (tests/clients_*.rs).
+pub struct PyClient {
+    pub py: PyDriver,
+    /// Names the client in the output.
+    pub label: String,
+}
+
+impl PyClient {
+    /// An op that must succeed in normal traffic; its value.
+    pub fn ok(&mut self, op: &str) -> Value {
+        let r = self.py.ask(&serde_json::json!({ "op": op }).to_string());
+        assert_eq!(
+            r["ok"],
+            true,
+            "{}: {op} failed in normal traffic: {r}\nstderr: {}",
+            self.label,
+            self.py.stderr()
+        );
+        eprintln!("{} normal {op}: {}", self.label, r["value"]);
+        r["value"].clone()
+    }
+
+    /// An op whose outcome is recorded, not asserted.
+    pub fn record(&mut self, op: &str) -> Value {
+        let r = self.py.ask(&serde_json::json!({ "op": op }).to_string());
+        eprintln!("{} failover {op}: {r}", self.label);
+        r
+    }
+
+    /// [`PyDriver::until_ok`] under this client's label.
+    pub fn until_ok(&mut self, feature: &str) -> (Vec<String>, Value) {
+        self.py.until_ok(&self.label, feature)
+    }
+}
