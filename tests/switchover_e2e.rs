@@ -7,14 +7,23 @@
 mod support;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use support::continuity::Continuity;
-use support::writer::{assert_all_present, pg_writer, wait_writes, Writer};
+use support::writer::{assert_all_present, pg_writer, wait_pg_rows, wait_writes, Writer};
 use support::*;
 
 const HEALTH: &str = "check_interval_seconds = 0.2\nfailure_threshold = 2\nhold_down_seconds = 1\nconnect_timeout_ms = 300";
+
+/// The CPU-load test takes this for writing, every other test for reading:
+/// its busy threads would otherwise starve the other tests of this file
+/// running beside it (a psql connect timing out after 3 s was seen).
+static CPU: RwLock<()> = RwLock::new(());
+
+fn shared_cpu() -> RwLockReadGuard<'static, ()> {
+    CPU.read().unwrap_or_else(|e| e.into_inner())
+}
 
 fn redis_engine(pair: &RedisPair) -> (Continuity, String) {
     let listen = loopback(free_port());
@@ -42,6 +51,7 @@ upstreams = [
 
 #[test]
 fn redis_planned_failover_and_failback_lose_no_acknowledged_write() {
+    let _cpu = shared_cpu();
     let pair = RedisPair::start();
     pair.replica.wait_for_link_up();
     let (engine, listen) = redis_engine(&pair);
@@ -136,6 +146,7 @@ fn redis_planned_failover_and_failback_lose_no_acknowledged_write() {
 /// round trips, and busy threads competing with the engine for the CPU.
 #[test]
 fn redis_planned_switchovers_under_cpu_load_refuse_no_writer() {
+    let _cpu = CPU.write().unwrap_or_else(|e| e.into_inner());
     let pair = RedisPair::start();
     pair.replica.wait_for_link_up();
     let (engine, listen) = redis_engine(&pair);
@@ -188,6 +199,7 @@ fn redis_planned_switchovers_under_cpu_load_refuse_no_writer() {
 
 #[test]
 fn redis_recover_after_promote_needs_resync_then_switches_back_without_loss() {
+    let _cpu = shared_cpu();
     let mut pair = RedisPair::start();
     pair.replica.wait_for_link_up();
     let (engine, listen) = redis_engine(&pair);
@@ -243,6 +255,7 @@ fn redis_recover_after_promote_needs_resync_then_switches_back_without_loss() {
 
 #[test]
 fn redis_resync_route_makes_the_old_primary_a_replica_then_recover_switches_back() {
+    let _cpu = shared_cpu();
     let mut pair = RedisPair::start();
     pair.replica.wait_for_link_up();
     let (engine, listen) = redis_engine(&pair);
@@ -277,6 +290,7 @@ fn redis_resync_route_makes_the_old_primary_a_replica_then_recover_switches_back
 
 #[test]
 fn postgres_planned_failover_loses_nothing_and_fences_the_old_primary() {
+    let _cpu = shared_cpu();
     let pair = PgPair::start();
     let proxy_port = free_port();
     let engine = Continuity::builder()
@@ -318,11 +332,11 @@ upstreams = [
     // The old primary cannot follow the new timeline: fenced, to be rebuilt.
     assert_eq!(body["fenced"], true);
     assert_eq!(body["diverged"], true);
-    std::thread::sleep(Duration::from_millis(800));
+    // The writer goes on, now onto the promoted standby.
+    wait_pg_rows(pair.standby_port(), &["t"], 3);
     stop.store(true, Ordering::Relaxed);
     let (acked, errors) = writer.join().unwrap();
     assert!(errors.is_empty(), "the writer saw errors: {errors:?}");
-    assert!(acked.len() > 10, "writer made progress: {}", acked.len());
 
     assert_eq!(pair.standby.psql("SELECT pg_is_in_recovery()"), "f");
     let found: std::collections::HashSet<u64> = pair

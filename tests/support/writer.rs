@@ -126,6 +126,25 @@ pub fn wait_writes(w: &Writer, more: usize) {
     );
 }
 
+/// Waits until each of `tables` on the PostgreSQL server at `port` holds
+/// `more` rows beyond what it holds now: progress measured after a point
+/// (a switchover), not a row count reached in a fixed time, which one psql
+/// process per row on a loaded machine may miss.
+pub fn wait_pg_rows(port: u16, tables: &[&str], more: usize) {
+    let count = |t: &str| -> usize {
+        try_psql(port, &format!("SELECT count(*) FROM {t}"))
+            .ok()
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let start: Vec<usize> = tables.iter().map(|t| count(t)).collect();
+    let progressed = || tables.iter().zip(&start).all(|(t, s)| count(t) >= s + more);
+    assert!(
+        wait_until(Duration::from_secs(20), progressed),
+        "writers made no progress on port {port}: {tables:?} from {start:?}"
+    );
+}
+
 /// `INSERT INTO {table} VALUES (i)` through the proxy, one psql per row,
 /// until `stop`; returns the acknowledged `i`s and the errors seen.
 pub fn pg_writer(
