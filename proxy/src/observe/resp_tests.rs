@@ -230,3 +230,14 @@ fn the_session_follows_commands_and_replies_however_they_are_split() {
     tap.client(&cmd(&["SUBSCRIBE", "ch"]));
     assert!(tap.take_session().is_err());
 }
+
+/// Every idle Redis connection keeps one observer (it follows the session
+/// for re-attachment even with `slow_query_ms = 0`), so its size is part of
+/// issue 16's 4 KiB per idle connection. The reply scanner's inline
+/// 32-level stack made it 616 bytes, jemalloc's 640-byte size class; with
+/// the stack on the heap when a reply nests it is 376, the 384-byte class.
+#[test]
+fn an_idle_observer_is_small() {
+    let size = std::mem::size_of::<Resp>();
+    assert!(size <= 384, "the RESP observer is {size} bytes");
+}

@@ -64,9 +64,12 @@ enum State {
 pub struct Replies {
     state: State,
     num: Num,
-    /// Elements still expected at each open aggregate level.
-    stack: [i64; MAX_DEPTH],
-    depth: usize,
+    /// Elements still expected at each open aggregate level, innermost
+    /// last. A Vec, not an inline `[i64; MAX_DEPTH]`: a connection that
+    /// never sees an aggregate reply keeps 24 bytes here instead of 256,
+    /// and one observer lives for every idle connection (issue 16's
+    /// 4 KiB per connection).
+    stack: Vec<i64>,
     /// The top-level error line being read (or just completed).
     error: Vec<u8>,
 }
@@ -76,8 +79,7 @@ impl Default for Replies {
         Replies {
             state: State::Type,
             num: Num::default(),
-            stack: [0; MAX_DEPTH],
-            depth: 0,
+            stack: Vec::new(),
             error: Vec::new(),
         }
     }
@@ -101,7 +103,7 @@ impl Replies {
                         break;
                     };
                     *data = rest;
-                    if self.depth == 0 {
+                    if self.stack.is_empty() {
                         self.error.clear();
                     }
                     self.state = match t {
@@ -111,7 +113,7 @@ impl Replies {
                         },
                         b'-' => State::Line {
                             seen: 0,
-                            error: self.depth == 0,
+                            error: self.stack.is_empty(),
                         },
                         b'$' | b'=' | b'!' => State::BulkLen,
                         b'*' | b'~' => State::AggLen { per: 1 },
@@ -163,9 +165,10 @@ impl Replies {
                             return Err(Error::Invalid("resp: bad aggregate length"))
                         }
                         Some(n) => {
-                            let slot = self.stack.get_mut(self.depth).ok_or(Error::TooDeep)?;
-                            *slot = n.saturating_mul(per);
-                            self.depth += 1;
+                            if self.stack.len() >= MAX_DEPTH {
+                                return Err(Error::TooDeep);
+                            }
+                            self.stack.push(n.saturating_mul(per));
                             self.state = State::Type;
                             false
                         }
@@ -192,23 +195,19 @@ impl Replies {
 
     /// Whether the scanner is between top-level replies (none partly read).
     pub fn between(&self) -> bool {
-        matches!(self.state, State::Type) && self.depth == 0
+        matches!(self.state, State::Type) && self.stack.is_empty()
     }
 
     /// One element is complete: closes the aggregates it completes, and
     /// says whether it completed a top-level reply.
     #[inline]
     fn element_closes_reply(&mut self) -> bool {
-        while let Some(left) = self
-            .depth
-            .checked_sub(1)
-            .and_then(|d| self.stack.get_mut(d))
-        {
+        while let Some(left) = self.stack.last_mut() {
             *left -= 1;
             if *left > 0 {
                 return false;
             }
-            self.depth -= 1;
+            self.stack.pop();
         }
         true
     }
