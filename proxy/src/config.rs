@@ -490,6 +490,10 @@ pub struct ServiceConfig {
     /// connection moves to the new upstream with its session replayed
     /// instead of being closed (docs/clients.md).
     pub reattach_idle: bool,
+    /// redis `multiplex` (default false): client commands share a few
+    /// upstream connections per L4 thread instead of one each
+    /// (listener/mux, docs/multiplex.md). Implies no `reattach_idle`.
+    pub multiplex: bool,
     /// `kind = "http"`: the gateway's settings (defaults for other kinds).
     pub http: HttpSettings,
 }
@@ -519,6 +523,7 @@ impl ServiceConfig {
             fallback_max_reply_bytes: DEFAULT_FALLBACK_MAX_REPLY_BYTES,
             fallback_max_output_bytes: DEFAULT_FALLBACK_MAX_OUTPUT_BYTES,
             reattach_idle: kind == Kind::Redis,
+            multiplex: false,
             http: HttpSettings::default(),
         }
     }

@@ -362,7 +362,12 @@ fn service(
         fallback_max_bytes: extra.fallback_max_bytes,
         fallback_max_reply_bytes,
         fallback_max_output_bytes,
-        reattach_idle: kind == Kind::Redis && raw.reattach_idle.unwrap_or(true),
+        // A multiplexed client has no upstream connection of its own to
+        // re-attach: between commands it is on none (docs/multiplex.md).
+        reattach_idle: kind == Kind::Redis
+            && raw.reattach_idle.unwrap_or(true)
+            && !raw.multiplex.unwrap_or(false),
+        multiplex: kind == Kind::Redis && raw.multiplex.unwrap_or(false),
         http: HttpSettings {
             on_outage: extra.on_outage,
             routes: extra.routes.clone(),
@@ -512,8 +517,24 @@ fn kind_specific_keys(ctx: &mut Ctx<'_>, at: &KeyPath, raw: &RawService, kind: K
             raw.fallback_max_output_bytes.is_some(),
         ),
         ("reattach_idle", raw.reattach_idle.is_some()),
+        ("multiplex", raw.multiplex.is_some()),
     ] {
         only_for(ctx, &at.key(key), set, kind, redis);
+    }
+    if raw.multiplex == Some(true) {
+        if raw.fallback.as_deref() == Some("memory") {
+            ctx.problem(
+                &at.key("multiplex"),
+                "cannot be combined with fallback = \"memory\" (docs/multiplex.md)",
+            );
+        }
+        if raw.reattach_idle == Some(true) {
+            ctx.problem(
+                &at.key("multiplex"),
+                "cannot be combined with reattach_idle = true: a multiplexed client \
+                 is on no upstream connection between commands (docs/multiplex.md)",
+            );
+        }
     }
 }
 

@@ -206,6 +206,7 @@ fn the_reference_config_documents_every_key() {
         "fallback_max_reply_bytes",
         "fallback_max_output_bytes",
         "reattach_idle",
+        "multiplex",
         "max_connections",
         "max_body_bytes",
         "queue_max_depth",
@@ -307,4 +308,38 @@ fn a_wrong_array_element_is_reported_once() {
     assert_eq!(errors.problems.len(), 1, "{errors}");
     assert_eq!(errors.problems[0].path, "service[0].upstreams[0]");
     assert_eq!(errors.problems[0].line, Some(4));
+}
+
+#[test]
+fn multiplex_is_a_redis_key_without_the_memory_fallback_or_reattach() {
+    let redis = |extra: &str| {
+        format!(
+            "[[service]]\nname = \"r\"\nkind = \"redis\"\n{extra}\n\
+             upstreams = [{{ name = \"a\", address = \"127.0.0.1:6379\", role = \"primary\" }}]\n"
+        )
+    };
+    let ok =
+        parse_with_env(&redis("multiplex = true"), Path::new("c.toml"), &no_env).expect("accepted");
+    let svc = &ok.engine.services[0];
+    assert!(svc.multiplex);
+    assert!(!svc.reattach_idle, "multiplex implies no re-attach");
+    let off = parse_with_env(&redis(""), Path::new("c.toml"), &no_env).expect("accepted");
+    assert!(!off.engine.services[0].multiplex, "off by default");
+    for (extra, says) in [
+        ("multiplex = true\nfallback = \"memory\"", "fallback"),
+        ("multiplex = true\nreattach_idle = true", "reattach_idle"),
+    ] {
+        let errors =
+            parse_with_env(&redis(extra), Path::new("c.toml"), &no_env).expect_err("refused");
+        assert_eq!(errors.problems.len(), 1, "{errors}");
+        assert_eq!(errors.problems[0].path, "service[0].multiplex");
+        assert!(errors.problems[0].message.contains(says), "{errors}");
+    }
+    let pg = "[[service]]\nname = \"p\"\nkind = \"postgres\"\nmultiplex = true\n\
+              upstreams = [{ name = \"a\", address = \"127.0.0.1:5432\", role = \"primary\" }]\n";
+    let errors = parse_with_env(pg, Path::new("c.toml"), &no_env).expect_err("refused");
+    assert!(
+        errors.problems[0].message.contains("applies only"),
+        "{errors}"
+    );
 }

@@ -28,6 +28,7 @@ use crate::upstream::pool;
 use crate::upstream::runtime::{Route, ServiceRt};
 use crate::workers::Workers;
 
+mod mux;
 mod reattach;
 mod relay;
 use relay::{relay, Ended, RequestTimer};
@@ -267,6 +268,10 @@ async fn handle(
     mut sig: Signals,
     engine_rt: Handle,
 ) -> std::io::Result<()> {
+    if svc.cfg.multiplex {
+        // Boxed: a relayed connection should not carry its state.
+        return Box::pin(mux::serve(svc, client, sig, engine_rt)).await;
+    }
     let _ = client.set_nodelay(true);
     let accepted = Instant::now();
     let deadline = tokio::time::Instant::from_std(accepted + svc.cfg.buffer_timeout);

@@ -43,7 +43,7 @@ thread_local! {
 }
 
 /// A relay buffer from this thread's pool, back to it on drop.
-pub(super) struct Buffer(Box<[u8]>);
+pub(super) struct Buffer(pub(super) Box<[u8]>);
 
 impl Buffer {
     pub(super) fn take() -> Buffer {

@@ -1,0 +1,497 @@
+//! `multiplex = true` (redis): the commands of a service's clients share
+//! one upstream connection per L4 thread, pipelined together, instead of
+//! one upstream connection each (what twemproxy and Envoy's Redis proxy
+//! do). Each client's commands are cut whole from its stream and checked
+//! (command.rs); those that may go are queued on the thread's connection
+//! (upstream.rs), whose task writes every command queued since its last
+//! write in one `write`; the server answers the batch in one `write` too,
+//! and each reply is written to its client in order. Per command, the
+//! proxy then makes about one read and one write on the client's side and
+//! a fraction of one on the upstream's, where a relay makes one of each
+//! on both sides (BENCHMARKS.md, "Issue #16: multiplexing").
+//!
+//! What changes for a client is in docs/multiplex.md: commands that hold
+//! state on their connection (MULTI, blocking pops, SUBSCRIBE, CLIENT,
+//! SELECT n, HELLO) are refused with `-ERR`, AUTH is checked here against
+//! the upstream's password, and a client holds no upstream connection
+//! between commands, so a failover leaves an idle client untouched.
+
+use std::cell::RefCell;
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Instant;
+
+use bytes::BytesMut;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::runtime::Handle;
+use tokio::sync::Notify;
+
+use super::relay::Buffer;
+use super::Signals;
+use crate::observe::Tap;
+use crate::protocol::resp::error_reply;
+use crate::upstream::runtime::ServiceRt;
+
+mod command;
+mod upstream;
+
+use command::{Action, Scan, Step};
+use upstream::{Mux, Slot, State};
+
+/// Commands one client may have waiting for replies; past it (or past
+/// [`MAX_IN_FLIGHT_BYTES`] of them) its socket is not read until replies
+/// come back. A command larger than that alone still goes.
+const MAX_IN_FLIGHT: usize = 1024;
+const MAX_IN_FLIGHT_BYTES: usize = 1024 * 1024;
+/// Replies written to a client's socket only in part, past which its
+/// commands are not read until it reads (back-pressure).
+const MAX_PENDING: usize = 1024 * 1024;
+
+thread_local! {
+    /// This thread's current connection per multiplexed service (keyed by
+    /// the service's address). Weak: a connection no client uses ends.
+    static MUXES: RefCell<Vec<(usize, Weak<Mux>)>> = const { RefCell::new(Vec::new()) };
+}
+
+fn key(svc: &ServiceRt) -> usize {
+    std::ptr::from_ref(svc) as usize
+}
+
+/// This thread's connection for `svc` that takes new commands, started if
+/// there is none (its task connects, holding what is queued meanwhile).
+fn current(svc: &Arc<ServiceRt>, sig: &Signals, engine_rt: &Handle) -> Arc<Mux> {
+    let k = key(svc);
+    let found = MUXES.with(|m| {
+        let mut m = m.borrow_mut();
+        m.retain(|(_, w)| w.strong_count() > 0);
+        m.iter()
+            .find(|(key, _)| *key == k)
+            .and_then(|(_, w)| w.upgrade())
+    });
+    if let Some(mux) = found {
+        if matches!(mux.lock().state, State::Connecting | State::Up) {
+            return mux;
+        }
+    }
+    let mux = Arc::new(Mux::new());
+    MUXES.with(|m| {
+        let mut m = m.borrow_mut();
+        m.retain(|(key, _)| *key != k);
+        m.push((k, Arc::downgrade(&mux)));
+    });
+    tokio::spawn(upstream::run(
+        mux.clone(),
+        svc.clone(),
+        sig.clone(),
+        engine_rt.clone(),
+    ));
+    mux
+}
+
+/// Takes `mux` off this thread's registry (if it is still the one there).
+fn unregister(k: usize, mux: &Arc<Mux>) {
+    let _ = MUXES.try_with(|m| {
+        m.borrow_mut()
+            .retain(|(key, w)| !(*key == k && std::ptr::eq(w.as_ptr(), Arc::as_ptr(mux))));
+    });
+}
+
+/// The replies side of one client, shared with the connections that
+/// answer its commands.
+pub(super) struct Sink {
+    wr: OwnedWriteHalf,
+    st: Mutex<SinkState>,
+    /// Replies are waiting to be written, the client may go on, or it
+    /// must close.
+    wake: Notify,
+    /// The statement observer (slow commands, errors), as on a relay.
+    tap: Option<Tap>,
+}
+
+#[derive(Default)]
+struct SinkState {
+    /// Replies not yet written to the client.
+    pending: Vec<u8>,
+    /// Commands sent and not answered, and their bytes.
+    in_flight: usize,
+    in_flight_bytes: usize,
+    /// The client's socket failed: its replies are dropped.
+    gone: bool,
+    /// A connection was lost with its commands in flight: close it.
+    cut: bool,
+    /// The client waits for its commands in flight to be answered.
+    waiting: bool,
+}
+
+impl Sink {
+    fn state(&self) -> MutexGuard<'_, SinkState> {
+        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reply bytes for this client, answering `done` of its commands (of
+    /// `bytes` in all): written at once if nothing waits before them.
+    /// `from`: the service and upstream they came from, for the observer.
+    fn deliver(&self, data: &[u8], done: usize, bytes: usize, from: Option<(&ServiceRt, usize)>) {
+        let wake = {
+            let mut st = self.state();
+            if !st.gone {
+                if st.pending.is_empty() {
+                    match self.wr.try_write(data) {
+                        Ok(n) => st
+                            .pending
+                            .extend_from_slice(data.get(n..).unwrap_or_default()),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            st.pending.extend_from_slice(data)
+                        }
+                        Err(_) => st.gone = true,
+                    }
+                } else {
+                    st.pending.extend_from_slice(data);
+                }
+            }
+            st.in_flight = st.in_flight.saturating_sub(done);
+            st.in_flight_bytes = st.in_flight_bytes.saturating_sub(bytes);
+            !st.pending.is_empty() || (st.waiting && done > 0) || st.gone
+        };
+        if wake {
+            self.wake.notify_one();
+        }
+        if let (Some(tap), Some((svc, idx))) = (&self.tap, from) {
+            report(svc, idx, tap.server(data));
+        }
+    }
+
+    /// Its commands in flight were lost with their connection.
+    fn cut(&self) {
+        self.state().cut = true;
+        self.wake.notify_one();
+    }
+
+    /// Writes what replies it can; whether some are still waiting.
+    fn flush(&self) -> io::Result<bool> {
+        let mut st = self.state();
+        while !st.pending.is_empty() {
+            match self.wr.try_write(&st.pending) {
+                Ok(n) => {
+                    st.pending.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+                Err(e) => return Err(e),
+            }
+        }
+        if st.pending.capacity() > 64 * 1024 {
+            st.pending = Vec::new();
+        }
+        Ok(false)
+    }
+}
+
+fn report(svc: &ServiceRt, idx: usize, findings: Vec<crate::observe::Finding>) {
+    if findings.is_empty() {
+        return;
+    }
+    if let Some(up) = svc.upstreams.get(idx) {
+        for f in findings {
+            svc.emit(f.into_event(&up.cfg.name));
+        }
+    }
+}
+
+/// One multiplexed client's life, on an L4 thread.
+pub(super) async fn serve(
+    svc: Arc<ServiceRt>,
+    client: TcpStream,
+    mut sig: Signals,
+    engine_rt: Handle,
+) -> io::Result<()> {
+    let _ = client.set_nodelay(true);
+    let (rd, wr) = client.into_split();
+    let sink = Arc::new(Sink {
+        wr,
+        st: Mutex::new(SinkState::default()),
+        wake: Notify::new(),
+        tap: Tap::new(svc.cfg.kind, svc.cfg.slow_query),
+    });
+    let mut client = Client {
+        svc: &svc,
+        sig: sig.clone(),
+        engine_rt: &engine_rt,
+        sink: &sink,
+        mux: None,
+        scan: Scan::default(),
+        authed: passwords(&svc).next().is_none(),
+        quit: false,
+    };
+    let mut inbuf = BytesMut::new();
+    let mut eof = false;
+    let result = loop {
+        let held = match client.run(&mut inbuf) {
+            Ok(held) => held,
+            Err(e) => break Err(e),
+        };
+        let pending = match sink.flush() {
+            Ok(p) => p,
+            Err(e) => break Err(e),
+        };
+        let (in_flight, cut, gone, room) = {
+            let st = sink.state();
+            let room = st.in_flight < MAX_IN_FLIGHT
+                && st.in_flight_bytes < MAX_IN_FLIGHT_BYTES
+                && st.pending.len() < MAX_PENDING;
+            (st.in_flight, st.cut, st.gone, room)
+        };
+        if cut || gone || ((eof || client.quit) && in_flight == 0 && !pending) {
+            break Ok(());
+        }
+        let read = !eof && !client.quit && !held && room;
+        sink.state().waiting = held || !room;
+        tokio::select! {
+            biased;
+            _ = sig.force_close.changed() => break Ok(()),
+            _ = sink.wake.notified() => {}
+            _ = sink.wr.writable(), if pending => {}
+            r = rd.readable(), if read => {
+                if let Err(e) = r {
+                    break Err(e);
+                }
+                match read_into(&rd, &mut inbuf) {
+                    Ok(Some(0)) => eof = true,
+                    Ok(_) => {}
+                    Err(e) => break Err(e),
+                }
+            }
+        }
+    };
+    if let Some(mux) = client.mux.take() {
+        let_go(mux);
+    }
+    result
+}
+
+/// Drops a client's hold on `mux` and lets its task see it: a connection
+/// no client holds ends once its queue is empty.
+fn let_go(mux: Arc<Mux>) {
+    let weak = Arc::downgrade(&mux);
+    drop(mux);
+    if let Some(m) = weak.upgrade() {
+        m.wake.notify_one();
+    }
+}
+
+/// One read of the client's socket into `inbuf`; `None` if it held
+/// nothing. Into a pooled buffer when `inbuf` is empty, so an idle client
+/// keeps no buffer (issue 16's 4 KiB per connection).
+fn read_into(
+    rd: &tokio::net::tcp::OwnedReadHalf,
+    inbuf: &mut BytesMut,
+) -> io::Result<Option<usize>> {
+    let mut buf = Buffer::take();
+    match rd.try_read(&mut buf.0) {
+        Ok(n) => {
+            inbuf.extend_from_slice(buf.0.get(..n).unwrap_or_default());
+            Ok(Some(n))
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The passwords a client may AUTH with: those of the service's upstreams.
+fn passwords(svc: &ServiceRt) -> impl Iterator<Item = &str> {
+    svc.cfg
+        .upstreams
+        .iter()
+        .filter_map(|u| u.password.as_deref())
+}
+
+/// The command side of one client.
+struct Client<'a> {
+    svc: &'a Arc<ServiceRt>,
+    sig: Signals,
+    engine_rt: &'a Handle,
+    sink: &'a Arc<Sink>,
+    /// The connection its commands in flight went to.
+    mux: Option<Arc<Mux>>,
+    scan: Scan,
+    authed: bool,
+    quit: bool,
+}
+
+impl Client<'_> {
+    /// Takes every whole command at the front of `inbuf`: queued, or
+    /// answered here. `Ok(true)`: it stopped at a command that must wait
+    /// for the replies in flight (an answer given here, or a move to
+    /// another connection, must not overtake them).
+    fn run(&mut self, inbuf: &mut BytesMut) -> io::Result<bool> {
+        let mut queued = None;
+        let held = loop {
+            if self.quit {
+                inbuf.clear();
+                break false;
+            }
+            let step = match self.scan.next(inbuf) {
+                Ok(s) => s,
+                // After the replies in flight (the scan stops at the same
+                // place again).
+                Err(_) if self.sink.state().in_flight > 0 => break true,
+                Err(why) => {
+                    // As Redis: the error, then the connection is closed.
+                    let reply = error_reply(&format!("Protocol error: {why}"));
+                    self.sink.deliver(&reply, 0, 0, None);
+                    self.quit = true;
+                    inbuf.clear();
+                    break false;
+                }
+            };
+            let (used, inline) = match step {
+                Step::More => break false,
+                Step::Empty(n) => {
+                    let _ = inbuf.split_to(n.min(inbuf.len()));
+                    continue;
+                }
+                Step::Multibulk(n) => (n, None),
+                Step::Inline(n, words) => (n, Some(words)),
+            };
+            let cmd = inbuf.get(..used).unwrap_or_default();
+            let action = match &inline {
+                Some(words)
+                    if words
+                        .iter()
+                        .any(|w| w.contains(&b'"') || w.contains(&b'\'')) =>
+                {
+                    Action::Reply(error_reply(
+                        "inline commands with quotes are not supported on a multiplexed \
+                         connection; send the command as a RESP array",
+                    ))
+                }
+                Some(words) => {
+                    let name = words.first().map(Vec::as_slice).unwrap_or_default();
+                    command::classify(name, || words.iter().map(Vec::as_slice).collect())
+                }
+                None => {
+                    let all = command::args(cmd);
+                    let name = all.first().copied().unwrap_or_default();
+                    command::classify(name, || all.clone())
+                }
+            };
+            let action = match action {
+                Action::Auth => Action::Reply(self.auth(cmd, inline.as_deref())),
+                Action::Forward if !self.authed => {
+                    Action::Reply(b"-NOAUTH Authentication required.\r\n".to_vec())
+                }
+                a => a,
+            };
+            let in_flight = self.sink.state().in_flight;
+            match action {
+                Action::Forward => {
+                    let Some(mux) = self.mux_for_next(in_flight) else {
+                        break true;
+                    };
+                    let mut encoded = Vec::new();
+                    let bytes: &[u8] = match &inline {
+                        Some(words) => {
+                            crate::protocol::resp::write_command(words, &mut encoded);
+                            &encoded
+                        }
+                        None => cmd,
+                    };
+                    if let Some(tap) = &self.sink.tap {
+                        report(self.svc, self.svc.route.load().active, tap.client(bytes));
+                    }
+                    {
+                        let mut st = self.sink.state();
+                        st.in_flight += 1;
+                        st.in_flight_bytes += bytes.len();
+                    }
+                    {
+                        let mut g = mux.lock();
+                        g.out.extend_from_slice(bytes);
+                        g.fifo.push_back(Slot {
+                            sink: self.sink.clone(),
+                            sent: Instant::now(),
+                            bytes: bytes.len(),
+                        });
+                    }
+                    queued = Some(mux);
+                }
+                // An answer given here comes after the replies in flight.
+                Action::Reply(_) | Action::Quit if in_flight > 0 => break true,
+                Action::Reply(reply) => self.sink.deliver(&reply, 0, 0, None),
+                Action::Quit => {
+                    self.sink.deliver(b"+OK\r\n", 0, 0, None);
+                    self.quit = true;
+                }
+                Action::Auth => {}
+            }
+            let _ = inbuf.split_to(used.min(inbuf.len()));
+        };
+        if let Some(mux) = queued {
+            mux.wake.notify_one();
+        }
+        if inbuf.is_empty() && inbuf.capacity() > 0 {
+            // Idle: keep no buffer.
+            *inbuf = BytesMut::new();
+        }
+        Ok(held)
+    }
+
+    /// The connection the next command goes to: the one the commands in
+    /// flight went to while it takes commands, else (none in flight) the
+    /// thread's current one. `None`: wait for the replies in flight first.
+    fn mux_for_next(&mut self, in_flight: usize) -> Option<Arc<Mux>> {
+        if let Some(m) = &self.mux {
+            let state = m.lock().state;
+            if matches!(state, State::Connecting | State::Up) {
+                return Some(m.clone());
+            }
+            if in_flight > 0 {
+                return None;
+            }
+        }
+        let old = self.mux.take();
+        let m = current(self.svc, &self.sig, self.engine_rt);
+        if let Some(old) = old {
+            let_go(old);
+        }
+        self.mux = Some(m.clone());
+        Some(m)
+    }
+
+    /// `AUTH [user] password`, checked against the upstreams' passwords.
+    fn auth(&mut self, cmd: &[u8], inline: Option<&[Vec<u8>]>) -> Vec<u8> {
+        let args: Vec<&[u8]> = match inline {
+            Some(words) => words.iter().map(Vec::as_slice).collect(),
+            None => command::args(cmd),
+        };
+        let given = match args.as_slice() {
+            [_, pw] => Some((None, *pw)),
+            [_, user, pw] => Some((Some(*user), *pw)),
+            _ => None,
+        };
+        let Some((user, pw)) = given else {
+            return error_reply("wrong number of arguments for 'auth' command");
+        };
+        if passwords(self.svc).next().is_none() {
+            return error_reply(
+                "AUTH <password> called without any password configured for the default user. \
+                 Are you sure your configuration is correct?",
+            );
+        }
+        let ok = self.svc.cfg.upstreams.iter().any(|u| {
+            let user_ok = match user {
+                None => true,
+                Some(name) => {
+                    name == b"default" || u.user.as_deref().map(str::as_bytes) == Some(name)
+                }
+            };
+            user_ok && u.password.as_deref().map(str::as_bytes) == Some(pw)
+        });
+        self.authed = ok;
+        if ok {
+            b"+OK\r\n".to_vec()
+        } else {
+            b"-WRONGPASS invalid username-password pair or user is disabled.\r\n".to_vec()
+        }
+    }
+}

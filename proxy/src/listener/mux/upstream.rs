@@ -1,0 +1,441 @@
+//! One shared upstream connection of a multiplexed service on one L4
+//! thread ([`Mux`]): clients append whole commands to its queue, and its
+//! task writes what has gathered in one write, reads the replies and hands
+//! each, in order, to the client that sent its command. Commands queued
+//! before it is connected are held, as a new client is held without
+//! multiplexing, for `buffer_timeout_ms`.
+//!
+//! Its life: connecting (holding), up on one upstream (index, epoch),
+//! retired when the route moves away (no new commands; those in flight may
+//! finish while a recover's drain allows), closed. A client whose command
+//! was in flight when the connection was lost is closed, as its own
+//! connection would have been; the others go on, on the next one.
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::runtime::Handle;
+use tokio::sync::Notify;
+
+use super::Sink;
+use crate::listener::relay::Buffer;
+use crate::listener::{report_failed_connect, Signals};
+use crate::protocol::resp::stream::Replies;
+use crate::protocol::resp::{error_reply, write_command};
+use crate::upstream::runtime::ServiceRt;
+
+/// A command sent (or queued) on a [`Mux`], waiting for its reply.
+pub(super) struct Slot {
+    pub sink: Arc<Sink>,
+    pub sent: Instant,
+    pub bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum State {
+    Connecting,
+    Up,
+    /// The route moved away: takes no new command.
+    Retired,
+    Closed,
+}
+
+pub(super) struct Inner {
+    /// Commands not yet handed to the socket.
+    pub out: Vec<u8>,
+    /// One per command queued or sent, in order.
+    pub fifo: VecDeque<Slot>,
+    pub state: State,
+}
+
+pub(super) struct Mux {
+    inner: Mutex<Inner>,
+    /// Commands were queued, or a client let go of this connection.
+    pub wake: Notify,
+}
+
+impl Mux {
+    pub(super) fn new() -> Mux {
+        Mux {
+            inner: Mutex::new(Inner {
+                out: Vec::new(),
+                fifo: VecDeque::new(),
+                state: State::Connecting,
+            }),
+            wake: Notify::new(),
+        }
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Why a connection ended.
+enum End {
+    /// Nothing left to do on it (retired and drained, or no client left).
+    Done,
+    /// Lost (EOF, error, a reply nobody asked for) or cut (the route moved
+    /// with no drain, the engine force-closed): clients with a command in
+    /// flight are closed.
+    Lost(&'static str),
+}
+
+/// The task of one [`Mux`]: connects, serves, and on its way out takes
+/// itself off the thread's registry and settles every queued command.
+pub(super) async fn run(mux: Arc<Mux>, svc: Arc<ServiceRt>, mut sig: Signals, engine_rt: Handle) {
+    let key = super::key(&svc);
+    let Some((idx, epoch, stream)) = connect(&mux, &svc, &mut sig, &engine_rt).await else {
+        // No upstream within buffer_timeout_ms: each held command gets
+        // the error a held client gets, and its connection stays usable.
+        let slots = close(&mux, key);
+        let message = format!("continuity: no upstream available for {}", svc.name());
+        let reply = error_reply(&message);
+        for s in slots {
+            s.sink.deliver(&reply, 1, s.bytes, None);
+        }
+        return;
+    };
+    let Some(up) = svc.upstreams.get(idx).cloned() else {
+        close(&mux, key);
+        return;
+    };
+    up.active_conns
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    up.total_conns
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    up.metrics.connections.inc();
+    let _ = stream.set_nodelay(true);
+    {
+        let mut g = mux.lock();
+        if g.state == State::Connecting {
+            g.state = State::Up;
+        }
+    }
+    let end = serve(&mux, &svc, idx, epoch, stream, &mut sig).await;
+    up.active_conns
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    let slots = close(&mux, key);
+    if let End::Lost(why) = end {
+        if !slots.is_empty() {
+            tracing::debug!(
+                service = svc.name(),
+                upstream = %up.cfg.name,
+                why,
+                in_flight = slots.len(),
+                "multiplexed connection lost with commands in flight"
+            );
+        }
+    }
+    for s in slots {
+        s.sink.cut();
+    }
+}
+
+/// Marks the connection closed, takes it off this thread's registry and
+/// hands back its commands not yet answered.
+fn close(mux: &Arc<Mux>, key: usize) -> VecDeque<Slot> {
+    let slots = {
+        let mut g = mux.lock();
+        g.state = State::Closed;
+        g.out = Vec::new();
+        std::mem::take(&mut g.fifo)
+    };
+    super::unregister(key, mux);
+    slots
+}
+
+/// Waits for a usable active upstream and connects (AUTH included), as
+/// a held client does (listener/mod.rs, `wait_upstream`), until
+/// `buffer_timeout_ms` after the first held command.
+async fn connect(
+    mux: &Mux,
+    svc: &Arc<ServiceRt>,
+    sig: &mut Signals,
+    engine_rt: &Handle,
+) -> Option<(usize, u64, TcpStream)> {
+    let first = mux
+        .lock()
+        .fifo
+        .front()
+        .map_or_else(Instant::now, |s| s.sent);
+    let deadline = tokio::time::Instant::from_std(first + svc.cfg.buffer_timeout);
+    let mut changed = svc.changed_tx.subscribe();
+    let mut held = false;
+    let got = loop {
+        let route = svc.route.load_full();
+        let idx = route.active;
+        if let (true, Some(up)) = (svc.usable(&route, idx), svc.upstreams.get(idx)) {
+            let started = Instant::now();
+            let target = up.cfg.target();
+            let timeout = svc.cfg.health.connect_timeout;
+            match tokio::time::timeout(timeout, TcpStream::connect(target.as_str())).await {
+                Ok(Ok(mut stream)) => {
+                    up.metrics.connect.observe(started.elapsed().as_secs_f64());
+                    match auth(&mut stream, &up.cfg, timeout).await {
+                        Ok(()) => break Some((idx, route.epoch, stream)),
+                        Err(e) => {
+                            tracing::warn!(service = svc.name(), upstream = %up.cfg.name,
+                                error = %e, "multiplexed connection refused");
+                            break None;
+                        }
+                    }
+                }
+                Ok(Err(e)) => {
+                    let waited = started.elapsed();
+                    if !report_failed_connect(engine_rt, svc, idx, Some(e), waited).await {
+                        break None;
+                    }
+                    continue;
+                }
+                Err(_) => {
+                    let waited = started.elapsed();
+                    if !report_failed_connect(engine_rt, svc, idx, None, waited).await {
+                        break None;
+                    }
+                    continue;
+                }
+            }
+        }
+        if !held {
+            held = true;
+            svc.held.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            svc.metrics.held.with_label_values(&[svc.name()]).inc();
+        }
+        tokio::select! {
+            r = changed.changed() => if r.is_err() { break None },
+            _ = tokio::time::sleep_until(deadline) => {
+                svc.metrics.hold_timeouts.with_label_values(&[svc.name()]).inc();
+                break None;
+            }
+            _ = sig.shutdown.changed() => break None,
+        }
+    };
+    if held {
+        svc.held.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    got
+}
+
+/// `AUTH [user] password` with the upstream's probe credentials, if it has
+/// a password: the clients' own AUTH is checked by the proxy instead.
+async fn auth(
+    stream: &mut TcpStream,
+    up: &crate::config::UpstreamConfig,
+    timeout: Duration,
+) -> io::Result<()> {
+    let Some(password) = up.password.as_deref() else {
+        return Ok(());
+    };
+    let mut cmd = Vec::new();
+    match up.user.as_deref() {
+        Some(user) => write_command(
+            &[&b"AUTH"[..], user.as_bytes(), password.as_bytes()],
+            &mut cmd,
+        ),
+        None => write_command(&[&b"AUTH"[..], password.as_bytes()], &mut cmd),
+    }
+    let exchange = async {
+        stream.write_all(&cmd).await?;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 512];
+        while !got.ends_with(b"\r\n") && got.len() < 4096 {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "closed at AUTH",
+                ));
+            }
+            got.extend_from_slice(buf.get(..n).unwrap_or_default());
+        }
+        if got == b"+OK\r\n" {
+            Ok(())
+        } else {
+            let line = String::from_utf8_lossy(&got).trim_end().to_string();
+            Err(io::Error::other(format!("AUTH answered {line}")))
+        }
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "AUTH timed out"))?
+}
+
+/// Whether the route has moved away from upstream `idx` since `epoch`, and
+/// if so until when its connections may finish (a recover's drain).
+fn moved(svc: &ServiceRt, idx: usize, epoch: u64) -> Option<Option<Instant>> {
+    let route = svc.route.load_full();
+    let away = route.epoch != epoch
+        && (route.active != idx || route.fenced.get(idx).copied().unwrap_or(true));
+    away.then(|| match route.drain {
+        Some((d, until)) if d == idx => Some(until),
+        _ => None,
+    })
+}
+
+/// Writes what clients queue, reads and hands out replies, until the
+/// connection is lost, retired and drained, or unused.
+async fn serve(
+    mux: &Arc<Mux>,
+    svc: &ServiceRt,
+    idx: usize,
+    epoch: u64,
+    stream: TcpStream,
+    sig: &mut Signals,
+) -> End {
+    let Some(up) = svc.upstreams.get(idx) else {
+        return End::Lost("upstream gone");
+    };
+    let (rd, wr) = stream.into_split();
+    let mut route_rx = svc.route_tx.subscribe();
+    let mut wbuf: Vec<u8> = Vec::new();
+    let mut wpos = 0usize;
+    let mut replies = Replies::default();
+    let mut drain_until: Option<tokio::time::Instant> = None;
+    let mut retired = false;
+    loop {
+        if wpos == wbuf.len() {
+            wbuf.clear();
+            wpos = 0;
+            let mut g = mux.lock();
+            std::mem::swap(&mut wbuf, &mut g.out);
+        }
+        if wpos < wbuf.len() {
+            match wr.try_write(wbuf.get(wpos..).unwrap_or_default()) {
+                Ok(n) => {
+                    wpos += n;
+                    up.metrics.bytes_up.inc_by(n as u64);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return End::Lost("write failed"),
+            }
+            // Keep a large batch's buffer only while it is in use.
+            if wpos == wbuf.len() && wbuf.capacity() > 64 * 1024 {
+                wbuf = Vec::new();
+                wpos = 0;
+            }
+        }
+        let (empty, users) = {
+            let g = mux.lock();
+            (
+                g.fifo.is_empty() && g.out.is_empty(),
+                Arc::strong_count(mux),
+            )
+        };
+        if empty && wpos == wbuf.len() && (retired || users == 1) {
+            return End::Done;
+        }
+        tokio::select! {
+            biased;
+            r = rd.readable() => {
+                if r.is_err() {
+                    return End::Lost("read failed");
+                }
+                if let Err(why) = read_replies(mux, svc, idx, &rd, &mut replies) {
+                    return End::Lost(why);
+                }
+            }
+            _ = wr.writable(), if wpos < wbuf.len() => {}
+            _ = mux.wake.notified(), if wpos == wbuf.len() => {}
+            r = route_rx.changed(), if !retired => {
+                if r.is_err() {
+                    // The service is gone: serve on until unused.
+                    retired = true;
+                } else if let Some(drain) = moved(svc, idx, epoch) {
+                    retired = true;
+                    mux.lock().state = State::Retired;
+                    super::unregister(super::key(svc), mux);
+                    match drain {
+                        Some(until) => drain_until = Some(tokio::time::Instant::from_std(until)),
+                        None => return End::Lost("the route moved away"),
+                    }
+                }
+            }
+            _ = sleep_opt(drain_until) => return End::Lost("drain period over"),
+            _ = sig.force_close.changed() => return End::Lost("force-closed"),
+        }
+    }
+}
+
+async fn sleep_opt(until: Option<tokio::time::Instant>) {
+    match until {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One read of replies, each byte handed to the client whose command is
+/// at the front of the queue, in order; a client's consecutive replies go
+/// out in one write. An error: what the upstream sent cannot be matched
+/// to the commands (a protocol error, or a reply nobody asked for).
+fn read_replies(
+    mux: &Mux,
+    svc: &ServiceRt,
+    idx: usize,
+    rd: &tokio::net::tcp::OwnedReadHalf,
+    replies: &mut Replies,
+) -> Result<(), &'static str> {
+    let mut buf = Buffer::take();
+    let n = match rd.try_read(&mut buf.0) {
+        Ok(0) => return Err("upstream closed"),
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+        Err(_) => return Err("read failed"),
+    };
+    let chunk = buf.0.get(..n).unwrap_or_default();
+    let Some(up) = svc.upstreams.get(idx) else {
+        return Err("upstream gone");
+    };
+    up.metrics.bytes_down.inc_by(n as u64);
+    let now = Instant::now();
+    let mut rest = chunk;
+    // The run of bytes for one client not yet handed over: its sink,
+    // where it starts, replies completed in it and their commands' bytes.
+    let mut run: Option<(Arc<Sink>, usize, usize, usize)> = None;
+    while !rest.is_empty() {
+        let at = n - rest.len();
+        let front = mux.lock().fifo.front().map(|s| s.sink.clone());
+        let Some(sink) = front else {
+            return Err("a reply nobody asked for");
+        };
+        if let Some((s, start, done, bytes)) = run.take() {
+            if Arc::ptr_eq(&s, &sink) {
+                run = Some((s, start, done, bytes));
+            } else {
+                s.deliver(
+                    chunk.get(start..at).unwrap_or_default(),
+                    done,
+                    bytes,
+                    Some((svc, idx)),
+                );
+            }
+        }
+        let (s, start, mut done, mut bytes) = run.take().unwrap_or((sink, at, 0, 0));
+        let complete = replies
+            .next(&mut rest)
+            .map_err(|_| "upstream protocol error")?;
+        if complete.is_some() {
+            if let Some(slot) = mux.lock().fifo.pop_front() {
+                let d = now.saturating_duration_since(slot.sent);
+                up.metrics.response.observe(d.as_secs_f64());
+                up.inline.record(d);
+                done += 1;
+                bytes += slot.bytes;
+            }
+        }
+        run = Some((s, start, done, bytes));
+    }
+    if let Some((s, start, done, bytes)) = run {
+        s.deliver(
+            chunk.get(start..).unwrap_or_default(),
+            done,
+            bytes,
+            Some((svc, idx)),
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,321 @@
+//! `multiplex = true` (redis, issue #16): clients' commands share one
+//! upstream connection per L4 thread. Real redis-server pairs, a real
+//! kill -9, raw RESP clients: every client gets its own replies in order
+//! (pipelined, large values, many at once), the server sees a handful of
+//! connections instead of one per client, commands that would hold the
+//! shared connection are refused without harming it, AUTH is checked by
+//! the proxy, and an idle client carries on across a failover.
+
+mod support;
+
+use std::io::{BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use support::continuity::Continuity;
+use support::redis::{encode, read_reply};
+use support::*;
+
+const HEALTH: &str = "check_interval_seconds = 0.2\nfailure_threshold = 2\nhold_down_seconds = 1\nconnect_timeout_ms = 300";
+
+fn engine(pair: &RedisPair, cred: &str) -> (Continuity, String) {
+    engine_on(&pair.primary, &pair.replica, cred)
+}
+
+fn engine_on(primary: &RedisServer, replica: &RedisServer, cred: &str) -> (Continuity, String) {
+    let listen = loopback(free_port());
+    let engine = Continuity::builder()
+        .health(HEALTH)
+        .service(&format!(
+            r#"name = "cache"
+kind = "redis"
+listen = "{listen}"
+on_failover = "promote"
+buffer_timeout_ms = 10000
+multiplex = true
+upstreams = [
+  {{ name = "cache-a", address = "{p}", role = "primary"{cred} }},
+  {{ name = "cache-b", address = "{r}", role = "secondary"{cred} }},
+]"#,
+            p = primary.addr(),
+            r = replica.addr()
+        ))
+        .start();
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            engine.get("/api/ops/health").1["services"][0]["status"] == "healthy"
+        }),
+        "never healthy:\n{}",
+        engine.log_text()
+    );
+    (engine, listen)
+}
+
+/// A raw RESP connection through the proxy.
+struct Conn {
+    r: BufReader<TcpStream>,
+}
+
+impl Conn {
+    fn open(addr: &str) -> Conn {
+        let s = TcpStream::connect(addr).expect("connect to the proxy");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        Conn {
+            r: BufReader::new(s),
+        }
+    }
+
+    fn send(&mut self, args: &[&str]) {
+        self.r.get_mut().write_all(&encode(args)).expect("send");
+    }
+
+    fn reply(&mut self) -> Resp {
+        read_reply(&mut self.r).unwrap_or_else(|e| panic!("reply: {e:?}"))
+    }
+
+    fn call(&mut self, args: &[&str]) -> Resp {
+        self.send(args);
+        self.reply()
+    }
+
+    /// Whether the proxy closed this connection (EOF or reset within 10 s).
+    fn closed(&mut self) -> bool {
+        let mut b = [0u8; 256];
+        loop {
+            match self.r.read(&mut b) {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => continue,
+            }
+        }
+    }
+}
+
+fn ok(r: Resp) {
+    assert!(matches!(&r, Resp::Simple(s) if s == "OK"), "{r:?}");
+}
+
+fn bulk(r: Resp) -> String {
+    match r {
+        Resp::Bulk(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
+        other => panic!("not a bulk string: {other:?}"),
+    }
+}
+
+fn refused(r: Resp, what: &str) {
+    assert!(
+        matches!(&r, Resp::Error(e) if e.contains("not supported on a multiplexed connection")),
+        "{what}: {r:?}"
+    );
+}
+
+/// Clients of the primary, by `INFO clients` (replicas are not counted).
+fn connected_clients(server: &RedisServer) -> usize {
+    server
+        .info("clients")
+        .lines()
+        .find_map(|l| l.strip_prefix("connected_clients:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(usize::MAX)
+}
+
+#[test]
+fn many_clients_share_a_few_upstream_connections_and_each_gets_its_own_replies() {
+    let pair = RedisPair::start();
+    let (engine, listen) = engine(&pair, "");
+    let before = connected_clients(&pair.primary);
+
+    // 40 clients at once, each writing and reading back its own keys, one
+    // command at a time and in pipelined bursts of 8.
+    let clients: Vec<_> = (0..40)
+        .map(|c| {
+            let listen = listen.clone();
+            std::thread::spawn(move || {
+                let mut conn = Conn::open(&listen);
+                for round in 0..50 {
+                    let key = format!("k{c}:{round}");
+                    let value = format!("v{c}:{round}");
+                    ok(conn.call(&["SET", &key, &value]));
+                    assert_eq!(bulk(conn.call(&["GET", &key])), value);
+                    let mut burst = Vec::new();
+                    for i in 0..8 {
+                        burst.extend(encode(&["INCR", &format!("n{c}")]));
+                        burst.extend(encode(&["GET", &format!("k{c}:{}", round.min(i))]));
+                    }
+                    conn.r.get_mut().write_all(&burst).expect("burst");
+                    for i in 0..8 {
+                        let n = match conn.reply() {
+                            Resp::Int(n) => n,
+                            other => panic!("INCR: {other:?}"),
+                        };
+                        assert_eq!(n, round * 8 + i + 1);
+                        assert_eq!(bulk(conn.reply()), format!("v{c}:{}", round.min(i)));
+                    }
+                }
+                conn
+            })
+        })
+        .collect();
+    let mut conns: Vec<Conn> = clients
+        .into_iter()
+        .map(|t| t.join().expect("client thread"))
+        .collect();
+    // All 40 still connected: the server has one connection per L4 thread
+    // for them (2 on this machine), not 40.
+    let during = connected_clients(&pair.primary);
+    assert!(
+        during <= before + 4,
+        "{during} clients on the primary with 40 multiplexed clients (before: {before})"
+    );
+
+    // A 3 MiB value, pipelined between small commands of another client.
+    let big = "x".repeat(3 * 1024 * 1024);
+    let (first, rest) = conns.split_at_mut(1);
+    let (a, b) = (&mut first[0], &mut rest[0]);
+    a.send(&["SET", "big", &big]);
+    b.send(&["PING"]);
+    ok(a.reply());
+    assert!(matches!(b.reply(), Resp::Simple(s) if s == "PONG"));
+    a.send(&["GET", "big"]);
+    a.send(&["STRLEN", "big"]);
+    b.send(&["GET", "k0:0"]);
+    assert_eq!(bulk(a.reply()).len(), big.len());
+    assert!(matches!(a.reply(), Resp::Int(n) if n == big.len() as i64));
+    assert_eq!(bulk(b.reply()), "v0:0");
+    // Inline commands are sent as arrays.
+    a.r.get_mut()
+        .write_all(b"PING\r\nGET k1:0\r\n")
+        .expect("inline");
+    assert!(matches!(a.reply(), Resp::Simple(s) if s == "PONG"));
+    assert_eq!(bulk(a.reply()), "v1:0");
+
+    // Each command is timed in the request path, as on a relay.
+    let timed = engine
+        .metrics()
+        .lines()
+        .find(|l| {
+            l.starts_with("continuity_inline_latency_seconds_count{")
+                && l.contains("phase=\"response\"")
+                && l.contains("upstream=\"cache-a\"")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(timed >= 40.0 * 50.0 * 18.0, "{timed} commands timed");
+}
+
+#[test]
+fn commands_that_would_hold_the_shared_connection_are_refused_and_it_goes_on() {
+    let pair = RedisPair::start();
+    let (_engine, listen) = engine(&pair, "");
+    let mut other = Conn::open(&listen);
+    ok(other.call(&["SET", "shared", "1"]));
+
+    let mut c = Conn::open(&listen);
+    refused(c.call(&["MULTI"]), "MULTI");
+    refused(c.call(&["WATCH", "k"]), "WATCH");
+    refused(c.call(&["BLPOP", "nothing", "0"]), "BLPOP");
+    refused(
+        c.call(&["XREAD", "BLOCK", "0", "STREAMS", "s", "$"]),
+        "XREAD BLOCK",
+    );
+    refused(c.call(&["SUBSCRIBE", "ch"]), "SUBSCRIBE");
+    refused(c.call(&["CLIENT", "KILL", "TYPE", "normal"]), "CLIENT KILL");
+    refused(c.call(&["HELLO", "3"]), "HELLO");
+    refused(c.call(&["SELECT", "1"]), "SELECT 1");
+    ok(c.call(&["SELECT", "0"]));
+    // A refusal queued behind replies in flight comes after them.
+    let mut burst = encode(&["GET", "shared"]);
+    burst.extend(encode(&["MULTI"]));
+    burst.extend(encode(&["GET", "shared"]));
+    c.r.get_mut().write_all(&burst).expect("burst");
+    assert_eq!(bulk(c.reply()), "1");
+    refused(c.reply(), "MULTI after GET");
+    assert_eq!(bulk(c.reply()), "1");
+    // PUBLISH is fine (it holds nothing).
+    assert!(matches!(c.call(&["PUBLISH", "ch", "m"]), Resp::Int(0)));
+
+    // A malformed command is a protocol error for its client only: told,
+    // closed, and never sent to the shared connection.
+    let mut bad = Conn::open(&listen);
+    bad.r
+        .get_mut()
+        .write_all(b"*2\r\n$3\r\nGET\r\n$1\r\nab\r\n")
+        .expect("send");
+    assert!(matches!(bad.reply(), Resp::Error(e) if e.contains("Protocol error")));
+    assert!(bad.closed());
+    let mut quote = Conn::open(&listen);
+    quote.r.get_mut().write_all(b"GET \"a\r\n").expect("send");
+    assert!(matches!(quote.reply(), Resp::Error(e) if e.contains("quotes")));
+    assert!(matches!(quote.call(&["PING"]), Resp::Simple(s) if s == "PONG"));
+    assert_eq!(bulk(other.call(&["GET", "shared"])), "1");
+    assert_eq!(bulk(c.call(&["GET", "shared"])), "1");
+    // QUIT: +OK, then closed.
+    ok(c.call(&["QUIT"]));
+    assert!(c.closed());
+}
+
+#[test]
+fn auth_is_checked_by_the_proxy_against_the_upstream_password() {
+    const ENV: &str = "CONTINUITY_TEST_MUX_REDIS_PW";
+    const PW: &str = "s3cret-mux";
+    std::env::set_var(ENV, PW);
+    let a = RedisServer::with_args(&["--requirepass", PW]).start();
+    let b = RedisServer::with_args(&["--requirepass", PW]).start();
+    let (_engine, listen) = engine_on(&a, &b, &format!(", password_env = \"{ENV}\""));
+    let mut c = Conn::open(&listen);
+    assert!(matches!(c.call(&["GET", "k"]), Resp::Error(e) if e.starts_with("NOAUTH")));
+    assert!(matches!(c.call(&["AUTH", "wrong"]), Resp::Error(e) if e.starts_with("WRONGPASS")));
+    assert!(matches!(c.call(&["SET", "k", "v"]), Resp::Error(e) if e.starts_with("NOAUTH")));
+    ok(c.call(&["AUTH", PW]));
+    ok(c.call(&["SET", "k", "v"]));
+    let mut d = Conn::open(&listen);
+    ok(d.call(&["AUTH", "default", PW]));
+    assert_eq!(bulk(d.call(&["GET", "k"])), "v");
+}
+
+#[test]
+fn idle_clients_carry_on_across_a_kill_9_and_a_new_client_is_held_then_served() {
+    let mut pair = RedisPair::start();
+    let (engine, listen) = engine(&pair, "");
+    let mut idle: Vec<Conn> = (0..10)
+        .map(|i| {
+            let mut c = Conn::open(&listen);
+            ok(c.call(&["SET", &format!("pre{i}"), "v"]));
+            c
+        })
+        .collect();
+    pair.primary.cmd(&["WAIT", "1", "2000"]).expect("WAIT");
+    pair.primary.kill();
+    // A client that connects and sends during the outage is held, then
+    // answered by the promoted replica: no error.
+    let held = {
+        let listen = listen.clone();
+        std::thread::spawn(move || {
+            let mut c = Conn::open(&listen);
+            c.call(&["SET", "during", "1"])
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            engine.get("/api/ops/failover/status").1["services"][0]["active_upstream"] == "cache-b"
+        }),
+        "no failover:\n{}",
+        engine.log_text()
+    );
+    ok(held.join().expect("held client"));
+    for (i, c) in idle.iter_mut().enumerate() {
+        assert_eq!(bulk(c.call(&["GET", &format!("pre{i}")])), "v");
+        ok(c.call(&["SET", &format!("post{i}"), "w"]));
+    }
+    assert_eq!(
+        pair.replica
+            .cmd(&["GET", "post9"])
+            .expect("on the new primary"),
+        "w"
+    );
+    assert_eq!(
+        pair.replica.cmd(&["GET", "during"]).expect("held write"),
+        "1"
+    );
+}
