@@ -7,13 +7,12 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::Read;
 use std::time::Duration;
 
 use support::continuity::Continuity;
 use support::python::{has_module, PyDriver};
-use support::redis::{encode, read_reply};
+use support::redis::{bulk, ok, RespConn};
 use support::*;
 
 const HEALTH: &str = "check_interval_seconds = 0.2\nfailure_threshold = 2\nhold_down_seconds = 1\nconnect_timeout_ms = 300";
@@ -70,62 +69,6 @@ fn reattached(engine: &Continuity, outcome: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// A raw RESP connection through the proxy.
-struct Conn {
-    r: BufReader<TcpStream>,
-}
-
-impl Conn {
-    fn open(addr: &str) -> Conn {
-        let s = TcpStream::connect(addr).expect("connect to the proxy");
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        Conn {
-            r: BufReader::new(s),
-        }
-    }
-
-    fn send(&mut self, args: &[&str]) {
-        self.r.get_mut().write_all(&encode(args)).expect("send");
-    }
-
-    /// Sends and reads a RESP2 reply.
-    fn call(&mut self, args: &[&str]) -> Resp {
-        self.send(args);
-        read_reply(&mut self.r).unwrap_or_else(|e| panic!("{args:?}: {e:?}"))
-    }
-
-    /// Sends and returns the first line of the reply (RESP3 replies too).
-    fn first_line(&mut self, args: &[&str]) -> String {
-        self.send(args);
-        let mut line = String::new();
-        self.r.read_line(&mut line).expect("a reply");
-        line
-    }
-
-    /// Whether the proxy closed this connection (EOF or reset within 10 s).
-    fn closed(&mut self) -> bool {
-        let mut b = [0u8; 256];
-        loop {
-            match self.r.read(&mut b) {
-                Ok(0) | Err(_) => return true,
-                // A subscriber may still get a message; keep reading.
-                Ok(_) => continue,
-            }
-        }
-    }
-}
-
-fn ok(r: Resp) {
-    assert!(matches!(&r, Resp::Simple(s) if s == "OK"), "{r:?}");
-}
-
-fn bulk(r: Resp) -> String {
-    match r {
-        Resp::Bulk(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
-        other => panic!("not a bulk string: {other:?}"),
-    }
-}
-
 #[test]
 fn idle_connections_follow_a_kill_9_with_their_session_and_busy_ones_are_closed() {
     let mut pair = RedisPair::start();
@@ -134,9 +77,9 @@ fn idle_connections_follow_a_kill_9_with_their_session_and_busy_ones_are_closed(
 
     // Idle, with replayable state: AUTH (the default user takes any
     // password), SELECT, CLIENT SETNAME.
-    let mut idle: Vec<Conn> = (0..12)
+    let mut idle: Vec<RespConn> = (0..12)
         .map(|i| {
-            let mut c = Conn::open(&listen);
+            let mut c = RespConn::open(&listen);
             ok(c.call(&["AUTH", "default", "any"]));
             ok(c.call(&["SELECT", "3"]));
             ok(c.call(&["CLIENT", "SETNAME", &format!("idle{i}")]));
@@ -145,9 +88,9 @@ fn idle_connections_follow_a_kill_9_with_their_session_and_busy_ones_are_closed(
         })
         .collect();
     // Idle, speaking RESP3.
-    let mut resp3: Vec<Conn> = (0..3)
+    let mut resp3: Vec<RespConn> = (0..3)
         .map(|i| {
-            let mut c = Conn::open(&listen);
+            let mut c = RespConn::open(&listen);
             let hello = c.first_line(&["HELLO", "3"]);
             assert!(hello.starts_with('%'), "{hello:?}");
             // The rest of HELLO's map: read until the connection is quiet.
@@ -167,15 +110,15 @@ fn idle_connections_follow_a_kill_9_with_their_session_and_busy_ones_are_closed(
         })
         .collect();
     // Not idle, or with state that cannot be replayed: closed.
-    let mut multi = Conn::open(&listen);
+    let mut multi = RespConn::open(&listen);
     ok(multi.call(&["MULTI"]));
-    let mut watch = Conn::open(&listen);
+    let mut watch = RespConn::open(&listen);
     ok(watch.call(&["WATCH", "k"]));
-    let mut sub = Conn::open(&listen);
+    let mut sub = RespConn::open(&listen);
     sub.call(&["SUBSCRIBE", "ch"]);
-    let mut tracking = Conn::open(&listen);
+    let mut tracking = RespConn::open(&listen);
     ok(tracking.call(&["CLIENT", "TRACKING", "on"]));
-    let mut blocked = Conn::open(&listen);
+    let mut blocked = RespConn::open(&listen);
     blocked.send(&["BLPOP", "nothing", "0"]);
     std::thread::sleep(Duration::from_millis(200));
 
@@ -222,7 +165,7 @@ fn idle_connections_follow_a_kill_9_with_their_session_and_busy_ones_are_closed(
 fn a_connection_the_server_closes_on_purpose_is_closed() {
     let pair = RedisPair::start();
     let (engine, listen) = engine(&pair, "");
-    let mut c = Conn::open(&listen);
+    let mut c = RespConn::open(&listen);
     ok(c.call(&["CLIENT", "SETNAME", "victim"]));
     let killed = pair
         .primary

@@ -107,6 +107,23 @@ impl Workers {
 }
 
 impl Workers {
+    /// Runs one connection's task on thread `slot` (modulo their number):
+    /// every client of a multiplexed Redis service goes to the same
+    /// thread, so that they share one upstream connection (listener/mux).
+    pub fn spawn_at<F>(&self, slot: usize, make: impl FnOnce() -> F + Send + 'static)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let Some(w) = self.workers.get(slot % self.workers.len().max(1)) else {
+            return;
+        };
+        let live = Live::new(&w.live);
+        w.handle.spawn(async move {
+            let _live = live;
+            make().await;
+        });
+    }
+
     /// Runs `make()`'s future to its end on the thread serving the fewest
     /// tasks and hands back its output; `None` if that thread's runtime is
     /// gone (the engine is stopping). The future is built and polled on

@@ -370,3 +370,70 @@ pub fn read_reply(r: &mut impl BufRead) -> Result<Resp, RedisError> {
         _ => Err(RedisError::Protocol(format!("unknown reply {line:?}"))),
     }
 }
+
+/// A raw RESP connection kept open across commands (through a proxy, to
+/// see what one client connection sees): commands sent, replies read one
+/// at a time, and whether the other side closed it.
+pub struct RespConn {
+    pub r: BufReader<TcpStream>,
+}
+
+impl RespConn {
+    pub fn open(addr: &str) -> RespConn {
+        let s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("read timeout");
+        RespConn {
+            r: BufReader::new(s),
+        }
+    }
+
+    pub fn send(&mut self, args: &[&str]) {
+        self.r.get_mut().write_all(&encode(args)).expect("send");
+    }
+
+    /// The next RESP2 reply.
+    pub fn reply(&mut self) -> Resp {
+        read_reply(&mut self.r).unwrap_or_else(|e| panic!("reply: {e:?}"))
+    }
+
+    /// Sends and reads a RESP2 reply.
+    pub fn call(&mut self, args: &[&str]) -> Resp {
+        self.send(args);
+        read_reply(&mut self.r).unwrap_or_else(|e| panic!("{args:?}: {e:?}"))
+    }
+
+    /// Sends and returns the first line of the reply (RESP3 replies too).
+    pub fn first_line(&mut self, args: &[&str]) -> String {
+        self.send(args);
+        let mut line = String::new();
+        self.r.read_line(&mut line).expect("a reply");
+        line
+    }
+
+    /// Whether the other side closed this connection (EOF or reset within
+    /// 10 s); what still arrives first (a subscriber's message) is skipped.
+    pub fn closed(&mut self) -> bool {
+        use std::io::Read;
+        let mut b = [0u8; 256];
+        loop {
+            match self.r.read(&mut b) {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => continue,
+            }
+        }
+    }
+}
+
+/// Asserts a `+OK`.
+pub fn ok(r: Resp) {
+    assert!(matches!(&r, Resp::Simple(s) if s == "OK"), "{r:?}");
+}
+
+/// A bulk string's text; panics on anything else.
+pub fn bulk(r: Resp) -> String {
+    match r {
+        Resp::Bulk(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
+        other => panic!("not a bulk string: {other:?}"),
+    }
+}

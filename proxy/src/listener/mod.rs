@@ -101,6 +101,7 @@ pub async fn accept_loop(
         .max_connections
         .map(|n| Arc::new(Semaphore::new(n.max(1) as usize)));
     let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
+    let mux_thread = svc.cfg.multiplex.then(|| mux::thread_of(svc.name()));
     // `hot`: keeps standby connections ready while this loop runs.
     let _pool_keeper = pool::spawn_keeper(&svc, sig.shutdown.clone());
     loop {
@@ -150,7 +151,7 @@ pub async fn accept_loop(
         let fallback = fallback.clone();
         let sig = sig.clone();
         let engine_rt = engine_rt.clone();
-        workers.spawn(move || async move {
+        let serve = move || async move {
             let _permit = permit;
             let _guard = guard;
             let result = match TcpStream::from_std(stream) {
@@ -160,7 +161,13 @@ pub async fn accept_loop(
             if let Err(e) = result {
                 tracing::debug!(service = svc.name(), %peer, error = %e, "connection ended with error");
             }
-        });
+        };
+        match mux_thread {
+            // A multiplexed service's clients all live on one thread and
+            // share its upstream connection (listener/mux).
+            Some(slot) => workers.spawn_at(slot, serve),
+            None => workers.spawn(serve),
+        }
     }
 }
 

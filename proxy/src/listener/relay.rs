@@ -384,7 +384,10 @@ async fn pump_rewritten(
 /// Through `poll_read` rather than `try_read`: a read that fills less than
 /// the buffer tells tokio the socket is drained, which saves the next
 /// wait the `read()` syscall that would only return `EAGAIN`.
-fn read_now(r: &mut ReadHalf<'_>, buf: &mut [u8]) -> Option<io::Result<usize>> {
+pub(super) fn read_now<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut [u8],
+) -> Option<io::Result<usize>> {
     let mut cx = Context::from_waker(Waker::noop());
     let mut rb = ReadBuf::new(buf);
     match Pin::new(r).poll_read(&mut cx, &mut rb) {

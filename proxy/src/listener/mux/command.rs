@@ -134,17 +134,28 @@ fn inline(buf: &[u8]) -> Result<Step, &'static str> {
     }
 }
 
+/// Bounds of a command [`Scan`] has cut whole.
+const LIMITS: Limits = Limits {
+    max_line: MAX_HEADER,
+    max_bulk: MAX_COMMAND,
+    max_elements: MAX_ARGS as usize,
+    ..Limits::RESP2_REPLY
+};
+
 /// The arguments of a whole multibulk command, in place.
 pub(super) fn args(cmd: &[u8]) -> Vec<&[u8]> {
-    const LIMITS: Limits = Limits {
-        max_line: MAX_HEADER,
-        max_bulk: MAX_COMMAND,
-        max_elements: MAX_ARGS as usize,
-        ..Limits::RESP2_REPLY
-    };
     match multibulk(cmd, &LIMITS) {
         Ok(Some(args)) => args.map_while(Result::ok).collect(),
         _ => Vec::new(),
+    }
+}
+
+/// The name of a whole multibulk command (its first argument), in place:
+/// what every command costs to classify, without collecting the others.
+pub(super) fn name(cmd: &[u8]) -> &[u8] {
+    match multibulk(cmd, &LIMITS) {
+        Ok(Some(mut args)) => args.next().and_then(Result::ok).unwrap_or_default(),
+        _ => &[],
     }
 }
 
@@ -299,7 +310,9 @@ mod tests {
         ] {
             assert_eq!(classify(name, no_args), Action::Forward);
         }
-        let select0 = args(b"*2\r\n$6\r\nSELECT\r\n$1\r\n0\r\n");
+        let cmd = b"*2\r\n$6\r\nSELECT\r\n$1\r\n0\r\n";
+        assert_eq!(name(cmd), b"SELECT");
+        let select0 = args(cmd);
         assert_eq!(
             classify(b"SELECT", || select0),
             Action::Reply(b"+OK\r\n".to_vec())

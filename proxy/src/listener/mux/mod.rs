@@ -1,8 +1,10 @@
 //! `multiplex = true` (redis): the commands of a service's clients share
-//! one upstream connection per L4 thread, pipelined together, instead of
-//! one upstream connection each (what twemproxy and Envoy's Redis proxy
-//! do). Each client's commands are cut whole from its stream and checked
-//! (command.rs); those that may go are queued on the thread's connection
+//! one upstream connection, pipelined together, instead of one upstream
+//! connection each (what twemproxy and Envoy's Redis proxy do): the
+//! service's clients all live on one L4 thread ([`thread_of`]), which keeps
+//! one connection per service. Each client's commands are cut whole from
+//! its stream and checked (command.rs); those that may go are queued on the
+//! thread's connection
 //! (upstream.rs), whose task writes every command queued since its last
 //! write in one `write`; the server answers the batch in one `write` too,
 //! and each reply is written to its client in order. Per command, the
@@ -27,7 +29,7 @@ use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 
-use super::relay::Buffer;
+use super::relay::{read_now, Buffer};
 use super::Signals;
 use crate::observe::Tap;
 use crate::protocol::resp::error_reply;
@@ -47,11 +49,28 @@ const MAX_IN_FLIGHT_BYTES: usize = 1024 * 1024;
 /// Replies written to a client's socket only in part, past which its
 /// commands are not read until it reads (back-pressure).
 const MAX_PENDING: usize = 1024 * 1024;
+/// Replies waiting for one client past which it is closed, as Redis's
+/// `client-output-buffer-limit` does: the shared connection cannot stop
+/// for one client that does not read what it asked for.
+const MAX_PENDING_HARD: usize = 64 * 1024 * 1024;
 
 thread_local! {
     /// This thread's current connection per multiplexed service (keyed by
     /// the service's address). Weak: a connection no client uses ends.
     static MUXES: RefCell<Vec<(usize, Weak<Mux>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The L4 thread (modulo their number) whose upstream connection a
+/// multiplexed service's clients share: one thread, so that every command
+/// joins the same batches. Measured here (2 cores, redis-benchmark -c 50):
+/// one shared connection on one thread gave 72-76k SET/s and a GET p99 of
+/// 0.7-0.8 ms, one per thread on two threads 63-66k and 1.9-2.0 ms
+/// (BENCHMARKS.md, "Issue #16: multiplexing"). Services spread over the
+/// threads by name.
+pub(super) fn thread_of(service: &str) -> usize {
+    service.bytes().fold(0usize, |h, b| {
+        h.wrapping_mul(31).wrapping_add(usize::from(b))
+    })
 }
 
 fn key(svc: &ServiceRt) -> usize {
@@ -149,6 +168,14 @@ impl Sink {
                 } else {
                     st.pending.extend_from_slice(data);
                 }
+                if st.pending.len() > MAX_PENDING_HARD {
+                    tracing::warn!(
+                        pending = st.pending.len(),
+                        "multiplexed client closed: it does not read its replies"
+                    );
+                    st.pending = Vec::new();
+                    st.gone = true;
+                }
             }
             st.in_flight = st.in_flight.saturating_sub(done);
             st.in_flight_bytes = st.in_flight_bytes.saturating_sub(bytes);
@@ -206,7 +233,7 @@ pub(super) async fn serve(
     engine_rt: Handle,
 ) -> io::Result<()> {
     let _ = client.set_nodelay(true);
-    let (rd, wr) = client.into_split();
+    let (mut rd, wr) = client.into_split();
     let sink = Arc::new(Sink {
         wr,
         st: Mutex::new(SinkState::default()),
@@ -255,7 +282,7 @@ pub(super) async fn serve(
                 if let Err(e) = r {
                     break Err(e);
                 }
-                match read_into(&rd, &mut inbuf) {
+                match read_into(&mut rd, &mut inbuf) {
                     Ok(Some(0)) => eof = true,
                     Ok(_) => {}
                     Err(e) => break Err(e),
@@ -280,20 +307,21 @@ fn let_go(mux: Arc<Mux>) {
 }
 
 /// One read of the client's socket into `inbuf`; `None` if it held
-/// nothing. Into a pooled buffer when `inbuf` is empty, so an idle client
-/// keeps no buffer (issue 16's 4 KiB per connection).
+/// nothing. Through a pooled buffer, so an idle client keeps none (issue
+/// 16's 4 KiB per connection), and through `read_now`, so a short read
+/// marks the socket drained and the next wait costs no `EAGAIN` read.
 fn read_into(
-    rd: &tokio::net::tcp::OwnedReadHalf,
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
     inbuf: &mut BytesMut,
 ) -> io::Result<Option<usize>> {
     let mut buf = Buffer::take();
-    match rd.try_read(&mut buf.0) {
-        Ok(n) => {
+    match read_now(rd, &mut buf.0) {
+        Some(Ok(n)) => {
             inbuf.extend_from_slice(buf.0.get(..n).unwrap_or_default());
             Ok(Some(n))
         }
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-        Err(e) => Err(e),
+        Some(Err(e)) => Err(e),
+        None => Ok(None),
     }
 }
 
@@ -325,6 +353,8 @@ impl Client<'_> {
     /// another connection, must not overtake them).
     fn run(&mut self, inbuf: &mut BytesMut) -> io::Result<bool> {
         let mut queued = None;
+        // One clock read for the commands of one read.
+        let mut now = None;
         let held = loop {
             if self.quit {
                 inbuf.clear();
@@ -369,11 +399,7 @@ impl Client<'_> {
                     let name = words.first().map(Vec::as_slice).unwrap_or_default();
                     command::classify(name, || words.iter().map(Vec::as_slice).collect())
                 }
-                None => {
-                    let all = command::args(cmd);
-                    let name = all.first().copied().unwrap_or_default();
-                    command::classify(name, || all.clone())
-                }
+                None => command::classify(command::name(cmd), || command::args(cmd)),
             };
             let action = match action {
                 Action::Auth => Action::Reply(self.auth(cmd, inline.as_deref())),
@@ -409,7 +435,7 @@ impl Client<'_> {
                         g.out.extend_from_slice(bytes);
                         g.fifo.push_back(Slot {
                             sink: self.sink.clone(),
-                            sent: Instant::now(),
+                            sent: *now.get_or_insert_with(Instant::now),
                             bytes: bytes.len(),
                         });
                     }

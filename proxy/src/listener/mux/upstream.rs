@@ -1,5 +1,5 @@
-//! One shared upstream connection of a multiplexed service on one L4
-//! thread ([`Mux`]): clients append whole commands to its queue, and its
+//! The shared upstream connection of a multiplexed service, on the L4
+//! thread that serves its clients ([`Mux`]): clients append whole commands to its queue, and its
 //! task writes what has gathered in one write, reads the replies and hands
 //! each, in order, to the client that sent its command. Commands queued
 //! before it is connected are held, as a new client is held without
@@ -22,7 +22,7 @@ use tokio::runtime::Handle;
 use tokio::sync::Notify;
 
 use super::Sink;
-use crate::listener::relay::Buffer;
+use crate::listener::relay::{read_now, Buffer};
 use crate::listener::{report_failed_connect, Signals};
 use crate::protocol::resp::stream::Replies;
 use crate::protocol::resp::{error_reply, write_command};
@@ -290,8 +290,10 @@ async fn serve(
     let Some(up) = svc.upstreams.get(idx) else {
         return End::Lost("upstream gone");
     };
-    let (rd, wr) = stream.into_split();
+    let (mut rd, wr) = stream.into_split();
     let mut route_rx = svc.route_tx.subscribe();
+    // A move between the connect and this subscription is seen at once.
+    route_rx.mark_changed();
     let mut wbuf: Vec<u8> = Vec::new();
     let mut wpos = 0usize;
     let mut replies = Replies::default();
@@ -335,7 +337,7 @@ async fn serve(
                 if r.is_err() {
                     return End::Lost("read failed");
                 }
-                if let Err(why) = read_replies(mux, svc, idx, &rd, &mut replies) {
+                if let Err(why) = read_replies(mux, svc, idx, &mut rd, &mut replies) {
                     return End::Lost(why);
                 }
             }
@@ -376,15 +378,15 @@ fn read_replies(
     mux: &Mux,
     svc: &ServiceRt,
     idx: usize,
-    rd: &tokio::net::tcp::OwnedReadHalf,
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
     replies: &mut Replies,
 ) -> Result<(), &'static str> {
     let mut buf = Buffer::take();
-    let n = match rd.try_read(&mut buf.0) {
-        Ok(0) => return Err("upstream closed"),
-        Ok(n) => n,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-        Err(_) => return Err("read failed"),
+    let n = match read_now(rd, &mut buf.0) {
+        Some(Ok(0)) => return Err("upstream closed"),
+        Some(Ok(n)) => n,
+        None => return Ok(()),
+        Some(Err(_)) => return Err("read failed"),
     };
     let chunk = buf.0.get(..n).unwrap_or_default();
     let Some(up) = svc.upstreams.get(idx) else {
