@@ -522,17 +522,19 @@ def report_load(d):
                 meta["rss"].setdefault(proc, {})[phase] = json.load(open(os.path.join(rd, fn)))
             except ValueError:
                 pass
-    targets = [t for t in ("direct", "continuity", "haproxy") if any(r["target"] == t for r in recs)]
+    targets = [t for t in ("direct", "continuity", "continuity-mux", "haproxy")
+               if any(r["target"] == t for r in recs)]
     out = machine_header(d)
     for bench, desc in LOAD_BENCHES:
         rs = [r for r in recs if r["bench"] == bench]
         if not rs:
             continue
         out.append(f"### {bench}: `{desc}`\n")
-        n = {t: sum(1 for r in rs if r["target"] == t) for t in targets}
+        here = [t for t in targets if any(r["target"] == t for r in rs)]
+        n = {t: sum(1 for r in rs if r["target"] == t) for t in here}
         bad = [r for r in rs if r.get("exit") != 0]
         sup = sum(1 for r in allrecs if r["bench"] == bench and r.get("superseded"))
-        out.append("Runs per target: " + ", ".join(f"{t} {n[t]}" for t in targets)
+        out.append("Runs per target: " + ", ".join(f"{t} {n[t]}" for t in here)
                    + (f" (plus {sup} noisy run(s) repeated and left out)" if sup else "")
                    + (f"; **{len(bad)} run(s) exited non-zero**" if bad else "") + ".\n")
         if bench.startswith("redis"):
@@ -550,32 +552,34 @@ def report_load(d):
                     ("machine busy %", lambda r: r.get("machine_busy_pct")),
                     ("foreign CPU %", lambda r: r.get("foreign_cpu_pct")),
                     ("loadavg(1m) before", lambda r: (r.get("loadavg_before") or [None])[0])]
-        hdr = "| metric | " + " | ".join(targets) + " |"
+        hdr = "| metric | " + " | ".join(here) + " |"
         ratios = []
-        if "direct" in targets and "continuity" in targets: ratios.append(("continuity", "direct", "C/D"))
-        if "direct" in targets and "haproxy" in targets: ratios.append(("haproxy", "direct", "H/D"))
-        if "continuity" in targets and "haproxy" in targets: ratios.append(("continuity", "haproxy", "C/H"))
+        if "direct" in here and "continuity" in here: ratios.append(("continuity", "direct", "C/D"))
+        if "direct" in here and "haproxy" in here: ratios.append(("haproxy", "direct", "H/D"))
+        if "continuity" in here and "haproxy" in here: ratios.append(("continuity", "haproxy", "C/H"))
+        if "continuity-mux" in here and "haproxy" in here:
+            ratios.append(("continuity-mux", "haproxy", "M/H"))
         hdr += "".join(f" {lbl} |" for _, _, lbl in ratios)
         out.append(hdr)
         out.append("|---" * (1 + len(targets) + len(ratios)) + "|")
         for name, fn in metrics:
-            vals = {t: [fn(r) for r in rs if r["target"] == t] for t in targets}
+            vals = {t: [fn(r) for r in rs if r["target"] == t] for t in here}
             nd = 0 if name.startswith("failed") else (2 if name.startswith("loadavg") else
                                                       (1 if name.startswith(("machine", "foreign")) else None))
-            row = f"| {name} | " + " | ".join(cell(vals[t], nd) for t in targets) + " |"
+            row = f"| {name} | " + " | ".join(cell(vals[t], nd) for t in here) + " |"
             if name.startswith(("machine", "foreign", "loadavg", "failed")):
                 row += " |" * len(ratios)
             else:
                 row += "".join(f" {ratio(vals[a], vals[b])} |" for a, b, _ in ratios)
             out.append(row)
         out.append("")
-        if bench.startswith("redis") and "direct" in targets and len(targets) > 1:
+        if bench.startswith("redis") and "direct" in here and len(here) > 1:
             # What each proxy adds to the median p50 of the direct runs.
             added = []
             for op in ("SET", "GET"):
                 d = med([r.get("redis", {}).get(op, {}).get("p50_ms") for r in rs if r["target"] == "direct"])[0]
                 got = {}
-                for t in targets:
+                for t in here:
                     if t == "direct" or d is None:
                         continue
                     m = med([r.get("redis", {}).get(op, {}).get("p50_ms") for r in rs if r["target"] == t])[0]
@@ -584,13 +588,15 @@ def report_load(d):
                 parts = [f"{t} +{v:.0f} us" for t, v in got.items()]
                 if "continuity" in got and "haproxy" in got and got["haproxy"] > 0:
                     parts.append(f"C/H {got['continuity'] / got['haproxy']:.2f}")
+                if "continuity-mux" in got and "haproxy" in got and got["haproxy"] > 0:
+                    parts.append(f"M/H {got['continuity-mux'] / got['haproxy']:.2f}")
                 if parts:
                     added.append(f"{op} " + ", ".join(parts))
             if added:
                 out.append("p50 added over direct (medians): " + "; ".join(added) + ".\n")
         # per-round raw line
         line = []
-        for r in sorted(rs, key=lambda r: (r["round"], targets.index(r["target"]))):
+        for r in sorted(rs, key=lambda r: (r["round"], here.index(r["target"]))):
             if bench.startswith("redis"):
                 v = r.get("redis", {})
                 s = f"SET {fmt(v.get('SET', {}).get('rps'))} GET {fmt(v.get('GET', {}).get('rps'))}"

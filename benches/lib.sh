@@ -192,7 +192,7 @@ wait_quiet() {
 # and an RSS snapshot of both proxies under $OUT/rss.
 pid_of() {
     case $1 in
-        continuity) echo "$CONT_PID" ;; continuity-nolog) echo "${CONTN_PID:-0}" ;;
+        continuity | continuity-mux) echo "$CONT_PID" ;; continuity-nolog) echo "${CONTN_PID:-0}" ;;
         haproxy) echo "$HAP_PID" ;; haproxy-log) echo "${HAPL_PID:-0}" ;;
         pingora) echo "${PING_PID:-0}" ;; *) echo 0 ;;
     esac

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Throughput/latency/CPU of continuity vs HAProxy vs direct, interleaved in rounds.
 #
-#   benches/load.sh [--rounds N] [--out DIR] [--targets direct,continuity,haproxy]
+#   benches/load.sh [--rounds N] [--out DIR] [--targets direct,continuity,continuity-mux,haproxy]
 #                   [--benches redis_np,redis_p16,redis_c1,pg_S,pg_tpcb] [--pg-seconds S] [--no-warmup]
 #                   [--wait-quiet S] [--max-foreign PCT] [--repeat-noisy N]
 #                   [--keep] [--continuity-bin PATH]
@@ -10,6 +10,8 @@
 # free ports, HAProxy (benches/haproxy/haproxy-default.cfg, mode tcp, nbthread 2, ports
 # substituted) and continuity (generated TOML, [health] check_interval_seconds = 1),
 # then per round runs every benchmark against direct, continuity, haproxy in that order.
+# continuity-mux: the same continuity process's second redis service, with `multiplex = true`
+# (docs/multiplex.md); redis benchmarks only (it has no postgres service).
 # --wait-quiet S: before each run wait up to S s for a quiet second. --repeat-noisy N: a
 # (round, benchmark) triple in which some run had foreign CPU >= --max-foreign (default 5)
 # is run again, up to N times; the noisy runs are kept but left out of the medians.
@@ -48,19 +50,20 @@ IFS=, read -r -a TARGET_LIST <<<"$TARGETS"
 IFS=, read -r -a BENCH_LIST <<<"$BENCHES"
 has_target() { [[ ",$TARGETS," == *",$1,"* ]]; }
 has_bench() { [[ ",$BENCHES," == *",$1,"* ]]; }
+has_cont() { has_target continuity || has_target continuity-mux; }
 
 bench_init
 [[ -n $OUT ]] || OUT=$(mktemp -d /tmp/continuity-load.XXXXXX)
 mkdir -p "$OUT/raw" "$OUT/rss"
 OUT=$(cd "$OUT" && pwd)
 : >"$OUT/runs.jsonl"
-has_target continuity && ensure_continuity
+has_cont && ensure_continuity
 
 "${BL[@]}" machine "${CONT_BIN_ORIG:-$CONT_BIN}" >"$OUT/machine.json"
 log "results: $OUT   (loadavg $(cat /proc/loadavg))"
 
 # ---- servers ------------------------------------------------------------------
-new_port R1; new_port R2; new_port PG; new_port H_R; new_port H_PG; new_port C_R; new_port C_PG; new_port C_CTL
+new_port R1; new_port R2; new_port PG; new_port H_R; new_port H_PG; new_port C_R; new_port C_RM; new_port C_PG; new_port C_CTL
 start_redis R1_PID "$R1" primary
 start_redis R2_PID "$R2" replica --replicaof 127.0.0.1 "$R1"
 wait_replica_synced "$R2"
@@ -86,7 +89,7 @@ if has_target haproxy; then
     start_haproxy HAP_PID "$HCFG"
     "${BL[@]}" hactl-wait "$WORK/haproxy.sock" 30 || die "haproxy servers not UP"
 fi
-if has_target continuity; then
+if has_cont; then
     CCFG="$WORK/continuity.toml"
     {
         cat <<EOF
@@ -108,6 +111,17 @@ listen = "127.0.0.1:$C_R"
 upstreams = [
   { name = "redis-primary", address = "127.0.0.1:$R1", role = "primary" },
   { name = "redis-replica", address = "127.0.0.1:$R2", role = "secondary" },
+]
+
+[[service]]
+name = "redis-mux"
+kind = "redis"
+category = "core"
+listen = "127.0.0.1:$C_RM"
+multiplex = true
+upstreams = [
+  { name = "redis-mux-primary", address = "127.0.0.1:$R1", role = "primary" },
+  { name = "redis-mux-replica", address = "127.0.0.1:$R2", role = "secondary" },
 ]
 EOF
         if ((NEED_PG)); then
@@ -136,6 +150,7 @@ port_of() { # TARGET KIND -> port
     case $1:$2 in
         direct:redis) echo "$R1" ;; direct:pg) echo "$PG" ;;
         continuity:redis) echo "$C_R" ;; continuity:pg) echo "$C_PG" ;;
+        continuity-mux:redis) echo "$C_RM" ;;
         haproxy:redis) echo "$H_R" ;; haproxy:pg) echo "$H_PG" ;;
     esac
 }
@@ -161,7 +176,7 @@ if ((WARMUP)); then
         log "warm-up $t"
         redis-benchmark -h 127.0.0.1 -p "$(port_of "$t" redis)" -q -t get -n 20000 -c 20 >/dev/null 2>&1 ||
             log "WARNING: redis warm-up through $t failed"
-        if ((NEED_PG)); then
+        if ((NEED_PG)) && [[ $t != continuity-mux ]]; then
             pgbench -h 127.0.0.1 -p "$(port_of "$t" pg)" -U postgres -S -c 4 -j 2 -T 2 bench >/dev/null 2>&1 ||
                 log "WARNING: pgbench warm-up through $t failed"
         fi
@@ -175,6 +190,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
         for ((attempt = 0; ; attempt++)); do
             first_line=$(grep -c . "$OUT/runs.jsonl" || true)
             for t in "${TARGET_LIST[@]}"; do
+                [[ $t == continuity-mux && $(kind_of "$b") != redis ]] && continue
                 wait_quiet "$WAIT_QUIET"
                 port=$(port_of "$t" "$(kind_of "$b")")
                 mapfile -t cmd < <(bench_cmd "$b" "$port")
