@@ -63,8 +63,8 @@ thread_local! {
 /// The L4 thread (modulo their number) whose upstream connection a
 /// multiplexed service's clients share: one thread, so that every command
 /// joins the same batches. Measured here (2 cores, redis-benchmark -c 50):
-/// one shared connection on one thread gave 72-76k SET/s and a GET p99 of
-/// 0.7-0.8 ms, one per thread on two threads 63-66k and 1.9-2.0 ms
+/// one shared connection on one thread gave 61-82k SET/s and a GET p99 of
+/// 0.70-0.86 ms, one per thread on two threads 55-66k and 1.6-2.1 ms
 /// (BENCHMARKS.md, "Issue #16: multiplexing"). Services spread over the
 /// threads by name.
 pub(super) fn thread_of(service: &str) -> usize {
