@@ -218,6 +218,9 @@ fn auth_is_checked_by_the_proxy_against_the_upstream_password() {
     assert!(matches!(c.call(&["SET", "k", "v"]), Resp::Error(e) if e.starts_with("NOAUTH")));
     ok(c.call(&["AUTH", PW]));
     ok(c.call(&["SET", "k", "v"]));
+    // A failed AUTH later does not undo the first, as on Redis.
+    assert!(matches!(c.call(&["AUTH", "wrong"]), Resp::Error(e) if e.starts_with("WRONGPASS")));
+    assert_eq!(bulk(c.call(&["GET", "k"])), "v");
     let mut d = RespConn::open(&listen);
     ok(d.call(&["AUTH", "default", PW]));
     assert_eq!(bulk(d.call(&["GET", "k"])), "v");

@@ -513,7 +513,8 @@ impl Client<'_> {
             };
             user_ok && u.password.as_deref().map(str::as_bytes) == Some(pw)
         });
-        self.authed = ok;
+        // As Redis: a failed AUTH leaves an authenticated client so.
+        self.authed |= ok;
         if ok {
             b"+OK\r\n".to_vec()
         } else {

@@ -1,7 +1,8 @@
 //! The shared upstream connection of a multiplexed service, on the L4
-//! thread that serves its clients ([`Mux`]): clients append whole commands to its queue, and its
-//! task writes what has gathered in one write, reads the replies and hands
-//! each, in order, to the client that sent its command. Commands queued
+//! thread that serves its clients ([`Mux`]): clients append whole commands
+//! to its queue, and its task writes what has gathered in one write, reads
+//! the replies and hands each, in order, to the client that sent its
+//! command. Commands queued
 //! before it is connected are held, as a new client is held without
 //! multiplexing, for `buffer_timeout_ms`.
 //!
