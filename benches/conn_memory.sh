@@ -4,8 +4,11 @@
 #   benches/conn_memory.sh [--conns N] [--protocols redis,postgres,http]
 #                          [--targets continuity,haproxy] [--rounds R] [--skip-outage]
 #                          [--batch B] [--buffer-timeout-ms MS] [--outage-min-s S]
-#                          [--out DIR] [--keep]
+#                          [--out DIR] [--keep] [--redis-multiplex]
 #                          [--continuity-bin PATH]
+#
+# --redis-multiplex: continuity's redis service gets `multiplex = true` (docs/multiplex.md):
+# its clients share one upstream connection instead of one each.
 #
 # Upstreams, all on 127.0.0.1 free ports, in a temp work dir, stopped from the EXIT trap:
 #   redis     a redis-server primary (--maxclients 30000); request PING -> +PONG
@@ -55,6 +58,7 @@ BATCH=500
 BUFFER_TIMEOUT_MS=60000
 OUTAGE_MIN_S=6
 OUT=""
+REDIS_MUX=""
 NGINX=${NGINX:-/usr/sbin/nginx}
 PGBOUNCER=${PGBOUNCER:-/usr/sbin/pgbouncer}
 CM=(python3 "$BENCH_DIR/conn_memory.py")
@@ -72,6 +76,7 @@ while [[ $# -gt 0 ]]; do
         --outage-min-s) OUTAGE_MIN_S=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
         --keep) KEEP_WORK=1; shift ;;
+        --redis-multiplex) REDIS_MUX="multiplex = true"; shift ;;
         --continuity-bin) CONT_BIN=$2; shift 2 ;;
         -h|--help) usage 0 ;;
         *) echo "unknown option $1" >&2; usage 2 ;;
@@ -236,6 +241,7 @@ max_connections = $MAXCONN
 # clients arriving while Redis is down are held this long (the outage test); there is
 # no \`fallback\` key, so memory fallback is off (docs/fallback.md: default off)
 buffer_timeout_ms = $BUFFER_TIMEOUT_MS
+$REDIS_MUX
 upstreams = [
   { name = "redis-primary", address = "127.0.0.1:$R1", role = "primary" },
 ]

@@ -151,23 +151,35 @@ pub async fn accept_loop(
         let fallback = fallback.clone();
         let sig = sig.clone();
         let engine_rt = engine_rt.clone();
-        let serve = move || async move {
-            let _permit = permit;
-            let _guard = guard;
-            let result = match TcpStream::from_std(stream) {
-                Ok(stream) => handle(svc.clone(), fallback, stream, sig, engine_rt).await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = result {
-                tracing::debug!(service = svc.name(), %peer, error = %e, "connection ended with error");
-            }
-        };
         match mux_thread {
             // A multiplexed service's clients all live on one thread and
-            // share its upstream connection (listener/mux).
-            Some(slot) => workers.spawn_at(slot, serve),
-            None => workers.spawn(serve),
+            // share its upstream connection (listener/mux). A task of its
+            // own: it does not carry a relay's state (size_tests.rs).
+            Some(slot) => workers.spawn_at(slot, move || async move {
+                let _permit = permit;
+                let _guard = guard;
+                let result = match TcpStream::from_std(stream) {
+                    Ok(stream) => mux::serve(svc.clone(), stream, sig, engine_rt).await,
+                    Err(e) => Err(e),
+                };
+                ended(&svc, peer, result);
+            }),
+            None => workers.spawn(move || async move {
+                let _permit = permit;
+                let _guard = guard;
+                let result = match TcpStream::from_std(stream) {
+                    Ok(stream) => handle(svc.clone(), fallback, stream, sig, engine_rt).await,
+                    Err(e) => Err(e),
+                };
+                ended(&svc, peer, result);
+            }),
         }
+    }
+}
+
+fn ended(svc: &ServiceRt, peer: std::net::SocketAddr, result: std::io::Result<()>) {
+    if let Err(e) = result {
+        tracing::debug!(service = svc.name(), %peer, error = %e, "connection ended with error");
     }
 }
 
@@ -275,10 +287,6 @@ async fn handle(
     mut sig: Signals,
     engine_rt: Handle,
 ) -> std::io::Result<()> {
-    if svc.cfg.multiplex {
-        // Boxed: a relayed connection should not carry its state.
-        return Box::pin(mux::serve(svc, client, sig, engine_rt)).await;
-    }
     let _ = client.set_nodelay(true);
     let accepted = Instant::now();
     let deadline = tokio::time::Instant::from_std(accepted + svc.cfg.buffer_timeout);

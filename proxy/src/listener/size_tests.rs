@@ -47,3 +47,43 @@ async fn connection_task_is_small() {
     drop(stop);
     assert!(size <= 2048, "a connection's future is {size} bytes");
 }
+
+/// A multiplexed client's task and its reply side, idle.
+#[tokio::test]
+async fn multiplexed_client_is_small() {
+    let mut cfg = ServiceConfig::new(
+        "cache",
+        Kind::Redis,
+        vec![UpstreamConfig::at("r1", "127.0.0.1:1", Role::Primary)],
+    );
+    cfg.multiplex = true;
+    let svc = Arc::new(ServiceRt::new(
+        cfg,
+        broadcast::channel(16).0,
+        ProxyMetrics::new(&prometheus::Registry::new()),
+        Arc::new(FailoverCounters::default()),
+        Duration::from_secs(1),
+    ));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+    let (stop, stop_rx) = watch::channel(false);
+    let sig = Signals {
+        shutdown: stop_rx.clone(),
+        force_close: stop_rx,
+        open: Arc::new(AtomicU64::new(0)),
+    };
+    let fut = super::mux::serve(svc, client, sig, Handle::current());
+    let size = std::mem::size_of_val(&fut);
+    drop(fut);
+    drop(stop);
+    // Its own task (listener/mod.rs): none of a relay's state.
+    assert!(
+        size <= 1024,
+        "a multiplexed client's future is {size} bytes"
+    );
+    let sink = super::mux::sink_size();
+    assert!(
+        sink <= 192,
+        "a multiplexed client's reply side is {sink} bytes"
+    );
+}

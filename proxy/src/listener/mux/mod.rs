@@ -214,6 +214,12 @@ impl Sink {
     }
 }
 
+/// Bytes of one client's reply side (size_tests.rs).
+#[cfg(test)]
+pub(super) fn sink_size() -> usize {
+    std::mem::size_of::<Sink>()
+}
+
 fn report(svc: &ServiceRt, idx: usize, findings: Vec<crate::observe::Finding>) {
     if findings.is_empty() {
         return;
