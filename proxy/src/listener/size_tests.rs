@@ -16,16 +16,15 @@ use crate::metrics::ProxyMetrics;
 use crate::upstream::runtime::ServiceRt;
 use crate::upstream::state::FailoverCounters;
 
-/// The state a connection's future keeps across its awaits. Rare paths
-/// (the memory fallback, the refusal of a held client) are boxed so that
-/// an idle relay does not carry their state.
-#[tokio::test]
-async fn connection_task_is_small() {
-    let cfg = ServiceConfig::new(
+/// A redis service (`multiplex` as given), a connected client socket, the
+/// engine's signals and the sender that keeps them open.
+async fn fixture(multiplex: bool) -> (Arc<ServiceRt>, TcpStream, Signals, watch::Sender<bool>) {
+    let mut cfg = ServiceConfig::new(
         "cache",
         Kind::Redis,
         vec![UpstreamConfig::at("r1", "127.0.0.1:1", Role::Primary)],
     );
+    cfg.multiplex = multiplex;
     let svc = Arc::new(ServiceRt::new(
         cfg,
         broadcast::channel(16).0,
@@ -41,6 +40,15 @@ async fn connection_task_is_small() {
         force_close: stop_rx,
         open: Arc::new(AtomicU64::new(0)),
     };
+    (svc, client, sig, stop)
+}
+
+/// The state a connection's future keeps across its awaits. Rare paths
+/// (the memory fallback, the refusal of a held client) are boxed so that
+/// an idle relay does not carry their state.
+#[tokio::test]
+async fn connection_task_is_small() {
+    let (svc, client, sig, stop) = fixture(false).await;
     let fut = handle(svc, None, client, sig, Handle::current());
     let size = std::mem::size_of_val(&fut);
     drop(fut);
@@ -51,27 +59,7 @@ async fn connection_task_is_small() {
 /// A multiplexed client's task and its reply side, idle.
 #[tokio::test]
 async fn multiplexed_client_is_small() {
-    let mut cfg = ServiceConfig::new(
-        "cache",
-        Kind::Redis,
-        vec![UpstreamConfig::at("r1", "127.0.0.1:1", Role::Primary)],
-    );
-    cfg.multiplex = true;
-    let svc = Arc::new(ServiceRt::new(
-        cfg,
-        broadcast::channel(16).0,
-        ProxyMetrics::new(&prometheus::Registry::new()),
-        Arc::new(FailoverCounters::default()),
-        Duration::from_secs(1),
-    ));
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-    let (stop, stop_rx) = watch::channel(false);
-    let sig = Signals {
-        shutdown: stop_rx.clone(),
-        force_close: stop_rx,
-        open: Arc::new(AtomicU64::new(0)),
-    };
+    let (svc, client, sig, stop) = fixture(true).await;
     let fut = super::mux::serve(svc, client, sig, Handle::current());
     let size = std::mem::size_of_val(&fut);
     drop(fut);
