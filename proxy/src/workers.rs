@@ -91,15 +91,24 @@ impl Workers {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let Some(w) = self
+        if let Some(w) = self
             .workers
             .iter()
             .min_by_key(|w| w.live.load(Ordering::SeqCst))
-        else {
-            return;
-        };
-        let live = Live::new(&w.live);
-        w.handle.spawn(async move {
+        {
+            w.spawn(make);
+        }
+    }
+}
+
+impl Worker {
+    /// `make()`'s future on this thread, counted in its `live` meanwhile.
+    fn spawn<F>(&self, make: impl FnOnce() -> F + Send + 'static)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let live = Live::new(&self.live);
+        self.handle.spawn(async move {
             let _live = live;
             make().await;
         });
@@ -114,14 +123,9 @@ impl Workers {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let Some(w) = self.workers.get(slot % self.workers.len().max(1)) else {
-            return;
-        };
-        let live = Live::new(&w.live);
-        w.handle.spawn(async move {
-            let _live = live;
-            make().await;
-        });
+        if let Some(w) = self.workers.get(slot % self.workers.len().max(1)) {
+            w.spawn(make);
+        }
     }
 
     /// Runs `make()`'s future to its end on the thread serving the fewest

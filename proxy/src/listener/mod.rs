@@ -155,29 +155,38 @@ pub async fn accept_loop(
             // A multiplexed service's clients all live on one thread and
             // share its upstream connection (listener/mux). A task of its
             // own: it does not carry a relay's state (size_tests.rs).
-            Some(slot) => workers.spawn_at(slot, move || async move {
-                let _permit = permit;
-                let _guard = guard;
-                let result = match TcpStream::from_std(stream) {
-                    Ok(stream) => mux::serve(svc.clone(), stream, sig, engine_rt).await,
-                    Err(e) => Err(e),
-                };
-                ended(&svc, peer, result);
+            Some(slot) => workers.spawn_at(slot, move || {
+                let s = svc.clone();
+                connection(svc, peer, stream, (permit, guard), move |c| {
+                    mux::serve(s, c, sig, engine_rt)
+                })
             }),
-            None => workers.spawn(move || async move {
-                let _permit = permit;
-                let _guard = guard;
-                let result = match TcpStream::from_std(stream) {
-                    Ok(stream) => handle(svc.clone(), fallback, stream, sig, engine_rt).await,
-                    Err(e) => Err(e),
-                };
-                ended(&svc, peer, result);
+            None => workers.spawn(move || {
+                let s = svc.clone();
+                connection(svc, peer, stream, (permit, guard), move |c| {
+                    handle(s, fallback, c, sig, engine_rt)
+                })
             }),
         }
     }
 }
 
-fn ended(svc: &ServiceRt, peer: std::net::SocketAddr, result: std::io::Result<()>) {
+/// One accepted connection on its L4 thread: the socket joins the thread's
+/// reactor, `serve` runs it, and the slot it holds (`max_connections`, the
+/// open count) is given back when it ends.
+async fn connection<F>(
+    svc: Arc<ServiceRt>,
+    peer: std::net::SocketAddr,
+    stream: std::net::TcpStream,
+    _held: (Option<tokio::sync::OwnedSemaphorePermit>, OpenGuard),
+    serve: impl FnOnce(TcpStream) -> F,
+) where
+    F: std::future::Future<Output = std::io::Result<()>>,
+{
+    let result = match TcpStream::from_std(stream) {
+        Ok(stream) => serve(stream).await,
+        Err(e) => Err(e),
+    };
     if let Err(e) = result {
         tracing::debug!(service = svc.name(), %peer, error = %e, "connection ended with error");
     }
