@@ -298,7 +298,10 @@ where
         r.readable().await?;
         let mut buf = Buffer::take();
         let Some(n) = read_now(r, &mut buf.0) else {
-            // Readiness was stale: wait again, without the buffer.
+            // Stale readiness or a spent budget: wait again, without the
+            // buffer (read_now).
+            drop(buf);
+            nothing_read().await;
             continue;
         };
         let n = n?;
@@ -358,6 +361,8 @@ async fn pump_rewritten(
         r.readable().await?;
         let mut buf = Buffer::take();
         let Some(n) = read_now(r, &mut buf.0) else {
+            drop(buf);
+            nothing_read().await;
             continue;
         };
         let n = n?;
@@ -384,6 +389,19 @@ async fn pump_rewritten(
 /// Through `poll_read` rather than `try_read`: a read that fills less than
 /// the buffer tells tokio the socket is drained, which saves the next
 /// wait the `read()` syscall that would only return `EAGAIN`.
+///
+/// `None` also when the task has spent its cooperative budget (tokio's
+/// `poll_read` then answers Pending without reading, and wakes nobody: the
+/// waker here is a no-op), while `readable()` still answers at once: a
+/// caller that gets `None` must await [`nothing_read`] before it waits for
+/// readiness again, or it spins at 100 % CPU (tests/large_transfers.rs).
+/// What a reader awaits after [`read_now`] gave `None`: if the task's
+/// budget is spent, it yields to the scheduler (which renews it); if the
+/// readiness was only stale, it goes on at once.
+pub(super) async fn nothing_read() {
+    tokio::task::consume_budget().await;
+}
+
 pub(super) fn read_now<R: AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut [u8],
