@@ -10,8 +10,8 @@
 # free ports, HAProxy (benches/haproxy/haproxy-default.cfg, mode tcp, nbthread 2, ports
 # substituted) and continuity (generated TOML, [health] check_interval_seconds = 1),
 # then per round runs every benchmark against direct, continuity, haproxy in that order.
-# continuity-mux: the same continuity process's second redis service, with `multiplex = true`
-# (docs/multiplex.md); redis benchmarks only (it has no postgres service).
+# continuity-mux: the same continuity process's second redis and postgres services, with
+# `multiplex = true` (docs/multiplex.md).
 # --wait-quiet S: before each run wait up to S s for a quiet second. --repeat-noisy N: a
 # (round, benchmark) triple in which some run had foreign CPU >= --max-foreign (default 5)
 # is run again, up to N times; the noisy runs are kept but left out of the medians.
@@ -63,7 +63,7 @@ has_cont && ensure_continuity
 log "results: $OUT   (loadavg $(cat /proc/loadavg))"
 
 # ---- servers ------------------------------------------------------------------
-new_port R1; new_port R2; new_port PG; new_port H_R; new_port H_PG; new_port C_R; new_port C_RM; new_port C_PG; new_port C_CTL
+new_port R1; new_port R2; new_port PG; new_port H_R; new_port H_PG; new_port C_R; new_port C_RM; new_port C_PG; new_port C_PGM; new_port C_CTL
 start_redis R1_PID "$R1" primary
 start_redis R2_PID "$R2" replica --replicaof 127.0.0.1 "$R1"
 wait_replica_synced "$R2"
@@ -135,6 +135,16 @@ listen = "127.0.0.1:$C_PG"
 upstreams = [
   { name = "pg-primary", address = "127.0.0.1:$PG", role = "primary", user = "postgres", database = "bench" },
 ]
+
+[[service]]
+name = "postgres-mux"
+kind = "postgres"
+category = "core"
+listen = "127.0.0.1:$C_PGM"
+multiplex = true
+upstreams = [
+  { name = "pg-mux-primary", address = "127.0.0.1:$PG", role = "primary", user = "postgres", database = "bench" },
+]
 EOF
         fi
     } >"$CCFG"
@@ -150,7 +160,7 @@ port_of() { # TARGET KIND -> port
     case $1:$2 in
         direct:redis) echo "$R1" ;; direct:pg) echo "$PG" ;;
         continuity:redis) echo "$C_R" ;; continuity:pg) echo "$C_PG" ;;
-        continuity-mux:redis) echo "$C_RM" ;;
+        continuity-mux:redis) echo "$C_RM" ;; continuity-mux:pg) echo "$C_PGM" ;;
         haproxy:redis) echo "$H_R" ;; haproxy:pg) echo "$H_PG" ;;
     esac
 }
@@ -176,7 +186,7 @@ if ((WARMUP)); then
         log "warm-up $t"
         redis-benchmark -h 127.0.0.1 -p "$(port_of "$t" redis)" -q -t get -n 20000 -c 20 >/dev/null 2>&1 ||
             log "WARNING: redis warm-up through $t failed"
-        if ((NEED_PG)) && [[ $t != continuity-mux ]]; then
+        if ((NEED_PG)); then
             pgbench -h 127.0.0.1 -p "$(port_of "$t" pg)" -U postgres -S -c 4 -j 2 -T 2 bench >/dev/null 2>&1 ||
                 log "WARNING: pgbench warm-up through $t failed"
         fi
@@ -190,7 +200,6 @@ for ((round = 1; round <= ROUNDS; round++)); do
         for ((attempt = 0; ; attempt++)); do
             first_line=$(grep -c . "$OUT/runs.jsonl" || true)
             for t in "${TARGET_LIST[@]}"; do
-                [[ $t == continuity-mux && $(kind_of "$b") != redis ]] && continue
                 wait_quiet "$WAIT_QUIET"
                 port=$(port_of "$t" "$(kind_of "$b")")
                 mapfile -t cmd < <(bench_cmd "$b" "$port")

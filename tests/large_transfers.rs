@@ -38,7 +38,9 @@ upstreams = [ {{ name = "pg-a", address = "{a}", role = "primary", user = "postg
         });
         let out = rx
             .recv_timeout(LIMIT)
-            .unwrap_or_else(|_| panic!("{rows} rows: no answer in {LIMIT:?}\n{}", engine.log_text()))
+            .unwrap_or_else(|_| {
+                panic!("{rows} rows: no answer in {LIMIT:?}\n{}", engine.log_text())
+            })
             .unwrap_or_else(|e| panic!("{rows} rows: {e}\n{}", engine.log_text()));
         assert_eq!(out.lines().count(), rows, "{rows} rows");
         assert!(out.lines().all(|l| l.ends_with(&"v".repeat(1000))));
@@ -58,14 +60,17 @@ upstreams = [ {{ name = "cache-a", address = "{a}", role = "primary" }} ]"#,
             a = redis.addr()
         ))
         .start();
-    let value: Vec<u8> = (0..20 * 1024 * 1024).map(|i| b'a' + (i % 26) as u8).collect();
+    let value: Vec<u8> = (0..20 * 1024 * 1024)
+        .map(|i| b'a' + (i % 26) as u8)
+        .collect();
     let expected = value.clone();
     let (tx, rx) = channel();
     std::thread::spawn(move || {
         let run = || -> std::io::Result<Vec<u8>> {
             let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
             s.set_read_timeout(Some(LIMIT))?;
-            let mut cmd = format!("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n${}\r\n", value.len()).into_bytes();
+            let mut cmd =
+                format!("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n${}\r\n", value.len()).into_bytes();
             cmd.extend_from_slice(&value);
             cmd.extend_from_slice(b"\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n");
             s.write_all(&cmd)?;

@@ -490,10 +490,16 @@ pub struct ServiceConfig {
     /// connection moves to the new upstream with its session replayed
     /// instead of being closed (docs/clients.md).
     pub reattach_idle: bool,
-    /// redis `multiplex` (default false): client commands share a few
-    /// upstream connections per L4 thread instead of one each
-    /// (listener/mux, docs/multiplex.md). Implies no `reattach_idle`.
+    /// redis and postgres `multiplex` (default false): client commands
+    /// share one upstream connection, pipelined, instead of one each
+    /// (PostgreSQL transactions: a connection of the client's own until
+    /// they end; listener/mux, docs/multiplex.md). Implies no
+    /// `reattach_idle`.
     pub multiplex: bool,
+    /// How many shared connections a multiplexed service keeps (redis
+    /// default 1, postgres 4): each client's command goes to the one with
+    /// the fewest waiting.
+    pub multiplex_connections: usize,
     /// `kind = "http"`: the gateway's settings (defaults for other kinds).
     pub http: HttpSettings,
 }
@@ -524,6 +530,7 @@ impl ServiceConfig {
             fallback_max_output_bytes: DEFAULT_FALLBACK_MAX_OUTPUT_BYTES,
             reattach_idle: kind == Kind::Redis,
             multiplex: false,
+            multiplex_connections: 1,
             http: HttpSettings::default(),
         }
     }

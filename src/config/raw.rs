@@ -114,6 +114,7 @@ pub struct RawService {
     pub fallback_max_output_bytes: Option<u64>,
     pub reattach_idle: Option<bool>,
     pub multiplex: Option<bool>,
+    pub multiplex_connections: Option<u64>,
     pub max_connections: Option<u64>,
     pub max_client_connections: Option<u64>,
     pub max_body_bytes: Option<u64>,

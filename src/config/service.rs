@@ -261,6 +261,7 @@ fn service(
 
     // Everything below depends on the kind.
     let kind = kind?;
+    let multiplex_connections = multiplex_connections(ctx, at, &raw, kind);
     kind_specific_keys(ctx, at, &raw, kind);
     // L4 listeners get a cap by default; for HTTP kinds `max_connections`
     // bounds requests in flight (none by default) and
@@ -367,7 +368,8 @@ fn service(
         reattach_idle: kind == Kind::Redis
             && raw.reattach_idle.unwrap_or(true)
             && !raw.multiplex.unwrap_or(false),
-        multiplex: kind == Kind::Redis && raw.multiplex.unwrap_or(false),
+        multiplex: matches!(kind, Kind::Redis | Kind::Postgres) && raw.multiplex.unwrap_or(false),
+        multiplex_connections,
         http: HttpSettings {
             on_outage: extra.on_outage,
             routes: extra.routes.clone(),
@@ -517,10 +519,16 @@ fn kind_specific_keys(ctx: &mut Ctx<'_>, at: &KeyPath, raw: &RawService, kind: K
             raw.fallback_max_output_bytes.is_some(),
         ),
         ("reattach_idle", raw.reattach_idle.is_some()),
-        ("multiplex", raw.multiplex.is_some()),
     ] {
         only_for(ctx, &at.key(key), set, kind, redis);
     }
+    only_for(
+        ctx,
+        &at.key("multiplex"),
+        raw.multiplex.is_some(),
+        kind,
+        &[Kind::Redis, Kind::Postgres],
+    );
     if raw.multiplex == Some(true) {
         if raw.fallback.as_deref() == Some("memory") {
             ctx.problem(
@@ -537,6 +545,36 @@ fn kind_specific_keys(ctx: &mut Ctx<'_>, at: &KeyPath, raw: &RawService, kind: K
         }
     }
 }
+
+/// How many shared connections a multiplexed service keeps: 1 for redis
+/// (one batch per write; BENCHMARKS.md), 4 for postgres (a server
+/// connection runs one statement at a time), 1 to 64.
+fn multiplex_connections(ctx: &mut Ctx<'_>, at: &KeyPath, raw: &RawService, kind: Kind) -> usize {
+    let key = at.key("multiplex_connections");
+    let default = if kind == Kind::Postgres { 4 } else { 1 };
+    let Some(n) = raw.multiplex_connections else {
+        return default;
+    };
+    if raw.multiplex != Some(true) {
+        ctx.problem(
+            &key,
+            "applies only with multiplex = true (docs/multiplex.md)",
+        );
+        return default;
+    }
+    if !(1..=MAX_MULTIPLEX_CONNECTIONS).contains(&n) {
+        ctx.problem(
+            &key,
+            format!("must be from 1 to {MAX_MULTIPLEX_CONNECTIONS}, got {n}"),
+        );
+        return default;
+    }
+    n as usize
+}
+
+/// The most shared connections a multiplexed service may keep per thread
+/// (listener/mux: a connection's lane is part of its registry key).
+const MAX_MULTIPLEX_CONNECTIONS: u64 = 64;
 
 fn upstream(
     ctx: &mut Ctx<'_>,

@@ -207,6 +207,7 @@ fn the_reference_config_documents_every_key() {
         "fallback_max_output_bytes",
         "reattach_idle",
         "multiplex",
+        "multiplex_connections",
         "max_connections",
         "max_body_bytes",
         "queue_max_depth",
@@ -311,7 +312,7 @@ fn a_wrong_array_element_is_reported_once() {
 }
 
 #[test]
-fn multiplex_is_a_redis_key_without_the_memory_fallback_or_reattach() {
+fn multiplex_is_a_redis_and_postgres_key_without_the_memory_fallback_or_reattach() {
     let redis = |extra: &str| {
         format!(
             "[[service]]\nname = \"r\"\nkind = \"redis\"\n{extra}\n\
@@ -337,9 +338,60 @@ fn multiplex_is_a_redis_key_without_the_memory_fallback_or_reattach() {
     }
     let pg = "[[service]]\nname = \"p\"\nkind = \"postgres\"\nmultiplex = true\n\
               upstreams = [{ name = \"a\", address = \"127.0.0.1:5432\", role = \"primary\" }]\n";
-    let errors = parse_with_env(pg, Path::new("c.toml"), &no_env).expect_err("refused");
+    let ok = parse_with_env(pg, Path::new("c.toml"), &no_env).expect("postgres accepted");
+    assert!(ok.engine.services[0].multiplex);
+    let bolt = pg.replace("postgres", "neo4j").replace("5432", "7687");
+    let errors = parse_with_env(&bolt, Path::new("c.toml"), &no_env).expect_err("refused");
     assert!(
-        errors.problems[0].message.contains("applies only"),
+        errors.problems[0]
+            .message
+            .contains("applies only to kinds redis, postgres"),
         "{errors}"
     );
+}
+
+#[test]
+fn multiplex_connections_defaults_by_kind_and_needs_multiplex() {
+    let svc = |kind: &str, port: u16, extra: &str| {
+        format!(
+            "[[service]]\nname = \"s\"\nkind = \"{kind}\"\n{extra}\n\
+             upstreams = [{{ name = \"a\", address = \"127.0.0.1:{port}\", role = \"primary\" }}]\n"
+        )
+    };
+    let get = |text: String| {
+        parse_with_env(&text, Path::new("c.toml"), &no_env)
+            .map(|c| c.engine.services[0].multiplex_connections)
+    };
+    assert_eq!(
+        get(svc("postgres", 5432, "multiplex = true")).expect("ok"),
+        4
+    );
+    assert_eq!(get(svc("redis", 6379, "multiplex = true")).expect("ok"), 1);
+    assert_eq!(
+        get(svc(
+            "postgres",
+            5432,
+            "multiplex = true\nmultiplex_connections = 8"
+        ))
+        .expect("ok"),
+        8
+    );
+    for (extra, says) in [
+        ("multiplex_connections = 2", "only with multiplex = true"),
+        (
+            "multiplex = true\nmultiplex_connections = 0",
+            "from 1 to 64",
+        ),
+        (
+            "multiplex = true\nmultiplex_connections = 65",
+            "from 1 to 64",
+        ),
+    ] {
+        let errors = get(svc("postgres", 5432, extra)).expect_err("refused");
+        assert_eq!(
+            errors.problems[0].path, "service[0].multiplex_connections",
+            "{errors}"
+        );
+        assert!(errors.problems[0].message.contains(says), "{errors}");
+    }
 }

@@ -155,6 +155,14 @@ pub async fn accept_loop(
             // A multiplexed service's clients all live on one thread and
             // share its upstream connection (listener/mux). A task of its
             // own: it does not carry a relay's state (size_tests.rs).
+            Some(slot) if svc.cfg.kind == crate::config::Kind::Postgres => {
+                workers.spawn_at(slot, move || {
+                    let s = svc.clone();
+                    connection(svc, peer, stream, (permit, guard), move |c| {
+                        mux::serve_pg(s, c, sig, engine_rt)
+                    })
+                })
+            }
             Some(slot) => workers.spawn_at(slot, move || {
                 let s = svc.clone();
                 connection(svc, peer, stream, (permit, guard), move |c| {

@@ -29,17 +29,20 @@ use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 
-use super::relay::{read_now, Buffer};
+use super::relay::{nothing_read, read_now, Buffer};
 use super::Signals;
 use crate::observe::Tap;
 use crate::protocol::resp::error_reply;
 use crate::upstream::runtime::ServiceRt;
 
 mod command;
+mod pg;
+mod pgwire;
+mod sql;
 mod upstream;
 
 use command::{Action, Scan, Step};
-use upstream::{Mux, Slot, State};
+use upstream::{Mux, Slot, State, Wire};
 
 /// Commands one client may have waiting for replies; past it (or past
 /// [`MAX_IN_FLIGHT_BYTES`] of them) its socket is not read until replies
@@ -79,8 +82,8 @@ fn key(svc: &ServiceRt) -> usize {
 
 /// This thread's connection for `svc` that takes new commands, started if
 /// there is none (its task connects, holding what is queued meanwhile).
-fn current(svc: &Arc<ServiceRt>, sig: &Signals, engine_rt: &Handle) -> Arc<Mux> {
-    let k = key(svc);
+fn current(svc: &Arc<ServiceRt>, lane: usize, sig: &Signals, engine_rt: &Handle) -> Arc<Mux> {
+    let k = key(svc) << 6 | lane;
     let found = MUXES.with(|m| {
         let mut m = m.borrow_mut();
         m.retain(|(_, w)| w.strong_count() > 0);
@@ -93,7 +96,11 @@ fn current(svc: &Arc<ServiceRt>, sig: &Signals, engine_rt: &Handle) -> Arc<Mux> 
             return mux;
         }
     }
-    let mux = Arc::new(Mux::new());
+    let wire = match svc.cfg.kind {
+        crate::config::Kind::Postgres => Wire::Postgres,
+        _ => Wire::Redis,
+    };
+    let mux = Arc::new(Mux::new(wire, false, k));
     MUXES.with(|m| {
         let mut m = m.borrow_mut();
         m.retain(|(key, _)| *key != k);
@@ -106,6 +113,25 @@ fn current(svc: &Arc<ServiceRt>, sig: &Signals, engine_rt: &Handle) -> Arc<Mux> 
         engine_rt.clone(),
     ));
     mux
+}
+
+/// Of the service's `multiplex_connections` shared connections on this
+/// thread, the one with the fewest commands waiting (the first of equals).
+fn least_loaded(svc: &Arc<ServiceRt>, sig: &Signals, engine_rt: &Handle) -> Arc<Mux> {
+    let mut best = current(svc, 0, sig, engine_rt);
+    let mut load = best.lock().fifo.len();
+    for lane in 1..svc.cfg.multiplex_connections.min(64) {
+        if load == 0 {
+            break;
+        }
+        let m = current(svc, lane, sig, engine_rt);
+        let l = m.lock().fifo.len();
+        if l < load {
+            best = m;
+            load = l;
+        }
+    }
+    best
 }
 
 /// Takes `mux` off this thread's registry (if it is still the one there).
@@ -141,6 +167,12 @@ struct SinkState {
     cut: bool,
     /// The client waits for its commands in flight to be answered.
     waiting: bool,
+    /// PostgreSQL: the transaction status of its last ReadyForQuery (0
+    /// before any: idle).
+    status: u8,
+    /// PostgreSQL: it owns a private connection, which it gives back once
+    /// its transaction is over (so every answer wakes it).
+    attached: bool,
 }
 
 impl Sink {
@@ -150,10 +182,21 @@ impl Sink {
 
     /// Reply bytes for this client, answering `done` of its commands (of
     /// `bytes` in all): written at once if nothing waits before them.
-    /// `from`: the service and upstream they came from, for the observer.
-    fn deliver(&self, data: &[u8], done: usize, bytes: usize, from: Option<(&ServiceRt, usize)>) {
+    /// `from`: the service and upstream they came from, for the observer;
+    /// `status`: PostgreSQL's transaction status after them.
+    fn deliver(
+        &self,
+        data: &[u8],
+        done: usize,
+        bytes: usize,
+        from: Option<(&ServiceRt, usize)>,
+        status: Option<u8>,
+    ) {
         let wake = {
             let mut st = self.state();
+            if let Some(status) = status {
+                st.status = status;
+            }
             if !st.gone {
                 if st.pending.is_empty() {
                     match self.wr.try_write(data) {
@@ -179,7 +222,7 @@ impl Sink {
             }
             st.in_flight = st.in_flight.saturating_sub(done);
             st.in_flight_bytes = st.in_flight_bytes.saturating_sub(bytes);
-            !st.pending.is_empty() || (st.waiting && done > 0) || st.gone
+            !st.pending.is_empty() || ((st.waiting || st.attached) && done > 0) || st.gone
         };
         if wake {
             self.wake.notify_one();
@@ -231,35 +274,68 @@ fn report(svc: &ServiceRt, idx: usize, findings: Vec<crate::observe::Finding>) {
     }
 }
 
-/// One multiplexed client's life, on an L4 thread.
-pub(super) async fn serve(
+pub(super) use pg::serve as serve_pg;
+
+/// One multiplexed Redis client's life, on an L4 thread. Not itself
+/// async: its future is [`drive`]'s alone, which owns what the client
+/// needs (size_tests.rs keeps an idle one small).
+pub(super) fn serve(
     svc: Arc<ServiceRt>,
     client: TcpStream,
-    mut sig: Signals,
+    sig: Signals,
     engine_rt: Handle,
-) -> io::Result<()> {
+) -> impl std::future::Future<Output = io::Result<()>> {
     let _ = client.set_nodelay(true);
-    let (mut rd, wr) = client.into_split();
-    let sink = Arc::new(Sink {
+    let (rd, wr) = client.into_split();
+    let sink = new_sink(&svc, wr);
+    let authed = passwords(&svc).next().is_none();
+    let client = Client {
+        authed,
+        svc,
+        sig: sig.clone(),
+        engine_rt,
+        sink: sink.clone(),
+        mux: None,
+        scan: Scan::default(),
+        quit: false,
+    };
+    drive(client, sink, rd, BytesMut::new(), sig)
+}
+
+fn new_sink(svc: &ServiceRt, wr: OwnedWriteHalf) -> Arc<Sink> {
+    Arc::new(Sink {
         wr,
         st: Mutex::new(SinkState::default()),
         wake: Notify::new(),
         tap: Tap::new(svc.cfg.kind, svc.cfg.slow_query),
-    });
-    let mut client = Client {
-        svc: &svc,
-        sig: sig.clone(),
-        engine_rt: &engine_rt,
-        sink: &sink,
-        mux: None,
-        scan: Scan::default(),
-        authed: passwords(&svc).next().is_none(),
-        quit: false,
-    };
-    let mut inbuf = BytesMut::new();
+    })
+}
+
+/// The command side of a client, per wire.
+trait Side {
+    /// Takes every whole command at the front of `inbuf`: queued, or
+    /// answered here. `Ok(true)`: it stopped at one that must wait for the
+    /// replies in flight.
+    fn run(&mut self, inbuf: &mut BytesMut) -> io::Result<bool>;
+    /// It asked to close (QUIT, Terminate) or was refused for good.
+    fn quit(&self) -> bool;
+    /// Lets go of its connections, as it ends.
+    fn finish(&mut self);
+}
+
+/// Reads a client's commands and hands them to `side` until it closes,
+/// asks to, or is cut; replies are written by the connections (through
+/// its [`Sink`]), or here when its socket could not take them at once.
+async fn drive<S: Side>(
+    mut side: S,
+    sink: Arc<Sink>,
+    mut rd: tokio::net::tcp::OwnedReadHalf,
+    mut inbuf: BytesMut,
+    mut sig: Signals,
+) -> io::Result<()> {
     let mut eof = false;
     let result = loop {
-        let held = match client.run(&mut inbuf) {
+        let held = match side.run(&mut inbuf) {
             Ok(held) => held,
             Err(e) => break Err(e),
         };
@@ -274,10 +350,11 @@ pub(super) async fn serve(
                 && st.pending.len() < MAX_PENDING;
             (st.in_flight, st.cut, st.gone, room)
         };
-        if cut || gone || ((eof || client.quit) && in_flight == 0 && !pending) {
+        let quit = side.quit();
+        if cut || gone || ((eof || quit) && in_flight == 0 && !pending) {
             break Ok(());
         }
-        let read = !eof && !client.quit && !held && room;
+        let read = !eof && !quit && !held && room;
         sink.state().waiting = held || !room;
         tokio::select! {
             biased;
@@ -290,16 +367,68 @@ pub(super) async fn serve(
                 }
                 match read_into(&mut rd, &mut inbuf) {
                     Ok(Some(0)) => eof = true,
-                    Ok(_) => {}
+                    Ok(Some(_)) => {}
+                    Ok(None) => nothing_read().await,
                     Err(e) => break Err(e),
                 }
             }
         }
     };
-    if let Some(mux) = client.mux.take() {
-        let_go(mux);
-    }
+    side.finish();
     result
+}
+
+/// Queues `bytes` of a client on `mux`; `slot`: they end with a command
+/// that gets a reply (a RESP command; a PostgreSQL Query, Sync or
+/// FunctionCall), which counts as in flight until answered. `now`: one
+/// clock read for the commands of one read.
+fn enqueue(sink: &Arc<Sink>, mux: &Mux, bytes: &[u8], slot: bool, now: &mut Option<Instant>) {
+    if slot {
+        let mut st = sink.state();
+        st.in_flight += 1;
+        st.in_flight_bytes += bytes.len();
+    }
+    let mut g = mux.lock();
+    g.out.extend_from_slice(bytes);
+    if slot {
+        g.fifo.push_back(Slot {
+            sink: sink.clone(),
+            sent: *now.get_or_insert_with(Instant::now),
+            bytes: bytes.len(),
+        });
+    }
+}
+
+/// The shared connection a client's next command goes to: the one its
+/// commands in flight went to (`held`) while it takes commands, else (none
+/// in flight) the thread's current one. `None`: wait for the replies in
+/// flight first.
+fn shared_for_next(
+    held: &mut Option<Arc<Mux>>,
+    in_flight: usize,
+    svc: &Arc<ServiceRt>,
+    sig: &Signals,
+    engine_rt: &Handle,
+) -> Option<Arc<Mux>> {
+    if let Some(m) = held {
+        let state = m.lock().state;
+        let usable = matches!(state, State::Connecting | State::Up);
+        // With its commands in flight it stays (their order); with none,
+        // it moves to the least loaded, if the service has several.
+        if usable && (in_flight > 0 || svc.cfg.multiplex_connections <= 1) {
+            return Some(m.clone());
+        }
+        if !usable && in_flight > 0 {
+            return None;
+        }
+    }
+    let old = held.take();
+    let m = least_loaded(svc, sig, engine_rt);
+    if let Some(old) = old {
+        let_go(old);
+    }
+    *held = Some(m.clone());
+    Some(m)
 }
 
 /// Drops a client's hold on `mux` and lets its task see it: a connection
@@ -340,11 +469,11 @@ fn passwords(svc: &ServiceRt) -> impl Iterator<Item = &str> {
 }
 
 /// The command side of one client.
-struct Client<'a> {
-    svc: &'a Arc<ServiceRt>,
+struct Client {
+    svc: Arc<ServiceRt>,
     sig: Signals,
-    engine_rt: &'a Handle,
-    sink: &'a Arc<Sink>,
+    engine_rt: Handle,
+    sink: Arc<Sink>,
     /// The connection its commands in flight went to.
     mux: Option<Arc<Mux>>,
     scan: Scan,
@@ -352,11 +481,19 @@ struct Client<'a> {
     quit: bool,
 }
 
-impl Client<'_> {
-    /// Takes every whole command at the front of `inbuf`: queued, or
-    /// answered here. `Ok(true)`: it stopped at a command that must wait
-    /// for the replies in flight (an answer given here, or a move to
-    /// another connection, must not overtake them).
+impl Side for Client {
+    fn quit(&self) -> bool {
+        self.quit
+    }
+
+    fn finish(&mut self) {
+        if let Some(mux) = self.mux.take() {
+            let_go(mux);
+        }
+    }
+
+    /// An answer given here, or a move to another connection, must not
+    /// overtake the replies in flight.
     fn run(&mut self, inbuf: &mut BytesMut) -> io::Result<bool> {
         let mut queued = None;
         // One clock read for the commands of one read.
@@ -374,7 +511,7 @@ impl Client<'_> {
                 Err(why) => {
                     // As Redis: the error, then the connection is closed.
                     let reply = error_reply(&format!("Protocol error: {why}"));
-                    self.sink.deliver(&reply, 0, 0, None);
+                    self.sink.deliver(&reply, 0, 0, None, None);
                     self.quit = true;
                     inbuf.clear();
                     break false;
@@ -429,29 +566,16 @@ impl Client<'_> {
                         None => cmd,
                     };
                     if let Some(tap) = &self.sink.tap {
-                        report(self.svc, self.svc.route.load().active, tap.client(bytes));
+                        report(&self.svc, self.svc.route.load().active, tap.client(bytes));
                     }
-                    {
-                        let mut st = self.sink.state();
-                        st.in_flight += 1;
-                        st.in_flight_bytes += bytes.len();
-                    }
-                    {
-                        let mut g = mux.lock();
-                        g.out.extend_from_slice(bytes);
-                        g.fifo.push_back(Slot {
-                            sink: self.sink.clone(),
-                            sent: *now.get_or_insert_with(Instant::now),
-                            bytes: bytes.len(),
-                        });
-                    }
+                    enqueue(&self.sink, &mux, bytes, true, &mut now);
                     queued = Some(mux);
                 }
                 // An answer given here comes after the replies in flight.
                 Action::Reply(_) | Action::Quit if in_flight > 0 => break true,
-                Action::Reply(reply) => self.sink.deliver(&reply, 0, 0, None),
+                Action::Reply(reply) => self.sink.deliver(&reply, 0, 0, None, None),
                 Action::Quit => {
-                    self.sink.deliver(b"+OK\r\n", 0, 0, None);
+                    self.sink.deliver(b"+OK\r\n", 0, 0, None, None);
                     self.quit = true;
                 }
                 Action::Auth => {}
@@ -467,27 +591,17 @@ impl Client<'_> {
         }
         Ok(held)
     }
+}
 
-    /// The connection the next command goes to: the one the commands in
-    /// flight went to while it takes commands, else (none in flight) the
-    /// thread's current one. `None`: wait for the replies in flight first.
+impl Client {
     fn mux_for_next(&mut self, in_flight: usize) -> Option<Arc<Mux>> {
-        if let Some(m) = &self.mux {
-            let state = m.lock().state;
-            if matches!(state, State::Connecting | State::Up) {
-                return Some(m.clone());
-            }
-            if in_flight > 0 {
-                return None;
-            }
-        }
-        let old = self.mux.take();
-        let m = current(self.svc, &self.sig, self.engine_rt);
-        if let Some(old) = old {
-            let_go(old);
-        }
-        self.mux = Some(m.clone());
-        Some(m)
+        shared_for_next(
+            &mut self.mux,
+            in_flight,
+            &self.svc,
+            &self.sig,
+            &self.engine_rt,
+        )
     }
 
     /// `AUTH [user] password`, checked against the upstreams' passwords.
@@ -504,7 +618,7 @@ impl Client<'_> {
         let Some((user, pw)) = given else {
             return error_reply("wrong number of arguments for 'auth' command");
         };
-        if passwords(self.svc).next().is_none() {
+        if passwords(&self.svc).next().is_none() {
             return error_reply(
                 "AUTH <password> called without any password configured for the default user. \
                  Are you sure your configuration is correct?",

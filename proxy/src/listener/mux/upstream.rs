@@ -11,6 +11,13 @@
 //! finish while a recover's drain allows), closed. A client whose command
 //! was in flight when the connection was lost is closed, as its own
 //! connection would have been; the others go on, on the next one.
+//!
+//! PostgreSQL (pg.rs) uses the same connection for its pipelined
+//! statements, framed by ReadyForQuery instead of by RESP reply, and a
+//! second kind: a *private* connection, owned by one client from a
+//! statement that may open a transaction until its transaction ends, then
+//! kept idle on the thread ([`PRIVATE`]) for the next such client, as
+//! PgBouncer's transaction pooling does.
 
 use std::collections::VecDeque;
 use std::io;
@@ -22,12 +29,27 @@ use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 
-use super::Sink;
-use crate::listener::relay::{read_now, Buffer};
+use super::{pgwire, Sink};
+use crate::listener::relay::{nothing_read, read_now, Buffer};
 use crate::listener::{report_failed_connect, Signals};
-use crate::protocol::resp::stream::Replies;
+use crate::protocol::resp::stream::Replies as RespReplies;
 use crate::protocol::resp::{error_reply, write_command};
 use crate::upstream::runtime::ServiceRt;
+
+/// How long a private PostgreSQL connection nobody owns stays open for the
+/// next client's transaction (PgBouncer's `server_idle_timeout` is 600 s;
+/// shorter here, since a client's own connection is only for transactions).
+const PRIVATE_IDLE: Duration = Duration::from_secs(60);
+/// Idle private connections kept per service on a thread; past it, one
+/// let go of is closed.
+const PRIVATE_KEEP: usize = 32;
+
+std::thread_local! {
+    /// Idle private PostgreSQL connections of this thread, per service
+    /// (keyed as `MUXES`). Strong: being here is what keeps one open.
+    pub(super) static PRIVATE: std::cell::RefCell<Vec<(usize, Arc<Mux>)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// A command sent (or queued) on a [`Mux`], waiting for its reply.
 pub(super) struct Slot {
@@ -48,26 +70,67 @@ pub(super) enum State {
 pub(super) struct Inner {
     /// Commands not yet handed to the socket.
     pub out: Vec<u8>,
-    /// One per command queued or sent, in order.
+    /// One per command queued or sent, in order (PostgreSQL: one per
+    /// ReadyForQuery expected: a Query, a Sync, a FunctionCall).
     pub fifo: VecDeque<Slot>,
     pub state: State,
+    /// PostgreSQL: the ParameterStatus messages of the connection's
+    /// startup, which a client's own startup is answered with.
+    pub params: Option<Arc<Vec<u8>>>,
+    /// A private connection's client: gets every byte the server sends,
+    /// asked for by a Query/Sync or not (ParseComplete after a Flush, COPY).
+    pub owner: Option<Arc<Sink>>,
+    /// A private connection: since when nobody owns it.
+    pub idle_since: Option<Instant>,
+}
+
+/// The wire a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Wire {
+    Redis,
+    Postgres,
 }
 
 pub(super) struct Mux {
     inner: Mutex<Inner>,
     /// Commands were queued, or a client let go of this connection.
     pub wake: Notify,
+    pub wire: Wire,
+    /// One client's own (PostgreSQL transactions), not shared.
+    pub private: bool,
+    /// Its key in this thread's registries (mod.rs, `key`).
+    pub key: usize,
 }
 
 impl Mux {
-    pub(super) fn new() -> Mux {
+    pub(super) fn new(wire: Wire, private: bool, key: usize) -> Mux {
         Mux {
             inner: Mutex::new(Inner {
                 out: Vec::new(),
                 fifo: VecDeque::new(),
                 state: State::Connecting,
+                params: None,
+                owner: None,
+                idle_since: None,
             }),
             wake: Notify::new(),
+            wire,
+            private,
+            key,
+        }
+    }
+
+    /// The error each held command gets when no upstream came within
+    /// `buffer_timeout_ms`: a RESP error, or a PostgreSQL ErrorResponse and
+    /// the ReadyForQuery that ends the statement (the client stays).
+    fn hold_error(&self, message: &str) -> Vec<u8> {
+        match self.wire {
+            Wire::Redis => error_reply(message),
+            Wire::Postgres => {
+                let mut out = pgwire::error("08006", message);
+                out.extend_from_slice(&pgwire::ready(b'I'));
+                out
+            }
         }
     }
 
@@ -89,16 +152,18 @@ enum End {
 /// The task of one [`Mux`]: connects, serves, and on its way out takes
 /// itself off the thread's registry and settles every queued command.
 pub(super) async fn run(mux: Arc<Mux>, svc: Arc<ServiceRt>, mut sig: Signals, engine_rt: Handle) {
-    let key = super::key(&svc);
+    let key = mux.key;
     let Some((idx, epoch, stream)) = connect(&mux, &svc, &mut sig, &engine_rt).await else {
         // No upstream within buffer_timeout_ms: each held command gets
         // the error a held client gets, and its connection stays usable.
-        let slots = close(&mux, key);
+        let (slots, owner) = close(&mux, key);
         let message = format!("continuity: no upstream available for {}", svc.name());
-        let reply = error_reply(&message);
+        let reply = mux.hold_error(&message);
+        let idle = (!reply.is_empty()).then_some(b'I');
         for s in slots {
-            s.sink.deliver(&reply, 1, s.bytes, None);
+            s.sink.deliver(&reply, 1, s.bytes, None, idle);
         }
+        drop(owner);
         return;
     };
     let Some(up) = svc.upstreams.get(idx).cloned() else {
@@ -120,7 +185,12 @@ pub(super) async fn run(mux: Arc<Mux>, svc: Arc<ServiceRt>, mut sig: Signals, en
     let end = serve(&mux, &svc, idx, epoch, stream, &mut sig).await;
     up.active_conns
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    let slots = close(&mux, key);
+    let (slots, owner) = close(&mux, key);
+    // A private connection's client loses its transaction with it, even
+    // between statements: it is closed, as its own connection would be.
+    if let (End::Lost(_), Some(owner)) = (&end, owner) {
+        owner.cut();
+    }
     if let End::Lost(why) = end {
         if !slots.is_empty() {
             tracing::debug!(
@@ -137,22 +207,80 @@ pub(super) async fn run(mux: Arc<Mux>, svc: Arc<ServiceRt>, mut sig: Signals, en
     }
 }
 
-/// Marks the connection closed, takes it off this thread's registry and
-/// hands back its commands not yet answered.
-fn close(mux: &Arc<Mux>, key: usize) -> VecDeque<Slot> {
-    let slots = {
+/// Marks the connection closed, takes it off this thread's registries and
+/// hands back its commands not yet answered, and its owner if private.
+fn close(mux: &Arc<Mux>, key: usize) -> (VecDeque<Slot>, Option<Arc<Sink>>) {
+    let taken = {
         let mut g = mux.lock();
         g.state = State::Closed;
         g.out = Vec::new();
-        std::mem::take(&mut g.fifo)
+        (std::mem::take(&mut g.fifo), g.owner.take())
     };
-    super::unregister(key, mux);
-    slots
+    unregister(key, mux);
+    taken
 }
 
-/// Waits for a usable active upstream and connects (AUTH included), as
-/// a held client does (listener/mod.rs, `wait_upstream`), until
-/// `buffer_timeout_ms` after the first held command.
+/// Takes `mux` off this thread's registries: the shared one, or the idle
+/// private ones.
+fn unregister(key: usize, mux: &Arc<Mux>) {
+    if mux.private {
+        let _ = PRIVATE.try_with(|p| {
+            p.borrow_mut()
+                .retain(|(k, m)| !(*k == key && Arc::ptr_eq(m, mux)))
+        });
+    } else {
+        super::unregister(key, mux);
+    }
+}
+
+/// An idle private connection of this thread for `key`, if one is up.
+pub(super) fn take_private(key: usize) -> Option<Arc<Mux>> {
+    PRIVATE
+        .try_with(|p| {
+            let mut p = p.borrow_mut();
+            let at = p
+                .iter()
+                .position(|(k, m)| *k == key && m.lock().state == State::Up)?;
+            Some(p.swap_remove(at).1)
+        })
+        .ok()
+        .flatten()
+}
+
+/// Gives a private connection back to this thread's idle ones (closed if
+/// there are enough, or if it is no longer up).
+pub(super) fn keep_private(key: usize, mux: Arc<Mux>) {
+    {
+        let mut g = mux.lock();
+        g.owner = None;
+        g.idle_since = Some(Instant::now());
+        if g.state != State::Up {
+            drop(g);
+            super::let_go(mux);
+            return;
+        }
+    }
+    let kept = PRIVATE
+        .try_with(|p| {
+            let mut p = p.borrow_mut();
+            if p.iter().filter(|(k, _)| *k == key).count() < PRIVATE_KEEP {
+                p.push((key, mux.clone()));
+                true
+            } else {
+                false
+            }
+        })
+        .unwrap_or(false);
+    if kept {
+        mux.wake.notify_one();
+    } else {
+        super::let_go(mux);
+    }
+}
+
+/// Waits for a usable active upstream and connects (AUTH, or PostgreSQL's
+/// startup, included), as a held client does (listener/mod.rs,
+/// `wait_upstream`), until `buffer_timeout_ms` after the first held command.
 async fn connect(
     mux: &Mux,
     svc: &Arc<ServiceRt>,
@@ -177,7 +305,20 @@ async fn connect(
             match tokio::time::timeout(timeout, TcpStream::connect(target.as_str())).await {
                 Ok(Ok(mut stream)) => {
                     up.metrics.connect.observe(started.elapsed().as_secs_f64());
-                    match auth(&mut stream, &up.cfg, timeout).await {
+                    let ready = match mux.wire {
+                        Wire::Redis => auth(&mut stream, &up.cfg, timeout).await,
+                        // A backend's fork and authentication can take
+                        // longer than a TCP connect on a busy server: as
+                        // long as a held statement may wait.
+                        Wire::Postgres => pgwire::startup(
+                            &mut stream,
+                            &up.cfg,
+                            timeout.max(svc.cfg.buffer_timeout),
+                        )
+                        .await
+                        .map(|params| mux.lock().params = Some(Arc::new(params))),
+                    };
+                    match ready {
                         Ok(()) => break Some((idx, route.epoch, stream)),
                         Err(e) => {
                             tracing::warn!(service = svc.name(), upstream = %up.cfg.name,
@@ -297,7 +438,10 @@ async fn serve(
     route_rx.mark_changed();
     let mut wbuf: Vec<u8> = Vec::new();
     let mut wpos = 0usize;
-    let mut replies = Replies::default();
+    let mut replies = match mux.wire {
+        Wire::Redis => Replies::Redis(RespReplies::default()),
+        Wire::Postgres => Replies::Postgres(pgwire::Replies::default()),
+    };
     let mut drain_until: Option<tokio::time::Instant> = None;
     let mut retired = false;
     loop {
@@ -322,24 +466,32 @@ async fn serve(
                 wpos = 0;
             }
         }
-        let (empty, users) = {
+        let (empty, users, idle_since) = {
             let g = mux.lock();
             (
-                g.fifo.is_empty() && g.out.is_empty(),
+                g.fifo.is_empty() && g.out.is_empty() && g.owner.is_none(),
                 Arc::strong_count(mux),
+                g.idle_since,
             )
         };
         if empty && wpos == wbuf.len() && (retired || users == 1) {
             return End::Done;
         }
+        // A private connection nobody owns closes after PRIVATE_IDLE.
+        let idle_until = match (mux.private, idle_since) {
+            (true, Some(t)) if empty => Some(tokio::time::Instant::from_std(t + PRIVATE_IDLE)),
+            _ => None,
+        };
         tokio::select! {
             biased;
             r = rd.readable() => {
                 if r.is_err() {
                     return End::Lost("read failed");
                 }
-                if let Err(why) = read_replies(mux, svc, idx, &mut rd, &mut replies) {
-                    return End::Lost(why);
+                match read_replies(mux, svc, idx, &mut rd, &mut replies) {
+                    Ok(true) => {}
+                    Ok(false) => nothing_read().await,
+                    Err(why) => return End::Lost(why),
                 }
             }
             _ = wr.writable(), if wpos < wbuf.len() => {}
@@ -351,7 +503,7 @@ async fn serve(
                 } else if let Some(drain) = moved(svc, idx, epoch) {
                     retired = true;
                     mux.lock().state = State::Retired;
-                    super::unregister(super::key(svc), mux);
+                    unregister(mux.key, mux);
                     match drain {
                         Some(until) => drain_until = Some(tokio::time::Instant::from_std(until)),
                         None => return End::Lost("the route moved away"),
@@ -359,6 +511,15 @@ async fn serve(
                 }
             }
             _ = sleep_opt(drain_until) => return End::Lost("drain period over"),
+            _ = sleep_opt(idle_until) => {
+                let mut g = mux.lock();
+                if g.owner.is_none() && g.idle_since == idle_since {
+                    g.state = State::Retired;
+                    drop(g);
+                    unregister(mux.key, mux);
+                    retired = true;
+                }
+            }
             _ = sig.force_close.changed() => return End::Lost("force-closed"),
         }
     }
@@ -371,22 +532,59 @@ async fn sleep_opt(until: Option<tokio::time::Instant>) {
     }
 }
 
+/// Where the replies of a connection end: one per RESP reply, or one per
+/// PostgreSQL ReadyForQuery (with its transaction status).
+enum Replies {
+    Redis(RespReplies),
+    Postgres(pgwire::Replies),
+}
+
+impl Replies {
+    /// Consumes from `rest` up to the end of one reply (`Some`, with the
+    /// transaction status for PostgreSQL) or all of it (`None`).
+    fn next(&mut self, rest: &mut &[u8]) -> Result<Option<Option<u8>>, ()> {
+        match self {
+            Replies::Redis(r) => r.next(rest).map(|c| c.map(|_| None)).map_err(|_| ()),
+            Replies::Postgres(p) => p.next(rest).map(|c| c.map(Some)),
+        }
+    }
+}
+
+/// Bytes of one read for one client, from `start`: replies completed in
+/// them (`done`, their commands' `bytes`) and the transaction status the
+/// last one ended with.
+struct Run {
+    sink: Arc<Sink>,
+    start: usize,
+    done: usize,
+    bytes: usize,
+    status: Option<u8>,
+}
+
+impl Run {
+    fn hand_over(&self, data: &[u8], svc: &ServiceRt, idx: usize) {
+        self.sink
+            .deliver(data, self.done, self.bytes, Some((svc, idx)), self.status);
+    }
+}
+
 /// One read of replies, each byte handed to the client whose command is
-/// at the front of the queue, in order; a client's consecutive replies go
-/// out in one write. An error: what the upstream sent cannot be matched
-/// to the commands (a protocol error, or a reply nobody asked for).
+/// at the front of the queue (or a private connection's owner), in order;
+/// a client's consecutive replies go out in one write. An error: what the
+/// upstream sent cannot be matched to the commands (a protocol error, or
+/// a reply nobody asked for); `false`: nothing was read (`read_now`).
 fn read_replies(
     mux: &Mux,
     svc: &ServiceRt,
     idx: usize,
     rd: &mut tokio::net::tcp::OwnedReadHalf,
     replies: &mut Replies,
-) -> Result<(), &'static str> {
+) -> Result<bool, &'static str> {
     let mut buf = Buffer::take();
     let n = match read_now(rd, &mut buf.0) {
         Some(Ok(0)) => return Err("upstream closed"),
         Some(Ok(n)) => n,
-        None => return Ok(()),
+        None => return Ok(false),
         Some(Err(_)) => return Err("read failed"),
     };
     let chunk = buf.0.get(..n).unwrap_or_default();
@@ -396,49 +594,58 @@ fn read_replies(
     up.metrics.bytes_down.inc_by(n as u64);
     let now = Instant::now();
     let mut rest = chunk;
-    // The run of bytes for one client not yet handed over: its sink,
-    // where it starts, replies completed in it and their commands' bytes.
-    let mut run: Option<(Arc<Sink>, usize, usize, usize)> = None;
+    // The run of bytes for one client not yet handed over.
+    let mut run: Option<Run> = None;
     while !rest.is_empty() {
         let at = n - rest.len();
-        let front = mux.lock().fifo.front().map(|s| s.sink.clone());
+        let front = {
+            let g = mux.lock();
+            g.fifo
+                .front()
+                .map(|s| s.sink.clone())
+                .or_else(|| g.owner.clone())
+        };
         let Some(sink) = front else {
             return Err("a reply nobody asked for");
         };
-        if let Some((s, start, done, bytes)) = run.take() {
-            if Arc::ptr_eq(&s, &sink) {
-                run = Some((s, start, done, bytes));
-            } else {
-                s.deliver(
-                    chunk.get(start..at).unwrap_or_default(),
-                    done,
-                    bytes,
-                    Some((svc, idx)),
-                );
+        let mut r = match run.take() {
+            Some(r) if Arc::ptr_eq(&r.sink, &sink) => r,
+            other => {
+                if let Some(r) = other {
+                    r.hand_over(chunk.get(r.start..at).unwrap_or_default(), svc, idx);
+                }
+                Run {
+                    sink,
+                    start: at,
+                    done: 0,
+                    bytes: 0,
+                    status: None,
+                }
             }
-        }
-        let (s, start, mut done, mut bytes) = run.take().unwrap_or((sink, at, 0, 0));
+        };
         let complete = replies
             .next(&mut rest)
-            .map_err(|_| "upstream protocol error")?;
-        if complete.is_some() {
+            .map_err(|()| "upstream protocol error")?;
+        if let Some(st) = complete {
+            // Other clients' statements follow on a shared connection: one
+            // that is left inside a transaction (what sql.rs lets share
+            // cannot open one) is closed, and the server rolls it back.
+            if !mux.private && matches!(st, Some(b'T' | b'E')) {
+                return Err("a statement left the shared connection inside a transaction");
+            }
             if let Some(slot) = mux.lock().fifo.pop_front() {
                 let d = now.saturating_duration_since(slot.sent);
                 up.metrics.response.observe(d.as_secs_f64());
                 up.inline.record(d);
-                done += 1;
-                bytes += slot.bytes;
+                r.done += 1;
+                r.bytes += slot.bytes;
             }
+            r.status = st.or(r.status);
         }
-        run = Some((s, start, done, bytes));
+        run = Some(r);
     }
-    if let Some((s, start, done, bytes)) = run {
-        s.deliver(
-            chunk.get(start..).unwrap_or_default(),
-            done,
-            bytes,
-            Some((svc, idx)),
-        );
+    if let Some(r) = run {
+        r.hand_over(chunk.get(r.start..).unwrap_or_default(), svc, idx);
     }
-    Ok(())
+    Ok(true)
 }

@@ -417,10 +417,16 @@ pub fn parse_error_fields(body: &[u8]) -> ServerError {
 /// An `ErrorResponse` with severity FATAL and the given SQLSTATE (NUL
 /// bytes in the text are dropped), as the proxy refuses a client.
 pub fn error_response(sqlstate: &str, message: &str) -> Vec<u8> {
+    error_response_of("FATAL", sqlstate, message)
+}
+
+/// An `ErrorResponse` of `severity` (`ERROR`: the statement failed and
+/// the session goes on; `FATAL`: the connection ends).
+pub fn error_response_of(severity: &str, sqlstate: &str, message: &str) -> Vec<u8> {
     let field = |s: &str| s.bytes().filter(|b| *b != 0).collect::<Vec<u8>>();
     let msg = Backend::ErrorResponse(vec![
-        (b'S', b"FATAL".to_vec()),
-        (b'V', b"FATAL".to_vec()),
+        (b'S', field(severity)),
+        (b'V', field(severity)),
         (b'C', field(sqlstate)),
         (b'M', field(message)),
     ]);
