@@ -19,9 +19,17 @@ use crate::upstream::state::FailoverCounters;
 /// A redis service (`multiplex` as given), a connected client socket, the
 /// engine's signals and the sender that keeps them open.
 async fn fixture(multiplex: bool) -> (Arc<ServiceRt>, TcpStream, Signals, watch::Sender<bool>) {
+    fixture_of(Kind::Redis, multiplex).await
+}
+
+/// As [`fixture`], for a service of `kind`.
+async fn fixture_of(
+    kind: Kind,
+    multiplex: bool,
+) -> (Arc<ServiceRt>, TcpStream, Signals, watch::Sender<bool>) {
     let mut cfg = ServiceConfig::new(
         "cache",
-        Kind::Redis,
+        kind,
         vec![UpstreamConfig::at("r1", "127.0.0.1:1", Role::Primary)],
     );
     cfg.multiplex = multiplex;
@@ -73,5 +81,21 @@ async fn multiplexed_client_is_small() {
     assert!(
         sink <= 192,
         "a multiplexed client's reply side is {sink} bytes"
+    );
+}
+
+/// A multiplexed PostgreSQL client's task, idle after its startup: its
+/// future holds the startup's state too (pg.rs), and stays within the
+/// 2 KiB a relay's may take.
+#[tokio::test]
+async fn multiplexed_postgres_client_is_small() {
+    let (svc, client, sig, stop) = fixture_of(Kind::Postgres, true).await;
+    let fut = super::mux::serve_pg(svc, client, sig, Handle::current());
+    let size = std::mem::size_of_val(&fut);
+    drop(fut);
+    drop(stop);
+    assert!(
+        size <= 2048,
+        "a multiplexed postgres client's future is {size} bytes"
     );
 }
