@@ -28,6 +28,10 @@
 //! - kill -9 of the primary: idle sessions (and one that sends during the
 //!   outage) run their next statement on the promoted standby without
 //!   reconnecting.
+//! - a CancelRequest with the key continuity handed a client stops that
+//!   client's statement with 57014, on a shared connection or inside a
+//!   transaction, and the client goes on; a wrong pid or secret, or another
+//!   client's key, cancels nothing.
 //!
 //! Every test starts its own PgPair and continuity; no assertion is on
 //! speed.
@@ -1496,4 +1500,219 @@ fn an_idle_client_carries_on_across_a_failover() {
         log()
     );
     assert_eq!(backends_named(&pair.standby, CLIENT_APP), 0);
+}
+
+// ---------------------------------------------------------------------------
+// CancelRequest with the proxy's keys
+// ---------------------------------------------------------------------------
+
+/// SQLSTATE of a cancelled statement.
+const CANCELED: &str = "57014";
+/// Longest a cancelled statement may take to answer.
+const CANCEL_WAIT: Duration = Duration::from_secs(10);
+
+/// A client started up (no password) and the BackendKeyData it was given:
+/// the proxy's pid and secret, not a server's.
+fn session(port: u16) -> (Wire, (i32, [u8; 4])) {
+    let mut w = Wire::connect(port);
+    w.startup("postgres", "postgres");
+    let hello = w.until_ready();
+    let key = hello
+        .iter()
+        .find(|m| m.0 == b'K')
+        .and_then(|m| {
+            let pid = i32::from_be_bytes(m.1.get(..4)?.try_into().ok()?);
+            let secret: [u8; 4] = m.1.get(4..8)?.try_into().ok()?;
+            Some((pid, secret))
+        })
+        .unwrap_or_else(|| panic!("no BackendKeyData at startup: {}", tags(&hello)));
+    (w, key)
+}
+
+/// A CancelRequest for `pid` with `secret`, on a connection of its own, as
+/// libpq's `PQcancel` sends it; returns once the proxy has closed it (it
+/// answers nothing, as PostgreSQL does).
+fn send_cancel(port: u16, pid: i32, secret: &[u8]) {
+    let mut s = TcpStream::connect(loopback(port)).expect("connect for the cancel");
+    s.set_read_timeout(Some(CANCEL_WAIT)).expect("read timeout");
+    let mut m = i32::try_from(12 + secret.len())
+        .expect("a short secret")
+        .to_be_bytes()
+        .to_vec();
+    m.extend(80877102i32.to_be_bytes());
+    m.extend(pid.to_be_bytes());
+    m.extend(secret);
+    s.write_all(&m).expect("write the CancelRequest");
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(
+        rest.is_empty(),
+        "a CancelRequest is answered nothing: {rest:?}"
+    );
+}
+
+/// Waits until `sql` is running (state active) on the primary.
+fn wait_running(pair: &PgPair, sql: &str, log: impl Fn() -> String) {
+    let q =
+        format!("SELECT count(*) FROM pg_stat_activity WHERE query = '{sql}' AND state = 'active'");
+    assert!(
+        wait_until(Duration::from_secs(10), || count(&pair.primary, &q) == 1),
+        "{sql:?} never ran on the primary{}",
+        log()
+    );
+}
+
+/// Sends `sql` on `w`, cancels it with `key` once it runs, and checks that
+/// it ends with 57014 within [`CANCEL_WAIT`]; the answer.
+fn cancelled(
+    pair: &PgPair,
+    port: u16,
+    w: &mut Wire,
+    key: (i32, [u8; 4]),
+    sql: &str,
+    log: impl Fn() -> String,
+) -> Vec<Msg> {
+    w.send(b'Q', &cstr(sql));
+    wait_running(pair, sql, &log);
+    let sent = Instant::now();
+    send_cancel(port, key.0, &key.1);
+    let answer = w.until_ready();
+    let errs = errors(&answer);
+    assert_eq!(
+        errs.first().and_then(|e| e.get(&'C')).map(String::as_str),
+        Some(CANCELED),
+        "{sql:?} after a CancelRequest with its client's key: {} {errs:?}{}",
+        tags(&answer),
+        log()
+    );
+    assert!(
+        sent.elapsed() < CANCEL_WAIT,
+        "the cancel took {:?}",
+        sent.elapsed()
+    );
+    answer
+}
+
+/// A shared statement (`SELECT pg_sleep(30)`) is cancelled by a
+/// CancelRequest with its client's key, and the client goes on.
+#[test]
+fn a_cancel_request_stops_a_shared_statement() {
+    let pair = PgPair::start();
+    let proxy = Proxy::start(&pair, "");
+    let log = || proxy.log();
+    let (mut w, key) = session(proxy.port);
+    assert_eq!(first_cell(&w.query("SELECT 1")).as_deref(), Some("1"));
+
+    let answer = cancelled(&pair, proxy.port, &mut w, key, "SELECT pg_sleep(30)", log);
+    assert_eq!(ready_status(&answer), 'I', "{}", tags(&answer));
+    let after = w.query("SELECT 1");
+    assert!(errors(&after).is_empty(), "{:?}{}", errors(&after), log());
+    assert_eq!(first_cell(&after).as_deref(), Some("1"));
+    // Again: the key stays the client's for its whole session.
+    cancelled(&pair, proxy.port, &mut w, key, "SELECT pg_sleep(31)", log);
+    assert_eq!(first_cell(&w.query("SELECT 2")).as_deref(), Some("2"));
+}
+
+/// In a transaction the client is on a connection of its own: the cancel
+/// goes to that server backend, the transaction is aborted (as on a
+/// direct connection) and ROLLBACK ends it.
+#[test]
+fn a_cancel_request_stops_a_statement_in_a_transaction() {
+    let pair = PgPair::start();
+    let proxy = Proxy::start(&pair, "");
+    let log = || proxy.log();
+    let (mut w, key) = session(proxy.port);
+    let begin = w.query("BEGIN");
+    assert_eq!(ready_status(&begin), 'T', "{}", tags(&begin));
+
+    let answer = cancelled(&pair, proxy.port, &mut w, key, "SELECT pg_sleep(30)", log);
+    assert_eq!(ready_status(&answer), 'E', "{}", tags(&answer));
+    let rollback = w.query("ROLLBACK");
+    assert!(
+        errors(&rollback).is_empty(),
+        "{:?}{}",
+        errors(&rollback),
+        log()
+    );
+    assert_eq!(ready_status(&rollback), 'I');
+    assert_eq!(first_cell(&w.query("SELECT 1")).as_deref(), Some("1"));
+}
+
+/// A CancelRequest whose pid or secret is not exactly a client's cancels
+/// nothing; the right key then does (so that the test is not passed by a
+/// proxy that forwards no cancel at all).
+#[test]
+fn a_cancel_request_with_a_wrong_key_does_nothing() {
+    let pair = PgPair::start();
+    let proxy = Proxy::start(&pair, "");
+    let log = || proxy.log();
+    let (mut w, (pid, secret)) = session(proxy.port);
+
+    let sql = "SELECT pg_sleep(4)";
+    w.send(b'Q', &cstr(sql));
+    wait_running(&pair, sql, log);
+    let wrong_secret = secret.map(|b| b ^ 0x5a);
+    send_cancel(proxy.port, pid, &wrong_secret);
+    send_cancel(proxy.port, pid.wrapping_sub(1), &secret);
+    send_cancel(proxy.port, pid.wrapping_add(1), &secret);
+    let mut longer = secret.to_vec();
+    longer.extend([0, 0, 0, 0]);
+    send_cancel(proxy.port, pid, &longer);
+    send_cancel(proxy.port, pid, &secret[..3]);
+    std::thread::sleep(Duration::from_secs(1));
+    wait_running(&pair, sql, log);
+    let answer = w.until_ready();
+    assert!(
+        errors(&answer).is_empty(),
+        "a cancel with a wrong key stopped the statement: {:?}{}",
+        errors(&answer),
+        log()
+    );
+    assert_eq!(tags(&answer), "TDCZ", "{:?}", errors(&answer));
+
+    cancelled(
+        &pair,
+        proxy.port,
+        &mut w,
+        (pid, secret),
+        "SELECT pg_sleep(30)",
+        log,
+    );
+}
+
+/// Client A's key does not cancel client B's statement on the shared
+/// connection they both use; B's own key does.
+#[test]
+fn a_cancel_request_stops_only_its_own_client() {
+    let pair = PgPair::start();
+    let proxy = Proxy::start(&pair, "");
+    let log = || proxy.log();
+    let (mut a, a_key) = session(proxy.port);
+    let (mut b, b_key) = session(proxy.port);
+    assert_ne!(a_key.0, b_key.0);
+    // Both on the same shared connection (the least loaded: the first).
+    let a_backend = first_cell(&a.query("SELECT pg_backend_pid()"));
+    let b_backend = first_cell(&b.query("SELECT pg_backend_pid()"));
+    assert!(a_backend.is_some());
+    assert_eq!(a_backend, b_backend, "one shared connection{}", log());
+
+    let sql = "SELECT pg_sleep(4)";
+    b.send(b'Q', &cstr(sql));
+    wait_running(&pair, sql, log);
+    send_cancel(proxy.port, a_key.0, &a_key.1);
+    std::thread::sleep(Duration::from_secs(1));
+    wait_running(&pair, sql, log);
+    let answer = b.until_ready();
+    assert!(
+        errors(&answer).is_empty(),
+        "A's key cancelled B's statement: {:?}{}",
+        errors(&answer),
+        log()
+    );
+    assert_eq!(tags(&answer), "TDCZ", "{:?}", errors(&answer));
+    assert_eq!(first_cell(&a.query("SELECT 1")).as_deref(), Some("1"));
+
+    cancelled(&pair, proxy.port, &mut b, b_key, "SELECT pg_sleep(30)", log);
+    assert_eq!(first_cell(&b.query("SELECT 1")).as_deref(), Some("1"));
+    assert_eq!(first_cell(&a.query("SELECT 2")).as_deref(), Some("2"));
 }

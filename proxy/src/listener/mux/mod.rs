@@ -35,6 +35,7 @@ use crate::observe::Tap;
 use crate::protocol::resp::error_reply;
 use crate::upstream::runtime::ServiceRt;
 
+mod cancel;
 mod command;
 mod pg;
 mod pgwire;

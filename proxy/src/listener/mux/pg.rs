@@ -18,7 +18,9 @@
 //!
 //! A client in COPY, or one that sends Flush and waits for answers before
 //! its Sync, is on its private connection, and each of its messages is
-//! forwarded as it comes. What a client gives up is in docs/multiplex.md.
+//! forwarded as it comes. A CancelRequest with the key a client was
+//! handed is passed on to the backend running its statement (cancel.rs).
+//! What a client gives up is in docs/multiplex.md.
 
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -32,6 +34,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 
+use super::cancel::{self, Registered};
 use super::pgwire::{self, AUTH_CLEARTEXT, AUTH_OK};
 use super::sql::{self, Class};
 use super::upstream::{self, Mux, State, Wire};
@@ -53,6 +56,16 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// top of the range so that they are not mistaken for a server's.
 static NEXT_PID: AtomicU32 = AtomicU32::new(i32::MAX as u32);
 
+/// What a client's startup gave: its shared connection, its
+/// StartupMessage and the answer it got (for the observer), and the
+/// backend key it was handed (pid, secret).
+struct Started {
+    shared: Arc<Mux>,
+    startup: Vec<u8>,
+    answer: Vec<u8>,
+    key: (u32, [u8; 4]),
+}
+
 /// One multiplexed PostgreSQL client's life, on an L4 thread.
 pub(in crate::listener) async fn serve(
     svc: Arc<ServiceRt>,
@@ -68,7 +81,12 @@ pub(in crate::listener) async fn serve(
         handshake(&svc, &sig, &engine_rt, &mut rd, &mut wr, &mut inbuf),
     )
     .await;
-    let (shared, startup, answer) = match started {
+    let Started {
+        shared,
+        startup,
+        answer,
+        key: (pid, secret),
+    } = match started {
         Ok(Ok(Some(done))) => done,
         Ok(Ok(None)) | Err(_) => return Ok(()),
         Ok(Err(e)) => return Err(e),
@@ -79,6 +97,8 @@ pub(in crate::listener) async fn serve(
         let _ = tap.client(&startup);
         let _ = tap.server(&answer);
     }
+    // Before its first statement is read: from now on its key cancels.
+    let cancel = Registered::new(&svc, pid, secret, &sink, &shared);
     let client = PgClient {
         svc,
         sig: sig.clone(),
@@ -86,6 +106,7 @@ pub(in crate::listener) async fn serve(
         sink: sink.clone(),
         shared: Some(shared),
         private: None,
+        cancel,
         interactive: false,
         quit: false,
     };
@@ -125,7 +146,8 @@ async fn fill(rd: &mut OwnedReadHalf, inbuf: &mut BytesMut) -> io::Result<bool> 
 /// password checked, every other parameter equal to the shared
 /// connection's or refused; then answered with the shared connection's
 /// ParameterStatus, a key of the proxy's own and ReadyForQuery. `None`:
-/// the client was refused (told why) or went away.
+/// the client was refused (told why) or went away, or the connection was
+/// a CancelRequest (passed on by cancel.rs, answered nothing).
 async fn handshake(
     svc: &Arc<ServiceRt>,
     sig: &Signals,
@@ -133,7 +155,7 @@ async fn handshake(
     rd: &mut OwnedReadHalf,
     wr: &mut OwnedWriteHalf,
     inbuf: &mut BytesMut,
-) -> io::Result<Option<(Arc<Mux>, Vec<u8>, Vec<u8>)>> {
+) -> io::Result<Option<Started>> {
     let (params, startup) = loop {
         match Startup::parse(inbuf) {
             Err(Error::Incomplete) => {
@@ -149,8 +171,12 @@ async fn handshake(
                 inbuf.advance(n);
                 wr.write_all(b"N").await?;
             }
-            // Keys are the proxy's own: nothing to cancel with them.
-            Ok((Startup::Cancel { .. }, _)) => return Ok(None),
+            // Alone on its connection, which is then closed. Boxed: rare,
+            // and an idle client's future need not carry it (size_tests.rs).
+            Ok((Startup::Cancel { pid, secret }, _)) => {
+                Box::pin(cancel::forward(svc, pid, &secret)).await;
+                return Ok(None);
+            }
             Ok((Startup::Startup { version, params }, n)) => {
                 let startup = inbuf.split_to(n).to_vec();
                 if version >> 16 != 3 {
@@ -250,10 +276,16 @@ async fn handshake(
     let mut answer = AUTH_OK.to_vec();
     answer.extend_from_slice(&server);
     let pid = NEXT_PID.fetch_sub(1, Ordering::Relaxed);
-    answer.extend_from_slice(&pgwire::backend_key(pid, rand::random()));
+    let secret: [u8; 4] = rand::random();
+    answer.extend_from_slice(&pgwire::backend_key(pid, secret));
     answer.extend_from_slice(&pgwire::ready(b'I'));
     wr.write_all(&answer).await?;
-    Ok(Some((shared, startup, answer)))
+    Ok(Some(Started {
+        shared,
+        startup,
+        answer,
+        key: (pid, secret),
+    }))
 }
 
 /// Where the front of a client's stream ends.
@@ -369,6 +401,9 @@ struct PgClient {
     shared: Option<Arc<Mux>>,
     /// Its private connection, while it has one.
     private: Option<Arc<Mux>>,
+    /// Its key's entry, which tells a CancelRequest where it runs: kept up
+    /// to date as it moves (shared connection, private one), not per unit.
+    cancel: Registered,
     /// On its private connection, messages are forwarded one by one: a
     /// COPY, or an extended batch sent with Flush before its Sync.
     interactive: bool,
@@ -461,6 +496,7 @@ impl Side for PgClient {
                     self.sink.deliver(&reply, 0, 0, None, None);
                 }
                 Class::Shared => {
+                    let was = self.shared.as_ref().map(Arc::as_ptr);
                     let Some(mux) = shared_for_next(
                         &mut self.shared,
                         in_flight,
@@ -470,6 +506,12 @@ impl Side for PgClient {
                     ) else {
                         break true;
                     };
+                    // A pointer compare per unit; the entry's Weak keeps
+                    // the old connection's allocation, so a new one is
+                    // never at its address.
+                    if was != Some(Arc::as_ptr(&mux)) {
+                        self.cancel.shared(&mux);
+                    }
                     self.observe(unit);
                     enqueue(&self.sink, &mux, unit, ready, &mut now);
                     woke[0] = Some(mux);
@@ -519,6 +561,7 @@ impl PgClient {
             g.idle_since = None;
         }
         self.sink.state().attached = true;
+        self.cancel.private(Some(&m));
         self.private = Some(m.clone());
         m
     }
@@ -530,6 +573,7 @@ impl PgClient {
         let Some(m) = self.private.take() else {
             return;
         };
+        self.cancel.private(None);
         let clean = {
             let st = self.sink.state();
             st.in_flight == 0 && matches!(st.status, 0 | b'I') && !self.interactive

@@ -3,9 +3,11 @@
 //! ends (its ReadyForQuery), the startup and authentication of a
 //! connection with the upstream's credentials (cleartext, MD5 and
 //! SCRAM-SHA-256 by `postgres-protocol`, the crate under the probes'
-//! `tokio-postgres`), and the few backend messages the proxy writes itself.
+//! `tokio-postgres`), its backend key (for a client's CancelRequest,
+//! cancel.rs), and the few messages the proxy writes itself.
 
 use std::io;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -95,13 +97,42 @@ pub(super) fn error(sqlstate: &str, message: &str) -> Vec<u8> {
 pub(super) const AUTH_OK: [u8; 9] = [b'R', 0, 0, 0, 8, 0, 0, 0, 0];
 pub(super) const AUTH_CLEARTEXT: [u8; 9] = [b'R', 0, 0, 0, 8, 0, 0, 0, 3];
 
-/// `BackendKeyData` for a client: a pid and key of the proxy's own (a
-/// CancelRequest with them is not forwarded).
-pub(super) fn backend_key(pid: u32, key: u32) -> Vec<u8> {
+/// `BackendKeyData` for a client: a pid and key of the proxy's own, which
+/// a CancelRequest names the client by (cancel.rs).
+pub(super) fn backend_key(pid: u32, key: [u8; 4]) -> Vec<u8> {
     let mut out = vec![b'K', 0, 0, 0, 12];
     out.extend_from_slice(&pid.to_be_bytes());
-    out.extend_from_slice(&key.to_be_bytes());
+    out.extend_from_slice(&key);
     out
+}
+
+/// The backend of one of the proxy's connections, as its BackendKeyData
+/// named it, and the address the connection went to: where a
+/// CancelRequest for it is sent.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct BackendKey {
+    pub addr: SocketAddr,
+    pub pid: i32,
+    /// 4 bytes in protocol 3.0 (the one the proxy speaks).
+    pub secret: Box<[u8]>,
+}
+
+/// `CancelRequest` for the backend `pid` with `secret`.
+pub(super) fn cancel_request(pid: i32, secret: &[u8]) -> Vec<u8> {
+    let len = i32::try_from(12 + secret.len()).unwrap_or(i32::MAX);
+    let mut out = len.to_be_bytes().to_vec();
+    out.extend_from_slice(&crate::protocol::postgres::startup::CANCEL_REQUEST.to_be_bytes());
+    out.extend_from_slice(&pid.to_be_bytes());
+    out.extend_from_slice(secret);
+    out
+}
+
+/// What a connection's startup gave: the ParameterStatus messages it was
+/// sent, whole (to answer clients with), and its BackendKeyData's pid and
+/// secret.
+pub(super) struct Started {
+    pub params: Vec<u8>,
+    pub key: Option<(i32, Box<[u8]>)>,
 }
 
 fn proto(msg: impl Into<String>) -> io::Error {
@@ -114,19 +145,18 @@ fn codec(e: Error) -> io::Error {
 
 /// Starts up and authenticates a new connection as the upstream's `user`
 /// (default `postgres`) on its `database` (default the user), with
-/// `application_name = continuity-multiplex`, within `timeout`: the
-/// ParameterStatus messages it was sent, whole, to answer clients with.
+/// `application_name = continuity-multiplex`, within `timeout`.
 pub(super) async fn startup(
     stream: &mut TcpStream,
     up: &UpstreamConfig,
     timeout: Duration,
-) -> io::Result<Vec<u8>> {
+) -> io::Result<Started> {
     tokio::time::timeout(timeout, exchange(stream, up))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "postgres startup timed out"))?
 }
 
-async fn exchange(stream: &mut TcpStream, up: &UpstreamConfig) -> io::Result<Vec<u8>> {
+async fn exchange(stream: &mut TcpStream, up: &UpstreamConfig) -> io::Result<Started> {
     let user = up.user.as_deref().unwrap_or("postgres");
     let database = up.database.as_deref().unwrap_or(user);
     let mut out = BytesMut::new();
@@ -147,6 +177,7 @@ async fn exchange(stream: &mut TcpStream, up: &UpstreamConfig) -> io::Result<Vec
     };
     let mut scram: Option<ScramSha256> = None;
     let mut params = Vec::new();
+    let mut key = None;
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -216,8 +247,13 @@ async fn exchange(stream: &mut TcpStream, up: &UpstreamConfig) -> io::Result<Vec
                 let e = parse_error_fields(&body);
                 return Err(proto(format!("{} (SQLSTATE {})", e.message, e.code)));
             }
-            b'Z' => return Ok(params),
-            // BackendKeyData (cancel is not forwarded), NoticeResponse.
+            b'K' => {
+                key = body
+                    .split_first_chunk::<4>()
+                    .map(|(pid, secret)| (i32::from_be_bytes(*pid), secret.into()));
+            }
+            b'Z' => return Ok(Started { params, key }),
+            // NoticeResponse.
             _ => {}
         }
         if !reply.is_empty() {
@@ -227,7 +263,7 @@ async fn exchange(stream: &mut TcpStream, up: &UpstreamConfig) -> io::Result<Vec
 }
 
 /// The value of ParameterStatus `name` among `params` (as [`startup`]
-/// returns them).
+/// returns them, [`Started::params`]).
 pub(super) fn param<'a>(params: &'a [u8], name: &str) -> Option<&'a [u8]> {
     let mut rest = params;
     while let Ok((h, body)) = split_typed(rest, STARTUP_MESSAGE_MAX) {
@@ -296,6 +332,19 @@ pub(super) mod tests {
         assert_eq!(f.code, "0A000");
         assert_eq!(f.message, "SET is not supported");
         assert!(!e.windows(5).any(|w| w == b"FATAL"));
+    }
+
+    #[test]
+    fn a_cancel_request_is_16_bytes_with_the_backend_key() {
+        let m = cancel_request(4242, &[1, 2, 3, 4]);
+        assert_eq!(
+            m,
+            [0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e, 0, 0, 0x10, 0x92, 1, 2, 3, 4]
+        );
+        assert_eq!(
+            backend_key(7, [9, 8, 7, 6]),
+            [b'K', 0, 0, 0, 12, 0, 0, 0, 7, 9, 8, 7, 6]
+        );
     }
 
     #[test]

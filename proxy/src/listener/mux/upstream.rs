@@ -82,6 +82,9 @@ pub(super) struct Inner {
     pub owner: Option<Arc<Sink>>,
     /// A private connection: since when nobody owns it.
     pub idle_since: Option<Instant>,
+    /// PostgreSQL: its backend's key and address, for a client's
+    /// CancelRequest (cancel.rs).
+    pub backend: Option<Arc<pgwire::BackendKey>>,
 }
 
 /// The wire a connection speaks.
@@ -112,6 +115,7 @@ impl Mux {
                 params: None,
                 owner: None,
                 idle_since: None,
+                backend: None,
             }),
             wake: Notify::new(),
             wire,
@@ -316,7 +320,17 @@ async fn connect(
                             timeout.max(svc.cfg.buffer_timeout),
                         )
                         .await
-                        .map(|params| mux.lock().params = Some(Arc::new(params))),
+                        .map(|started| {
+                            let backend = match (started.key, stream.peer_addr()) {
+                                (Some((pid, secret)), Ok(addr)) => {
+                                    Some(Arc::new(pgwire::BackendKey { addr, pid, secret }))
+                                }
+                                _ => None,
+                            };
+                            let mut g = mux.lock();
+                            g.params = Some(Arc::new(started.params));
+                            g.backend = backend;
+                        }),
                     };
                     match ready {
                         Ok(()) => break Some((idx, route.epoch, stream)),
