@@ -37,17 +37,47 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # --------------------------------------------------------------------------- /proc
-def proc_ticks(pid, children=True):
-    """utime+stime (+cutime+cstime: reaped children, e.g. postgres backends) in ticks."""
+def _stat(pid):
+    """The fields of /proc/PID/stat after the command name (index 0 = field 3, state), or None."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             s = f.read()
     except OSError:
         return None
-    rest = s[s.rindex(")") + 2:].split()
-    # fields after ')' start at field 3 (state); utime is field 14 -> index 11
-    ut, st, cut, cst = (int(x) for x in rest[11:15])
-    return ut + st + ((cut + cst) if children else 0)
+    return s[s.rindex(")") + 2:].split()
+
+
+def live_children(pid):
+    """PIDs of PID's live (or zombie, not yet reaped) direct children."""
+    try:  # every thread's children file (CONFIG_PROC_CHILDREN): a child belongs to the thread that forked it
+        return [int(c) for t in os.listdir(f"/proc/{pid}/task")
+                for c in open(f"/proc/{pid}/task/{t}/children").read().split()]
+    except FileNotFoundError:  # no such files in this kernel (or PID is gone): scan every process's ppid
+        return [int(d) for d in os.listdir("/proc") if d.isdigit() and (_stat(d) or [0, 0])[1] == str(pid)]
+    except OSError:
+        return []
+
+
+def proc_ticks(pid, children=True):
+    """utime+stime in ticks; with CHILDREN also its children's: the reaped ones' (cutime+cstime,
+    e.g. postgres backends that exited) and the live ones' (utime+stime+cutime+cstime, e.g.
+    backends a pooling proxy keeps open across the run, whose CPU is not in cutime yet).
+    Take the delta of two samples: a child alive at the first and reaped before the second
+    moves its ticks from the live sum into cutime (the kernel adds exactly the child's
+    utime+stime+cutime+cstime there), so it is counted once, for what it did in between."""
+    for _ in range(3):
+        f = _stat(pid)
+        if f is None:
+            return None
+        ut, st, cut, cst = (int(x) for x in f[11:15])  # fields 14-17
+        if not children:
+            return ut + st
+        live = sum(sum(int(x) for x in cf[11:15]) for cf in map(_stat, live_children(pid)) if cf)
+        # a child reaped while we read it would be counted twice or not at all: read again
+        f2 = _stat(pid)
+        if f2 is None or f2[13:15] == f[13:15]:
+            break
+    return ut + st + cut + cst + live
 
 
 def machine_ticks():
@@ -184,7 +214,7 @@ def cmd_run(argv):
         p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         _, status, ru = os.wait4(p.pid, 0)
     wall = time.monotonic() - t0
-    time.sleep(0.2)  # let the postmaster reap its backends (their CPU lands in cutime)
+    time.sleep(0.2)  # let the postmaster reap its backends (counted either way: proc_ticks)
     m1 = machine_ticks()
     d1 = {k: proc_ticks(p) for k, p in daemons.items()}
     px1 = proc_ticks(a.proxy, children=False) if a.proxy else None

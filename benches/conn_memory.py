@@ -462,6 +462,31 @@ PROTO_REQ = {"redis": "PING -> +PONG",
              "http": "`GET /` HTTP/1.1 keep-alive, 1 KiB body read whole (nginx upstream)"}
 TARGET_ORDER = ("continuity", "haproxy")
 KIB_TARGET = 4.0
+# continuity's service with `multiplex = true` (--redis-multiplex, --pg-multiplex): what it means here
+MUX_TEXT = {"redis": "its clients share one upstream connection to Redis",
+            "postgres": "continuity answers each client's startup itself and the clients' statements share "
+                        "its `multiplex_connections` (default 4) connections to pgbouncer"}
+
+
+def cont_mux(params, proto):
+    """Was continuity's PROTO service multiplexed in this run? params.json says so since
+    --pg-multiplex; older runs only had --redis-multiplex, seen in the command."""
+    m = params.get("continuity_multiplex")
+    if m is not None:
+        return bool(m.get(proto))
+    return proto == "redis" and "--redis-multiplex" in (params.get("command") or "")
+
+
+def mode_text(params, proto):
+    if proto not in MUX_TEXT:
+        return None
+    if cont_mux(params, proto):
+        return f"continuity's {proto} service has `multiplex = true` (docs/multiplex.md): {MUX_TEXT[proto]}."
+    return f"continuity's {proto} service relays (no `multiplex`): one upstream connection per client, as with HAProxy."
+
+
+def tlabel(params, t, proto):
+    return "continuity (multiplex)" if t == "continuity" and cont_mux(params, proto) else t
 
 
 def report(d):
@@ -502,6 +527,9 @@ def report(d):
             continue
         out.append(f"## {proto}: {PROTO_REQ[proto]}")
         out.append("")
+        if mode_text(params, proto):
+            out.append("Mode: " + mode_text(params, proto))
+            out.append("")
         out.append("| target | idle RSS MB | RSS with N idle conns MB | KiB per conn | RSS 10 s after close MB | "
                    "s to within 1.2x idle | failures | closed by proxy while idle |")
         out.append("|---|---|---|---|---|---|---|---|")
@@ -517,7 +545,7 @@ def report(d):
                     fk[k] = fk.get(k, 0) + v
             fails = sum(r.get("failures", 0) for r in tr)
             out.append(
-                f"| {t} | {cellr([r.get('idle_kb') for r in tr], 1, 1 / 1024)} | "
+                f"| {tlabel(params, t, proto)} | {cellr([r.get('idle_kb') for r in tr], 1, 1 / 1024)} | "
                 f"{cellr([r.get('rss_conns_kb') for r in tr], 1, 1 / 1024)} | "
                 f"{cellr([r.get('kib_per_conn') for r in tr], 2)} | "
                 f"{cellr([r.get('rss_10s_after_close_kb') for r in tr], 1, 1 / 1024)} | "
@@ -526,7 +554,7 @@ def report(d):
                 f"{fails}{' ' + json.dumps(fk) if fk else ''} | "
                 f"{sum(r.get('closed_by_proxy_while_idle', 0) for r in tr)} |")
             summary["protocols"][proto][t] = {
-                "runs": len(tr),
+                "runs": len(tr), "multiplex": t == "continuity" and cont_mux(params, proto),
                 "idle_kb": med([r.get("idle_kb") for r in tr]),
                 "rss_conns_kb": med([r.get("rss_conns_kb") for r in tr]),
                 "kib_per_conn": med([r.get("kib_per_conn") for r in tr]),
@@ -548,7 +576,7 @@ def report(d):
             ok_back = c["s_to_within_1_2x_idle"] is not None and c["s_to_within_1_2x_idle"] <= 10 and not \
                 c["runs_not_within_1_2x_in_12s"]
             out.append("")
-            out.append(f"Issue targets (continuity, {proto}): <= {KIB_TARGET:g} KiB per idle connection: "
+            out.append(f"Issue targets (continuity, {proto}{', multiplex' if cont_mux(params, proto) else ''}): <= {KIB_TARGET:g} KiB per idle connection: "
                        f"{'**met**' if ok_kib else '**NOT met**'} ({fmt(c['kib_per_conn'], 2)}); RSS within 1.2x "
                        f"idle within 10 s of close: {'**met**' if ok_back else '**NOT met**'}; failures "
                        f"{c['failures']}.")
@@ -559,7 +587,8 @@ def report(d):
         out.append(f"## Outage: every Redis upstream stopped, {n} clients each send PING, Redis restarted on "
                    "the same port")
         out.append("")
-        out.append("continuity: redis service with no `fallback` (memory fallback off), "
+        out.append("continuity: redis service " + ("with `multiplex = true`, " if cont_mux(params, "redis") else "")
+                   + "with no `fallback` (memory fallback off), "
                    f"`buffer_timeout_ms = {params.get('buffer_timeout_ms')}`: it holds the clients and serves "
                    "them once the upstream is back. HAProxy: what its clients got (same backend, "
                    "`check inter 2s fall 3 rise 2`, retries 3). Peak RSS sampled every 0.25 s from the first "
@@ -583,7 +612,7 @@ def report(d):
             other = {k: v for k, v in oc.items() if not k.startswith(known)}
             cs = [r.get("clients_sent_ping") for r in tr]
             out.append(
-                f"| {t} | {cellr([r.get('idle_kb') for r in tr], 1, 1 / 1024)} | "
+                f"| {tlabel(params, t, 'redis')} | {cellr([r.get('idle_kb') for r in tr], 1, 1 / 1024)} | "
                 f"{cellr([r.get('rss_held_kb') for r in tr], 1, 1 / 1024)} | "
                 f"{cellr([r.get('rss_peak_kb') for r in tr], 1, 1 / 1024)} | "
                 f"{cellr([r.get('kib_per_held_client') for r in tr], 2)} | {cellr(cs, 0)} | "
@@ -591,6 +620,7 @@ def report(d):
                 f"{sum(other.values())}{' ' + json.dumps(other) if other else ''} | "
                 f"{cellr([r.get('last_pong_after_restart_s') for r in tr], 2)} |")
             summary["outage"][t] = {"runs": len(tr), "outcomes": oc,
+                                    "multiplex": t == "continuity" and cont_mux(params, "redis"),
                                     "idle_kb": med([r.get("idle_kb") for r in tr]),
                                     "rss_held_kb": med([r.get("rss_held_kb") for r in tr]),
                                     "rss_peak_kb": med([r.get("rss_peak_kb") for r in tr]),
@@ -609,7 +639,7 @@ def report(d):
             all_served = c["pong"] == n * c["runs"]
             in_bound = c["kib_per_held_client"] is not None and c["kib_per_held_client"] <= KIB_TARGET
             out.append("")
-            out.append(f"Issue targets (continuity, outage): all {n} held clients served on recovery: "
+            out.append(f"Issue targets (continuity, outage{', multiplex' if cont_mux(params, 'redis') else ''}): all {n} held clients served on recovery: "
                        f"{'**met**' if all_served else '**NOT met**'} ({c['pong']} +PONG over {c['runs']} run(s)); "
                        f"within {KIB_TARGET:g} KiB per held client: {'**met**' if in_bound else '**NOT met**'} "
                        f"({fmt(c['kib_per_held_client'], 2)}).")

@@ -4,11 +4,16 @@
 #   benches/conn_memory.sh [--conns N] [--protocols redis,postgres,http]
 #                          [--targets continuity,haproxy] [--rounds R] [--skip-outage]
 #                          [--batch B] [--buffer-timeout-ms MS] [--outage-min-s S]
-#                          [--out DIR] [--keep] [--redis-multiplex]
+#                          [--out DIR] [--keep] [--redis-multiplex] [--pg-multiplex]
 #                          [--continuity-bin PATH]
 #
 # --redis-multiplex: continuity's redis service gets `multiplex = true` (docs/multiplex.md):
 # its clients share one upstream connection instead of one each.
+# --pg-multiplex: continuity's postgres service gets `multiplex = true`: continuity answers
+# each client's startup itself (user postgres and database bench are the upstream's `user`
+# and `database`; no `password_env`, so no password is asked) and its statements share the
+# service's `multiplex_connections` (default 4) connections to pgbouncer.
+# The two can be given together; the report and params.json say which mode was measured.
 #
 # Upstreams, all on 127.0.0.1 free ports, in a temp work dir, stopped from the EXIT trap:
 #   redis     a redis-server primary (--maxclients 30000); request PING -> +PONG
@@ -59,6 +64,7 @@ BUFFER_TIMEOUT_MS=60000
 OUTAGE_MIN_S=6
 OUT=""
 REDIS_MUX=""
+PG_MUX=""
 NGINX=${NGINX:-/usr/sbin/nginx}
 PGBOUNCER=${PGBOUNCER:-/usr/sbin/pgbouncer}
 CM=(python3 "$BENCH_DIR/conn_memory.py")
@@ -77,6 +83,7 @@ while [[ $# -gt 0 ]]; do
         --out) OUT=$2; shift 2 ;;
         --keep) KEEP_WORK=1; shift ;;
         --redis-multiplex) REDIS_MUX="multiplex = true"; shift ;;
+        --pg-multiplex) PG_MUX="multiplex = true"; shift ;;
         --continuity-bin) CONT_BIN=$2; shift 2 ;;
         -h|--help) usage 0 ;;
         *) echo "unknown option $1" >&2; usage 2 ;;
@@ -256,6 +263,9 @@ kind = "postgres"
 category = "core"
 listen = "127.0.0.1:$C_PG"
 max_connections = $MAXCONN
+$PG_MUX
+# user/database: the probe's, and with multiplex the only ones a client may ask for
+# (they equal the client's: user postgres, database bench); no password_env, no password
 upstreams = [
   { name = "pgbouncer", address = "127.0.0.1:$PB", role = "primary", user = "postgres", database = "bench" },
 ]
@@ -356,6 +366,14 @@ port_of() { # TARGET PROTO
     esac
 }
 service_of() { case $1 in redis) echo redis ;; postgres) echo postgres ;; http) echo web ;; esac; }
+# mux_of TARGET PROTO: true if that run's proxy multiplexes PROTO (continuity with the flag)
+mux_of() {
+    case $1:$2 in
+        continuity:redis) [[ -n $REDIS_MUX ]] && echo true || echo false ;;
+        continuity:postgres) [[ -n $PG_MUX ]] && echo true || echo false ;;
+        *) echo false ;;
+    esac
+}
 proto_args=(--pg-user postgres --pg-db bench --http-path / --http-len 1024)
 
 # start_target TARGET PROTO LABEL: a fresh proxy process, ready for PROTO (every service
@@ -404,7 +422,9 @@ path, cmd, notes = sys.argv[1], sys.argv[2], sys.argv[3:]
 json.dump({"command": cmd, "conns": $CONNS, "conns_requested": $CONNS_REQUESTED, "nofile": $NOFILE,
            "continuity_max_connections": $MAXCONN, "haproxy_maxconn": $H_MAXCONN, "batch": $BATCH, "rounds": $ROUNDS,
            "protocols": "$PROTOCOLS".split(","), "targets": "$TARGETS".split(","),
-           "outage": not $SKIP_OUTAGE, "buffer_timeout_ms": $BUFFER_TIMEOUT_MS, "outage_min_s": $OUTAGE_MIN_S, "notes": notes},
+           "outage": not $SKIP_OUTAGE, "buffer_timeout_ms": $BUFFER_TIMEOUT_MS, "outage_min_s": $OUTAGE_MIN_S,
+           # continuity's redis/postgres service: relayed (false) or multiplex = true (true)
+           "continuity_multiplex": {"redis": bool("$REDIS_MUX"), "postgres": bool("$PG_MUX")}, "notes": notes},
           open(path, "w"), indent=1)
 EOF
 
@@ -418,7 +438,7 @@ for proto in "${PROTO_LIST[@]}"; do
             log "$label: $CONNS connections (loadavg $(loadavg1))"
             "${CM[@]}" hold --proto "$proto" --port "$(port_of "$t" "$proto")" --pid "$TPID" --conns "$CONNS" \
                 --batch "$BATCH" --idle-kb "$IDLE_KB" --out "$OUT/raw/$label.json" "${proto_args[@]}" \
-                --meta "{\"phase\":\"hold\",\"target\":\"$t\",\"round\":$round}" >&2 ||
+                --meta "{\"phase\":\"hold\",\"target\":\"$t\",\"round\":$round,\"multiplex\":$(mux_of "$t" "$proto")}" >&2 ||
                 log "WARNING: $label: client exited non-zero"
             stop_target "$t" "$label"
         done
@@ -438,7 +458,7 @@ if has_proto redis && ((SKIP_OUTAGE == 0)); then
             rm -f "$WORK/outage.ready" "$WORK/outage.go" "$WORK/outage.go.tmp"
             "${CM[@]}" outage --port "$(port_of "$t" redis)" --pid "$TPID" --conns "$CONNS" --batch "$BATCH" \
                 --idle-kb "$IDLE_KB" --ready "$WORK/outage.ready" --go "$WORK/outage.go" \
-                --out "$OUT/raw/$label.json" --meta "{\"phase\":\"outage\",\"target\":\"$t\",\"round\":$round}" >&2 &
+                --out "$OUT/raw/$label.json" --meta "{\"phase\":\"outage\",\"target\":\"$t\",\"round\":$round,\"multiplex\":$(mux_of "$t" redis)}" >&2 &
             CLI_PID=$!
             STARTED_PIDS+=("$CLI_PID")
             for ((i = 0; i < 2400; i++)); do
