@@ -32,6 +32,8 @@
 //!   client's statement with 57014, on a shared connection or inside a
 //!   transaction, and the client goes on; a wrong pid or secret, or another
 //!   client's key, cancels nothing.
+//! - a BEGIN sent while the server has no slot free (53300) waits for one,
+//!   within `buffer_timeout_ms`, instead of failing.
 //!
 //! Every test starts its own PgPair and continuity; no assertion is on
 //! speed.
@@ -1715,4 +1717,91 @@ fn a_cancel_request_stops_only_its_own_client() {
     cancelled(&pair, proxy.port, &mut b, b_key, "SELECT pg_sleep(30)", log);
     assert_eq!(first_cell(&b.query("SELECT 1")).as_deref(), Some("1"));
     assert_eq!(first_cell(&a.query("SELECT 2")).as_deref(), Some("2"));
+}
+
+/// A transaction needs a server connection of its own. When the server
+/// has no slot free ("sorry, too many clients already", SQLSTATE 53300),
+/// or is starting up or shutting down (57P03), the connection is tried
+/// again while the statement may be held (`buffer_timeout_ms`), as a
+/// refused TCP connect is, instead of failing the statement at once.
+#[test]
+fn a_transaction_waits_for_a_free_server_slot() {
+    let mut server = PgServer::start();
+    server.psql("ALTER SYSTEM SET max_connections = 5");
+    server.psql("ALTER SYSTEM SET superuser_reserved_connections = 0");
+    server.restart();
+    let port = free_port();
+    // Checks far apart: the probe must not see the full server and take
+    // the upstream out of the route (then the statement would be held for
+    // another reason).
+    let engine = Continuity::builder()
+        .health("check_interval_seconds = 30\nfailure_threshold = 3\nconnect_timeout_ms = 300")
+        .service(&format!(
+            r#"name = "pg"
+kind = "postgres"
+listen = "127.0.0.1:{port}"
+buffer_timeout_ms = 20000
+multiplex = true
+multiplex_connections = 1
+upstreams = [
+  {{ name = "pg-primary", address = "{p}", role = "primary", user = "postgres" }},
+]"#,
+            p = server.addr()
+        ))
+        .start();
+    let log = || log_of(&engine.log);
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            engine.get("/api/ops/health").1["services"][0]["status"] == "healthy"
+        }),
+        "the multiplexed pg service never became healthy{}",
+        log()
+    );
+    let (mut w, _) = session(port);
+    assert_eq!(first_cell(&w.query("SELECT 1")).as_deref(), Some("1"));
+
+    // Every other slot taken by direct sessions, until the server refuses.
+    let mut direct = Vec::new();
+    for i in 0..10 {
+        let mut p = Psql::open(server.port(), &format!("direct-{i}"), &[], &engine.log);
+        let mark = p.send("SELECT 1;");
+        match p.recv(&mark) {
+            Ok(a) if a.out == ["1"] => direct.push(p),
+            // Refused: psql exits ("too many clients already").
+            _ => break,
+        }
+    }
+    assert!(
+        try_psql(server.port(), "SELECT 1").is_err(),
+        "the server still has a free slot after {} sessions",
+        direct.len()
+    );
+
+    // BEGIN needs a private connection: held while the server is full.
+    w.send(b'Q', &cstr("BEGIN"));
+    std::thread::sleep(Duration::from_millis(1500));
+    let freed = Instant::now();
+    drop(direct.pop());
+    let begun = w.until_ready();
+    assert!(
+        errors(&begun).is_empty(),
+        "BEGIN failed instead of waiting for a slot: {:?}{}",
+        errors(&begun),
+        log()
+    );
+    assert_eq!(ready_status(&begun), 'T', "{}", tags(&begun));
+    assert!(freed.elapsed() < Duration::from_secs(15), "{}", log());
+    let inside = w.query("SELECT 2");
+    assert_eq!(
+        first_cell(&inside).as_deref(),
+        Some("2"),
+        "{:?}",
+        errors(&inside)
+    );
+    assert_eq!(ready_status(&w.query("COMMIT")), 'I');
+    assert!(
+        log().contains("trying again"),
+        "the refusal was not logged as retried{}",
+        log()
+    );
 }

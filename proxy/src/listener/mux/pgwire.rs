@@ -135,6 +135,33 @@ pub(super) struct Started {
     pub key: Option<(i32, Box<[u8]>)>,
 }
 
+/// The server's ErrorResponse to a connection's startup.
+#[derive(Debug)]
+pub(super) struct Refused {
+    pub code: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (SQLSTATE {})", self.message, self.code)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// Whether a connection whose startup failed with `e` may succeed if
+/// tried again soon: the server is starting up or shutting down (class
+/// 57), has no slot free (class 53), or the connection broke or timed out
+/// (an I/O error). A refusal of the credentials or the database (class
+/// 28, 3D...) or a protocol the proxy cannot follow will not change.
+pub(super) fn transient(e: &io::Error) -> bool {
+    if let Some(r) = e.get_ref().and_then(|i| i.downcast_ref::<Refused>()) {
+        return ["57", "53", "08"].iter().any(|c| r.code.starts_with(c));
+    }
+    e.kind() != io::ErrorKind::InvalidData
+}
+
 fn proto(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
@@ -245,7 +272,10 @@ async fn exchange(stream: &mut TcpStream, up: &UpstreamConfig) -> io::Result<Sta
             b'S' => params.extend_from_slice(&whole),
             b'E' => {
                 let e = parse_error_fields(&body);
-                return Err(proto(format!("{} (SQLSTATE {})", e.message, e.code)));
+                return Err(io::Error::other(Refused {
+                    code: e.code,
+                    message: e.message,
+                }));
             }
             b'K' => {
                 key = body
@@ -322,6 +352,32 @@ pub(super) mod tests {
         assert!(r.next(&mut &[b'Z', 0, 0, 0, 6, b'I', 0][..]).is_err());
         let mut r = Replies::default();
         assert!(r.next(&mut &[b'D', 0xff, 0xff, 0xff, 0xff][..]).is_err());
+    }
+
+    #[test]
+    fn only_refusals_that_may_pass_are_tried_again() {
+        let refused = |code: &str| {
+            io::Error::other(Refused {
+                code: code.into(),
+                message: "m".into(),
+            })
+        };
+        for code in ["57P03", "57P01", "53300", "08006"] {
+            assert!(transient(&refused(code)), "{code}");
+        }
+        for code in ["28P01", "28000", "3D000", "42501"] {
+            assert!(!transient(&refused(code)), "{code}");
+        }
+        assert!(transient(&io::Error::from(io::ErrorKind::UnexpectedEof)));
+        assert!(transient(&io::Error::from(io::ErrorKind::TimedOut)));
+        assert!(!transient(&proto(
+            "authentication method 7 is not supported"
+        )));
+        assert_eq!(
+            refused("53300").to_string(),
+            "m (SQLSTATE 53300)",
+            "the message the held statements get"
+        );
     }
 
     #[test]

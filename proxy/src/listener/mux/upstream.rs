@@ -43,6 +43,9 @@ const PRIVATE_IDLE: Duration = Duration::from_secs(60);
 /// Idle private connections kept per service on a thread; past it, one
 /// let go of is closed.
 const PRIVATE_KEEP: usize = 32;
+/// How long a connection whose PostgreSQL startup was refused for a
+/// reason that may pass (`pgwire::transient`) waits before it tries again.
+const STARTUP_RETRY: Duration = Duration::from_millis(50);
 
 std::thread_local! {
     /// Idle private PostgreSQL connections of this thread, per service
@@ -157,18 +160,28 @@ enum End {
 /// itself off the thread's registry and settles every queued command.
 pub(super) async fn run(mux: Arc<Mux>, svc: Arc<ServiceRt>, mut sig: Signals, engine_rt: Handle) {
     let key = mux.key;
-    let Some((idx, epoch, stream)) = connect(&mux, &svc, &mut sig, &engine_rt).await else {
-        // No upstream within buffer_timeout_ms: each held command gets
-        // the error a held client gets, and its connection stays usable.
-        let (slots, owner) = close(&mux, key);
-        let message = format!("continuity: no upstream available for {}", svc.name());
-        let reply = mux.hold_error(&message);
-        let idle = (!reply.is_empty()).then_some(b'I');
-        for s in slots {
-            s.sink.deliver(&reply, 1, s.bytes, None, idle);
+    let (idx, epoch, stream) = match connect(&mux, &svc, &mut sig, &engine_rt).await {
+        Ok(up) => up,
+        // No upstream within buffer_timeout_ms (or one that refused the
+        // connection for good): each held command gets the error a held
+        // client gets, and its connection stays usable.
+        Err(why) => {
+            let (slots, owner) = close(&mux, key);
+            let message = match why {
+                Some(why) => format!(
+                    "continuity: the upstream of {} refused a connection: {why}",
+                    svc.name()
+                ),
+                None => format!("continuity: no upstream available for {}", svc.name()),
+            };
+            let reply = mux.hold_error(&message);
+            let idle = (!reply.is_empty()).then_some(b'I');
+            for s in slots {
+                s.sink.deliver(&reply, 1, s.bytes, None, idle);
+            }
+            drop(owner);
+            return;
         }
-        drop(owner);
-        return;
     };
     let Some(up) = svc.upstreams.get(idx).cloned() else {
         close(&mux, key);
@@ -290,7 +303,7 @@ async fn connect(
     svc: &Arc<ServiceRt>,
     sig: &mut Signals,
     engine_rt: &Handle,
-) -> Option<(usize, u64, TcpStream)> {
+) -> Result<(usize, u64, TcpStream), Option<String>> {
     let first = mux
         .lock()
         .fifo
@@ -299,6 +312,9 @@ async fn connect(
     let deadline = tokio::time::Instant::from_std(first + svc.cfg.buffer_timeout);
     let mut changed = svc.changed_tx.subscribe();
     let mut held = false;
+    // The last refusal at startup, told to the held commands if no try
+    // succeeds in time.
+    let mut last: Option<String> = None;
     let got = loop {
         let route = svc.route.load_full();
         let idx = route.active;
@@ -333,42 +349,58 @@ async fn connect(
                         }),
                     };
                     match ready {
-                        Ok(()) => break Some((idx, route.epoch, stream)),
+                        Ok(()) => break Ok((idx, route.epoch, stream)),
+                        // The server starting up or shutting down, or out
+                        // of slots: tried again while the held command may
+                        // wait, as a refused TCP connect is.
+                        Err(e) if mux.wire == Wire::Postgres && pgwire::transient(&e) => {
+                            tracing::info!(service = svc.name(), upstream = %up.cfg.name,
+                                error = %e, "multiplexed connection refused; trying again");
+                            last = Some(e.to_string());
+                        }
                         Err(e) => {
                             tracing::warn!(service = svc.name(), upstream = %up.cfg.name,
                                 error = %e, "multiplexed connection refused");
-                            break None;
+                            break Err(Some(e.to_string()));
                         }
                     }
                 }
                 Ok(Err(e)) => {
                     let waited = started.elapsed();
                     if !report_failed_connect(engine_rt, svc, idx, Some(e), waited).await {
-                        break None;
+                        break Err(None);
                     }
                     continue;
                 }
                 Err(_) => {
                     let waited = started.elapsed();
                     if !report_failed_connect(engine_rt, svc, idx, None, waited).await {
-                        break None;
+                        break Err(None);
                     }
                     continue;
                 }
             }
         }
+        // Refused at startup just now: a short pause before the next try,
+        // unless the route changes first.
+        let pause = if last.is_some() {
+            tokio::time::Instant::now() + STARTUP_RETRY
+        } else {
+            deadline
+        };
         if !held {
             held = true;
             svc.held.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             svc.metrics.held.with_label_values(&[svc.name()]).inc();
         }
         tokio::select! {
-            r = changed.changed() => if r.is_err() { break None },
+            r = changed.changed() => if r.is_err() { break Err(last) },
             _ = tokio::time::sleep_until(deadline) => {
                 svc.metrics.hold_timeouts.with_label_values(&[svc.name()]).inc();
-                break None;
+                break Err(last);
             }
-            _ = sig.shutdown.changed() => break None,
+            _ = tokio::time::sleep_until(pause), if pause < deadline => {}
+            _ = sig.shutdown.changed() => break Err(last),
         }
     };
     if held {
