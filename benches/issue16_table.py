@@ -1,0 +1,219 @@
+#!/usr/bin/env python3
+"""Issue #16's table from one benches/issue16.sh run: DIR/table.md.
+
+    python3 benches/issue16_table.py DIR
+
+Reads DIR/load/runs.jsonl, DIR/http/runs.jsonl, DIR/connmem{,-mux}/results.json,
+DIR/demo/rss.txt and DIR/failover/failover.jsonl. Every figure is a ratio of medians over
+the rounds (noisy runs that were repeated are left out, as in the scripts' own reports):
+C = continuity's default relay, M = `multiplex = true`, H = HAProxy, D = direct. A row is
+met when the shipped default (C) or the opt-in multiplexing (M) meets it; the table says
+which.
+"""
+import json
+import os
+import statistics
+import sys
+
+
+def runs(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        recs = [json.loads(line) for line in f if line.strip()]
+    return [r for r in recs if not r.get("superseded") and r.get("exit", 0) == 0]
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def ratio(a, b):
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def f3(x):
+    return "-" if x is None else f"{x:.3f}"
+
+
+class Table:
+    def __init__(self):
+        self.rows = []
+
+    def add(self, load, target, values, ok):
+        """values: [(label, ratio)], ok(ratio) -> bool; met if any labelled value is ok."""
+        cells = [f"{label} {f3(v)}" for label, v in values]
+        met = [label for label, v in values if v is not None and ok(v)]
+        known = any(v is not None for _, v in values)
+        verdict = ("**yes** (" + ", ".join(met) + ")") if met else ("no" if known else "not measured")
+        self.rows.append((load, target, " · ".join(cells), verdict))
+
+    def md(self):
+        out = ["| load | target | measured | met |", "|---|---|---|---|"]
+        out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in self.rows]
+        return out
+
+
+def load_rows(t, d):
+    recs = runs(os.path.join(d, "load", "runs.jsonl"))
+
+    def val(bench, target, get):
+        return med([get(r) for r in recs if r["bench"] == bench and r["target"] == target])
+
+    def redis(bench, target, op, key):
+        return val(bench, target, lambda r: (r.get("redis") or {}).get(op, {}).get(key))
+
+    def pg(bench, target, key):
+        return val(bench, target, lambda r: (r.get("pgbench") or {}).get(key))
+
+    def cpu(bench, target):
+        return val(bench, target, lambda r: r.get("proxy_cpu_us_per_op"))
+
+    def vs_h(get):
+        return [(lab, ratio(get(tg), get("haproxy"))) for lab, tg in
+                (("C/H", "continuity"), ("M/H", "continuity-mux"))]
+
+    at_least = lambda x: lambda v: v >= x  # noqa: E731
+    at_most = lambda x: lambda v: v <= x  # noqa: E731
+    for op in ("SET", "GET"):
+        t.add(f"redis -c 50 {op}", ">= 1.2x req/s",
+              vs_h(lambda tg: redis("redis_np", tg, op, "rps")), at_least(1.2))
+        for p in ("p50", "p99"):
+            t.add(f"redis -c 50 {op} {p}", "<= HAProxy's",
+                  vs_h(lambda tg: redis("redis_np", tg, op, f"{p}_ms")), at_most(1.0))
+    for op in ("SET", "GET"):
+        t.add(f"redis -c 50 -P 16 {op}", ">= 1.2x req/s",
+              vs_h(lambda tg: redis("redis_p16", tg, op, "rps")), at_least(1.2))
+    for op in ("SET", "GET"):
+        direct = redis("redis_c1", "direct", op, "p50_ms")
+
+        def added(tg):
+            p = redis("redis_c1", tg, op, "p50_ms")
+            return None if p is None or direct is None else p - direct
+
+        t.add(f"redis -c 1 {op} added p50", "<= 0.6x HAProxy's added p50",
+              vs_h(added), at_most(0.6))
+        t.add(f"redis -c 1 {op} p99", "<= HAProxy's",
+              vs_h(lambda tg: redis("redis_c1", tg, op, "p99_ms")), at_most(1.0))
+    for bench, name in (("pg_S", "pgbench -S -c 16"), ("pg_tpcb", "pgbench TPC-B -c 8")):
+        t.add(name, ">= 1.2x tps", vs_h(lambda tg: pg(bench, tg, "tps")), at_least(1.2))
+        t.add(f"{name} latency", "<= HAProxy's", vs_h(lambda tg: pg(bench, tg, "lat_avg_ms")), at_most(1.0))
+    for bench in ("redis_np", "redis_p16", "redis_c1", "pg_S", "pg_tpcb"):
+        t.add(f"proxy CPU per op, {bench}", "<= 0.75x HAProxy's", vs_h(lambda tg: cpu(bench, tg)), at_most(0.75))
+    # Context: how far HAProxy is from direct (the physical limit) on each row.
+    ctx = []
+    for bench, get in (("redis_np", lambda tg: redis("redis_np", tg, "SET", "rps")),
+                       ("redis_p16", lambda tg: redis("redis_p16", tg, "SET", "rps")),
+                       ("pg_S", lambda tg: pg("pg_S", tg, "tps")),
+                       ("pg_tpcb", lambda tg: pg("pg_tpcb", tg, "tps"))):
+        ctx.append(f"{bench} D/H {f3(ratio(get('direct'), get('haproxy')))}")
+    return ctx
+
+
+def http_rows(t, d):
+    recs = runs(os.path.join(d, "http", "runs.jsonl"))
+
+    def val(mode, target, key):
+        return med([(r.get("wrk") or {}).get(key) for r in recs
+                    if r.get("mode") == mode and r["target"] == target])
+
+    def cpu(mode, target):
+        return med([r.get("proxy_cpu_us_per_op") for r in recs
+                    if r.get("mode") == mode and r["target"] == target])
+
+    for mode, name in (("keepalive", "wrk keep-alive"), ("close", "wrk Connection: close")):
+        t.add(name, ">= 1.2x req/s", [("C/H", ratio(val(mode, "continuity", "rps"), val(mode, "haproxy", "rps")))],
+              lambda v: v >= 1.2)
+        t.add(f"{name} p99", "<= HAProxy's",
+              [("C/H", ratio(val(mode, "continuity", "p99_ms"), val(mode, "haproxy", "p99_ms")))],
+              lambda v: v <= 1.0)
+        t.add(f"proxy CPU per request, {name}", "<= 0.75x HAProxy's",
+              [("C/H", ratio(cpu(mode, "continuity"), cpu(mode, "haproxy")))], lambda v: v <= 0.75)
+
+
+def memory_rows(t, d):
+    out = []
+    for sub, label in (("connmem", "relay"), ("connmem-mux", "multiplexed")):
+        p = os.path.join(d, sub, "results.json")
+        if not os.path.exists(p):
+            continue
+        with open(p) as f:
+            res = json.load(f)
+        n = res.get("params", {}).get("conns")
+        for proto, by in res.get("protocols", {}).items():
+            c, h = by.get("continuity", {}), by.get("haproxy", {})
+            kib = c.get("kib_per_conn")
+            t.rows.append((f"memory per idle connection, {proto} ({label}, {n} conns)", "<= 4 KiB",
+                           f"{f3(kib)} KiB (HAProxy {f3(h.get('kib_per_conn'))})",
+                           "**yes**" if kib is not None and kib <= 4 else "no"))
+            s = c.get("s_to_within_1_2x_idle")
+            hs = h.get("s_to_within_1_2x_idle")
+            hs = "not within 12 s" if hs is None else f"{hs} s"
+            t.rows.append((f"RSS after close, {proto} ({label})", "within 1.2x idle in 10 s",
+                           f"{s} s (HAProxy: {hs})",
+                           "**yes**" if s is not None and s <= 10 else "no"))
+        o = res.get("outage", {}).get("continuity")
+        if o:
+            kib = o.get("kib_per_held_client")
+            ok = o.get("all_served") and kib is not None and kib <= 4
+            t.rows.append((f"outage, redis ({label})", "every held client served, <= 4 KiB each",
+                           f"{o.get('pong')}/{o.get('clients')} served, {f3(kib)} KiB per held client "
+                           f"(HAProxy {f3(res['outage'].get('haproxy', {}).get('kib_per_held_client'))}, "
+                           f"{res['outage'].get('haproxy', {}).get('pong')} served)",
+                           "**yes**" if ok else "no"))
+    p = os.path.join(d, "demo", "rss.txt")
+    if os.path.exists(p):
+        with open(p) as f:
+            kb = [int(x[1]) for x in (line.split() for line in f) if len(x) == 2]
+        m = med(kb)
+        t.rows.append(("idle RSS, demo config", "<= 20 MB",
+                       "-" if m is None else f"{m / 1024:.1f} MB (at 45, 50, 55 s: {kb})",
+                       "**yes**" if m is not None and m <= 20 * 1024 else "no"))
+    return out
+
+
+def failover_rows(d):
+    recs = runs(os.path.join(d, "failover", "failover.jsonl"))
+    by = {}
+    for r in recs:
+        name = r["label"].rsplit("-r", 1)[0]
+        by.setdefault(name, []).append(r)
+    out = ["| target, mode | gap ms, median [min-max] | failed requests |", "|---|---|---|"]
+    for name, rs in sorted(by.items()):
+        gaps = [r.get("gap_last_ok_to_first_backup_ms") for r in rs]
+        gaps = [g for g in gaps if g is not None]
+        failed = sum(r.get("failed_requests_total") or 0 for r in rs)
+        cell = f"{med(gaps):.1f} [{min(gaps):.1f}-{max(gaps):.1f}]" if gaps else "-"
+        out.append(f"| {name} | {cell} | {failed} in {len(rs)} trials |")
+    return out
+
+
+def main():
+    if len(sys.argv) != 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    d = sys.argv[1]
+    t = Table()
+    ctx = load_rows(t, d)
+    http_rows(t, d)
+    memory_rows(t, d)
+    lines = ["# Issue #16: the whole table in one run", ""]
+    p = os.path.join(d, "run.txt")
+    if os.path.exists(p):
+        with open(p) as f:
+            lines += [line.rstrip() + "  " for line in f]
+        lines.append("")
+    lines += t.md()
+    lines += ["", "HAProxy against direct (the physical limit) in the same run: " + ", ".join(ctx) + ".", ""]
+    lines += ["## Failover gap", ""] + failover_rows(d)
+    met = sum(1 for r in t.rows if r[3].startswith("**yes"))
+    lines += ["", f"{met} of {len(t.rows)} rows met."]
+    with open(os.path.join(d, "table.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
