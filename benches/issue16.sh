@@ -66,11 +66,14 @@ log "memory, multiplexed"
 
 log "demo: idle RSS"
 mkdir -p "$OUT/demo"
-DEMO_DIR="$OUT/demo/run" CONTINUITY_BIN="$BIN" setsid "$ROOT/scripts/demo" >"$OUT/demo/demo.log" 2>&1 &
+# The demo's servers and state in a temp dir of their own (their data is not a result).
+DEMO_RUN=$(mktemp -d /tmp/continuity-issue16-demo.XXXXXX)
+chmod 755 "$DEMO_RUN"
+DEMO_DIR="$DEMO_RUN" CONTINUITY_BIN="$BIN" setsid "$ROOT/scripts/demo" >"$OUT/demo/demo.log" 2>&1 &
 DEMO=$!
 rss_of_demo() {
     local pid
-    pid=$(pgrep -f -n "^$BIN run --config $OUT/demo/run/continuity.toml" || true)
+    pid=$(pgrep -f -n "^$BIN run --config $DEMO_RUN/continuity.toml" || true)
     [[ -n $pid ]] && awk '/^VmRSS/ {print $2}' "/proc/$pid/status"
 }
 : >"$OUT/demo/rss.txt"
@@ -80,6 +83,7 @@ for at in 45 50 55; do
 done
 kill -INT -- "-$DEMO" 2>/dev/null || true
 wait "$DEMO" 2>/dev/null || true
+rm -rf "$DEMO_RUN"
 
 log "failover gap"
 "$HERE/failover.sh" --reps "$REPS" --modes persistent,newconn \
