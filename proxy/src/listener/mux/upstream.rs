@@ -44,8 +44,12 @@ const PRIVATE_IDLE: Duration = Duration::from_secs(60);
 /// let go of is closed.
 const PRIVATE_KEEP: usize = 32;
 /// How long a connection whose PostgreSQL startup was refused for a
-/// reason that may pass (`pgwire::transient`) waits before it tries again.
+/// reason that may pass (`pgwire::transient`) waits before it tries again:
+/// at first, then twice as long after each refusal, up to
+/// [`STARTUP_RETRY_MAX`], so that clients held on a full server do not
+/// hammer it with logins (PgBouncer waits `server_login_retry`, 15 s).
 const STARTUP_RETRY: Duration = Duration::from_millis(50);
+const STARTUP_RETRY_MAX: Duration = Duration::from_secs(1);
 
 std::thread_local! {
     /// Idle private PostgreSQL connections of this thread, per service
@@ -315,7 +319,9 @@ async fn connect(
     // The last refusal at startup, told to the held commands if no try
     // succeeds in time.
     let mut last: Option<String> = None;
+    let mut retry = STARTUP_RETRY;
     let got = loop {
+        let mut pause: Option<tokio::time::Instant> = None;
         let route = svc.route.load_full();
         let idx = route.active;
         if let (true, Some(up)) = (svc.usable(&route, idx), svc.upstreams.get(idx)) {
@@ -357,6 +363,8 @@ async fn connect(
                             tracing::info!(service = svc.name(), upstream = %up.cfg.name,
                                 error = %e, "multiplexed connection refused; trying again");
                             last = Some(e.to_string());
+                            pause = Some(tokio::time::Instant::now() + retry);
+                            retry = (retry * 2).min(STARTUP_RETRY_MAX);
                         }
                         Err(e) => {
                             tracing::warn!(service = svc.name(), upstream = %up.cfg.name,
@@ -381,13 +389,6 @@ async fn connect(
                 }
             }
         }
-        // Refused at startup just now: a short pause before the next try,
-        // unless the route changes first.
-        let pause = if last.is_some() {
-            tokio::time::Instant::now() + STARTUP_RETRY
-        } else {
-            deadline
-        };
         if !held {
             held = true;
             svc.held.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -399,7 +400,10 @@ async fn connect(
                 svc.metrics.hold_timeouts.with_label_values(&[svc.name()]).inc();
                 break Err(last);
             }
-            _ = tokio::time::sleep_until(pause), if pause < deadline => {}
+            // Refused at startup just now: the next try after a pause,
+            // unless the route changes first.
+            _ = tokio::time::sleep_until(pause.unwrap_or(deadline)),
+                if pause.is_some_and(|p| p < deadline) => {}
             _ = sig.shutdown.changed() => break Err(last),
         }
     };
