@@ -38,6 +38,7 @@ use crate::upstream::runtime::ServiceRt;
 mod cancel;
 mod command;
 mod pg;
+mod pg_startup;
 mod pgwire;
 mod sql;
 mod upstream;
