@@ -33,16 +33,6 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn nofile_soft_limit() -> u64 {
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
-    limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(3))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(u64::MAX)
-}
-
 fn connect_many(addr: &str, n: usize) -> Vec<TcpStream> {
     (0..n)
         .map(|i| TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect #{i} to {addr}: {e}")))

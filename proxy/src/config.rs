@@ -500,9 +500,20 @@ pub struct ServiceConfig {
     /// default 1, postgres 4): each client's command goes to the one with
     /// the fewest waiting.
     pub multiplex_connections: usize,
+    /// Client connects to one upstream in progress at once (L4 services);
+    /// the others wait their turn. Held clients meeting an upstream that
+    /// comes back would otherwise overflow its listen backlog, and the
+    /// connects the kernel drops would count as failures of an upstream
+    /// that is up (listener/mod.rs, `connect_turn`).
+    pub max_connecting: usize,
     /// `kind = "http"`: the gateway's settings (defaults for other kinds).
     pub http: HttpSettings,
 }
+
+/// `max_connecting` of a service that does not set it: below the listen
+/// backlog of Redis (511 by default) and of PostgreSQL (twice its
+/// `max_connections`, 200 by default).
+pub const DEFAULT_MAX_CONNECTING: usize = 64;
 
 impl ServiceConfig {
     /// A service with defaults everywhere, for tests and builders.
@@ -531,6 +542,7 @@ impl ServiceConfig {
             reattach_idle: kind == Kind::Redis,
             multiplex: false,
             multiplex_connections: 1,
+            max_connecting: DEFAULT_MAX_CONNECTING,
             http: HttpSettings::default(),
         }
     }

@@ -270,7 +270,7 @@ impl ProxyMetrics {
             passive_failures: counter(
                 reg,
                 PASSIVE_FAILURES_TOTAL,
-                "Failed upstream connects seen in real traffic, by upstream.",
+                "Failed upstream connects seen in real traffic, by upstream and reason: refused and timeout (each a probe failure), http_error, and congested (an L4 connect that timed out while others to the same upstream succeeded: its listen backlog was full; not counted against its health).",
                 &["service", "upstream", "reason"],
             ),
             http: HttpMetrics::new(reg),

@@ -115,6 +115,7 @@ pub struct RawService {
     pub reattach_idle: Option<bool>,
     pub multiplex: Option<bool>,
     pub multiplex_connections: Option<u64>,
+    pub max_connecting: Option<u64>,
     pub max_connections: Option<u64>,
     pub max_client_connections: Option<u64>,
     pub max_body_bytes: Option<u64>,

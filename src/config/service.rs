@@ -13,7 +13,7 @@ use continuity_proxy::config::{
     Role, ServiceConfig, UpstreamConfig,
 };
 use continuity_proxy::config::{
-    DEFAULT_FALLBACK_MAX_OUTPUT_BYTES, DEFAULT_FALLBACK_MAX_REPLY_BYTES,
+    DEFAULT_FALLBACK_MAX_OUTPUT_BYTES, DEFAULT_FALLBACK_MAX_REPLY_BYTES, DEFAULT_MAX_CONNECTING,
 };
 
 use super::lines::KeyPath;
@@ -79,6 +79,14 @@ pub const DEFAULT_L4_MAX_CONNECTIONS: u32 = 1024;
 /// `max_client_connections` of an HTTP service that does not set it.
 pub const DEFAULT_HTTP_MAX_CLIENT_CONNECTIONS: u32 = 1024;
 const PATH_KINDS: &[Kind] = &[Kind::Http, Kind::Elasticsearch, Kind::Websocket];
+/// Kinds whose clients the L4 listener connects to their upstream.
+const L4_KINDS: &[Kind] = &[
+    Kind::Redis,
+    Kind::Postgres,
+    Kind::Neo4j,
+    Kind::Tcp,
+    Kind::Websocket,
+];
 const CREDENTIAL_KINDS: &[Kind] = &[Kind::Redis, Kind::Postgres, Kind::Neo4j];
 const DATABASE_KINDS: &[Kind] = &[Kind::Postgres, Kind::Neo4j];
 
@@ -262,6 +270,17 @@ fn service(
     // Everything below depends on the kind.
     let kind = kind?;
     let multiplex_connections = multiplex_connections(ctx, at, &raw, kind);
+    let max_connecting = match raw.max_connecting {
+        Some(n) if !(1..=MAX_CONNECTING).contains(&n) => {
+            ctx.problem(
+                &at.key("max_connecting"),
+                format!("must be from 1 to {MAX_CONNECTING}, got {n}"),
+            );
+            DEFAULT_MAX_CONNECTING
+        }
+        Some(n) => n as usize,
+        None => DEFAULT_MAX_CONNECTING,
+    };
     kind_specific_keys(ctx, at, &raw, kind);
     // L4 listeners get a cap by default; for HTTP kinds `max_connections`
     // bounds requests in flight (none by default) and
@@ -370,6 +389,7 @@ fn service(
             && !raw.multiplex.unwrap_or(false),
         multiplex: matches!(kind, Kind::Redis | Kind::Postgres) && raw.multiplex.unwrap_or(false),
         multiplex_connections,
+        max_connecting,
         http: HttpSettings {
             on_outage: extra.on_outage,
             routes: extra.routes.clone(),
@@ -474,7 +494,8 @@ fn extras(ctx: &mut Ctx<'_>, at: &KeyPath, raw: &RawService) -> ServiceExtras {
 fn kind_specific_keys(ctx: &mut Ctx<'_>, at: &KeyPath, raw: &RawService, kind: Kind) {
     let redis: &[Kind] = &[Kind::Redis];
     let heartbeat: &[Kind] = &[Kind::Heartbeat];
-    let keys: [(&str, bool, &[Kind]); 14] = [
+    let keys: [(&str, bool, &[Kind]); 15] = [
+        ("max_connecting", raw.max_connecting.is_some(), L4_KINDS),
         ("fallback", raw.fallback.is_some(), redis),
         (
             "fallback_max_bytes",
@@ -571,6 +592,9 @@ fn multiplex_connections(ctx: &mut Ctx<'_>, at: &KeyPath, raw: &RawService, kind
     }
     n as usize
 }
+
+/// The most connects to one upstream `max_connecting` may allow at once.
+const MAX_CONNECTING: u64 = 65_535;
 
 /// The most shared connections a multiplexed service may keep per thread
 /// (listener/mux: a connection's lane is part of its registry key).

@@ -208,6 +208,7 @@ fn the_reference_config_documents_every_key() {
         "reattach_idle",
         "multiplex",
         "multiplex_connections",
+        "max_connecting",
         "max_connections",
         "max_body_bytes",
         "queue_max_depth",
@@ -393,5 +394,40 @@ fn multiplex_connections_defaults_by_kind_and_needs_multiplex() {
             "{errors}"
         );
         assert!(errors.problems[0].message.contains(says), "{errors}");
+    }
+}
+
+#[test]
+fn max_connecting_defaults_to_64_for_l4_kinds_and_is_bounded() {
+    let svc = |kind: &str, extra: &str| {
+        format!(
+            "[[service]]\nname = \"s\"\nkind = \"{kind}\"\n{extra}\n\
+             upstreams = [{{ name = \"a\", address = \"127.0.0.1:6379\", role = \"primary\" }}]\n"
+        )
+    };
+    let get = |text: String| {
+        parse_with_env(&text, Path::new("c.toml"), &no_env)
+            .map(|c| c.engine.services[0].max_connecting)
+    };
+    assert_eq!(get(svc("redis", "")).expect("ok"), 64);
+    assert_eq!(get(svc("tcp", "max_connecting = 1")).expect("ok"), 1);
+    assert_eq!(
+        get(svc("postgres", "max_connecting = 65535")).expect("ok"),
+        65535
+    );
+    for (kind, extra, says) in [
+        ("redis", "max_connecting = 0", "from 1 to 65535"),
+        ("redis", "max_connecting = 65536", "from 1 to 65535"),
+        ("heartbeat", "max_connecting = 8", "applies only to"),
+    ] {
+        let errors = get(svc(kind, extra)).expect_err("refused");
+        let problem = errors
+            .problems
+            .iter()
+            .find(|p| p.path == "service[0].max_connecting");
+        assert!(
+            problem.is_some_and(|p| p.message.contains(says)),
+            "{errors}"
+        );
     }
 }

@@ -66,6 +66,6 @@ pub use ports::{
 #[allow(unused_imports)]
 pub use postgres::{psql, try_psql, PgPair, PgServer};
 #[allow(unused_imports)]
-pub use proc::{kill_pid, kill_tree, pid_alive, ChildGuard};
+pub use proc::{kill_pid, kill_tree, nofile_soft_limit, pid_alive, ChildGuard};
 #[allow(unused_imports)]
 pub use redis::{redis_call, redis_cmd, RedisError, RedisOptions, RedisPair, RedisServer, Resp};

@@ -225,3 +225,15 @@ pub fn sweep_orphans() {
         }
     });
 }
+
+/// This process's soft limit of open files (`ulimit -n`), from
+/// /proc/self/limits; `u64::MAX` when it cannot be read or is unlimited.
+pub fn nofile_soft_limit() -> u64 {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(u64::MAX)
+}

@@ -399,6 +399,14 @@ async fn wait_upstream(
                         break Ok((idx, route.epoch, stream));
                     }
                 }
+                let turn = match connect_turn(up, deadline, sig).await {
+                    Ok(turn) => turn,
+                    Err(gave) => break Err(gave),
+                };
+                if turn.waited && svc.route.load().epoch != route.epoch {
+                    // The route moved while this client waited: see where.
+                    continue;
+                }
                 let started = Instant::now();
                 let target = up.cfg.target();
                 match tokio::time::timeout(
@@ -408,8 +416,26 @@ async fn wait_upstream(
                 .await
                 {
                     Ok(Ok(stream)) => {
+                        up.connected_now();
                         up.metrics.connect.observe(started.elapsed().as_secs_f64());
                         break Ok((idx, route.epoch, stream));
+                    }
+                    // Timed out while other connects to it succeeded (or
+                    // just before): its listen backlog was full (a herd of
+                    // held clients meeting it as it came back), which says
+                    // nothing of its health. Counted apart, and tried
+                    // again. (A hung server is still found by the probes,
+                    // which wait for an answer, not a connect.)
+                    Err(_) if up.connected_since(started, svc.cfg.health.connect_timeout) => {
+                        svc.metrics
+                            .passive_failures
+                            .with_label_values(&[svc.name(), &up.cfg.name, "congested"])
+                            .inc();
+                        // Within `buffer_timeout_ms`, as a held client.
+                        if tokio::time::Instant::now() >= deadline {
+                            break Err(Gave::Timeout);
+                        }
+                        continue;
                     }
                     Ok(Err(e)) => {
                         let waited = started.elapsed();
@@ -430,6 +456,10 @@ async fn wait_upstream(
         }
         if let Some(alt) = detour(svc, &route) {
             if let Some(up) = svc.upstreams.get(alt) {
+                let _turn = match connect_turn(up, deadline, sig).await {
+                    Ok(turn) => turn,
+                    Err(gave) => break Err(gave),
+                };
                 let started = Instant::now();
                 let target = up.cfg.target();
                 // Boxed, as the other rare paths (size_tests.rs).
@@ -471,6 +501,45 @@ async fn wait_upstream(
         svc.held.fetch_sub(1, Ordering::Relaxed);
     }
     outcome
+}
+
+/// A turn to connect to `up`, held until the connect is done (the
+/// service's `max_connecting` turns per upstream). Without it, clients
+/// held through an outage all connect at once when the upstream comes
+/// back: past its listen backlog the kernel drops their SYNs, those
+/// connects run past `connect_timeout_ms`, and each would count as a
+/// failure of an upstream that is up (tests/recovery_herd.rs). Turns are
+/// given in the order asked for (tokio's semaphore is fair).
+struct Turn<'a> {
+    _permit: tokio::sync::SemaphorePermit<'a>,
+    /// It had to wait for it.
+    waited: bool,
+}
+
+async fn connect_turn<'a>(
+    up: &'a crate::upstream::state::UpstreamRt,
+    deadline: tokio::time::Instant,
+    sig: &mut Signals,
+) -> Result<Turn<'a>, Gave> {
+    if let Ok(p) = up.connecting.try_acquire() {
+        return Ok(Turn {
+            _permit: p,
+            waited: false,
+        });
+    }
+    // Boxed: a rare path, whose state an idle relay should not carry
+    // (size_tests.rs).
+    Box::pin(async {
+        tokio::select! {
+            p = up.connecting.acquire() => match p {
+                Ok(p) => Ok(Turn { _permit: p, waited: true }),
+                Err(_) => Err(Gave::Up),
+            },
+            _ = tokio::time::sleep_until(deadline) => Err(Gave::Timeout),
+            _ = sig.shutdown.changed() => Err(Gave::Up),
+        }
+    })
+    .await
 }
 
 /// Relays the client to `upstream` (index, epoch, socket) until one side

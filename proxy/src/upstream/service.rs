@@ -69,7 +69,7 @@ impl ServiceRt {
             .iter()
             .map(|u| {
                 let m = metrics.for_upstream(&cfg.name, &u.name);
-                Arc::new(UpstreamRt::new(u.clone(), m))
+                Arc::new(UpstreamRt::new(u.clone(), m, cfg.max_connecting))
             })
             .collect::<Vec<_>>();
         let names: Vec<&str> = cfg.upstreams.iter().map(|u| u.name.as_str()).collect();

@@ -8,9 +8,9 @@
 //! in tests (upstream/harness.rs) and behaves the same at run time.
 
 use std::collections::VecDeque;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
@@ -71,11 +71,38 @@ pub struct UpstreamRt {
     /// HTTP: no request before this instant (a 429's Retry-After). The
     /// gateway's `Shared::quota` holds the same cell; snapshots read it.
     pub quota: Arc<Mutex<Option<Instant>>>,
+    /// Turns to connect: the service's `max_connecting` client connects to
+    /// this upstream in progress at once (listener/mod.rs).
+    pub connecting: tokio::sync::Semaphore,
+    /// When a client connect to it last succeeded, in ns since `origin` + 1
+    /// (0: never): a connect that timed out while others succeeded met a
+    /// full listen backlog (listener/mod.rs).
+    connected: AtomicU64,
+    origin: Instant,
 }
 
 impl UpstreamRt {
-    pub fn new(cfg: UpstreamConfig, metrics: UpstreamMetrics) -> UpstreamRt {
+    /// A client connect to it succeeded now.
+    pub fn connected_now(&self) {
+        let t = self.origin.elapsed().as_nanos() as u64 + 1;
+        self.connected.fetch_max(t, Ordering::Relaxed);
+    }
+
+    /// A client connect to it succeeded after `started - window`.
+    pub fn connected_since(&self, started: Instant, window: Duration) -> bool {
+        let last = self.connected.load(Ordering::Relaxed);
+        let from = started
+            .saturating_duration_since(self.origin)
+            .saturating_sub(window)
+            .as_nanos() as u64;
+        last != 0 && last > from
+    }
+
+    pub fn new(cfg: UpstreamConfig, metrics: UpstreamMetrics, max_connecting: usize) -> UpstreamRt {
         UpstreamRt {
+            connecting: tokio::sync::Semaphore::new(max_connecting.max(1)),
+            connected: AtomicU64::new(0),
+            origin: Instant::now(),
             metrics,
             cfg,
             health: Mutex::new(HealthState::default()),
