@@ -62,6 +62,11 @@ impl LatencyWindow {
     }
 
     pub fn record(&self, d: Duration) {
+        self.record_n(d, 1);
+    }
+
+    /// `n` samples of `d` (requests answered together), at the cost of one.
+    pub fn record_n(&self, d: Duration, n: usize) {
         let minute = self.minute_now();
         let slot = &self.slots[(minute % 2) as usize];
         let seen = slot.minute.load(Ordering::Relaxed);
@@ -77,7 +82,7 @@ impl LatencyWindow {
                 c.store(0, Ordering::Relaxed);
             }
         }
-        slot.counts[bucket_of(d)].fetch_add(1, Ordering::Relaxed);
+        slot.counts[bucket_of(d)].fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// Percentile `q` (0..=1) in ms over the current and previous minute.

@@ -254,6 +254,7 @@ mod tests {
             sink: sink.clone(),
             sent: Instant::now(),
             bytes: 1,
+            count: 1,
         });
     }
 

@@ -118,7 +118,8 @@ fn current(svc: &Arc<ServiceRt>, lane: usize, sig: &Signals, engine_rt: &Handle)
 }
 
 /// Of the service's `multiplex_connections` shared connections on this
-/// thread, the one with the fewest commands waiting (the first of equals).
+/// thread, the one with the fewest slots waiting (a slot: one client's
+/// commands of one read; the first of equals).
 fn least_loaded(svc: &Arc<ServiceRt>, sig: &Signals, engine_rt: &Handle) -> Arc<Mux> {
     let mut best = current(svc, 0, sig, engine_rt);
     let mut load = best.lock().fifo.len();
@@ -393,11 +394,20 @@ fn enqueue(sink: &Arc<Sink>, mux: &Mux, bytes: &[u8], slot: bool, now: &mut Opti
     let mut g = mux.lock();
     g.out.extend_from_slice(bytes);
     if slot {
-        g.fifo.push_back(Slot {
-            sink: sink.clone(),
-            sent: *now.get_or_insert_with(Instant::now),
-            bytes: bytes.len(),
-        });
+        let sent = *now.get_or_insert_with(Instant::now);
+        // The client's previous command of this read: one slot for both.
+        match g.fifo.back_mut() {
+            Some(s) if s.sent == sent && Arc::ptr_eq(&s.sink, sink) => {
+                s.count += 1;
+                s.bytes += bytes.len();
+            }
+            _ => g.fifo.push_back(Slot {
+                sink: sink.clone(),
+                sent,
+                bytes: bytes.len(),
+                count: 1,
+            }),
+        }
     }
 }
 

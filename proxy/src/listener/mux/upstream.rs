@@ -58,11 +58,17 @@ std::thread_local! {
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// A command sent (or queued) on a [`Mux`], waiting for its reply.
+/// Commands sent (or queued) on a [`Mux`], waiting for their replies:
+/// one client's consecutive commands of one read share a slot (what a
+/// pipelining client sends costs one queue entry per read, not one per
+/// command).
 pub(super) struct Slot {
     pub sink: Arc<Sink>,
     pub sent: Instant,
+    /// Bytes of its commands, in flight until the last one is answered.
     pub bytes: usize,
+    /// Its commands not yet answered (at least 1).
+    pub count: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,7 +187,8 @@ pub(super) async fn run(mux: Arc<Mux>, svc: Arc<ServiceRt>, mut sig: Signals, en
             let reply = mux.hold_error(&message);
             let idle = (!reply.is_empty()).then_some(b'I');
             for s in slots {
-                s.sink.deliver(&reply, 1, s.bytes, None, idle);
+                let replies = reply.repeat(s.count);
+                s.sink.deliver(&replies, s.count, s.bytes, None, idle);
             }
             drop(owner);
             return;
@@ -218,7 +225,7 @@ pub(super) async fn run(mux: Arc<Mux>, svc: Arc<ServiceRt>, mut sig: Signals, en
                 service = svc.name(),
                 upstream = %up.cfg.name,
                 why,
-                in_flight = slots.len(),
+                in_flight = slots.iter().map(|s| s.count).sum::<usize>(),
                 "multiplexed connection lost with commands in flight"
             );
         }
@@ -494,6 +501,7 @@ async fn serve(
     };
     let mut drain_until: Option<tokio::time::Instant> = None;
     let mut retired = false;
+    let response = up.metrics.response.local();
     loop {
         if wpos == wbuf.len() {
             wbuf.clear();
@@ -538,7 +546,7 @@ async fn serve(
                 if r.is_err() {
                     return End::Lost("read failed");
                 }
-                match read_replies(mux, svc, idx, &mut rd, &mut replies) {
+                match read_replies(mux, svc, idx, &mut rd, &mut replies, &response) {
                     Ok(true) => {}
                     Ok(false) => nothing_read().await,
                     Err(why) => return End::Lost(why),
@@ -623,12 +631,17 @@ impl Run {
 /// a client's consecutive replies go out in one write. An error: what the
 /// upstream sent cannot be matched to the commands (a protocol error, or
 /// a reply nobody asked for); `false`: nothing was read (`read_now`).
+///
+/// One clock read and one lock per reply at most, and the response times
+/// go to `response` (this connection's own histogram, flushed to the
+/// shared one once per read): no shared atomic is touched per reply.
 fn read_replies(
     mux: &Mux,
     svc: &ServiceRt,
     idx: usize,
     rd: &mut tokio::net::tcp::OwnedReadHalf,
     replies: &mut Replies,
+    response: &prometheus::local::LocalHistogram,
 ) -> Result<bool, &'static str> {
     let mut buf = Buffer::take();
     let n = match read_now(rd, &mut buf.0) {
@@ -646,23 +659,51 @@ fn read_replies(
     let mut rest = chunk;
     // The run of bytes for one client not yet handed over.
     let mut run: Option<Run> = None;
+    // Replies answered at the same time since `sent`: recorded together.
+    let mut timed: Option<(Instant, usize)> = None;
     while !rest.is_empty() {
         let at = n - rest.len();
-        let front = {
-            let g = mux.lock();
-            g.fifo
-                .front()
-                .map(|s| s.sink.clone())
-                .or_else(|| g.owner.clone())
+        let complete = replies
+            .next(&mut rest)
+            .map_err(|()| "upstream protocol error")?;
+        // Whose bytes these are, and what a complete reply answers.
+        let (other, answered) = {
+            let mut g = mux.lock();
+            let inner = &mut *g;
+            let Some(sink) = inner.fifo.front().map(|s| &s.sink).or(inner.owner.as_ref()) else {
+                return Err("a reply nobody asked for");
+            };
+            let other = match &run {
+                Some(r) if Arc::ptr_eq(&r.sink, sink) => None,
+                _ => Some(sink.clone()),
+            };
+            let mut answered = None;
+            if let Some(st) = complete {
+                // Other clients' statements follow on a shared connection:
+                // one that is left inside a transaction (what sql.rs lets
+                // share cannot open one) is closed, and the server rolls it
+                // back.
+                if !mux.private && matches!(st, Some(b'T' | b'E')) {
+                    return Err("a statement left the shared connection inside a transaction");
+                }
+                if let Some(slot) = inner.fifo.front_mut() {
+                    slot.count = slot.count.saturating_sub(1);
+                    let sent = slot.sent;
+                    let bytes = if slot.count == 0 {
+                        inner.fifo.pop_front().map_or(0, |s| s.bytes)
+                    } else {
+                        0
+                    };
+                    answered = Some((sent, bytes));
+                }
+            }
+            (other, answered)
         };
-        let Some(sink) = front else {
-            return Err("a reply nobody asked for");
-        };
-        let mut r = match run.take() {
-            Some(r) if Arc::ptr_eq(&r.sink, &sink) => r,
-            other => {
-                if let Some(r) = other {
-                    r.hand_over(chunk.get(r.start..at).unwrap_or_default(), svc, idx);
+        let mut r = match (run.take(), other) {
+            (Some(r), None) => r,
+            (prev, Some(sink)) => {
+                if let Some(p) = prev {
+                    p.hand_over(chunk.get(p.start..at).unwrap_or_default(), svc, idx);
                 }
                 Run {
                     sink,
@@ -672,23 +713,24 @@ fn read_replies(
                     status: None,
                 }
             }
+            // `other` is `None` only when a run is going on.
+            (None, None) => return Err("a reply nobody asked for"),
         };
-        let complete = replies
-            .next(&mut rest)
-            .map_err(|()| "upstream protocol error")?;
         if let Some(st) = complete {
-            // Other clients' statements follow on a shared connection: one
-            // that is left inside a transaction (what sql.rs lets share
-            // cannot open one) is closed, and the server rolls it back.
-            if !mux.private && matches!(st, Some(b'T' | b'E')) {
-                return Err("a statement left the shared connection inside a transaction");
-            }
-            if let Some(slot) = mux.lock().fifo.pop_front() {
-                let d = now.saturating_duration_since(slot.sent);
-                up.metrics.response.observe(d.as_secs_f64());
-                up.inline.record(d);
+            if let Some((sent, bytes)) = answered {
+                let d = now.saturating_duration_since(sent);
+                response.observe(d.as_secs_f64());
+                timed = match timed {
+                    Some((t, k)) if t == sent => Some((t, k + 1)),
+                    other => {
+                        if let Some((t, k)) = other {
+                            up.inline.record_n(now.saturating_duration_since(t), k);
+                        }
+                        Some((sent, 1))
+                    }
+                };
                 r.done += 1;
-                r.bytes += slot.bytes;
+                r.bytes += bytes;
             }
             r.status = st.or(r.status);
         }
@@ -697,5 +739,9 @@ fn read_replies(
     if let Some(r) = run {
         r.hand_over(chunk.get(r.start..).unwrap_or_default(), svc, idx);
     }
+    if let Some((t, k)) = timed {
+        up.inline.record_n(now.saturating_duration_since(t), k);
+    }
+    response.flush();
     Ok(true)
 }
