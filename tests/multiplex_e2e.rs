@@ -354,3 +354,58 @@ fn a_planned_switchover_and_back_loses_no_acknowledged_write_of_multiplexed_writ
         assert_all_present(server, &format!("w{i}"), &acked);
     }
 }
+
+/// Commands pipelined in one write share one queue slot (upstream.rs):
+/// when no upstream comes within `buffer_timeout_ms`, each of them still
+/// gets its own error, in order, and the client goes on once one is back.
+#[test]
+fn pipelined_commands_held_past_the_buffer_timeout_each_get_their_error() {
+    let mut redis = RedisServer::start();
+    let listen = loopback(free_port());
+    let engine = Continuity::builder()
+        .health(HEALTH)
+        .service(&format!(
+            r#"name = "cache"
+kind = "redis"
+listen = "{listen}"
+buffer_timeout_ms = 800
+multiplex = true
+upstreams = [ {{ name = "cache-a", address = "{a}", role = "primary" }} ]"#,
+            a = redis.addr()
+        ))
+        .start();
+    let status = || {
+        engine.get("/api/ops/health").1["services"][0]["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(wait_until(Duration::from_secs(15), || status() == "healthy"));
+    redis.kill();
+    assert!(wait_until(Duration::from_secs(15), || status() == "down"));
+
+    let mut c = std::net::TcpStream::connect(&listen).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut burst = Vec::new();
+    for key in ["a", "b", "c"] {
+        burst.extend_from_slice(&encode(&["GET", key]));
+    }
+    c.write_all(&burst).expect("write");
+    let mut r = std::io::BufReader::new(c.try_clone().expect("clone"));
+    for i in 0..3 {
+        let reply = support::redis::read_reply(&mut r).expect("reply");
+        assert!(
+            matches!(&reply, Resp::Error(e) if e.contains("no upstream available for cache")),
+            "reply {i}: {reply:?}"
+        );
+    }
+
+    redis.restart();
+    assert!(wait_until(Duration::from_secs(15), || status() == "healthy"));
+    c.write_all(&encode(&["PING"])).expect("write");
+    assert_eq!(
+        support::redis::read_reply(&mut r).expect("reply"),
+        Resp::Simple("PONG".into())
+    );
+}
