@@ -40,6 +40,7 @@ mod command;
 mod pg;
 mod pg_startup;
 mod pgwire;
+mod replies;
 mod sql;
 mod upstream;
 
