@@ -409,3 +409,57 @@ upstreams = [ {{ name = "cache-a", address = "{a}", role = "primary" }} ]"#,
         Resp::Simple("PONG".into())
     );
 }
+
+/// One write holding every kind of step the command side takes: commands
+/// forwarded together, an inline command, an empty line, a refusal and an
+/// answer given here behind replies in flight, a slow command inside the
+/// run (timed on its own, by name), and QUIT at the end.
+#[test]
+fn one_write_of_mixed_commands_is_answered_in_order_and_timed_per_command() {
+    let pair = RedisPair::start_with_args(&["--enable-debug-command", "yes"]);
+    let (engine, listen) = engine(&pair, "");
+    let mut c = RespConn::open(&listen);
+    let mut burst = Vec::new();
+    burst.extend(encode(&["SET", "mixed", "1"]));
+    burst.extend(encode(&["DEBUG", "SLEEP", "0.3"]));
+    burst.extend_from_slice(b"PING\r\n\r\n");
+    burst.extend(encode(&["INCR", "mixed"]));
+    burst.extend(encode(&["MULTI"]));
+    burst.extend(encode(&["SELECT", "0"]));
+    burst.extend(encode(&["GET", "mixed"]));
+    burst.extend(encode(&["QUIT"]));
+    c.r.get_mut().write_all(&burst).expect("burst");
+    ok(c.reply());
+    ok(c.reply());
+    assert_eq!(c.reply(), Resp::Simple("PONG".into()));
+    assert_eq!(c.reply(), Resp::Int(2));
+    refused(c.reply(), "MULTI in a pipeline");
+    ok(c.reply());
+    assert_eq!(bulk(c.reply()), "2");
+    ok(c.reply());
+    assert!(c.closed());
+
+    // The observer saw each command of the run by name. The four sent
+    // before the sleep's reply are all slow: Redis answers a pipeline's
+    // commands after the sleep, in one write (as it would to a direct
+    // client); the GET sent after that is not.
+    let mut slow = serde_json::Value::Null;
+    assert!(wait_until(Duration::from_secs(5), || {
+        slow = engine
+            .get("/api/ops/diagnostics/slow-queries?service=cache")
+            .1;
+        slow["slow_queries"]
+            .as_array()
+            .is_some_and(|q| q.len() >= 4)
+    }));
+    let mut statements: Vec<&str> = slow["slow_queries"]
+        .as_array()
+        .map(|q| q.iter().filter_map(|s| s["statement"].as_str()).collect())
+        .unwrap_or_default();
+    statements.sort_unstable();
+    assert_eq!(
+        statements,
+        ["DEBUG SLEEP ?", "INCR ?", "PING", "SET ? ?"],
+        "{slow}"
+    );
+}

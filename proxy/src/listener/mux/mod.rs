@@ -382,31 +382,31 @@ async fn drive<S: Side>(
     result
 }
 
-/// Queues `bytes` of a client on `mux`; `slot`: they end with a command
-/// that gets a reply (a RESP command; a PostgreSQL Query, Sync or
-/// FunctionCall), which counts as in flight until answered. `now`: one
-/// clock read for the commands of one read.
-fn enqueue(sink: &Arc<Sink>, mux: &Mux, bytes: &[u8], slot: bool, now: &mut Option<Instant>) {
-    if slot {
+/// Queues `bytes` of a client on `mux`; `slots`: how many commands that
+/// get a reply they hold (RESP commands; PostgreSQL Query, Sync or
+/// FunctionCall messages), which count as in flight until answered.
+/// `now`: one clock read for the commands of one read.
+fn enqueue(sink: &Arc<Sink>, mux: &Mux, bytes: &[u8], slots: usize, now: &mut Option<Instant>) {
+    if slots > 0 {
         let mut st = sink.state();
-        st.in_flight += 1;
+        st.in_flight += slots;
         st.in_flight_bytes += bytes.len();
     }
     let mut g = mux.lock();
     g.out.extend_from_slice(bytes);
-    if slot {
+    if slots > 0 {
         let sent = *now.get_or_insert_with(Instant::now);
-        // The client's previous command of this read: one slot for both.
+        // The client's previous commands of this read: one slot for all.
         match g.fifo.back_mut() {
             Some(s) if s.sent == sent && Arc::ptr_eq(&s.sink, sink) => {
-                s.count += 1;
+                s.count += slots;
                 s.bytes += bytes.len();
             }
             _ => g.fifo.push_back(Slot {
                 sink: sink.clone(),
                 sent,
                 bytes: bytes.len(),
-                count: 1,
+                count: slots,
             }),
         }
     }
@@ -506,40 +506,50 @@ impl Side for Client {
     }
 
     /// An answer given here, or a move to another connection, must not
-    /// overtake the replies in flight.
+    /// overtake the replies in flight. Consecutive commands of one read
+    /// are queued together (one lock of the client and of the connection,
+    /// one pass of the observer), as one slot.
     fn run(&mut self, inbuf: &mut BytesMut) -> io::Result<bool> {
         let mut queued = None;
         // One clock read for the commands of one read.
         let mut now = None;
+        // Commands to forward, not yet queued.
+        let mut batch: Option<Batch> = None;
+        // Where the commands not yet taken start in `inbuf`.
+        let mut pos = 0;
+        // The rest of `inbuf` is dropped: the client quit or broke the
+        // protocol.
+        let mut drop_rest = false;
         let held = loop {
             if self.quit {
-                inbuf.clear();
+                drop_rest = true;
                 break false;
             }
-            let step = match self.scan.next(inbuf) {
+            let rest = inbuf.get(pos..).unwrap_or_default();
+            let step = match self.scan.next(rest) {
                 Ok(s) => s,
                 // After the replies in flight (the scan stops at the same
                 // place again).
-                Err(_) if self.sink.state().in_flight > 0 => break true,
+                Err(_) if batch.is_some() || self.sink.state().in_flight > 0 => break true,
                 Err(why) => {
                     // As Redis: the error, then the connection is closed.
                     let reply = error_reply(&format!("Protocol error: {why}"));
                     self.sink.deliver(&reply, 0, 0, None, None);
                     self.quit = true;
-                    inbuf.clear();
+                    drop_rest = true;
                     break false;
                 }
             };
             let (used, inline) = match step {
                 Step::More => break false,
                 Step::Empty(n) => {
-                    let _ = inbuf.split_to(n.min(inbuf.len()));
+                    pos += n.min(rest.len());
                     continue;
                 }
-                Step::Multibulk(n) => (n, None),
-                Step::Inline(n, words) => (n, Some(words)),
+                Step::Multibulk(n) => (n.min(rest.len()), None),
+                Step::Inline(n, words) => (n.min(rest.len()), Some(words)),
             };
-            let cmd = inbuf.get(..used).unwrap_or_default();
+            let cmd = rest.get(..used).unwrap_or_default();
             let action = match &inline {
                 Some(words)
                     if words
@@ -564,37 +574,64 @@ impl Side for Client {
                 }
                 a => a,
             };
-            let in_flight = self.sink.state().in_flight;
-            match action {
-                Action::Forward => {
+            match (action, inline) {
+                // The next of a run of commands: its connection is the
+                // run's, as its commands are in flight.
+                (Action::Forward, None) if batch.as_ref().is_some_and(|b| b.end == pos) => {
+                    if let Some(b) = &mut batch {
+                        b.end = pos + used;
+                        b.count += 1;
+                    }
+                }
+                (Action::Forward, inline) => {
+                    if let Some(b) = batch.take() {
+                        self.queue(inbuf, b, &mut now, &mut queued);
+                    }
+                    let in_flight = self.sink.state().in_flight;
                     let Some(mux) = self.mux_for_next(in_flight) else {
                         break true;
                     };
-                    let mut encoded = Vec::new();
-                    let bytes: &[u8] = match &inline {
-                        Some(words) => {
-                            crate::protocol::resp::write_command(words, &mut encoded);
-                            &encoded
+                    match inline {
+                        None => {
+                            batch = Some(Batch {
+                                mux,
+                                start: pos,
+                                end: pos + used,
+                                count: 1,
+                            })
                         }
-                        None => cmd,
-                    };
-                    if let Some(tap) = &self.sink.tap {
-                        report(&self.svc, self.svc.route.load().active, tap.client(bytes));
+                        Some(words) => {
+                            let mut encoded = Vec::new();
+                            crate::protocol::resp::write_command(&words, &mut encoded);
+                            self.observe(&encoded);
+                            enqueue(&self.sink, &mux, &encoded, 1, &mut now);
+                            queued = Some(mux);
+                        }
                     }
-                    enqueue(&self.sink, &mux, bytes, true, &mut now);
-                    queued = Some(mux);
                 }
                 // An answer given here comes after the replies in flight.
-                Action::Reply(_) | Action::Quit if in_flight > 0 => break true,
-                Action::Reply(reply) => self.sink.deliver(&reply, 0, 0, None, None),
-                Action::Quit => {
+                (Action::Reply(_) | Action::Quit, _)
+                    if batch.is_some() || self.sink.state().in_flight > 0 =>
+                {
+                    break true
+                }
+                (Action::Reply(reply), _) => self.sink.deliver(&reply, 0, 0, None, None),
+                (Action::Quit, _) => {
                     self.sink.deliver(b"+OK\r\n", 0, 0, None, None);
                     self.quit = true;
                 }
-                Action::Auth => {}
+                (Action::Auth, _) => {}
             }
-            let _ = inbuf.split_to(used.min(inbuf.len()));
+            pos += used;
         };
+        if let Some(b) = batch.take() {
+            self.queue(inbuf, b, &mut now, &mut queued);
+        }
+        if drop_rest {
+            inbuf.clear();
+        } else {
+            let _ = inbuf.split_to(pos.min(inbuf.len()));
+        }
         if let Some(mux) = queued {
             mux.wake.notify_one();
         }
@@ -606,7 +643,40 @@ impl Side for Client {
     }
 }
 
+/// Consecutive commands of one read, to be forwarded on `mux`: `count`
+/// of them, in `inbuf` from `start` to `end`.
+struct Batch {
+    mux: Arc<Mux>,
+    start: usize,
+    end: usize,
+    count: usize,
+}
+
 impl Client {
+    /// Queues a run of commands on its connection.
+    fn queue(
+        &self,
+        inbuf: &[u8],
+        b: Batch,
+        now: &mut Option<Instant>,
+        queued: &mut Option<Arc<Mux>>,
+    ) {
+        let bytes = inbuf.get(b.start..b.end).unwrap_or_default();
+        self.observe(bytes);
+        enqueue(&self.sink, &b.mux, bytes, b.count, now);
+        *queued = Some(b.mux);
+    }
+
+    /// Commands on their way to the active upstream, to the observer.
+    fn observe(&self, bytes: &[u8]) {
+        if let Some(tap) = &self.sink.tap {
+            let findings = tap.client(bytes);
+            if !findings.is_empty() {
+                report(&self.svc, self.svc.route.load().active, findings);
+            }
+        }
+    }
+
     fn mux_for_next(&mut self, in_flight: usize) -> Option<Arc<Mux>> {
         shared_for_next(
             &mut self.mux,

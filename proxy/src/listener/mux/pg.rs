@@ -321,7 +321,7 @@ impl Side for PgClient {
                         self.cancel.shared(&mux);
                     }
                     self.observe(unit);
-                    enqueue(&self.sink, &mux, unit, ready, &mut now);
+                    enqueue(&self.sink, &mux, unit, usize::from(ready), &mut now);
                     woke[0] = Some(mux);
                 }
                 Class::Private => {
@@ -330,7 +330,7 @@ impl Side for PgClient {
                     }
                     let mux = self.attach();
                     self.observe(unit);
-                    enqueue(&self.sink, &mux, unit, ready, &mut now);
+                    enqueue(&self.sink, &mux, unit, usize::from(ready), &mut now);
                     woke[1] = Some(mux);
                 }
             }
@@ -427,7 +427,7 @@ impl PgClient {
         let ready = matches!(h.tag, b'Q' | b'S' | b'F');
         let mux = self.attach();
         self.observe(msg);
-        enqueue(&self.sink, &mux, msg, ready, now);
+        enqueue(&self.sink, &mux, msg, usize::from(ready), now);
         // Its batch is over at the Sync; a COPY's at its ReadyForQuery.
         if ready {
             self.interactive = false;

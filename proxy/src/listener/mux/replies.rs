@@ -52,9 +52,12 @@ impl Run {
 /// upstream sent cannot be matched to the commands (a protocol error, or
 /// a reply nobody asked for); `false`: nothing was read (`read_now`).
 ///
-/// One clock read and one lock per reply at most, and the response times
-/// go to `response` (this connection's own histogram, flushed to the
-/// shared one once per read): no shared atomic is touched per reply.
+/// One clock read and one lock per reply at most. A read that completes
+/// one reply records its response time in the shared histogram directly;
+/// one that completes more records them in `response` (this connection's
+/// own histogram, flushed to the shared one once per read): no shared
+/// atomic is touched per reply, and a flush (which walks every bucket) is
+/// paid only where it saves work.
 pub(super) fn read_replies(
     mux: &Mux,
     svc: &ServiceRt,
@@ -81,6 +84,10 @@ pub(super) fn read_replies(
     let mut run: Option<Run> = None;
     // Replies answered at the same time since `sent`: recorded together.
     let mut timed: Option<(Instant, usize)> = None;
+    // The first reply's response time, recorded at the end if it stays
+    // the only one.
+    let mut first: Option<f64> = None;
+    let mut local = false;
     while !rest.is_empty() {
         let at = n - rest.len();
         let complete = replies
@@ -138,8 +145,16 @@ pub(super) fn read_replies(
         };
         if let Some(st) = complete {
             if let Some((sent, bytes)) = answered {
-                let d = now.saturating_duration_since(sent);
-                response.observe(d.as_secs_f64());
+                let d = now.saturating_duration_since(sent).as_secs_f64();
+                if local {
+                    response.observe(d);
+                } else if let Some(f) = first.take() {
+                    response.observe(f);
+                    response.observe(d);
+                    local = true;
+                } else {
+                    first = Some(d);
+                }
                 timed = match timed {
                     Some((t, k)) if t == sent => Some((t, k + 1)),
                     other => {
@@ -162,6 +177,10 @@ pub(super) fn read_replies(
     if let Some((t, k)) = timed {
         up.inline.record_n(now.saturating_duration_since(t), k);
     }
-    response.flush();
+    if let Some(f) = first {
+        up.metrics.response.observe(f);
+    } else if local {
+        response.flush();
+    }
     Ok(true)
 }
