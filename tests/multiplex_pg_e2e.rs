@@ -1553,15 +1553,20 @@ fn send_cancel(port: u16, pid: i32, secret: &[u8]) {
     );
 }
 
-/// Waits until `sql` is running (state active) on the primary.
-fn wait_running(pair: &PgPair, sql: &str, log: impl Fn() -> String) {
+/// Waits until `sql` is running (state active) on the primary; if it
+/// never does, fails with what the client was answered instead.
+fn wait_running(pair: &PgPair, w: &mut Wire, sql: &str, log: impl Fn() -> String) {
     let q =
         format!("SELECT count(*) FROM pg_stat_activity WHERE query = '{sql}' AND state = 'active'");
-    assert!(
-        wait_until(Duration::from_secs(10), || count(&pair.primary, &q) == 1),
-        "{sql:?} never ran on the primary{}",
-        log()
-    );
+    if !wait_until(Duration::from_secs(10), || count(&pair.primary, &q) == 1) {
+        let answer = w.until_ready();
+        panic!(
+            "{sql:?} never ran on the primary; the client was answered {} {:?}{}",
+            tags(&answer),
+            errors(&answer),
+            log()
+        );
+    }
 }
 
 /// Sends `sql` on `w`, cancels it with `key` once it runs, and checks that
@@ -1575,7 +1580,7 @@ fn cancelled(
     log: impl Fn() -> String,
 ) -> Vec<Msg> {
     w.send(b'Q', &cstr(sql));
-    wait_running(pair, sql, &log);
+    wait_running(pair, w, sql, &log);
     let sent = Instant::now();
     send_cancel(port, key.0, &key.1);
     let answer = w.until_ready();
@@ -1652,7 +1657,7 @@ fn a_cancel_request_with_a_wrong_key_does_nothing() {
 
     let sql = "SELECT pg_sleep(4)";
     w.send(b'Q', &cstr(sql));
-    wait_running(&pair, sql, log);
+    wait_running(&pair, &mut w, sql, log);
     let wrong_secret = secret.map(|b| b ^ 0x5a);
     send_cancel(proxy.port, pid, &wrong_secret);
     send_cancel(proxy.port, pid.wrapping_sub(1), &secret);
@@ -1662,7 +1667,7 @@ fn a_cancel_request_with_a_wrong_key_does_nothing() {
     send_cancel(proxy.port, pid, &longer);
     send_cancel(proxy.port, pid, &secret[..3]);
     std::thread::sleep(Duration::from_secs(1));
-    wait_running(&pair, sql, log);
+    wait_running(&pair, &mut w, sql, log);
     let answer = w.until_ready();
     assert!(
         errors(&answer).is_empty(),
@@ -1700,10 +1705,10 @@ fn a_cancel_request_stops_only_its_own_client() {
 
     let sql = "SELECT pg_sleep(4)";
     b.send(b'Q', &cstr(sql));
-    wait_running(&pair, sql, log);
+    wait_running(&pair, &mut b, sql, log);
     send_cancel(proxy.port, a_key.0, &a_key.1);
     std::thread::sleep(Duration::from_secs(1));
-    wait_running(&pair, sql, log);
+    wait_running(&pair, &mut b, sql, log);
     let answer = b.until_ready();
     assert!(
         errors(&answer).is_empty(),

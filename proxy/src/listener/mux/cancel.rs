@@ -14,15 +14,23 @@
 //!   queued behind it must not be cancelled. What is left of that race is
 //!   in docs/multiplex.md.
 //!
+//! From the moment a cancel is found a backend until the server has closed
+//! the cancel's connection, nothing more is written to that backend
+//! ([`Hold`]): PostgreSQL signals the backend twice (its pid, then its
+//! process group), and a second signal delayed past the cancelled
+//! statement's end cancels the next statement the backend reads, which on
+//! a shared connection is another client's.
+//!
 //! A key that is unknown, of another service, or whose secret differs (in
 //! constant time) cancels nothing, and nothing is answered, as PostgreSQL
 //! answers nothing.
 
 use std::collections::HashMap;
+use std::io;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use subtle::ConstantTimeEq;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::pgwire::{self, BackendKey};
@@ -173,6 +181,9 @@ pub(super) async fn forward(svc: &ServiceRt, pid: i32, secret: &[u8]) {
     let Some((mux, key)) = target(&running) else {
         return;
     };
+    // From here until the server is done with the cancel, nothing more is
+    // written to that backend.
+    let _hold = Hold::new(&mux);
     let Ok(Ok(mut stream)) = tokio::time::timeout(timeout, TcpStream::connect(key.addr)).await
     else {
         return;
@@ -188,13 +199,41 @@ pub(super) async fn forward(svc: &ServiceRt, pid: i32, secret: &[u8]) {
         return;
     }
     let request = pgwire::cancel_request(key.pid, &key.secret);
-    let sent = tokio::time::timeout(timeout, async {
+    // Sent, then read to its end: the server closes the connection once it
+    // has signalled the backend (both signals), and only then is the
+    // backend's next statement written (`Inner::take_out`).
+    let done = tokio::time::timeout(timeout, async {
         stream.write_all(&request).await?;
-        stream.shutdown().await
+        stream.shutdown().await?;
+        let mut rest = [0u8; 64];
+        while stream.read(&mut rest).await? > 0 {}
+        io::Result::Ok(())
     })
     .await;
     tracing::debug!(service = svc.name(), backend = %key.addr, pid = key.pid,
-        shared = !mux.private, sent = matches!(sent, Ok(Ok(()))), "CancelRequest passed on");
+        shared = !mux.private, done = matches!(done, Ok(Ok(()))), "CancelRequest passed on");
+}
+
+/// A CancelRequest in progress for `mux`'s backend: nothing more is written
+/// to it until this drops (upstream.rs, `Inner::take_out`).
+struct Hold<'a>(&'a Mux);
+
+impl<'a> Hold<'a> {
+    fn new(mux: &'a Mux) -> Hold<'a> {
+        mux.lock().cancels += 1;
+        Hold(mux)
+    }
+}
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        {
+            let mut g = self.0.lock();
+            g.cancels = g.cancels.saturating_sub(1);
+        }
+        // Its task writes what was held back.
+        self.0.wake.notify_one();
+    }
 }
 
 #[cfg(test)]
@@ -236,17 +275,29 @@ mod tests {
 
     /// A connection that is up, with a backend key.
     fn mux(svc: &ServiceRt, private: bool, pid: i32) -> Arc<Mux> {
+        mux_at(svc, private, pid, "127.0.0.1:5432".parse().unwrap())
+    }
+
+    /// As [`mux`], its backend's server at `addr`.
+    fn mux_at(svc: &ServiceRt, private: bool, pid: i32, addr: std::net::SocketAddr) -> Arc<Mux> {
         let m = Arc::new(Mux::new(Wire::Postgres, private, key(svc)));
         {
             let mut g = m.lock();
             g.state = State::Up;
             g.backend = Some(Arc::new(BackendKey {
-                addr: "127.0.0.1:5432".parse().unwrap(),
+                addr,
                 pid,
                 secret: Box::new([1, 2, 3, 4]),
             }));
         }
         m
+    }
+
+    /// What the connection's task would write now.
+    fn writable(m: &Mux) -> Vec<u8> {
+        let mut out = Vec::new();
+        m.lock().take_out(&mut out);
+        out
     }
 
     fn queue(m: &Mux, sink: &Arc<Sink>) {
@@ -323,6 +374,56 @@ mod tests {
         assert_eq!(backend_pid(&reg.running), None);
         reg.private(None);
         assert_eq!(backend_pid(&reg.running), None);
+    }
+
+    /// PostgreSQL signals a cancelled backend twice, the second time
+    /// possibly late: nothing more (another client's statement) is written
+    /// to the backend until the server has closed the cancel's connection,
+    /// which it does once both signals are sent.
+    #[tokio::test]
+    async fn nothing_is_written_to_a_backend_until_its_cancel_is_done() {
+        let svc = service("records");
+        let (a, b) = (sink(&svc).await, sink(&svc).await);
+        let postmaster = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let shared = mux_at(&svc, false, 7, postmaster.local_addr().unwrap());
+        let reg = Registered::new(&svc, 0x1000_0005, [3; 4], &a, &shared);
+        queue(&shared, &a);
+        queue(&shared, &b);
+        shared.lock().out.extend_from_slice(b"b's statement");
+
+        let cancel = tokio::spawn({
+            let svc = svc.clone();
+            async move { forward(&svc, 0x1000_0005, &[3; 4]).await }
+        });
+        let (mut conn, _) = postmaster.accept().await.unwrap();
+        let mut request = [0u8; 16];
+        conn.read_exact(&mut request).await.unwrap();
+        assert_eq!(request.to_vec(), pgwire::cancel_request(7, &[1, 2, 3, 4]));
+        // The server has not closed the cancel's connection yet: b's
+        // statement waits, and so does the cancel.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(writable(&shared).is_empty());
+        assert!(!cancel.is_finished());
+        drop(conn);
+        cancel.await.unwrap();
+        assert_eq!(writable(&shared), b"b's statement");
+        assert_eq!(shared.lock().cancels, 0);
+        drop(reg);
+    }
+
+    /// A cancel that finds nothing to cancel holds nothing back.
+    #[tokio::test]
+    async fn a_cancel_with_nothing_running_holds_nothing_back() {
+        let svc = service("records");
+        let (a, b) = (sink(&svc).await, sink(&svc).await);
+        let shared = mux(&svc, false, 7);
+        let reg = Registered::new(&svc, 0x1000_0006, [4; 4], &a, &shared);
+        queue(&shared, &b);
+        shared.lock().out.extend_from_slice(b"b's statement");
+        forward(&svc, 0x1000_0006, &[4; 4]).await;
+        assert_eq!(shared.lock().cancels, 0);
+        assert_eq!(writable(&shared), b"b's statement");
+        drop(reg);
     }
 
     #[tokio::test]

@@ -99,6 +99,24 @@ pub(super) struct Inner {
     /// PostgreSQL: its backend's key and address, for a client's
     /// CancelRequest (cancel.rs).
     pub backend: Option<Arc<pgwire::BackendKey>>,
+    /// PostgreSQL: CancelRequests for its backend not yet done (cancel.rs).
+    /// While one is, nothing more is written ([`Inner::take_out`]).
+    pub cancels: u32,
+}
+
+impl Inner {
+    /// What is queued to be written, taken: nothing while a CancelRequest
+    /// for the backend is in progress. PostgreSQL signals a cancelled
+    /// backend twice (its pid, then its process group), and a second
+    /// signal that comes late cancels whatever statement the backend has
+    /// read by then: on a shared connection, another client's. A statement
+    /// written only once the server has closed the cancel's connection
+    /// (both signals sent) is read after them, when a cancel is ignored.
+    pub(super) fn take_out(&mut self, into: &mut Vec<u8>) {
+        if self.cancels == 0 {
+            std::mem::swap(into, &mut self.out);
+        }
+    }
 }
 
 /// The wire a connection speaks.
@@ -130,6 +148,7 @@ impl Mux {
                 owner: None,
                 idle_since: None,
                 backend: None,
+                cancels: 0,
             }),
             wake: Notify::new(),
             wire,
@@ -507,8 +526,7 @@ async fn serve(
         if wpos == wbuf.len() {
             wbuf.clear();
             wpos = 0;
-            let mut g = mux.lock();
-            std::mem::swap(&mut wbuf, &mut g.out);
+            mux.lock().take_out(&mut wbuf);
         }
         if wpos < wbuf.len() {
             match wr.try_write(wbuf.get(wpos..).unwrap_or_default()) {
