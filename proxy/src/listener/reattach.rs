@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 
-use super::{wait_upstream, Gave, Signals};
+use super::{report_failed_connect, wait_upstream, Gave, Signals};
 use crate::observe::session::Session;
 use crate::protocol::resp::stream::Replies;
 use crate::upstream::runtime::ServiceRt;
@@ -81,10 +81,23 @@ pub(super) async fn reattach(
                 return None;
             }
             Some(false) => return None,
-            // Dying (a kill -9 closes its connections before its listening
-            // socket): connect again shortly, the next one is refused and
-            // reported, and the route moves.
-            None => tokio::time::sleep(Duration::from_millis(10)).await,
+            // Closed or reset at once, nothing answered: the server is going
+            // away (a process killed closes its connections first, and its
+            // listening socket accepts for 1 to 12 ms more, measured here).
+            // A probe that saw this would count it as a refused connect
+            // (down at once), and so does this: the route moves now, not
+            // once a later connect is refused. (A server that closes clients
+            // on purpose, or is full, answers first.)
+            None => {
+                let dying = std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "accepted, then closed before answering PING",
+                );
+                if !report_failed_connect(engine_rt, svc, gone.0, Some(dying), Duration::ZERO).await
+                {
+                    return None;
+                }
+            }
         }
         if tokio::time::Instant::now() >= deadline {
             return None;
@@ -166,4 +179,105 @@ async fn replay(upstream: &mut TcpStream, session: &Session) -> Result<(), Strin
     tokio::time::timeout(REPLAY_WAIT, exchange)
         .await
         .map_err(|_| format!("no reply to the replay within {REPLAY_WAIT:?}"))?
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::atomic::AtomicU64;
+
+    use tokio::net::TcpListener;
+    use tokio::sync::{broadcast, watch};
+
+    use super::*;
+    use crate::config::{Kind, Role, ServiceConfig, UpstreamConfig};
+    use crate::metrics::ProxyMetrics;
+    use crate::snapshot::UpstreamHealth;
+    use crate::upstream::state::FailoverCounters;
+
+    /// A server that accepts every connection and closes it at once, as
+    /// the listening socket of a process being killed does for a few
+    /// milliseconds after its connections were closed.
+    async fn dying() -> String {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                drop(s);
+            }
+        });
+        addr
+    }
+
+    /// A server that accepts and keeps every connection.
+    async fn alive_server() -> String {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let mut kept = Vec::new();
+            while let Ok((s, _)) = l.accept().await {
+                kept.push(s);
+            }
+        });
+        addr
+    }
+
+    /// The idle client of a primary that died is re-attached to the
+    /// secondary as soon as a fresh connection to the primary is closed
+    /// unanswered, not once the primary's listening socket is gone (here
+    /// it never goes: before, the client was closed at `buffer_timeout_ms`).
+    #[tokio::test]
+    async fn a_primary_that_accepts_and_closes_at_once_is_down_and_the_client_moves() {
+        let (p, s) = (dying().await, alive_server().await);
+        let mut cfg = ServiceConfig::new(
+            "cache",
+            Kind::Redis,
+            vec![
+                UpstreamConfig::at("r1", &p, Role::Primary),
+                UpstreamConfig::at("r2", &s, Role::Secondary),
+            ],
+        );
+        cfg.buffer_timeout = Duration::from_secs(2);
+        let svc = Arc::new(ServiceRt::new(
+            cfg,
+            broadcast::channel(64).0,
+            ProxyMetrics::new(&prometheus::Registry::new()),
+            Arc::new(FailoverCounters::default()),
+            Duration::from_secs(1),
+        ));
+        for up in &svc.upstreams {
+            up.health.lock().unwrap().counters.health = UpstreamHealth::Up;
+        }
+        let (_stop, shutdown) = watch::channel(false);
+        let (_force, force_close) = watch::channel(false);
+        let mut sig = Signals {
+            shutdown,
+            force_close,
+            open: Arc::new(AtomicU64::new(0)),
+        };
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _app = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (mut client, _) = l.accept().await.unwrap();
+        let gone = (0, svc.route.load().epoch);
+
+        let started = Instant::now();
+        let next = reattach(
+            &svc,
+            &mut client,
+            &Session::default(),
+            gone,
+            &mut sig,
+            &Handle::current(),
+        )
+        .await;
+        let (idx, epoch, _upstream, _) = next.expect("re-attached");
+        assert_eq!(idx, 1, "on the secondary");
+        assert_ne!(epoch, gone.1);
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert_eq!(
+            svc.upstreams[0].health.lock().unwrap().counters.health,
+            UpstreamHealth::Down
+        );
+    }
 }

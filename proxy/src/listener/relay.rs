@@ -267,6 +267,11 @@ async fn relay_session(
     );
     tokio::pin!(c2u, u2c);
     tokio::select! {
+        // The upstream's side first: when its FIN and a client request are
+        // ready in the same turn, the request is not written into a
+        // connection already closed (and lost with it: a request in flight
+        // closes the client) but kept for the re-attach.
+        biased;
         // EOF or an error: either way this upstream is gone.
         _ = &mut u2c => Ok(Ended::Upstream),
         // The client closed (its replies are delivered, then the caller
@@ -471,6 +476,52 @@ mod tests {
         r.unwrap();
         assert_eq!(seen.get(), 300);
         assert_eq!(bytes.get(), 300);
+    }
+
+    /// A Redis service whose idle clients are re-attached.
+    fn redis_service() -> Arc<ServiceRt> {
+        use crate::config::{Kind, Role, ServiceConfig, UpstreamConfig};
+        let cfg = ServiceConfig::new(
+            "cache",
+            Kind::Redis,
+            vec![UpstreamConfig::at("r1", "127.0.0.1:1", Role::Primary)],
+        );
+        assert!(cfg.reattach_idle);
+        Arc::new(ServiceRt::new(
+            cfg,
+            tokio::sync::broadcast::channel(16).0,
+            crate::metrics::ProxyMetrics::new(&prometheus::Registry::new()),
+            Arc::new(crate::upstream::state::FailoverCounters::default()),
+            Duration::from_secs(1),
+        ))
+    }
+
+    /// The upstream's FIN (its process killed) and a client's request
+    /// ready in the same turn: the relay ends on the upstream's side with
+    /// the request not read, so the connection is still idle and the
+    /// request goes to the upstream it is re-attached to. Read first, the
+    /// request would be written into the closed connection and, in flight
+    /// there, close the client (a failed request in `benches/failover.sh`).
+    /// Many rounds: which side an unbiased select polls first is random.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_request_that_comes_with_the_upstreams_fin_is_kept() {
+        let svc = redis_service();
+        let ping = b"*1\r\n$4\r\nPING\r\n";
+        for round in 0..32 {
+            let (mut app, mut client) = pair().await;
+            let (mut upstream, server) = pair().await;
+            drop(server);
+            app.write_all(ping).await.unwrap();
+            // Both reach the proxy's sockets before the relay first runs.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            let timer = RequestTimer::new(svc.clone(), 0, Some(Session::default()));
+            let ended = relay(&mut client, &mut upstream, &timer).await.unwrap();
+            assert_eq!(ended, Ended::Upstream, "round {round}");
+            assert!(timer.take_session().is_ok(), "round {round}: not idle");
+            let mut kept = [0u8; 14];
+            client.read_exact(&mut kept).await.unwrap();
+            assert_eq!(&kept, ping, "round {round}");
+        }
     }
 
     /// The pool keeps at most POOL_KEEP free buffers.
