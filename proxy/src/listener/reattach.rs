@@ -83,7 +83,8 @@ pub(super) async fn reattach(
             Some(false) => return None,
             // Closed or reset at once, nothing answered: the server is going
             // away (a process killed closes its connections first, and its
-            // listening socket accepts for 1 to 12 ms more, measured here).
+            // listening socket accepts for milliseconds more: 2 to over 7 here,
+            // BENCHMARKS.md, "The relay's failover tail").
             // A probe that saw this would count it as a refused connect
             // (down at once), and so does this: the route moves now, not
             // once a later connect is refused. (A server that closes clients
