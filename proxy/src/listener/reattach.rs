@@ -189,13 +189,11 @@ mod tests {
     use std::sync::atomic::AtomicU64;
 
     use tokio::net::TcpListener;
-    use tokio::sync::{broadcast, watch};
+    use tokio::sync::watch;
 
     use super::*;
     use crate::config::{Kind, Role, ServiceConfig, UpstreamConfig};
-    use crate::metrics::ProxyMetrics;
     use crate::snapshot::UpstreamHealth;
-    use crate::upstream::state::FailoverCounters;
 
     /// A server that accepts every connection and closes it at once, as
     /// the listening socket of a process being killed does for a few
@@ -240,13 +238,7 @@ mod tests {
             ],
         );
         cfg.buffer_timeout = Duration::from_secs(2);
-        let svc = Arc::new(ServiceRt::new(
-            cfg,
-            broadcast::channel(64).0,
-            ProxyMetrics::new(&prometheus::Registry::new()),
-            Arc::new(FailoverCounters::default()),
-            Duration::from_secs(1),
-        ));
+        let svc = ServiceRt::detached(cfg);
         for up in &svc.upstreams {
             up.health.lock().unwrap().counters.health = UpstreamHealth::Up;
         }

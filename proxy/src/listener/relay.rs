@@ -487,13 +487,7 @@ mod tests {
             vec![UpstreamConfig::at("r1", "127.0.0.1:1", Role::Primary)],
         );
         assert!(cfg.reattach_idle);
-        Arc::new(ServiceRt::new(
-            cfg,
-            tokio::sync::broadcast::channel(16).0,
-            crate::metrics::ProxyMetrics::new(&prometheus::Registry::new()),
-            Arc::new(crate::upstream::state::FailoverCounters::default()),
-            Duration::from_secs(1),
-        ))
+        ServiceRt::detached(cfg)
     }
 
     /// The upstream's FIN (its process killed) and a client's request

@@ -4,17 +4,14 @@
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 
 use super::{handle, Signals};
 use crate::config::{Kind, Role, ServiceConfig, UpstreamConfig};
-use crate::metrics::ProxyMetrics;
 use crate::upstream::runtime::ServiceRt;
-use crate::upstream::state::FailoverCounters;
 
 /// A redis service (`multiplex` as given), a connected client socket, the
 /// engine's signals and the sender that keeps them open.
@@ -33,13 +30,7 @@ async fn fixture_of(
         vec![UpstreamConfig::at("r1", "127.0.0.1:1", Role::Primary)],
     );
     cfg.multiplex = multiplex;
-    let svc = Arc::new(ServiceRt::new(
-        cfg,
-        broadcast::channel(16).0,
-        ProxyMetrics::new(&prometheus::Registry::new()),
-        Arc::new(FailoverCounters::default()),
-        Duration::from_secs(1),
-    ));
+    let svc = ServiceRt::detached(cfg);
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
     let (stop, stop_rx) = watch::channel(false);

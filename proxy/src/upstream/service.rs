@@ -57,6 +57,19 @@ pub struct ServiceRt {
 }
 
 impl ServiceRt {
+    /// A service on its own: an event bus, metrics registry and failover
+    /// counters of its own, a 1 s drain (unit tests of the data plane).
+    #[cfg(test)]
+    pub(crate) fn detached(cfg: ServiceConfig) -> Arc<ServiceRt> {
+        Arc::new(ServiceRt::new(
+            cfg,
+            tokio::sync::broadcast::channel(64).0,
+            ProxyMetrics::new(&prometheus::Registry::new()),
+            Arc::new(FailoverCounters::default()),
+            Duration::from_secs(1),
+        ))
+    }
+
     pub fn new(
         cfg: ServiceConfig,
         events: impl Into<EventBus>,

@@ -243,14 +243,11 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use tokio::net::TcpListener;
-    use tokio::sync::broadcast;
 
     use super::super::upstream::{Slot, Wire};
     use super::super::{key, new_sink};
     use super::*;
     use crate::config::{Kind, Role, ServiceConfig, UpstreamConfig};
-    use crate::metrics::ProxyMetrics;
-    use crate::upstream::state::FailoverCounters;
 
     fn service(name: &str) -> Arc<ServiceRt> {
         let cfg = ServiceConfig::new(
@@ -258,13 +255,7 @@ mod tests {
             Kind::Postgres,
             vec![UpstreamConfig::at("p1", "127.0.0.1:1", Role::Primary)],
         );
-        Arc::new(ServiceRt::new(
-            cfg,
-            broadcast::channel(16).0,
-            ProxyMetrics::new(&prometheus::Registry::new()),
-            Arc::new(FailoverCounters::default()),
-            Duration::from_secs(1),
-        ))
+        ServiceRt::detached(cfg)
     }
 
     async fn sink(svc: &ServiceRt) -> Arc<Sink> {
