@@ -26,6 +26,7 @@ import json
 import os
 import random
 import re
+import signal
 import socket
 import statistics
 import subprocess
@@ -78,6 +79,49 @@ def proc_ticks(pid, children=True):
         if f2 is None or f2[13:15] == f[13:15]:
             break
     return ut + st + cut + cst + live
+
+
+def proc_user_sys(pid):
+    """(utime, stime) in ticks of PID itself (all its threads), or None."""
+    f = _stat(pid)
+    return None if f is None else (int(f[11]), int(f[12]))
+
+
+# What `run --perf` counts on the proxy: every system call it enters, and every time one of
+# its threads is switched out (mostly: it went to sleep in epoll_wait or a futex, so each
+# one is a wake-up to come).
+PERF_EVENTS = ("raw_syscalls:sys_enter", "context-switches")
+
+
+def perf_start(pid, path):
+    """`perf stat` counting PERF_EVENTS on PID's threads into PATH, or None without perf."""
+    try:
+        return subprocess.Popen(["perf", "stat", "-x", ",", "-e", ",".join(PERF_EVENTS),
+                                 "-p", str(pid), "-o", path],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError:
+        return None
+
+
+def perf_stop(p, path):
+    """Stops a perf_start and returns {event: count} (empty if perf failed)."""
+    if p is None:
+        return {}
+    p.send_signal(signal.SIGINT)
+    try:
+        p.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+    got = {}
+    try:
+        for line in open(path):
+            f = line.strip().split(",")
+            if len(f) >= 3 and f[2] in PERF_EVENTS and f[0].replace(".", "", 1).isdigit():
+                got[f[2]] = float(f[0])
+    except OSError:
+        pass
+    return got
 
 
 def machine_ticks():
@@ -196,6 +240,7 @@ def cmd_run(argv):
     ap.add_argument("--daemons", default="", help="name=pid,... every process of this benchmark")
     ap.add_argument("--proxy", type=int, default=0, help="PID of the proxy under test (0: direct)")
     ap.add_argument("--meta", default="{}", help="JSON merged into the record")
+    ap.add_argument("--perf", default="", help="with --proxy: `perf stat` the proxy into this file")
     ap.add_argument("cmd", nargs=argparse.REMAINDER)
     a = ap.parse_args(argv)
     cmd = a.cmd[1:] if a.cmd and a.cmd[0] == "--" else a.cmd
@@ -208,6 +253,8 @@ def cmd_run(argv):
     rec["loadavg_before"] = loadavg()
     d0 = {k: proc_ticks(p) for k, p in daemons.items()}
     px0 = proc_ticks(a.proxy, children=False) if a.proxy else None
+    us0 = proc_user_sys(a.proxy) if a.proxy else None
+    perf = perf_start(a.proxy, a.perf) if a.proxy and a.perf else None
     m0 = machine_ticks()
     t0 = time.monotonic()
     with open(a.stdout, "wb") as out:
@@ -218,6 +265,8 @@ def cmd_run(argv):
     m1 = machine_ticks()
     d1 = {k: proc_ticks(p) for k, p in daemons.items()}
     px1 = proc_ticks(a.proxy, children=False) if a.proxy else None
+    us1 = proc_user_sys(a.proxy) if a.proxy else None
+    counts = perf_stop(perf, a.perf) if perf else {}
     rec["loadavg_after"] = loadavg()
     rec["exit"] = os.waitstatus_to_exitcode(status)
     rec["wall_s"] = round(wall, 3)
@@ -244,6 +293,14 @@ def cmd_run(argv):
         rec["ops"] = rec["wrk"].get("requests", 0)
     if rec.get("proxy_cpu_s") is not None and rec.get("ops"):
         rec["proxy_cpu_us_per_op"] = round(rec["proxy_cpu_s"] * 1e6 / rec["ops"], 2)
+    if us0 and us1 and rec.get("ops"):
+        rec["proxy_user_us_per_op"] = round((us1[0] - us0[0]) / CLK_TCK * 1e6 / rec["ops"], 2)
+        rec["proxy_sys_us_per_op"] = round((us1[1] - us0[1]) / CLK_TCK * 1e6 / rec["ops"], 2)
+    if counts and rec.get("ops"):
+        # The counts run a little past the command (perf's start and stop), so per op they
+        # are upper bounds by a few hundred calls: nothing next to 10^5 operations.
+        rec["proxy_syscalls_per_op"] = round(counts.get("raw_syscalls:sys_enter", 0) / rec["ops"], 3)
+        rec["proxy_cswitch_per_op"] = round(counts.get("context-switches", 0) / rec["ops"], 3)
     with open(a.out_json, "a") as f:
         f.write(json.dumps(rec) + "\n")
     print(json.dumps({k: rec.get(k) for k in ("target", "bench", "round", "exit", "wall_s",
@@ -579,6 +636,10 @@ def report_load(d):
                        ("lat avg ms", lambda r: r.get("pgbench", {}).get("lat_avg_ms")),
                        ("failed txns", lambda r: r.get("pgbench", {}).get("failed"))]
         metrics += [("proxy CPU us/op", lambda r: r.get("proxy_cpu_us_per_op")),
+                    ("proxy user us/op", lambda r: r.get("proxy_user_us_per_op")),
+                    ("proxy kernel us/op", lambda r: r.get("proxy_sys_us_per_op")),
+                    ("proxy syscalls/op", lambda r: r.get("proxy_syscalls_per_op")),
+                    ("proxy context switches/op", lambda r: r.get("proxy_cswitch_per_op")),
                     ("machine busy %", lambda r: r.get("machine_busy_pct")),
                     ("foreign CPU %", lambda r: r.get("foreign_cpu_pct")),
                     ("loadavg(1m) before", lambda r: (r.get("loadavg_before") or [None])[0])]
@@ -717,6 +778,10 @@ HTTP_METRICS = [  # (label, key in rec["wrk"] or a function, ratio?)
     ("avg ms", "avg_ms", True),
     ("max ms", "max_ms", True),
     ("proxy CPU us/req", lambda r: r.get("proxy_cpu_us_per_op"), True),
+    ("proxy user us/req", lambda r: r.get("proxy_user_us_per_op"), True),
+    ("proxy kernel us/req", lambda r: r.get("proxy_sys_us_per_op"), True),
+    ("proxy syscalls/req", lambda r: r.get("proxy_syscalls_per_op"), True),
+    ("proxy context switches/req", lambda r: r.get("proxy_cswitch_per_op"), True),
     ("non-2xx/3xx", lambda r: r.get("wrk", {}).get("non2xx"), False),
     ("socket errors", lambda r: sum((r.get("wrk", {}).get("socket_errors") or {}).values()), False),
     ("machine busy %", lambda r: r.get("machine_busy_pct"), False),

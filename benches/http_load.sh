@@ -6,7 +6,7 @@
 #                        [--skip-continuity]
 #                        [--threads T] [--connections C] [--nginx-workers auto|N] [--with-backup]
 #                        [--no-warmup] [--wait-quiet S] [--max-foreign PCT] [--repeat-noisy N]
-#                        [--out DIR] [--results-dir DIR] [--keep] [--continuity-bin PATH]
+#                        [--out DIR] [--results-dir DIR] [--perf] [--keep] [--continuity-bin PATH]
 #
 # Upstream: nginx (nginx-light), run by this script in the foreground on a free port with a
 # generated config: /small-file (1 KiB static file), /health (200), access log off,
@@ -29,7 +29,9 @@
 #   keepalive: wrk -t2 -c64 -d10s --latency URL/small-file
 #   close:     wrk -t2 -c64 -d10s --latency -H 'Connection: close' URL/small-file
 # Measured per run (benchlib.py run): req/s, latency percentiles, non-2xx and socket errors,
-# proxy CPU us/request, machine busy %, foreign CPU %. A run with a non-2xx answer or
+# proxy CPU us/request (and its user and kernel parts), machine busy %, foreign CPU %.
+# --perf: also the proxy's system calls and context switches per request (`perf stat -p`;
+# its syscall tracepoint costs the proxy a little, so leave it off for compared runs). A run with a non-2xx answer or
 # socket errors on > 0.1% of requests counts as failed and stays out of the medians.
 # continuity must answer GET /small-file with 200 and 1024 bytes within 20 s of its start,
 # else the script stops (exit 3) before any run; --skip-continuity runs direct + HAProxy.
@@ -52,6 +54,7 @@ WARMUP=1
 WAIT_QUIET=0
 MAX_FOREIGN=5
 REPEAT_NOISY=0
+PERF=0
 OUT=""
 RESULTS_DIR=""
 NGINX=${NGINX:-/usr/sbin/nginx}
@@ -74,6 +77,7 @@ while [[ $# -gt 0 ]]; do
         --repeat-noisy) REPEAT_NOISY=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
         --results-dir) RESULTS_DIR=$2; shift 2 ;;
+        --perf) PERF=1; shift ;;
         --keep) KEEP_WORK=1; shift ;;
         --continuity-bin) CONT_BIN=$2; shift 2 ;;
         -h|--help) usage 0 ;;
@@ -302,8 +306,11 @@ for ((round = 1; round <= ROUNDS; round++)); do
                 sfx=""; ((attempt > 0)) && sfx="-a$attempt"
                 raw="$OUT/raw/$mode-$t-r$round$sfx.txt"
                 log "round $round/$ROUNDS $mode $t: ${cmd[*]}  (loadavg $(loadavg1))"
+                perf_args=()
+                ((PERF)) && [[ $t != direct ]] && perf_args=(--perf "$raw.perf")
                 "${BL[@]}" run --out-json "$OUT/runs.jsonl" --stdout "$raw" \
                     --daemons "$(all_daemons)" --proxy "$(pid_of "$t")" \
+                    ${perf_args[@]+"${perf_args[@]}"} \
                     --meta "{\"target\":\"$t\",\"mode\":\"$mode\",\"round\":$round,\"attempt\":$attempt,\"port\":$port}" \
                     -- "${cmd[@]}" >/dev/null || log "WARNING: wrk through $t exited non-zero (raw: $raw)"
                 grep -E '^Requests/sec|Non-2xx|Socket errors|^ +99%' "$raw" | tr -s ' ' | paste -sd';' - >&2 || true

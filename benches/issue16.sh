@@ -9,6 +9,9 @@
 #              continuity (the default relay), continuity-mux (`multiplex = true`), haproxy
 #   http/      benches/http_load.sh: wrk keep-alive and Connection: close, direct,
 #              continuity (as shipped: access log on), haproxy
+#   profile/   load.sh and http_load.sh once more, 1 round, with --perf: each proxy's
+#              system calls and context switches per operation (not in the ratios above:
+#              perf's tracepoint costs the proxy a little per call)
 #   connmem/   benches/conn_memory.sh: redis, postgres and http through the relay, with the
 #              Redis outage (10,000 clients held, or as many as the fd limit allows)
 #   connmem-mux/  the same with --redis-multiplex --pg-multiplex (redis and postgres)
@@ -57,6 +60,14 @@ log "http (wrk keep-alive and Connection: close)"
 "$HERE/http_load.sh" --rounds "$ROUNDS" --duration 8 --targets direct,continuity,haproxy \
     --wait-quiet 5 --repeat-noisy 1 --continuity-bin "$BIN" --out "$OUT/http" \
     --results-dir "$OUT/http"
+
+log "profile pass: system calls and context switches per operation (perf stat, 1 round)"
+"$HERE/load.sh" --rounds 1 --targets continuity,continuity-mux,haproxy \
+    --benches redis_np,redis_p16,redis_c1,pg_S,pg_tpcb --pg-seconds "$PGS" \
+    --wait-quiet 10 --perf --continuity-bin "$BIN" --out "$OUT/profile/load"
+"$HERE/http_load.sh" --rounds 1 --duration 8 --targets continuity,haproxy \
+    --wait-quiet 5 --perf --continuity-bin "$BIN" --out "$OUT/profile/http" \
+    --results-dir "$OUT/profile/http"
 
 log "memory through the relay"
 "$HERE/conn_memory.sh" "${CONNS[@]}" --continuity-bin "$BIN" --out "$OUT/connmem"

@@ -180,6 +180,87 @@ def memory_rows(t, d):
     return out
 
 
+def profile_rows(d):
+    """Where each proxy's CPU goes, per operation: user and kernel time from the measured runs
+    (/proc/PID/stat), system calls and context switches from the profile pass (`--perf`)."""
+    sets = []
+    for sub, key in (("load", "bench"), ("http", "mode")):
+        main, prof = (runs(os.path.join(d, *p, "runs.jsonl")) for p in ((sub,), ("profile", sub)))
+        names = []
+        for r in main + prof:
+            if r.get(key) not in names:
+                names.append(r.get(key))
+        for name in names:
+            sets.append((name if sub == "load" else f"wrk {name}", key, name, main, prof))
+    out = ["| load | proxy | CPU us/op | user us/op | kernel us/op | syscalls/op | "
+           "context switches/op |", "|---|---|---|---|---|---|---|"]
+    for label, key, name, main, prof in sets:
+        for tg, short in (("continuity", "C"), ("continuity-mux", "M"), ("haproxy", "H")):
+            mine = [r for r in main if r.get(key) == name and r["target"] == tg]
+            theirs = [r for r in prof if r.get(key) == name and r["target"] == tg]
+            if not mine and not theirs:
+                continue
+
+            def m(rs, k, nd):
+                v = med([r.get(k) for r in rs])
+                return "-" if v is None else f"{v:.{nd}f}"
+            out.append(f"| {label} | {short} | {m(mine, 'proxy_cpu_us_per_op', 1)} | "
+                       f"{m(mine, 'proxy_user_us_per_op', 1)} | {m(mine, 'proxy_sys_us_per_op', 1)} | "
+                       f"{m(theirs, 'proxy_syscalls_per_op', 2)} | {m(theirs, 'proxy_cswitch_per_op', 2)} |")
+    return out if len(out) > 2 else []
+
+
+def bound_rows(d):
+    """For each throughput load: the CPU the rest of the benchmark (client and servers) spends
+    per operation in HAProxy's runs, HAProxy's own, and from them the most any proxy could
+    gain on HAProxy by costing nothing (the load is CPU-bound on the machine's cores), and the
+    CPU per operation a proxy may spend to reach 1.2x HAProxy's rate."""
+    out = ["| load | machine busy % (H) | client + servers us/op (H) | HAProxy us/op | "
+           "a zero-CPU proxy / HAProxy | CPU for 1.2x: us/op (x HAProxy's) | "
+           "C us/op: user + kernel | M us/op: user + kernel |", "|---|---|---|---|---|---|---|---|"]
+    sets = [(b, "bench", b, os.path.join(d, "load", "runs.jsonl"))
+            for b in ("redis_np", "redis_p16", "pg_S", "pg_tpcb")]
+    sets += [(f"wrk {m}", "mode", m, os.path.join(d, "http", "runs.jsonl")) for m in ("keepalive", "close")]
+    cache = {}
+    for label, key, name, path in sets:
+        recs = cache.setdefault(path, runs(path))
+        try:
+            with open(os.path.join(os.path.dirname(path), "machine.json")) as f:
+                nproc = int(json.load(f)["nproc"])
+        except (OSError, ValueError, KeyError, TypeError):
+            nproc = os.cpu_count() or 2
+
+        def per_op(tg):
+            rs = [r for r in recs if r.get(key) == name and r["target"] == tg and r.get("ops")]
+            rest, px, busy, us, ks = [], [], [], [], []
+            for r in rs:
+                ours = ((r.get("machine_busy_pct") or 0) - (r.get("foreign_cpu_pct") or 0)) / 100 \
+                    * nproc * r["wall_s"]
+                p = r.get("proxy_cpu_s") or 0
+                rest.append((ours - p) * 1e6 / r["ops"])
+                px.append(p * 1e6 / r["ops"])
+                busy.append(r.get("machine_busy_pct"))
+                us.append(r.get("proxy_user_us_per_op"))
+                ks.append(r.get("proxy_sys_us_per_op"))
+            return med(rest), med(px), med(busy), med(us), med(ks)
+
+        rest, h, busy, _, _ = per_op("haproxy")
+        if rest is None or h is None or rest <= 0:
+            continue
+
+        def split(tg):
+            _, c, _, u, k = per_op(tg)
+            if c is None:
+                return "-"
+            parts = f" ({u:.1f} + {k:.1f})" if u is not None and k is not None else ""
+            return f"{c:.1f}{parts}"
+        need = (rest + h) / 1.2 - rest
+        need_txt = f"{need:.1f} ({need / h:.2f}x)" if need > 0 else "none: < 0"
+        out.append(f"| {label} | {busy:.0f} | {rest:.1f} | {h:.1f} | {(rest + h) / rest:.3f} | {need_txt} | "
+                   f"{split('continuity')} | {split('continuity-mux')} |")
+    return out if len(out) > 2 else []
+
+
 def failover_rows(d):
     recs = runs(os.path.join(d, "failover", "failover.jsonl"))
     by = {}
@@ -213,6 +294,27 @@ def main():
         lines.append("")
     lines += t.md()
     lines += ["", "HAProxy against direct (the physical limit) in the same run: " + ", ".join(ctx) + ".", ""]
+    prof = profile_rows(d)
+    if prof:
+        lines += ["## Where the proxies' CPU goes", "",
+                  "Per operation (a redis-benchmark request, a pgbench transaction, a wrk request), "
+                  "medians. User and kernel time: the measured runs above (/proc/PID/stat; its "
+                  "10 ms ticks make single runs coarse). System calls and context switches (a "
+                  "thread switched out: nearly always asleep until the next event, so one "
+                  "wake-up each): the profile pass, one round with `perf stat -e "
+                  "raw_syscalls:sys_enter,context-switches -p PROXY` (profile/).", ""] + prof + [""]
+    bound = bound_rows(d)
+    if bound:
+        lines += ["## How far a proxy can get ahead of HAProxy on these loads", "",
+                  "Client, servers and proxy share the machine's cores, and these loads keep them "
+                  "busy: a proxy gains rate only by leaving CPU to the client and the servers. "
+                  "From HAProxy's runs (medians per operation; 'client + servers' is the CPU of "
+                  "everything in the benchmark but the proxy, from the machine's busy time less "
+                  "foreign CPU): the rate a proxy that cost no CPU at all would reach against "
+                  "HAProxy's, and the CPU per operation a proxy may spend to reach 1.2x. Beside "
+                  "it, what continuity spends (C: relay, M: multiplexed), split into user and "
+                  "kernel time. Multiplexing also lowers the servers' own CPU per operation, "
+                  "which this bound, taken from HAProxy's runs, does not credit.", ""] + bound + [""]
     lines += ["## Failover gap", ""] + failover_rows(d)
     met = sum(1 for r in t.rows if r[3].startswith("**yes"))
     lines += ["", f"{met} of {len(t.rows)} rows met."]

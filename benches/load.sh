@@ -4,7 +4,7 @@
 #   benches/load.sh [--rounds N] [--out DIR] [--targets direct,continuity,continuity-mux,haproxy]
 #                   [--benches redis_np,redis_p16,redis_c1,pg_S,pg_tpcb] [--pg-seconds S] [--no-warmup]
 #                   [--wait-quiet S] [--max-foreign PCT] [--repeat-noisy N]
-#                   [--keep] [--continuity-bin PATH]
+#                   [--perf] [--keep] [--continuity-bin PATH]
 #
 # Starts its own Redis primary + replica and PostgreSQL primary (pgbench -i -s 10) on
 # free ports, HAProxy (benches/haproxy/haproxy-default.cfg, mode tcp, nbthread 2, ports
@@ -15,6 +15,10 @@
 # --wait-quiet S: before each run wait up to S s for a quiet second. --repeat-noisy N: a
 # (round, benchmark) triple in which some run had foreign CPU >= --max-foreign (default 5)
 # is run again, up to N times; the noisy runs are kept but left out of the medians.
+# Every run records the proxy's CPU per operation, split into user and kernel time
+# (/proc/PID/stat). --perf: also count, with `perf stat -p PROXY`, the proxy's system calls
+# and context switches (how often it went to sleep) per operation. perf's syscall
+# tracepoint costs the proxy a little per call, so leave it off for the runs you compare.
 # Writes raw outputs, runs.jsonl and report.md to --out (default: a new temp dir).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -28,6 +32,7 @@ WARMUP=1
 WAIT_QUIET=0
 MAX_FOREIGN=5
 REPEAT_NOISY=0
+PERF=0
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit "${1:-0}"; }
 while [[ $# -gt 0 ]]; do
     case $1 in
@@ -40,6 +45,7 @@ while [[ $# -gt 0 ]]; do
         --wait-quiet) WAIT_QUIET=$2; shift 2 ;;
         --max-foreign) MAX_FOREIGN=$2; shift 2 ;;
         --repeat-noisy) REPEAT_NOISY=$2; shift 2 ;;
+        --perf) PERF=1; shift ;;
         --keep) KEEP_WORK=1; shift ;;
         --continuity-bin) CONT_BIN=$2; shift 2 ;;
         -h|--help) usage 0 ;;
@@ -205,8 +211,11 @@ for ((round = 1; round <= ROUNDS; round++)); do
                 mapfile -t cmd < <(bench_cmd "$b" "$port")
                 sfx=""; ((attempt > 0)) && sfx="-a$attempt"
                 log "round $round/$ROUNDS $b $t: ${cmd[*]}  (loadavg $(loadavg1))"
+                perf_args=()
+                ((PERF)) && [[ $t != direct ]] && perf_args=(--perf "$OUT/raw/$b-$t-r$round$sfx.perf")
                 if ! "${BL[@]}" run --out-json "$OUT/runs.jsonl" --stdout "$OUT/raw/$b-$t-r$round$sfx.txt" \
                     --daemons "$(all_daemons)" --proxy "$(pid_of "$t")" \
+                    ${perf_args[@]+"${perf_args[@]}"} \
                     --meta "{\"target\":\"$t\",\"bench\":\"$b\",\"round\":$round,\"attempt\":$attempt,\"port\":$port}" \
                     -- "${cmd[@]}"; then
                     FAILED_RUNS=$((FAILED_RUNS + 1))
