@@ -31,8 +31,9 @@
 # Measured per run (benchlib.py run): req/s, latency percentiles, non-2xx and socket errors,
 # proxy CPU us/request (and its user and kernel parts), machine busy %, foreign CPU %.
 # --perf: also the proxy's system calls and context switches per request (`perf stat -p`;
-# its syscall tracepoint costs the proxy a little, so leave it off for compared runs). A run with a non-2xx answer or
-# socket errors on > 0.1% of requests counts as failed and stays out of the medians.
+# its syscall tracepoint costs the proxy a little, so leave it off for compared runs).
+# A run with a non-2xx answer or socket errors on > 0.1% of requests counts as failed and
+# stays out of the medians.
 # continuity must answer GET /small-file with 200 and 1024 bytes within 20 s of its start,
 # else the script stops (exit 3) before any run; --skip-continuity runs direct + HAProxy.
 #
