@@ -297,8 +297,8 @@ def cmd_run(argv):
         rec["proxy_user_us_per_op"] = round((us1[0] - us0[0]) / CLK_TCK * 1e6 / rec["ops"], 2)
         rec["proxy_sys_us_per_op"] = round((us1[1] - us0[1]) / CLK_TCK * 1e6 / rec["ops"], 2)
     if counts and rec.get("ops"):
-        # The counts run a little past the command (perf's start and stop), so per op they
-        # are upper bounds by a few hundred calls: nothing next to 10^5 operations.
+        # perf attaches and stops a few ms off the command's start and end: the counts are
+        # off by a few hundred calls at most, nothing next to 10^5 operations.
         rec["proxy_syscalls_per_op"] = round(counts.get("raw_syscalls:sys_enter", 0) / rec["ops"], 3)
         rec["proxy_cswitch_per_op"] = round(counts.get("context-switches", 0) / rec["ops"], 3)
     with open(a.out_json, "a") as f:
