@@ -518,6 +518,65 @@ mod tests {
         }
     }
 
+    /// An upstream that never stops sending (`MONITOR`, a subscriber's
+    /// stream) to a client that keeps reading does not starve the client's
+    /// side: the relay looks at the upstream's side first, and must still
+    /// pass the client's command on. The stream and the reader are threads
+    /// of their own, as the server and the application are processes.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_stream_from_the_upstream_does_not_hold_back_the_clients_commands() {
+        use std::io::{Read, Write};
+        let svc = redis_service();
+        let (app, mut client) = pair().await;
+        let (mut upstream, server) = pair().await;
+        let mut server = server.into_std().unwrap();
+        server.set_nonblocking(false).unwrap();
+        let mut app = app.into_std().unwrap();
+        app.set_nonblocking(false).unwrap();
+        let mut feed = server.try_clone().unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let streaming = stop.clone();
+        let streamer = std::thread::spawn(move || {
+            let chunk = vec![b'x'; 16 * 1024];
+            while !streaming.load(std::sync::atomic::Ordering::Relaxed) {
+                if feed.write_all(&chunk).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut reader = app.try_clone().unwrap();
+        let drainer = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            while matches!(reader.read(&mut buf), Ok(n) if n > 0) {}
+        });
+        let timer = RequestTimer::new(svc.clone(), 0, Some(Session::default()));
+        let relay = relay(&mut client, &mut upstream, &timer);
+        let check = tokio::task::spawn_blocking(move || {
+            // The stream is flowing before the command is sent.
+            std::thread::sleep(Duration::from_millis(100));
+            app.write_all(b"*1\r\n$4\r\nPING\r\n").unwrap();
+            server
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let mut got = [0u8; 14];
+            let read = server.read_exact(&mut got).map(|()| got);
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = server.shutdown(std::net::Shutdown::Both);
+            let _ = app.shutdown(std::net::Shutdown::Both);
+            read
+        });
+        let (_, got) = tokio::join!(relay, check);
+        let got = got
+            .unwrap()
+            .expect("the command reached the upstream within 5 s");
+        assert_eq!(&got, b"*1\r\n$4\r\nPING\r\n");
+        streamer.join().unwrap();
+        drainer.join().unwrap();
+        // The stream did flow through the relay while the command waited.
+        let down = svc.upstreams[0].metrics.bytes_down.get();
+        assert!(down > 1024 * 1024, "only {down} bytes streamed");
+    }
+
     /// The pool keeps at most POOL_KEEP free buffers.
     #[test]
     fn pool_is_bounded() {
